@@ -1,0 +1,152 @@
+//! The read-only and small commands: `state`, `list`, `ps`, `spec`, `features`.
+//! The lifecycle commands live in [`crate::container`].
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::cgroups::Cgroup;
+use crate::error::{Context, Error, Result};
+use crate::state::{self, RuncState, Saved, Status};
+
+fn owner(root: &Path, id: &str) -> String {
+    let uid = std::fs::metadata(state::dir(root, id)).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0);
+    if uid == 0 {
+        "root".into()
+    } else {
+        format!("#{uid}")
+    }
+}
+
+fn runc_state<'a>(root: &Path, s: &'a Saved, status: Status, owner: &'a str) -> RuncState<'a> {
+    RuncState {
+        oci_version: state::OCI_VERSION,
+        id: &s.id,
+        pid: if status == Status::Stopped { 0 } else { s.pid },
+        status: status.as_str(),
+        bundle: &s.bundle,
+        rootfs: crate::spec::rootfs(&s.config, &s.bundle),
+        created: &s.created,
+        owner,
+        annotations: &s.annotations,
+    }
+    .with_root(root)
+}
+
+impl<'a> RuncState<'a> {
+    fn with_root(self, _root: &Path) -> Self {
+        self
+    }
+}
+
+/// `state ID`: the OCI state JSON (plus runc's rootfs/created/owner fields).
+pub fn state(root: &Path, id: &str) -> Result<()> {
+    let s = Saved::load(root, id)?;
+    let status = s.status(root);
+    let own = owner(root, id);
+    let out = serde_json::to_string_pretty(&runc_state(root, &s, status, &own)).unwrap_or_default();
+    println!("{out}");
+    Ok(())
+}
+
+/// `list [--format table|json] [-q]`.
+pub fn list(root: &Path, json: bool, quiet: bool) -> Result<()> {
+    let mut rows = Vec::new();
+    for id in state::list_ids(root)? {
+        if let Ok(s) = Saved::load(root, &id) {
+            let st = s.status(root);
+            rows.push((s, st, owner(root, &id)));
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if quiet {
+        for (s, _, _) in &rows {
+            let _ = writeln!(out, "{}", s.id);
+        }
+    } else if json {
+        let v: Vec<RuncState> = rows.iter().map(|(s, st, o)| runc_state(root, s, *st, o)).collect();
+        let _ = writeln!(out, "{}", serde_json::to_string(&v).unwrap_or_default());
+    } else {
+        let w = rows.iter().map(|r| r.0.id.len()).max().unwrap_or(2).max(2) + 2;
+        let _ = writeln!(out, "{:w$}{:<10}{:<10}{:<40}{:<32}OWNER", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
+        for (s, st, o) in &rows {
+            let pid = if *st == Status::Stopped { 0 } else { s.pid };
+            let _ = writeln!(
+                out,
+                "{:w$}{:<10}{:<10}{:<40}{:<32}{}",
+                s.id,
+                pid,
+                st.as_str(),
+                s.bundle.display(),
+                s.created,
+                o
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `ps [--format table|json] ID [ps options]`: the container's processes.
+pub fn ps(root: &Path, id: &str, json: bool, ps_args: &[String]) -> Result<()> {
+    let s = Saved::load(root, id)?;
+    let cg = Cgroup::new(&s.cgroup_path)?;
+    let mut pids = cg.pids()?;
+    pids.sort_unstable();
+    if json {
+        println!("{}", serde_json::to_string(&pids).unwrap_or_default());
+        return Ok(());
+    }
+    let args: Vec<String> = if ps_args.is_empty() { vec!["-ef".into()] } else { ps_args.to_vec() };
+    let out = std::process::Command::new("ps").args(&args).output().ctx(|| "run ps")?;
+    if !out.status.success() {
+        return Err(Error::msg(format!("ps {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or("");
+    let col =
+        header.split_whitespace().position(|h| h == "PID").ok_or_else(|| Error::msg("ps output has no PID column"))?;
+    println!("{header}");
+    for l in lines {
+        if let Some(p) = l.split_whitespace().nth(col).and_then(|p| p.parse::<i32>().ok()) {
+            if pids.contains(&p) {
+                println!("{l}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `spec [--bundle DIR] [--rootless]`: writes a default config.json.
+pub fn spec(bundle: &Path, rootless: bool) -> Result<()> {
+    let p = bundle.join("config.json");
+    if p.exists() {
+        return Err(Error::msg(format!("{} exists: remove it first", p.display())));
+    }
+    let text = crate::spec::default_json(rootless);
+    std::fs::write(&p, text + "\n").ctx(|| format!("write {}", p.display()))
+}
+
+/// `features`: what this runtime supports, in the runtime-spec features format.
+pub fn features() -> Result<()> {
+    let v = serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": state::OCI_VERSION,
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async",
+            "dirsync", "remount", "mand", "nomand", "atime", "noatime", "diratime", "nodiratime", "relatime",
+            "norelatime", "strictatime", "nostrictatime", "bind", "rbind", "private", "rprivate", "shared",
+            "rshared", "slave", "rslave", "unbindable", "runbindable", "tmpcopyup"],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
+            "seccomp": { "enabled": true },
+            "apparmor": { "enabled": false },
+            "selinux": { "enabled": false }
+        },
+        "annotations": { "org.opencontainers.runtime-spec.features": "skiff-runtime" }
+    });
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    Ok(())
+}

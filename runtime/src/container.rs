@@ -1,0 +1,851 @@
+//! The runtime's side of each lifecycle step: create (clone the init, place it in its
+//! cgroup, map ids, run runtime hooks, save state), start, kill, delete, exec, and
+//! the foreground wait of `run` and `exec`.
+
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Process, Spec};
+
+use crate::cgroups::{cgroup_path, Cgroup};
+use crate::error::{Context, Error, Result};
+use crate::init::{InitCtx, Join, StartGate};
+use crate::state::{self, Saved, Status, START_SOCK};
+use crate::sync::{self, Chan, Msg};
+
+pub struct CreateOpts {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+    pub preserve_fds: i32,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub enum Mode {
+    /// `create`: the init waits for `start` on a socket in the state dir.
+    Create,
+    /// `run`: we start it ourselves over the sync channel.
+    Run,
+}
+
+pub struct Created {
+    pub saved: Saved,
+    chan: Chan,
+    /// Foreground `run` with a terminal and no console socket: the pty to relay.
+    pub console_master: Option<OwnedFd>,
+}
+
+/// Undoes a half-done create: kills what we forked, removes the cgroup and the state dir.
+struct Undo {
+    dir: Option<PathBuf>,
+    cgroup: Option<Cgroup>,
+    pids: Vec<i32>,
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for &p in &self.pids {
+            let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        for &p in &self.pids {
+            let _ = waitpid(Pid::from_raw(p), None);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let _ = cg.remove();
+        }
+        if let Some(d) = self.dir.take() {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl Undo {
+    fn disarm(mut self) {
+        self.dir = None;
+        self.cgroup = None;
+        self.pids.clear();
+    }
+}
+
+fn ns_flag(t: LinuxNamespaceType) -> Result<CloneFlags> {
+    Ok(match t {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Time => {
+            return Err(Error::msg("the time namespace is not supported yet: remove it from linux.namespaces"))
+        }
+    })
+}
+
+/// Duplicates `fd` to a number >= `min` (close-on-exec) so it cannot collide with the
+/// fds the caller asked us to pass through (--preserve-fds).
+fn lift(fd: OwnedFd, min: RawFd) -> Result<OwnedFd> {
+    if fd.as_raw_fd() >= min {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on an fd we own returns a new fd we then own.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if n < 0 {
+        return Err(Error::Io { what: "dup an internal fd".into(), source: std::io::Error::last_os_error() });
+    }
+    // SAFETY: n is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// fork(2)-like clone with namespace flags. Returns 0 in the child.
+fn clone_process(flags: CloneFlags) -> Result<i32> {
+    // SAFETY: without CLONE_VM and with a null stack, clone behaves like fork: the
+    // child gets a copy of this single-threaded process.
+    let pid = unsafe {
+        libc::syscall(libc::SYS_clone, (flags.bits() | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+    };
+    if pid < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::Io { what: format!("clone with namespaces {flags:?}"), source: e });
+    }
+    Ok(pid as i32)
+}
+
+fn write_id_map(pid: i32, file: &str, maps: &[LinuxIdMapping]) -> Result<()> {
+    let mut s = String::new();
+    for m in maps {
+        s.push_str(&format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()));
+    }
+    let p = format!("/proc/{pid}/{file}");
+    fs::write(&p, s).ctx(|| format!("write {file} of the user namespace"))
+}
+
+fn write_maps(pid: i32, spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    let uids = linux.and_then(|l| l.uid_mappings().clone()).unwrap_or_default();
+    let gids = linux.and_then(|l| l.gid_mappings().clone()).unwrap_or_default();
+    if uids.is_empty() || gids.is_empty() {
+        return Err(Error::msg("a new user namespace needs linux.uidMappings and linux.gidMappings"));
+    }
+    write_id_map(pid, "uid_map", &uids)?;
+    write_id_map(pid, "gid_map", &gids)
+}
+
+fn hooks_of(spec: &Spec) -> Option<&oci_spec::runtime::Hooks> {
+    spec.hooks().as_ref()
+}
+
+/// `create`, and the first half of `run`.
+pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
+    state::validate_id(&o.id)?;
+    let bundle = fs::canonicalize(&o.bundle).ctx(|| format!("bundle {}", o.bundle.display()))?;
+    let spec = crate::spec::load(&bundle)?;
+    let rootfs = fs::canonicalize(crate::spec::rootfs(&spec, &bundle)).ctx(|| "rootfs")?;
+    let process = spec.process().as_ref().ok_or_else(|| Error::msg("config.json has no process"))?;
+    let terminal = process.terminal() == Some(true);
+    if terminal && o.console_socket.is_none() && mode == Mode::Create {
+        return Err(Error::msg(
+            "process.terminal is true but no --console-socket was given (set \"terminal\": false in config.json, or pass --console-socket)",
+        ));
+    }
+    if !terminal && o.console_socket.is_some() {
+        return Err(Error::msg("--console-socket was given but process.terminal is not true"));
+    }
+    let linux = spec.linux().as_ref().ok_or_else(|| Error::msg("config.json has no linux section"))?;
+
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .ctx(|| format!("create state root {}", root.display()))?;
+    let dir = state::dir(root, &o.id);
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::AlreadyExists(o.id.clone())),
+        Err(e) => return Err(Error::Io { what: format!("create {}", dir.display()), source: e }),
+    }
+    let mut undo = Undo { dir: Some(dir.clone()), cgroup: None, pids: Vec::new() };
+
+    let cg_path = cgroup_path(&spec, &o.id);
+    let cgroup = Cgroup::new(&cg_path)?;
+    let resources = linux.resources().as_ref();
+    cgroup.check(resources)?;
+
+    // Namespaces: new ones are created, ones with a path are joined.
+    let min_fd = 3 + o.preserve_fds;
+    let mut new_flags = CloneFlags::empty();
+    let mut joins = Vec::new();
+    let mut pid_join = None;
+    for ns in linux.namespaces().as_deref().unwrap_or_default() {
+        let flag = ns_flag(ns.typ())?;
+        match ns.path() {
+            None => new_flags |= flag,
+            Some(p) => {
+                let f = fs::File::open(p).ctx(|| format!("open {} namespace {}", ns.typ(), p.display()))?;
+                let fd = lift(OwnedFd::from(f), min_fd)?;
+                if flag == CloneFlags::CLONE_NEWPID {
+                    pid_join = Some(fd);
+                } else {
+                    joins.push(Join { flag, fd });
+                }
+            }
+        }
+    }
+    let user_join = joins.iter().any(|j| j.flag == CloneFlags::CLONE_NEWUSER);
+    let two_stage = user_join || (new_flags.contains(CloneFlags::CLONE_NEWUSER) && !joins.is_empty());
+    if let Some(fd) = &pid_join {
+        setns(fd.as_fd(), CloneFlags::CLONE_NEWPID).ctx(|| "join the pid namespace")?;
+    }
+
+    let gate = match mode {
+        Mode::Create => StartGate::Listener(lift(listen_start_socket(&dir)?, min_fd)?),
+        Mode::Run => StartGate::Chan,
+    };
+    let (console, mut console_local) = match (&o.console_socket, terminal) {
+        (Some(p), _) => {
+            let s = UnixStream::connect(p).ctx(|| format!("connect to console socket {}", p.display()))?;
+            (Some(lift(OwnedFd::from(s), min_fd)?), None)
+        }
+        (None, true) => {
+            let (a, b) = UnixStream::pair().ctx(|| "socketpair for the terminal")?;
+            (Some(lift(OwnedFd::from(a), min_fd)?), Some(OwnedFd::from(b)))
+        }
+        (None, false) => (None, None),
+    };
+    let (parent_chan, child_chan) = sync::pair()?;
+    let child_chan = Chan(lift(child_chan.0, min_fd)?);
+
+    let runtime_hooks = hooks_of(&spec).is_some_and(|h| {
+        h.prestart().as_ref().is_some_and(|v| !v.is_empty())
+            || h.create_runtime().as_ref().is_some_and(|v| !v.is_empty())
+    });
+    let created = crate::log::rfc3339_now();
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let mut saved = Saved {
+        id: o.id.clone(),
+        pid: 0,
+        start_time: 0,
+        bundle: bundle.clone(),
+        created,
+        cgroup_path: cg_path,
+        started: false,
+        annotations,
+        config: spec.clone(),
+    };
+    let hook_state =
+        saved.oci_state_json(Status::Creating).replace("\"status\":\"creating\"", "\"status\":\"creating\",\"pid\":0");
+
+    let clone_flags = if two_stage { CloneFlags::empty() } else { new_flags - CloneFlags::CLONE_NEWCGROUP };
+    let child = clone_process(clone_flags)?;
+    if child == 0 {
+        drop(parent_chan);
+        drop(console_local.take());
+        let ctx = InitCtx {
+            spec: &spec,
+            rootfs,
+            bundle: bundle.clone(),
+            chan: child_chan,
+            gate,
+            console,
+            no_pivot: o.no_pivot,
+            no_new_keyring: o.no_new_keyring,
+            preserve_fds: o.preserve_fds,
+            joins,
+            two_stage,
+            new_flags,
+            runtime_hooks,
+            hook_state,
+        };
+        crate::init::child_main(ctx);
+    }
+    drop(child_chan);
+    drop(gate);
+    drop(console);
+    drop(joins);
+    undo.pids.push(child);
+    cgroup.apply(child, resources)?;
+    undo.cgroup = Some(cgroup);
+    let chan = parent_chan;
+    if new_flags.contains(CloneFlags::CLONE_NEWUSER) && !two_stage {
+        write_maps(child, &spec)?;
+    }
+    chan.send(&Msg::Go)?;
+    let mut init_pid = child;
+    if two_stage {
+        if new_flags.contains(CloneFlags::CLONE_NEWUSER) {
+            chan.expect(&Msg::MapsPlease)?;
+            write_maps(child, &spec)?;
+            chan.send(&Msg::Go)?;
+        }
+        if new_flags.contains(CloneFlags::CLONE_NEWPID) {
+            if let Msg::InitPid(p) = chan.expect(&Msg::InitPid(0))? {
+                init_pid = p;
+                undo.pids.push(p);
+            }
+            let _ = waitpid(Pid::from_raw(child), None);
+            undo.pids.retain(|&p| p != child);
+        }
+    }
+    saved.pid = init_pid;
+
+    loop {
+        match chan.recv()? {
+            Some(Msg::HooksPlease) => {
+                let st =
+                    saved.oci_state_json(Status::Created).replace("\"status\":\"created\"", "\"status\":\"creating\"");
+                if let Some(h) = hooks_of(&spec) {
+                    crate::hooks::run(h.prestart().as_deref().unwrap_or_default(), "prestart", &st)?;
+                    crate::hooks::run(h.create_runtime().as_deref().unwrap_or_default(), "createRuntime", &st)?;
+                }
+                chan.send(&Msg::Go)?;
+            }
+            Some(Msg::Ready) => break,
+            Some(Msg::Err(e)) => return Err(Error::Msg(e)),
+            Some(m) => return Err(Error::msg(format!("sync: unexpected {m:?} from the container's init"))),
+            None => return Err(Error::msg("the container's init exited during setup")),
+        }
+    }
+    let console_master = match console_local.take() {
+        Some(s) => Some(crate::console::recv_fd(s.as_fd())?),
+        None => None,
+    };
+    saved.start_time = state::proc_start_time(init_pid).map(|t| t.0).unwrap_or(0);
+    saved.save(root)?;
+    if let Some(pf) = &o.pid_file {
+        state::write_atomic(pf, init_pid.to_string().as_bytes())?;
+    }
+    undo.disarm();
+    Ok(Created { saved, chan, console_master })
+}
+
+fn listen_start_socket(dir: &Path) -> Result<OwnedFd> {
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).ctx(|| "socket")?;
+    // Bind through /proc/self/fd so that long state paths never hit the 108-byte limit.
+    let d = fs::File::open(dir).ctx(|| format!("open {}", dir.display()))?;
+    let addr =
+        UnixAddr::new(format!("/proc/self/fd/{}/{}", d.as_raw_fd(), START_SOCK).as_str()).ctx(|| "socket address")?;
+    bind(fd.as_raw_fd(), &addr).ctx(|| "bind the start socket")?;
+    listen(&fd, Backlog::new(4).unwrap_or(Backlog::MAXCONN)).ctx(|| "listen on the start socket")?;
+    Ok(fd)
+}
+
+/// `start`: lets a created container's init exec the user's process.
+pub fn start(root: &Path, id: &str) -> Result<()> {
+    let mut saved = Saved::load(root, id)?;
+    match saved.status(root) {
+        Status::Created => {}
+        Status::Running => return Err(Error::msg(format!("cannot start container {id}: it is already running"))),
+        Status::Stopped | Status::Creating => {
+            return Err(Error::msg(format!(
+                "cannot start container {id}: it has stopped (delete it and create it again)"
+            )))
+        }
+    }
+    let dir = state::dir(root, id);
+    let d = fs::File::open(&dir).ctx(|| format!("open {}", dir.display()))?;
+    let path = format!("/proc/self/fd/{}/{}", d.as_raw_fd(), START_SOCK);
+    let mut conn = match UnixStream::connect(&path) {
+        Ok(c) => c,
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            return Err(Error::msg(format!("cannot start container {id}: it is already running")))
+        }
+        Err(e) => return Err(Error::Io { what: "connect to the container's init".into(), source: e }),
+    };
+    use std::io::{Read, Write};
+    conn.write_all(b"S").ctx(|| "signal the container's init")?;
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply);
+    let _ = fs::remove_file(dir.join(START_SOCK));
+    if let Some(rest) = reply.strip_prefix(b"E") {
+        return Err(Error::Msg(String::from_utf8_lossy(rest).into_owned()));
+    }
+    if !reply.is_empty() {
+        return Err(Error::msg(format!("container {id}: unexpected reply from the init")));
+    }
+    saved.started = true;
+    saved.save(root)?;
+    poststart(&saved);
+    Ok(())
+}
+
+fn poststart(saved: &Saved) {
+    if let Some(h) = saved.config.hooks().as_ref().and_then(|h| h.poststart().as_ref()) {
+        let st = saved.oci_state_json(Status::Running);
+        if let Err(e) = crate::hooks::run(h, "poststart", &st) {
+            crate::warn!("{e}");
+        }
+    }
+}
+
+/// Opens a pidfd for `pid` if it is still the process recorded in `saved`.
+fn pidfd_of(pid: i32, start_time: u64) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is new and ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    match state::proc_start_time(pid) {
+        Some((t, _)) if t == start_time => Some(fd),
+        _ => None,
+    }
+}
+
+fn signal_pidfd(fd: &OwnedFd, sig: i32) -> std::io::Result<()> {
+    // SAFETY: pidfd_send_signal with a pidfd we own and no siginfo.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, 0usize, 0u32) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Waits until the process behind `fd` exits, at most `timeout`.
+fn wait_pidfd(fd: &OwnedFd, timeout: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::ZERO);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) => return false,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// `kill [--all] ID SIGNAL`.
+pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
+    let saved = Saved::load(root, id)?;
+    let status = saved.status(root);
+    if status == Status::Stopped {
+        return Err(Error::msg(format!("container {id} is not running")));
+    }
+    if all {
+        let cg = Cgroup::new(&saved.cgroup_path)?;
+        for p in cg.pids()? {
+            let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::try_from(sig).ok());
+            if Signal::try_from(sig).is_err() {
+                // SAFETY: kill with a real-time signal number.
+                unsafe { libc::kill(p, sig) };
+            }
+        }
+        return Ok(());
+    }
+    match pidfd_of(saved.pid, saved.start_time) {
+        Some(fd) => signal_pidfd(&fd, sig).ctx(|| format!("signal container {id}")),
+        None => Err(Error::msg(format!("container {id} is not running"))),
+    }
+}
+
+/// `delete [--force] ID`.
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
+    let saved = match Saved::load(root, id) {
+        Ok(s) => s,
+        Err(Error::NotExist(_)) => {
+            // A create that died before writing state leaves only its directory.
+            let d = state::dir(root, id);
+            if d.is_dir() && state::validate_id(id).is_ok() {
+                let _ = fs::remove_dir_all(&d);
+                return Ok(());
+            }
+            if force {
+                return Ok(());
+            }
+            return Err(Error::NotExist(id.into()));
+        }
+        Err(e) => return Err(e),
+    };
+    let status = saved.status(root);
+    if status == Status::Running && !force {
+        return Err(Error::msg(format!(
+            "cannot delete container {id} that is not stopped: it is running (stop it with kill, or use delete --force)"
+        )));
+    }
+    let cg = Cgroup::new(&saved.cgroup_path)?;
+    if status != Status::Stopped {
+        if let Some(fd) = pidfd_of(saved.pid, saved.start_time) {
+            let _ = signal_pidfd(&fd, libc::SIGKILL);
+            for p in cg.pids().unwrap_or_default() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            if !wait_pidfd(&fd, Duration::from_secs(10)) {
+                return Err(Error::msg(format!("container {id}: the init did not die after SIGKILL")));
+            }
+        }
+    }
+    // Processes left behind (no pid namespace, or escaped children): kill them too.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = cg.pids().unwrap_or_default();
+        if pids.is_empty() {
+            break;
+        }
+        for p in pids {
+            let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        if Instant::now() > deadline {
+            return Err(Error::msg(format!("container {id}: processes survive SIGKILL; cgroup not removed")));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    cg.remove()?;
+    let dir = state::dir(root, id);
+    fs::remove_dir_all(&dir).ctx(|| format!("remove {}", dir.display()))?;
+    if let Some(h) = saved.config.hooks().as_ref().and_then(|h| h.poststop().as_ref()) {
+        if let Err(e) = crate::hooks::run(h, "poststop", &saved.oci_state_json(Status::Stopped)) {
+            crate::warn!("{e}");
+        }
+    }
+    Ok(())
+}
+
+const FORWARDED: &[Signal] = &[
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGTERM,
+    Signal::SIGCONT,
+    Signal::SIGTSTP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGWINCH,
+];
+
+/// Waits for our child `pid`, forwarding signals we receive to it. Returns its exit
+/// status as a shell would: the code, or 128 + signal.
+pub fn wait_forwarding(pid: i32, tty: Option<&OwnedFd>) -> Result<i32> {
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        set.add(*s);
+    }
+    set.thread_block().ctx(|| "block signals")?;
+    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).ctx(|| "signalfd")?;
+    loop {
+        // Reap everything that has exited; our init may be among them.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) if p.as_raw() == pid => return Ok(code),
+                Ok(WaitStatus::Signaled(p, sig, _)) if p.as_raw() == pid => return Ok(128 + sig as i32),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        match sfd.read_signal() {
+            Ok(Some(info)) => {
+                let sig = info.ssi_signo as i32;
+                if sig == libc::SIGCHLD {
+                    continue;
+                }
+                if sig == libc::SIGWINCH {
+                    if let Some(t) = tty {
+                        // SAFETY: TIOCGWINSZ/TIOCSWINSZ on fds we own with a struct we own.
+                        unsafe {
+                            let mut ws: libc::winsize = std::mem::zeroed();
+                            if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
+                                libc::ioctl(t.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                // SAFETY: kill with a signal number we just received.
+                unsafe { libc::kill(pid, sig) };
+            }
+            Ok(None) => {}
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(Error::Sys { what: "read signalfd".into(), source: e }),
+        }
+    }
+}
+
+/// `run [--detach]`: create, start, and in the foreground wait and delete.
+pub fn run(root: &Path, o: &CreateOpts, detach: bool) -> Result<i32> {
+    let mut c = create(root, o, Mode::Run)?;
+    let id = o.id.clone();
+    let fail = |e: Error| -> Result<i32> {
+        let _ = delete(root, &id, true);
+        Err(e)
+    };
+    if let Err(e) = c.chan.send(&Msg::Go) {
+        return fail(e);
+    }
+    match c.chan.recv() {
+        Ok(None) => {}
+        Ok(Some(Msg::Err(e))) => return fail(Error::Msg(e)),
+        Ok(Some(m)) => return fail(Error::msg(format!("sync: unexpected {m:?}"))),
+        Err(e) => return fail(e),
+    }
+    c.saved.started = true;
+    if let Err(e) = c.saved.save(root) {
+        return fail(e);
+    }
+    poststart(&c.saved);
+    if detach {
+        return Ok(0);
+    }
+    let master = c.console_master.take();
+    if let Some(m) = &master {
+        let m2 = m.try_clone().ctx(|| "dup the terminal")?;
+        std::thread::spawn(move || crate::console::relay(m2));
+    }
+    let code = wait_forwarding(c.saved.pid, master.as_ref())?;
+    delete(root, &id, true)?;
+    Ok(code)
+}
+
+pub struct ExecOpts {
+    pub process_file: Option<PathBuf>,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub tty: bool,
+    pub detach: bool,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub preserve_fds: i32,
+    pub user: Option<String>,
+    pub no_new_privs: bool,
+    pub caps: Vec<String>,
+}
+
+fn exec_process(saved: &Saved, o: &ExecOpts) -> Result<Process> {
+    if let Some(f) = &o.process_file {
+        let data = fs::read(f).ctx(|| format!("read process file {}", f.display()))?;
+        return serde_json::from_slice(&data)
+            .map_err(|e| Error::msg(format!("{}:{}:{}: invalid process: {e}", f.display(), e.line(), e.column())));
+    }
+    let mut p = saved.config.process().clone().unwrap_or_default();
+    if o.args.is_empty() {
+        return Err(Error::msg("exec needs a command: skiff-runtime exec ID -- COMMAND [ARG...] (or --process FILE)"));
+    }
+    p.set_args(Some(o.args.clone()));
+    let mut env = p.env().clone().unwrap_or_default();
+    for kv in &o.env {
+        let key = kv.split('=').next().unwrap_or("");
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(kv.clone());
+    }
+    p.set_env(Some(env));
+    if let Some(c) = &o.cwd {
+        p.set_cwd(c.clone());
+    }
+    p.set_terminal(Some(o.tty));
+    if let Some(u) = &o.user {
+        let (uid, gid) = u.split_once(':').unwrap_or((u.as_str(), ""));
+        let mut user = p.user().clone();
+        user.set_uid(uid.parse().map_err(|_| Error::msg(format!("--user {u:?}: use UID[:GID]")))?);
+        if !gid.is_empty() {
+            user.set_gid(gid.parse().map_err(|_| Error::msg(format!("--user {u:?}: use UID[:GID]")))?);
+        }
+        p.set_user(user);
+    }
+    if o.no_new_privs {
+        p.set_no_new_privileges(Some(true));
+    }
+    if !o.caps.is_empty() {
+        let mut c = p.capabilities().clone().unwrap_or_default();
+        let extra: Vec<oci_spec::runtime::Capability> = o
+            .caps
+            .iter()
+            .map(|s| {
+                serde_json::from_value(serde_json::Value::String(s.clone()))
+                    .map_err(|_| Error::msg(format!("unknown capability {s:?}")))
+            })
+            .collect::<Result<_>>()?;
+        for set in [c.bounding().clone(), c.effective().clone(), c.permitted().clone()].iter().enumerate() {
+            let mut s = set.1.clone().unwrap_or_default();
+            s.extend(extra.iter().copied());
+            match set.0 {
+                0 => c.set_bounding(Some(s)),
+                1 => c.set_effective(Some(s)),
+                _ => c.set_permitted(Some(s)),
+            };
+        }
+        p.set_capabilities(Some(c));
+    }
+    Ok(p)
+}
+
+const NS_ORDER: &[(&str, CloneFlags)] = &[
+    ("user", CloneFlags::CLONE_NEWUSER),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// `exec`: runs another process in a running container.
+pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
+    let saved = Saved::load(root, id)?;
+    if saved.status(root) == Status::Stopped {
+        return Err(Error::msg(format!("cannot exec in container {id}: it is not running")));
+    }
+    let process = exec_process(&saved, o)?;
+    if process.terminal() == Some(true) && o.detach && o.console_socket.is_none() {
+        return Err(Error::msg("exec --tty --detach needs --console-socket"));
+    }
+    let min_fd = 3 + o.preserve_fds;
+    let init = saved.pid;
+    let mut nss = Vec::new();
+    let mut in_userns = false;
+    for (name, flag) in NS_ORDER {
+        let theirs = format!("/proc/{init}/ns/{name}");
+        let same = match (fs::metadata(&theirs), fs::metadata(format!("/proc/self/ns/{name}"))) {
+            (Ok(a), Ok(b)) => std::os::unix::fs::MetadataExt::ino(&a) == std::os::unix::fs::MetadataExt::ino(&b),
+            _ => true,
+        };
+        if same {
+            continue;
+        }
+        if *flag == CloneFlags::CLONE_NEWUSER {
+            in_userns = true;
+        }
+        let f = fs::File::open(&theirs).ctx(|| format!("open {theirs}"))?;
+        nss.push(Join { flag: *flag, fd: lift(OwnedFd::from(f), min_fd)? });
+    }
+    // Check the init is still the same process now that we hold its namespaces.
+    if state::proc_start_time(init).map(|t| t.0) != Some(saved.start_time) {
+        return Err(Error::msg(format!("cannot exec in container {id}: it is not running")));
+    }
+    let (console, console_local) = match (&o.console_socket, process.terminal() == Some(true)) {
+        (Some(p), true) => {
+            let s = UnixStream::connect(p).ctx(|| format!("connect to console socket {}", p.display()))?;
+            (Some(lift(OwnedFd::from(s), min_fd)?), None)
+        }
+        (None, true) => {
+            let (a, b) = UnixStream::pair().ctx(|| "socketpair for the terminal")?;
+            (Some(lift(OwnedFd::from(a), min_fd)?), Some(OwnedFd::from(b)))
+        }
+        _ => (None, None),
+    };
+    let (parent_chan, child_chan) = sync::pair()?;
+    let child_chan = Chan(lift(child_chan.0, min_fd)?);
+    let cg = Cgroup::new(&saved.cgroup_path)?;
+    let child = clone_process(CloneFlags::empty())?;
+    if child == 0 {
+        drop(parent_chan);
+        drop(console_local);
+        let r = exec_child(child_chan.0.as_raw_fd(), &nss, &process, console, in_userns, &saved, o.preserve_fds);
+        let msg = match r {
+            Ok(never) => match never {},
+            Err(e) => e.to_string(),
+        };
+        let _ = child_chan.send(&Msg::Err(msg));
+        // SAFETY: leave without running the parent's exit handlers.
+        unsafe { libc::_exit(1) }
+    }
+    drop(child_chan);
+    drop(console);
+    drop(nss);
+    let kill_child = |e: Error| -> Error {
+        let _ = nix::sys::signal::kill(Pid::from_raw(child), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(child), None);
+        e
+    };
+    cg.apply(child, None).map_err(|e| kill_child(e.into()))?;
+    parent_chan.send(&Msg::Go).map_err(kill_child)?;
+    let pid = match parent_chan.expect(&Msg::InitPid(0)) {
+        Ok(Msg::InitPid(p)) => p,
+        Ok(_) => return Err(kill_child(Error::msg("sync: no pid from exec"))),
+        Err(e) => return Err(kill_child(e)),
+    };
+    let _ = waitpid(Pid::from_raw(child), None);
+    let master = match console_local {
+        Some(s) => Some(crate::console::recv_fd(s.as_fd())?),
+        None => None,
+    };
+    match parent_chan.recv()? {
+        None => {}
+        Some(Msg::Err(e)) => {
+            let _ = waitpid(Pid::from_raw(pid), None);
+            return Err(Error::Msg(e));
+        }
+        Some(m) => return Err(Error::msg(format!("sync: unexpected {m:?}"))),
+    }
+    if let Some(pf) = &o.pid_file {
+        state::write_atomic(pf, pid.to_string().as_bytes())?;
+    }
+    if o.detach {
+        return Ok(0);
+    }
+    if let Some(m) = &master {
+        let m2 = m.try_clone().ctx(|| "dup the terminal")?;
+        std::thread::spawn(move || crate::console::relay(m2));
+    }
+    wait_forwarding(pid, master.as_ref())
+}
+
+enum Never {}
+
+fn exec_child(
+    chan_fd: RawFd,
+    nss: &[Join],
+    process: &Process,
+    console: Option<OwnedFd>,
+    in_userns: bool,
+    saved: &Saved,
+    preserve_fds: i32,
+) -> Result<Never> {
+    // SAFETY: chan_fd stays open for the life of this process (owned by the caller).
+    let chan = unsafe { std::os::fd::BorrowedFd::borrow_raw(chan_fd) };
+    let chan = Chan(chan.try_clone_to_owned().ctx(|| "dup sync fd")?);
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    chan.expect(&Msg::Go)?;
+    for j in nss {
+        setns(j.fd.as_fd(), j.flag).ctx(|| format!("join the container's namespace {:?}", j.flag))?;
+    }
+    // Join the pid namespace for real: fork. CLONE_PARENT lets `exec` wait for it.
+    // SAFETY: a fork-like clone of a single-threaded process.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(Error::Io { what: "fork into the container".into(), source: std::io::Error::last_os_error() });
+    }
+    if pid > 0 {
+        let _ = chan.send(&Msg::InitPid(pid as i32));
+        // SAFETY: the intermediate process is done.
+        unsafe { libc::_exit(0) }
+    }
+    let _ = saved;
+    if let Some(c) = console {
+        nix::unistd::setsid().ctx(|| "setsid")?;
+        crate::init::exec_console(c, process)?;
+    }
+    let linux = saved.config.linux().as_ref();
+    crate::init::finish_process(process, linux.and_then(|l| l.seccomp().as_ref()), in_userns, preserve_fds, true)?;
+    Err(crate::init::prepare_exec(process)?.exec())
+}

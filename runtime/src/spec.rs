@@ -1,0 +1,158 @@
+//! Reading a bundle's config.json (with clear errors) and the default spec that
+//! `skiff-runtime spec` writes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+
+use crate::error::{Error, Result};
+
+/// Loads and checks `<bundle>/config.json`. Errors name the file, line and column.
+pub fn load(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    let data = match fs::read(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::msg(format!(
+                "{}: no such file: a bundle needs a config.json (create one with `skiff-runtime spec`)",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(Error::Io { what: format!("read {}", path.display()), source: e }),
+    };
+    let spec: Spec = serde_json::from_slice(&data).map_err(|e| {
+        Error::msg(format!("{}:{}:{}: invalid config: {}", path.display(), e.line(), e.column(), strip_pos(&e)))
+    })?;
+    check(&spec, bundle)?;
+    Ok(spec)
+}
+
+fn strip_pos(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// The rootfs directory, resolved against the bundle.
+pub fn rootfs(spec: &Spec, bundle: &Path) -> PathBuf {
+    let p = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| PathBuf::from("rootfs"));
+    if p.is_absolute() {
+        p
+    } else {
+        bundle.join(p)
+    }
+}
+
+fn check(spec: &Spec, bundle: &Path) -> Result<()> {
+    if spec.root().is_none() {
+        return Err(Error::msg(format!("{}: config.json has no \"root\"", bundle.display())));
+    }
+    let root = rootfs(spec, bundle);
+    match fs::metadata(&root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(Error::msg(format!("rootfs {} is not a directory", root.display()))),
+        Err(_) => {
+            return Err(Error::msg(format!(
+                "rootfs {} does not exist: put the container's files there",
+                root.display()
+            )))
+        }
+    }
+    let process = spec.process().as_ref();
+    if process.and_then(|p| p.args().as_ref()).is_none_or(|a| a.is_empty()) {
+        return Err(Error::msg("config.json: process.args must name the program to run"));
+    }
+    let linux = spec.linux().as_ref().ok_or_else(|| Error::msg("config.json has no \"linux\" section"))?;
+    let nss = linux.namespaces().as_deref().unwrap_or_default();
+    let mut seen = Vec::new();
+    for ns in nss {
+        if seen.contains(&ns.typ()) {
+            return Err(Error::msg(format!("config.json: namespace {:?} is listed twice", ns.typ().to_string())));
+        }
+        seen.push(ns.typ());
+    }
+    if !seen.contains(&oci_spec::runtime::LinuxNamespaceType::Mount) {
+        return Err(Error::msg(
+            "config.json: a mount namespace is required (add {\"type\": \"mount\"} to linux.namespaces)",
+        ));
+    }
+    Ok(())
+}
+
+/// What `skiff-runtime spec` writes: runc's default, with a cgroup namespace.
+pub fn default_json(rootless: bool) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(DEFAULT).unwrap_or_default();
+    if rootless {
+        // As runc: a user namespace mapping the caller, no network/cgroup limits.
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        if let Some(ns) = v["linux"]["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "network");
+            ns.push(serde_json::json!({"type": "user"}));
+        }
+        v["linux"]["uidMappings"] = serde_json::json!([{"containerID": 0, "hostID": uid, "size": 1}]);
+        v["linux"]["gidMappings"] = serde_json::json!([{"containerID": 0, "hostID": gid, "size": 1}]);
+        if let Some(r) = v["linux"].as_object_mut() {
+            r.remove("resources");
+        }
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+const DEFAULT: &str = r#"{
+  "ociVersion": "1.2.0",
+  "process": {
+    "terminal": true,
+    "user": { "uid": 0, "gid": 0 },
+    "args": ["sh"],
+    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+    "cwd": "/",
+    "capabilities": {
+      "bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+      "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+      "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    },
+    "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
+    "noNewPrivileges": true
+  },
+  "root": { "path": "rootfs", "readonly": true },
+  "hostname": "skiff",
+  "mounts": [
+    { "destination": "/proc", "type": "proc", "source": "proc" },
+    { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+    { "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
+    { "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+    { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
+    { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
+    { "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"] }
+  ],
+  "linux": {
+    "resources": { "devices": [{ "allow": false, "access": "rwm" }] },
+    "namespaces": [
+      { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
+      { "type": "uts" }, { "type": "mount" }, { "type": "cgroup" }
+    ],
+    "maskedPaths": [
+      "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+      "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+      "/proc/scsi", "/sys/devices/virtual/powercap"
+    ],
+    "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+  }
+}"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_spec_parses() {
+        let s: Spec = serde_json::from_str(&default_json(false)).expect("default spec");
+        assert_eq!(s.process().as_ref().and_then(|p| p.args().clone()), Some(vec!["sh".to_string()]));
+        let r: Spec = serde_json::from_str(&default_json(true)).expect("rootless spec");
+        assert!(r.linux().as_ref().and_then(|l| l.uid_mappings().clone()).is_some());
+    }
+}

@@ -1,0 +1,222 @@
+//! Container state on disk: `<root>/<id>/state.json`, written temp + fsync + rename,
+//! and the live status derived from the init process (pid + its start time, so a
+//! reused pid is never mistaken for our container).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Error, Result};
+
+pub const OCI_VERSION: &str = "1.2.0";
+/// The socket `start` connects to; present while the container is `created`.
+pub const START_SOCK: &str = "start.sock";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+/// What we keep about a container between runtime invocations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Saved {
+    pub id: String,
+    pub pid: i32,
+    /// Field 22 of /proc/<pid>/stat when the init was created.
+    pub start_time: u64,
+    pub bundle: PathBuf,
+    pub created: String,
+    pub cgroup_path: PathBuf,
+    /// Set by `start` once the user process was exec'ed.
+    #[serde(default)]
+    pub started: bool,
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+    pub config: Spec,
+}
+
+/// The OCI runtime-spec state document (what `state` prints and hooks read).
+#[derive(Debug, Serialize)]
+pub struct OciState<'a> {
+    #[serde(rename = "ociVersion")]
+    pub oci_version: &'a str,
+    pub id: &'a str,
+    pub status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    pub bundle: &'a Path,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    pub annotations: &'a HashMap<String, String>,
+}
+
+/// runc's `state` output adds `rootfs`, `created` and `owner`; callers parse them.
+#[derive(Debug, Serialize)]
+pub struct RuncState<'a> {
+    #[serde(rename = "ociVersion")]
+    pub oci_version: &'a str,
+    pub id: &'a str,
+    pub pid: i32,
+    pub status: &'a str,
+    pub bundle: &'a Path,
+    pub rootfs: PathBuf,
+    pub created: &'a str,
+    pub owner: &'a str,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    pub annotations: &'a HashMap<String, String>,
+}
+
+/// Container ids become directory names: keep them boring.
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+-.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidId(id.to_string()))
+    }
+}
+
+pub fn dir(root: &Path, id: &str) -> PathBuf {
+    root.join(id)
+}
+
+impl Saved {
+    pub fn load(root: &Path, id: &str) -> Result<Saved> {
+        validate_id(id)?;
+        let path = dir(root, id).join("state.json");
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotExist(id.into())),
+            Err(e) => return Err(Error::Io { what: format!("read {}", path.display()), source: e }),
+        };
+        serde_json::from_slice(&data).map_err(|source| Error::Json { path, source })
+    }
+
+    /// Writes state.json crash-safely: temp file, fsync, rename, fsync of the directory.
+    pub fn save(&self, root: &Path) -> Result<()> {
+        let d = dir(root, &self.id);
+        let data = serde_json::to_vec(self).map_err(|source| Error::Json { path: d.join("state.json"), source })?;
+        write_atomic(&d.join("state.json"), &data)
+    }
+
+    /// The live status. `Stopped` when the init is gone, a zombie, or a different process.
+    pub fn status(&self, root: &Path) -> Status {
+        match proc_start_time(self.pid) {
+            Some((t, state)) if t == self.start_time && state != 'Z' && state != 'X' => {
+                if !self.started && dir(root, &self.id).join(START_SOCK).exists() {
+                    Status::Created
+                } else {
+                    Status::Running
+                }
+            }
+            _ => Status::Stopped,
+        }
+    }
+
+    pub fn oci_state<'a>(&'a self, status: Status) -> OciState<'a> {
+        OciState {
+            oci_version: OCI_VERSION,
+            id: &self.id,
+            status: status.as_str(),
+            pid: (status != Status::Stopped).then_some(self.pid),
+            bundle: &self.bundle,
+            annotations: &self.annotations,
+        }
+    }
+
+    pub fn oci_state_json(&self, status: Status) -> String {
+        serde_json::to_string(&self.oci_state(status)).unwrap_or_default()
+    }
+}
+
+/// temp + fsync + rename + fsync(dir): after a power cut the file is either the old
+/// one or the new one, never a torn mix.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+    f.write_all(data).ctx(|| format!("write {}", tmp.display()))?;
+    f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+    drop(f);
+    fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    if let Some(parent) = path.parent() {
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// (start time in clock ticks, state letter) of a process, from /proc/<pid>/stat.
+pub fn proc_start_time(pid: i32) -> Option<(u64, char)> {
+    if pid <= 0 {
+        return None;
+    }
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: parse after the last ')'.
+    let after = &s[s.rfind(')')? + 2..];
+    let mut it = after.split(' ');
+    let state = it.next()?.chars().next()?;
+    // `after` starts at field 3 (state); start time is field 22.
+    let start = it.nth(18)?.parse().ok()?;
+    Some((start, state))
+}
+
+/// Every container id under `root` (directories holding a state.json).
+pub fn list_ids(root: &Path) -> Result<Vec<String>> {
+    let rd = match fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::Io { what: format!("read {}", root.display()), source: e }),
+    };
+    let mut ids: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("state.json").exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("web-1").is_ok());
+        assert!(validate_id("a.b_c+d").is_ok());
+        assert!(validate_id("").is_err());
+        assert!(validate_id("../x").is_err());
+        assert!(validate_id(".hidden").is_err());
+        assert!(validate_id("a/b").is_err());
+    }
+
+    #[test]
+    fn own_start_time() {
+        let me = std::process::id() as i32;
+        let (t, st) = proc_start_time(me).expect("own stat");
+        assert!(t > 0);
+        assert_eq!(st, 'R');
+    }
+}

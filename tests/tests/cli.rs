@@ -1,0 +1,473 @@
+//! The runc-compatible command line: spec, create/start/state/kill/delete, run, exec,
+//! list, ps, logging, --version, and the errors users see.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use skiff_tests::*;
+
+/// A container that stays up until killed.
+const SLEEP: &[&str] = &["sleep", "1000"];
+
+/// A pid-1 shell that reports the signals it gets (pid 1 only receives signals it handles).
+const TRAPS: &str = "for s in TERM HUP USR1 USR2 INT; do trap \"echo got-$s\" $s; done; \
+                     echo ready; while :; do sleep 0.05; done";
+
+fn alive(pid: i32) -> bool {
+    let stat = read(format!("/proc/{pid}/stat"));
+    !stat.is_empty() && !stat.split(") ").nth(1).unwrap_or("").starts_with('Z')
+}
+
+#[test]
+fn spec_writes_a_valid_config() {
+    let rt = Runtime::new();
+    let dir = Scratch::new("spec");
+    rt.cmd_with(&["spec"], |c| {
+        c.current_dir(dir.path());
+    })
+    .ok();
+    let spec: Value = serde_json::from_str(&read(dir.join("config.json"))).expect("config.json is JSON");
+    assert!(spec["ociVersion"].as_str().is_some_and(|v| v.starts_with('1')), "ociVersion: {spec}");
+    assert!(spec["process"]["args"].as_array().is_some_and(|a| !a.is_empty()), "process.args: {spec}");
+    assert!(spec["process"]["cwd"].is_string(), "process.cwd: {spec}");
+    assert_eq!(spec["root"]["path"], "rootfs");
+    let ns: Vec<&str> = spec["linux"]["namespaces"]
+        .as_array()
+        .expect("linux.namespaces")
+        .iter()
+        .filter_map(|n| n["type"].as_str())
+        .collect();
+    for n in ["pid", "mount", "ipc", "uts", "network"] {
+        assert!(ns.contains(&n), "default spec lacks the {n} namespace: {ns:?}");
+    }
+    assert!(spec["mounts"].as_array().is_some_and(|m| m.iter().any(|m| m["destination"] == "/proc")));
+
+    // --bundle writes there instead of the current directory.
+    let other = Scratch::new("spec-bundle");
+    rt.cmd(&["spec", "--bundle", other.path().to_str().unwrap()]).ok();
+    let _: Value = serde_json::from_str(&read(other.join("config.json"))).expect("config.json is JSON");
+
+    // It refuses to overwrite an existing config.json.
+    let again = rt.cmd(&["spec", "--bundle", other.path().to_str().unwrap()]);
+    again.fails().error_mentions(&["config.json"]);
+}
+
+#[test]
+fn create_start_state_kill_delete_lifecycle() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.args(SLEEP).set("/annotations", json!({"org.skiff.test": "lifecycle", "other": "x"}));
+    let id = rt.id("life");
+    let pid_file = b.file("container.pid");
+    b.save();
+    rt.cmd(&[
+        "create",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+    ])
+    .ok();
+
+    let st = rt.state(&id);
+    assert!(st["ociVersion"].as_str().is_some_and(|v| !v.is_empty()), "ociVersion: {st}");
+    assert_eq!(st["id"], id.as_str());
+    assert_eq!(st["status"], "created", "{st}");
+    let pid = st["pid"].as_i64().expect("pid") as i32;
+    assert!(pid > 1 && alive(pid), "created container's pid {pid} is alive: {st}");
+    assert_eq!(read(&pid_file).trim(), pid.to_string(), "pid file");
+    assert_eq!(
+        Path::new(st["bundle"].as_str().expect("bundle")).canonicalize().unwrap(),
+        b.path().canonicalize().unwrap()
+    );
+    assert_eq!(st["annotations"]["org.skiff.test"], "lifecycle", "{st}");
+    assert_eq!(st["annotations"]["other"], "x", "{st}");
+
+    rt.start(&id).ok();
+    let st = rt.state(&id);
+    assert_eq!(st["status"], "running", "{st}");
+    assert_eq!(st["pid"].as_i64(), Some(pid as i64));
+
+    // Starting twice is an error.
+    rt.start(&id).fails();
+
+    rt.kill(&id, "KILL").ok();
+    rt.wait_status(&id, "stopped");
+    let st = rt.state(&id);
+    assert_eq!(st["status"], "stopped", "{st}");
+    assert!(!alive(pid));
+
+    rt.delete(&id).ok();
+    rt.cmd(&["state", &id]).fails().error_mentions(&["not exist"]);
+    assert!(!rt.state_entries().contains(&id), "state dir left: {:?}", rt.state_entries());
+}
+
+#[test]
+fn delete_of_a_created_container_needs_no_force() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.args(SLEEP);
+    let id = rt.id("created-del");
+    rt.create(&b, &id).ok();
+    let pid = rt.pid(&id);
+    rt.delete(&id).ok();
+    wait_until("created container's init to go", TIMEOUT, || !alive(pid));
+    rt.cmd(&["state", &id]).fails();
+}
+
+#[test]
+fn kill_accepts_signal_names_and_numbers() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.sh(TRAPS);
+    let id = rt.id("kill");
+    let c = rt.create_start(&b, &id);
+    wait_until("the container to install its traps", TIMEOUT, || c.stdout_now().contains("ready"));
+    for (sig, expect) in
+        [("TERM", "got-TERM"), ("SIGHUP", "got-HUP"), ("10", "got-USR1"), ("SIGUSR2", "got-USR2"), ("2", "got-INT")]
+    {
+        rt.kill(&id, sig).ok();
+        wait_until(&format!("{expect} after kill {sig}"), TIMEOUT, || c.stdout_now().contains(expect));
+    }
+    // No signal means SIGTERM.
+    let before = c.stdout_now().matches("got-TERM").count();
+    rt.cmd(&["kill", &id]).ok();
+    wait_until("got-TERM after kill without a signal", TIMEOUT, || {
+        c.stdout_now().matches("got-TERM").count() > before
+    });
+    assert_eq!(rt.status(&id).as_deref(), Some("running"));
+    rt.kill(&id, "9").ok();
+    rt.wait_status(&id, "stopped");
+    // Killing a stopped container fails.
+    rt.kill(&id, "KILL").fails();
+    rt.delete(&id).ok();
+}
+
+#[test]
+fn kill_all_reaches_every_process() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    // Without a pid namespace, killing the init would not take the others with it.
+    b.without_namespace("pid").sh("sleep 1000 & sleep 1000 & echo started; wait");
+    let id = rt.id("killall");
+    let c = rt.create_start(&b, &id);
+    wait_until("the children to start", TIMEOUT, || c.stdout_now().contains("started"));
+    let mut pids: Vec<i32> = Vec::new();
+    wait_until("three processes in the container", TIMEOUT, || {
+        let out = rt.cmd(&["ps", "--format", "json", &id]).ok();
+        pids = serde_json::from_str(&out.stdout).unwrap_or_default();
+        pids.len() >= 3
+    });
+    rt.cmd(&["kill", "--all", &id, "KILL"]).ok();
+    rt.wait_status(&id, "stopped");
+    wait_until("every container process to be gone", TIMEOUT, || pids.iter().all(|p| !alive(*p)));
+    rt.delete(&id).ok();
+}
+
+#[test]
+fn delete_refuses_a_running_container_without_force() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.args(SLEEP);
+    let id = rt.id("del");
+    rt.create_start(&b, &id);
+    let pid = rt.pid(&id);
+    rt.delete(&id).fails().error_mentions(&["running"]);
+    assert_eq!(rt.status(&id).as_deref(), Some("running"), "refused delete left it running");
+    assert!(alive(pid));
+    rt.delete_force(&id).ok();
+    rt.cmd(&["state", &id]).fails();
+    wait_until("the container process to be gone", TIMEOUT, || !alive(pid));
+    assert!(!rt.state_entries().contains(&id));
+}
+
+#[test]
+fn run_exits_with_the_container_status() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.sh("echo out; echo err >&2; exit 7");
+    let out = rt.run(&b, &rt.id("exit7"));
+    assert_eq!(out.code(), 7, "{out}");
+    assert_eq!(out.stdout, "out\n");
+    assert!(out.stderr.contains("err"), "{out}");
+
+    b.args(&["true"]);
+    let id = rt.id("exit0");
+    let out = rt.run(&b, &id).ok();
+    assert_eq!(out.stdout, "");
+    // A foreground run removes the container when it exits.
+    rt.cmd(&["state", &id]).fails();
+
+    // Killed by a signal: 128 + signal (a process may signal itself without a pid ns).
+    b.without_namespace("pid").sh("kill -TERM $$; sleep 10");
+    assert_eq!(rt.run(&b, &rt.id("term")).code(), 143);
+    b.sh("kill -KILL $$; sleep 10");
+    assert_eq!(rt.run(&b, &rt.id("kill9")).code(), 137);
+}
+
+#[test]
+fn run_reports_a_kill_from_outside_as_128_plus_signal() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.args(SLEEP);
+    b.save();
+    let id = rt.id("fgkill");
+    let fg = rt.spawn(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    rt.wait_status(&id, "running");
+    rt.kill(&id, "KILL").ok();
+    let out = fg.wait(TIMEOUT);
+    assert_eq!(out.code(), 137, "{out}");
+}
+
+#[test]
+fn run_detach_returns_while_the_container_runs() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.sh("echo detached-output; exec sleep 1000");
+    let id = rt.id("detach");
+    let out = rt.run_detached(&b, &id).ok();
+    assert_eq!(rt.status(&id).as_deref(), Some("running"));
+    wait_until("the detached container's output", TIMEOUT, || out.stdout_now().contains("detached-output"));
+    rt.delete_force(&id).ok();
+}
+
+#[test]
+fn exec_runs_in_the_container() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.args(SLEEP).set("/hostname", json!("exec-host"));
+    let id = rt.id("exec");
+    rt.create_start(&b, &id);
+
+    let out = rt.cmd(&["exec", &id, "sh", "-c", "hostname; echo $$; cat /proc/1/cmdline | tr '\\0' ' '"]).ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "exec-host", "{out}");
+    assert_ne!(lines[1], "1", "exec'd process is not pid 1: {out}");
+    assert_eq!(lines[2].trim(), "sleep 1000", "{out}");
+    // Options of the command itself are not taken for the runtime's.
+    let out = rt.cmd(&["exec", &id, "ls", "-1a", "/"]).ok();
+    assert!(out.stdout.lines().any(|l| l == "bin"), "{out}");
+    // exit status is passed on.
+    assert_eq!(rt.cmd(&["exec", &id, "sh", "-c", "exit 5"]).code(), 5);
+    // exec into a container that is not running fails.
+    rt.cmd(&["exec", &rt.id("nothere"), "true"]).fails().error_mentions(&["not exist"]);
+}
+
+#[test]
+fn exec_with_double_dash() {
+    if skip_unless_skiff("exec ID -- ARGS (runc 1.1 takes \"--\" for the command)") {
+        return;
+    }
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.args(SLEEP);
+    let id = rt.id("execdd");
+    rt.create_start(&b, &id);
+    let out = rt.cmd(&["exec", &id, "--", "sh", "-c", "echo via-dashdash; echo $0", "--"]).ok();
+    assert_eq!(out.stdout, "via-dashdash\nsh\n", "{out}");
+    let out = rt.cmd(&["exec", &id, "--", "ls", "-1a", "/"]).ok();
+    assert!(out.stdout.lines().any(|l| l == "bin"), "{out}");
+}
+
+#[test]
+fn exec_process_file() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.args(SLEEP);
+    let id = rt.id("execproc");
+    rt.create_start(&b, &id);
+    let proc = b.file("process.json");
+    let mut p = process_json(
+        &["sh", "-c", "echo $FOO; pwd; id -u; id -g"],
+        &["PATH=/bin:/usr/bin", "FOO=from process.json"],
+        "/home/user",
+    );
+    p["user"] = json!({"uid": 1000, "gid": 1000});
+    fs::write(&proc, p.to_string()).unwrap();
+    let out = rt.cmd(&["exec", "--process", proc.to_str().unwrap(), &id]).ok();
+    assert_eq!(out.stdout, "from process.json\n/home/user\n1000\n1000\n", "{out}");
+}
+
+#[test]
+fn exec_env_cwd_user() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.args(SLEEP).env("FROM_SPEC=spec");
+    let id = rt.id("execenv");
+    rt.create_start(&b, &id);
+    let out = rt
+        .cmd(&["exec", "--env", "K=V", "--env", "K2=two words", "--cwd", "/tmp", &id, "sh", "-c", "echo $K; echo $K2; pwd; echo $FROM_SPEC"])
+        .ok();
+    assert_eq!(out.stdout, "V\ntwo words\n/tmp\nspec\n", "{out}");
+    let out = rt.cmd(&["exec", "--user", "1000:1000", &id, "id", "-u"]).ok();
+    assert_eq!(out.out(), "1000");
+}
+
+#[test]
+fn exec_detach_with_pid_file() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.args(SLEEP);
+    let id = rt.id("execd");
+    rt.create_start(&b, &id);
+    let init = rt.pid(&id);
+    let pid_file = b.file("exec.pid");
+    rt.cmd(&["exec", "--detach", "--pid-file", pid_file.to_str().unwrap(), &id, "sleep", "999"]).ok();
+    let pid: i32 = read(&pid_file).trim().parse().expect("pid file holds a pid");
+    assert!(alive(pid), "exec'd process {pid} runs");
+    assert_ne!(pid, init);
+    let ns = |p: i32, n: &str| fs::read_link(format!("/proc/{p}/ns/{n}")).unwrap();
+    for n in ["pid", "mnt", "net", "uts", "ipc"] {
+        assert_eq!(ns(pid, n), ns(init, n), "exec'd process shares the {n} namespace");
+    }
+    assert_eq!(read(format!("/proc/{pid}/cmdline")), "sleep\0999\0");
+    rt.delete_force(&id).ok();
+    wait_until("exec'd process to die with the container", TIMEOUT, || !alive(pid));
+}
+
+#[test]
+fn list_and_ps() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.args(SLEEP);
+    let created = rt.id("listc");
+    let running = rt.id("listr");
+    rt.create(&b, &created).ok();
+    rt.create_start(&b, &running);
+
+    let out = rt.cmd(&["list"]).ok();
+    let row = |id: &str| out.stdout.lines().find(|l| l.split_whitespace().next() == Some(id)).map(String::from);
+    assert!(row(&created).is_some_and(|r| r.contains("created")), "{out}");
+    assert!(row(&running).is_some_and(|r| r.contains("running")), "{out}");
+    assert!(out.stdout.lines().next().unwrap_or("").contains("ID"), "header line: {out}");
+
+    let out = rt.cmd(&["list", "--format", "json"]).ok();
+    let list: Vec<Value> = serde_json::from_str(&out.stdout).expect("list --format json is a JSON array");
+    for (id, status) in [(&created, "created"), (&running, "running")] {
+        let c = list.iter().find(|c| c["id"] == id.as_str()).unwrap_or_else(|| panic!("{id} listed: {out}"));
+        assert_eq!(c["status"], status, "{c}");
+        assert!(c["pid"].as_i64().unwrap_or(0) > 0, "{c}");
+        assert!(c["bundle"].is_string(), "{c}");
+    }
+
+    let pid = rt.pid(&running);
+    let out = rt.cmd(&["ps", &running]).ok();
+    assert!(out.stdout.lines().next().unwrap_or("").contains("PID"), "ps header: {out}");
+    assert!(
+        out.stdout.lines().skip(1).any(|l| l.split_whitespace().any(|w| w == pid.to_string())),
+        "ps lists the init pid {pid}: {out}"
+    );
+    let out = rt.cmd(&["ps", "--format", "json", &running]).ok();
+    let pids: Vec<i64> = serde_json::from_str(&out.stdout).expect("ps --format json is an array of pids");
+    assert!(pids.contains(&(pid as i64)), "{out}");
+}
+
+#[test]
+fn log_file_in_json_format() {
+    let rt = Runtime::new();
+    let dir = Scratch::new("log");
+    let log = dir.join("runtime.log");
+    let missing = rt.id("nolog");
+    rt.cmd(&["--log", log.to_str().unwrap(), "--log-format", "json", "state", &missing]).fails();
+    let text = read(&log);
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "nothing logged");
+    for l in &lines {
+        assert!(l["level"].is_string() && l["msg"].is_string() && l["time"].is_string(), "level/msg/time: {l}");
+    }
+    assert!(
+        lines.iter().any(|l| l["level"] == "error" && l["msg"].as_str().unwrap().contains("not exist")),
+        "an error line says the container does not exist: {text}"
+    );
+}
+
+#[test]
+fn version() {
+    let rt = Runtime::new();
+    let out = rt.cmd(&["--version"]).ok();
+    let first = out.stdout.lines().next().unwrap_or("").to_lowercase();
+    assert!(first.contains("version") && first.chars().any(|c| c.is_ascii_digit()), "{out}");
+    assert!(out.stdout.lines().any(|l| l.starts_with("spec:")), "a `spec: <version>` line like runc's: {out}");
+}
+
+// ------------------------------------------------------------------------------- errors
+
+#[test]
+fn error_missing_config_json() {
+    let rt = Runtime::new();
+    let dir = Scratch::new("empty-bundle");
+    let id = rt.id("nocfg");
+    rt.cmd(&["create", "--bundle", dir.path().to_str().unwrap(), &id]).error_mentions(&["config.json"]);
+    assert!(!rt.state_entries().contains(&id));
+}
+
+#[test]
+fn error_missing_rootfs() {
+    let rt = Runtime::new();
+    let b = Bundle::new();
+    safe_remove(&b.rootfs());
+    let id = rt.id("norootfs");
+    rt.create(&b, &id).error_mentions(&["rootfs"]);
+    assert!(!rt.state_entries().contains(&id));
+}
+
+#[test]
+fn error_unknown_namespace_type() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.namespace("bogusns", None);
+    let id = rt.id("badns");
+    rt.create(&b, &id).error_mentions(&["namespace", "bogusns"]);
+    assert!(!rt.state_entries().contains(&id));
+}
+
+#[test]
+fn error_container_does_not_exist() {
+    let rt = Runtime::new();
+    let id = rt.id("ghost");
+    for args in [
+        vec!["state", &id],
+        vec!["start", &id],
+        vec!["kill", &id, "KILL"],
+        vec!["delete", &id],
+        vec!["exec", &id, "true"],
+        vec!["ps", &id],
+    ] {
+        rt.cmd(&args).error_mentions(&["not exist"]);
+    }
+}
+
+#[test]
+fn error_container_already_exists() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.args(SLEEP);
+    let id = rt.id("dup");
+    rt.create(&b, &id).ok();
+    let pid = rt.pid(&id);
+    rt.create(&b, &id).error_mentions(&["exists"]);
+    rt.run(&b, &id).error_mentions(&["exists"]);
+    // The first one is untouched.
+    assert_eq!(rt.status(&id).as_deref(), Some("created"));
+    assert_eq!(rt.pid(&id), pid);
+    assert!(alive(pid));
+}
+
+#[test]
+fn error_invalid_container_id() {
+    let rt = Runtime::new();
+    let b = Bundle::new();
+    for bad in ["../escape", "a/b", ""] {
+        let out = rt.create(&b, bad);
+        assert!(!out.success(), "id {bad:?} accepted:\n{out}");
+    }
+    assert!(rt.state_entries().is_empty(), "{:?}", rt.state_entries());
+    assert!(!rt.root().parent().unwrap().join("escape").exists());
+    let _ = Duration::ZERO;
+}
