@@ -392,7 +392,7 @@ impl Layout {
     }
 
     fn v1_has(&self, ctrl: &str) -> bool {
-        self.v1_names.iter().any(|n| *n == ctrl)
+        self.v1_names.contains(&ctrl)
     }
 
     fn has(&self, ctrl: &str) -> bool {
@@ -520,7 +520,7 @@ fn effective(layout: &Layout, path: &Path, res: Option<&LinuxResources>) -> Resu
     let mut disable_oom_killer = false;
 
     // memory
-    let memory = out.memory().clone().and_then(|m| memory_request(layout, m));
+    let memory = (*out.memory()).and_then(|m| memory_request(layout, m));
     if let Some(m) = &memory {
         disable_oom_killer = m.disable_oom_killer().unwrap_or(false);
         need("memory", "memory limit");
@@ -554,7 +554,7 @@ fn effective(layout: &Layout, path: &Path, res: Option<&LinuxResources>) -> Resu
     out.set_cpu(cpu);
 
     // pids: a limit <= 0 means "max", the default of a new cgroup.
-    let pids = out.pids().clone().filter(|p| p.limit() > 0);
+    let pids = (*out.pids()).filter(|p| p.limit() > 0);
     if pids.is_some() {
         need("pids", "pids limit");
     }

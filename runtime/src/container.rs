@@ -383,7 +383,7 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
 fn poststart(saved: &Saved) {
     if let Some(h) = saved.config.hooks().as_ref().and_then(|h| h.poststart().as_ref()) {
         let st = saved.oci_state_json(Status::Running);
-        if let Err(e) = crate::hooks::run(h, "poststart", &st) {
+        for e in crate::hooks::run_all(h, "poststart", &st) {
             crate::warn!("{e}");
         }
     }
@@ -510,7 +510,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
     let dir = state::dir(root, id);
     fs::remove_dir_all(&dir).ctx(|| format!("remove {}", dir.display()))?;
     if let Some(h) = saved.config.hooks().as_ref().and_then(|h| h.poststop().as_ref()) {
-        if let Err(e) = crate::hooks::run(h, "poststop", &saved.oci_state_json(Status::Stopped)) {
+        for e in crate::hooks::run_all(h, "poststop", &saved.oci_state_json(Status::Stopped)) {
             crate::warn!("{e}");
         }
     }

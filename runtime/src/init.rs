@@ -907,6 +907,15 @@ pub fn prepare_exec(process: &Process) -> Result<Prepared> {
 
 impl Prepared {
     pub fn exec(&self) -> Error {
+        // The runtime ignores SIGPIPE (Rust's default) and may block signals; the
+        // container's process must start with default dispositions and no mask.
+        // SAFETY: resetting a disposition to SIG_DFL and emptying the mask.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        }
         match nix::unistd::execve(&self.path, &self.args, &self.env) {
             Err(e) => Error::Sys { what: format!("exec {:?}", self.path), source: e },
             Ok(never) => match never {},

@@ -204,7 +204,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
     }
     // Commands that put a process of ours inside a container run from a sealed copy.
     if matches!(cli.cmd, Cmd::Create { .. } | Cmd::Run { .. } | Cmd::Exec { .. }) {
-        skiff_runtime::cloned::reexec_sealed()?;
+        skiff_runtime::cloned::reexec_protected()?;
     }
     let root = cli.root;
     match cli.cmd {

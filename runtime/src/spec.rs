@@ -103,7 +103,7 @@ pub fn default_json(rootless: bool) -> String {
 }
 
 const DEFAULT: &str = r#"{
-  "ociVersion": "1.2.0",
+  "ociVersion": "1.0.2",
   "process": {
     "terminal": true,
     "user": { "uid": 0, "gid": 0 },

@@ -121,11 +121,17 @@ pub fn kind_of(bin: &Path) -> Kind {
     }
 }
 
+/// true when the runtime under test is skiff-runtime (or SKIFF_TEST_ALL=1 asks to hold
+/// any runtime to skiff's behaviour).
+pub fn is_skiff() -> bool {
+    kind() == Kind::Skiff || std::env::var_os("SKIFF_TEST_ALL").is_some_and(|v| v == "1")
+}
+
 /// For tests that check behaviour where skiff deliberately differs from runc: returns true
 /// (and says so on stderr) when the runtime under test is not skiff-runtime, so the test
 /// can `return` early. `SKIFF_TEST_ALL=1` runs them anyway against any runtime.
 pub fn skip_unless_skiff(what: &str) -> bool {
-    if kind() == Kind::Skiff || std::env::var_os("SKIFF_TEST_ALL").is_some_and(|v| v == "1") {
+    if is_skiff() {
         return false;
     }
     eprintln!(
@@ -1222,18 +1228,15 @@ pub fn processes() -> Vec<Proc> {
     v
 }
 
-/// Inode numbers of every pid namespace some process is in (for leak checks).
+/// Inode numbers of every pid namespace some live (not zombie) process is in (for leak
+/// checks; an exited container init that the host's init has not reaped yet is no leak).
 pub fn pid_namespaces() -> BTreeSet<String> {
-    let mut s = BTreeSet::new();
-    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().parse::<i32>().is_err() {
-            continue;
-        }
-        if let Ok(l) = fs::read_link(e.path().join("ns/pid")) {
-            s.insert(l.to_string_lossy().to_string());
-        }
-    }
-    s
+    processes()
+        .into_iter()
+        .filter(|p| p.state != 'Z')
+        .filter_map(|p| fs::read_link(format!("/proc/{}/ns/pid", p.pid)).ok())
+        .map(|l| l.to_string_lossy().to_string())
+        .collect()
 }
 
 /// `readlink /proc/self/ns/<ns>` on the host, e.g. "net:[4026531840]".
@@ -1323,10 +1326,13 @@ pub fn cap_mask(names: &[&str]) -> String {
     format!("{m:016x}")
 }
 
-/// The capabilities this host's kernel knows, i.e. "all" for a privileged container.
+/// Every capability this process may hand on (its bounding set): "all" for a privileged
+/// container on this host (which, for one, lacks CAP_SYS_RESOURCE).
 pub fn all_caps() -> Vec<&'static str> {
-    let last: usize = read("/proc/sys/kernel/cap_last_cap").trim().parse().unwrap_or(40);
-    CAPS[..=last.min(CAPS.len() - 1)].to_vec()
+    let bnd = status_field(&read("/proc/self/status"), "CapBnd")
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .unwrap_or(0);
+    CAPS.iter().enumerate().filter(|(i, _)| bnd & (1 << i) != 0).map(|(_, c)| *c).collect()
 }
 
 /// Whether `dev` names a character device (for tests on device nodes).
@@ -1357,4 +1363,156 @@ pub fn standard_mounts() -> Value {
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
          "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
     ])
+}
+
+// ---------------------------------------------------------------------------------------
+// Leak checks
+// ---------------------------------------------------------------------------------------
+
+/// The prefix of every container id and cgroup this process makes.
+pub fn id_prefix() -> String {
+    format!("skt{}-", std::process::id())
+}
+
+/// Machine-wide things a runtime could leak, measured before and after.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub mounts: Vec<String>,
+    pub cgroups: BTreeSet<PathBuf>,
+    pub pid_namespaces: BTreeSet<String>,
+    /// Processes whose root, cwd or cgroup is one of this test process's.
+    pub our_processes: BTreeSet<i32>,
+    pub fds: usize,
+    pub zombies: usize,
+    pub state_entries: Vec<String>,
+}
+
+fn all_cgroup_dirs() -> BTreeSet<PathBuf> {
+    fn walk(d: &Path, out: &mut BTreeSet<PathBuf>) {
+        out.insert(d.to_path_buf());
+        if let Ok(rd) = fs::read_dir(d) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    for m in cgroup_mounts() {
+        walk(&m.mount_point, &mut out);
+    }
+    out
+}
+
+fn is_ours(s: &str) -> bool {
+    s.contains(&id_prefix()) || s.contains(base_dir().to_str().unwrap())
+}
+
+fn our_processes() -> BTreeSet<i32> {
+    let me = std::process::id() as i32;
+    processes()
+        .into_iter()
+        .filter(|p| p.pid != me)
+        // A zombie left to the host's init is reaped by it (lazily, on some hosts).
+        .filter(|p| !(p.state == 'Z' && p.ppid != me))
+        .filter(|p| {
+            let link = |w: &str| fs::read_link(format!("/proc/{}/{w}", p.pid)).map(|l| l.to_string_lossy().to_string()).unwrap_or_default();
+            is_ours(&link("root")) || is_ours(&link("cwd")) || is_ours(&read(format!("/proc/{}/cgroup", p.pid)))
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+impl Snapshot {
+    pub fn take(rt: &Runtime) -> Snapshot {
+        Snapshot {
+            mounts: mountinfo()
+                .iter()
+                .map(|m| format!("{} {} {}", m.mount_point.display(), m.fstype, m.source))
+                .collect(),
+            cgroups: all_cgroup_dirs(),
+            pid_namespaces: pid_namespaces(),
+            our_processes: our_processes(),
+            fds: open_fds(),
+            zombies: zombie_children().len(),
+            state_entries: rt.state_entries(),
+        }
+    }
+
+    /// Asserts nothing leaked since `self`. Leaks that are recognisably this test's (our
+    /// paths, ids, processes, fds, state) always fail; other machine-wide differences
+    /// (mount count, cgroup dirs, pid namespaces) fail when `CI` is set or
+    /// `SKIFF_TEST_STRICT=1` (the machine is ours alone then) and are reported otherwise,
+    /// since other sessions on a shared machine may be mounting things meanwhile.
+    #[track_caller]
+    pub fn assert_unchanged(&self, after: &Snapshot, what: &str) {
+        let strict = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+            || std::env::var("SKIFF_TEST_STRICT").is_ok_and(|v| v == "1");
+        let mut ours = Vec::new();
+        let mut others = Vec::new();
+        let mut note = |s: String, mine: bool| if mine { ours.push(s) } else { others.push(s) };
+
+        let (b, a): (BTreeSet<&String>, BTreeSet<&String>) = (self.mounts.iter().collect(), after.mounts.iter().collect());
+        for m in a.difference(&b) {
+            note(format!("new mount: {m}"), is_ours(m));
+        }
+        for m in b.difference(&a) {
+            note(format!("mount gone: {m}"), is_ours(m));
+        }
+        if self.mounts.len() != after.mounts.len() {
+            note(format!("mountinfo lines: {} -> {}", self.mounts.len(), after.mounts.len()), false);
+        }
+        for c in after.cgroups.difference(&self.cgroups) {
+            let s = c.display().to_string();
+            note(format!("new cgroup: {s}"), is_ours(&s));
+        }
+        for c in self.cgroups.difference(&after.cgroups) {
+            let s = c.display().to_string();
+            note(format!("cgroup gone: {s}"), is_ours(&s));
+        }
+        for n in after.pid_namespaces.difference(&self.pid_namespaces) {
+            note(format!("new pid namespace with live processes: {n}"), false);
+        }
+        for p in after.our_processes.difference(&self.our_processes) {
+            let cmd = read(format!("/proc/{p}/cmdline")).replace('\0', " ");
+            note(format!("leftover container process {p}: {cmd}"), true);
+        }
+        if after.fds != self.fds {
+            note(format!("open fds of the test process: {} -> {}", self.fds, after.fds), true);
+        }
+        if after.zombies != self.zombies {
+            note(format!("zombie children: {} -> {}", self.zombies, after.zombies), true);
+        }
+        if after.state_entries != self.state_entries {
+            note(format!("state dir entries: {:?} -> {:?}", self.state_entries, after.state_entries), true);
+        }
+        if !others.is_empty() && !strict {
+            eprintln!("WARNING ({what}): machine-wide differences (not failing: set CI=true or SKIFF_TEST_STRICT=1):\n  {}", others.join("\n  "));
+        }
+        let mut fail = ours;
+        if strict {
+            fail.extend(others);
+        }
+        assert!(fail.is_empty(), "{what} leaked:\n  {}", fail.join("\n  "));
+    }
+}
+
+/// Takes snapshots until two in a row agree (at most a few seconds): lets processes that
+/// are being reaped, and lazily detached mounts, settle before comparing.
+pub fn settled_snapshot(rt: &Runtime) -> Snapshot {
+    let mut last = Snapshot::take(rt);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(50));
+        let next = Snapshot::take(rt);
+        if next.mounts == last.mounts
+            && next.cgroups == last.cgroups
+            && next.our_processes == last.our_processes
+            && next.pid_namespaces == last.pid_namespaces
+        {
+            return next;
+        }
+        last = next;
+    }
+    last
 }

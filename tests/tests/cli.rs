@@ -471,3 +471,42 @@ fn error_invalid_container_id() {
     assert!(!rt.root().parent().unwrap().join("escape").exists());
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn delete_force_of_a_missing_container_succeeds() {
+    // runc's behaviour, which containerd's shim relies on when cleaning up.
+    let rt = Runtime::new();
+    rt.delete_force(&rt.id("never-created")).ok();
+}
+
+#[test]
+fn features() {
+    let rt = Runtime::new();
+    let out = rt.cmd(&["features"]).ok();
+    let f: Value = serde_json::from_str(&out.stdout).expect("features prints JSON");
+    assert!(f["ociVersionMin"].is_string() && f["ociVersionMax"].is_string(), "{f}");
+    let hooks: Vec<&str> = f["hooks"].as_array().expect("hooks").iter().filter_map(|h| h.as_str()).collect();
+    for h in ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"] {
+        assert!(hooks.contains(&h), "features lists the {h} hook: {f}");
+    }
+    let ns: Vec<&str> = f["linux"]["namespaces"].as_array().expect("linux.namespaces").iter().filter_map(|h| h.as_str()).collect();
+    for n in ["pid", "network", "ipc", "uts", "mount", "user", "cgroup"] {
+        assert!(ns.contains(&n), "features lists the {n} namespace: {f}");
+    }
+    assert!(f["linux"]["capabilities"].as_array().is_some_and(|c| c.iter().any(|c| c == "CAP_SYS_ADMIN")), "{f}");
+    assert!(f["linux"]["seccomp"]["enabled"] == true, "seccomp enabled: {f}");
+}
+
+#[test]
+fn state_of_a_stopped_container() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    b.sh("exit 3");
+    let id = rt.id("stopped");
+    rt.create_start(&b, &id);
+    rt.wait_status(&id, "stopped");
+    let st = rt.state(&id);
+    assert_eq!(st["status"], "stopped");
+    assert_eq!(st["id"], id.as_str());
+    rt.delete(&id).ok();
+}
