@@ -18,16 +18,17 @@
 //! - undo on failure (the pid goes back to the runtime's cgroup, created dirs are removed);
 //! - a removal that also handles nested cgroups and retries while the kernel still reports
 //!   the cgroup busy;
-//! - building the libcgroups manager only when needed (it costs ~1 ms on v1, see
-//!   [`Cgroup::apply`]) and at most once per [`Cgroup`].
+//! - building the libcgroups manager only when needed (it costs ~1 ms on v1) and at most
+//!   once per process and cgroup path (a foreground `run` creates and deletes).
 //!
 //! Device rules are enforced on v1 (devices controller). On v2 they need an eBPF program
 //! (libcgroups feature `cgroupsv2_devices`, not enabled): they are skipped with a debug note.
 
-use std::cell::OnceCell;
+use std::cell::RefCell;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -402,45 +403,63 @@ impl Layout {
         }
     }
 
-    /// The one-line error for a controller the spec needs but this system lacks.
-    fn unavailable(&self, ctrl: &str, what: &str) -> CgroupError {
+    /// The one-line error for a controller that is needed but missing. `what` (plural)
+    /// is what cannot be done; `in_spec` adds "or remove the {what} from the spec".
+    fn unavailable(&self, ctrl: &str, what: &str, in_spec: bool) -> CgroupError {
         let kernel_name = if ctrl == "io" { "blkio" } else { ctrl };
-        let kc = self.kernel.iter().find(|k| k.name == kernel_name);
-        let remove = format!("or remove the {what} from the spec");
-        let message = match kc {
-            Some(k) if k.enabled && self.mode != Mode::Unified && k.hierarchy == 0 && self.mode == Mode::Hybrid => format!(
-                "the {ctrl} cgroup controller is not available to cgroup v1 here (this hybrid layout attaches it to the \
-                 cgroup2 mount at {CGROUP_ROOT}/unified), so {what} cannot be applied: mount it as a v1 hierarchy with \
-                 `mkdir -p {CGROUP_ROOT}/{ctrl} && mount -t cgroup -o {ctrl} cgroup {CGROUP_ROOT}/{ctrl}`, {remove}"
-            ),
+        let enable = if ctrl == "memory" {
+            "on Raspberry Pi OS add `cgroup_enable=memory cgroup_memory=1` to /boot/firmware/cmdline.txt and reboot"
+                .to_string()
+        } else {
+            format!(
+                "boot with `cgroup_enable={kernel_name}` (on Raspberry Pi OS: add it to /boot/firmware/cmdline.txt \
+                 and reboot) or use a kernel built with it"
+            )
+        };
+        let mount_v1 =
+            format!("`mkdir -p {CGROUP_ROOT}/{ctrl} && mount -t cgroup -o {ctrl} cgroup {CGROUP_ROOT}/{ctrl}`");
+        // When the kernel has the controller enabled, say why it still is not usable here:
+        // (reason, fix).
+        let cause: Option<(String, String)> = match self.kernel.iter().find(|k| k.name == kernel_name) {
             Some(k) if k.enabled && self.mode != Mode::Unified => {
-                match self.v1_mounts.iter().find(|m| m.super_opts.iter().any(|o| o == ctrl)) {
-                    Some(m) => format!(
-                        "the {ctrl} cgroup controller is mounted at {}, where it is not found (its mount point must be \
-                         named after it, e.g. {CGROUP_ROOT}/{ctrl}), so {what} cannot be applied: mount it at \
-                         {CGROUP_ROOT}/{ctrl}, {remove}",
-                        m.mount_point.display()
+                let elsewhere = self.v1_mounts.iter().find(|m| m.super_opts.iter().any(|o| o == ctrl));
+                Some(match elsewhere {
+                    Some(m) => (
+                        format!(
+                            "it is mounted at {}, and is only found at a mount point named after it",
+                            m.mount_point.display()
+                        ),
+                        format!("mount it at {CGROUP_ROOT}/{ctrl}"),
                     ),
-                    None => format!(
-                        "the {ctrl} cgroup controller is not mounted, so {what} cannot be applied: mount it with \
-                         `mkdir -p {CGROUP_ROOT}/{ctrl} && mount -t cgroup -o {ctrl} cgroup {CGROUP_ROOT}/{ctrl}`, {remove}"
+                    None if k.hierarchy == 0 && self.mode == Mode::Hybrid => (
+                        format!("this hybrid layout attaches it to the cgroup2 mount at {CGROUP_ROOT}/unified"),
+                        format!("mount it as a v1 hierarchy with {mount_v1}"),
                     ),
-                }
+                    None => ("it is not mounted".to_string(), format!("mount it with {mount_v1}")),
+                })
             }
-            Some(k) if k.enabled && k.hierarchy != 0 => format!(
-                "the {ctrl} cgroup controller is not available in the cgroup2 hierarchy (it is attached to a cgroup v1 \
-                 mount), so {what} cannot be applied: unmount its v1 hierarchy, {remove}"
-            ),
-            _ if ctrl == "memory" => format!(
-                "the memory cgroup controller is not available on this kernel, so {what} cannot be applied: on \
-                 Raspberry Pi OS add `cgroup_enable=memory cgroup_memory=1` to /boot/firmware/cmdline.txt and reboot, \
-                 {remove}"
-            ),
-            _ => format!(
-                "the {ctrl} cgroup controller is not available on this kernel, so {what} cannot be applied: boot with \
-                 `cgroup_enable={kernel_name}` (on Raspberry Pi OS add it to /boot/firmware/cmdline.txt and reboot) or \
-                 use a kernel built with it, {remove}"
-            ),
+            Some(k) if k.enabled && k.hierarchy != 0 => {
+                Some(("it is attached to a cgroup v1 hierarchy".to_string(), "unmount that v1 hierarchy".to_string()))
+            }
+            _ => None,
+        };
+        let remove = if in_spec { format!("or remove the {what} from the spec") } else { String::new() };
+        let message = match cause {
+            None => {
+                let sep = if in_spec { ", " } else { "" };
+                format!(
+                    "the {ctrl} cgroup controller is not available on this kernel, so {what} cannot be applied: \
+                     {enable}{sep}{remove}"
+                )
+            }
+            Some((reason, fix)) => {
+                let place = if self.mode == Mode::Unified { "in the cgroup2 hierarchy" } else { "to cgroup v1 here" };
+                let sep = if in_spec { "; " } else { "" };
+                format!(
+                    "the {ctrl} cgroup controller is not available {place} ({reason}), so {what} cannot be applied: \
+                     {fix}, or, where the kernel has it disabled, {enable}{sep}{remove}"
+                )
+            }
         };
         CgroupError::ControllerUnavailable { controller: ctrl.to_string(), message }
     }
@@ -523,7 +542,7 @@ fn effective(layout: &Layout, path: &Path, res: Option<&LinuxResources>) -> Resu
     let memory = (*out.memory()).and_then(|m| memory_request(layout, m));
     if let Some(m) = &memory {
         disable_oom_killer = m.disable_oom_killer().unwrap_or(false);
-        need("memory", "memory limit");
+        need("memory", "memory limits");
     }
     out.set_memory(memory);
 
@@ -545,10 +564,10 @@ fn effective(layout: &Layout, path: &Path, res: Option<&LinuxResources>) -> Resu
             || c.realtime_runtime().is_some()
             || c.realtime_period().is_some()
         {
-            need("cpu", "cpu shares/quota");
+            need("cpu", "cpu shares and quotas");
         }
         if c.cpus().is_some() || c.mems().is_some() {
-            need("cpuset", "cpuset (cpus/mems) setting");
+            need("cpuset", "cpuset settings (cpus/mems)");
         }
     }
     out.set_cpu(cpu);
@@ -556,7 +575,7 @@ fn effective(layout: &Layout, path: &Path, res: Option<&LinuxResources>) -> Resu
     // pids: a limit <= 0 means "max", the default of a new cgroup.
     let pids = (*out.pids()).filter(|p| p.limit() > 0);
     if pids.is_some() {
-        need("pids", "pids limit");
+        need("pids", "pids limits");
     }
     out.set_pids(pids);
 
@@ -645,7 +664,7 @@ fn effective(layout: &Layout, path: &Path, res: Option<&LinuxResources>) -> Resu
 
     for (ctrl, what) in &needs {
         if !layout.has(ctrl) {
-            return Err(layout.unavailable(ctrl, what));
+            return Err(layout.unavailable(ctrl, what, true));
         }
     }
     Ok(Effective { resources: out, disable_oom_killer, needs })
@@ -713,9 +732,14 @@ fn cpu_request(mut c: LinuxCpu) -> Option<LinuxCpu> {
 pub struct Cgroup {
     path: PathBuf,
     layout: &'static Layout,
-    /// Built on first use: on v1, libcgroups' Manager::new parses /proc/self/mountinfo and
-    /// /proc/self/cgroup once per controller (~1 ms).
-    manager: OnceCell<AnyCgroupManager>,
+}
+
+thread_local! {
+    /// libcgroups managers built by this process, by cgroup path. Built on first use only:
+    /// on v1, libcgroups' `Manager::new` parses /proc/self/mountinfo and /proc/self/cgroup
+    /// once per controller (~1 ms); kept so a foreground `run` (create, then delete in the
+    /// same process) builds one, not two. Mounts do not change under the runtime's parent.
+    static MANAGERS: RefCell<Vec<(PathBuf, Rc<AnyCgroupManager>)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl std::fmt::Debug for Cgroup {
@@ -745,7 +769,7 @@ impl Cgroup {
                 reason: "refusing to use the root cgroup for a container".into(),
             });
         }
-        Ok(Cgroup { path: resolved, layout, manager: OnceCell::new() })
+        Ok(Cgroup { path: resolved, layout })
     }
 
     pub fn path(&self) -> &Path {
@@ -757,8 +781,9 @@ impl Cgroup {
         self.layout.hiers.iter().map(|h| (h, h.mount.join(rel(&self.path))))
     }
 
-    fn manager(&self) -> Result<&AnyCgroupManager, CgroupError> {
-        if let Some(m) = self.manager.get() {
+    fn manager(&self) -> Result<Rc<AnyCgroupManager>, CgroupError> {
+        let cached = MANAGERS.with(|c| c.borrow().iter().find(|(p, _)| *p == self.path).map(|(_, m)| m.clone()));
+        if let Some(m) = cached {
             return Ok(m);
         }
         let m = match self.layout.mode {
@@ -769,7 +794,9 @@ impl Cgroup {
                 .map(|m| m.any())
                 .map_err(|e| self.lib_err("opening the v2 cgroup manager", e))?,
         };
-        Ok(self.manager.get_or_init(|| m))
+        let m = Rc::new(m);
+        MANAGERS.with(|c| c.borrow_mut().push((self.path.clone(), m.clone())));
+        Ok(m)
     }
 
     fn lib_err(&self, what: &'static str, e: impl std::fmt::Display) -> CgroupError {
@@ -880,7 +907,7 @@ impl Cgroup {
     /// Freezes (true) or thaws (false) every process of the cgroup.
     pub fn freeze(&self, frozen: bool) -> Result<(), CgroupError> {
         if self.layout.mode != Mode::Unified && !self.layout.v1_has("freezer") {
-            return Err(self.layout.unavailable("freezer", "freeze request"));
+            return Err(self.layout.unavailable("freezer", "freezing and thawing", false));
         }
         let state = if frozen { FreezerState::Frozen } else { FreezerState::Thawed };
         let what = if frozen { "freezing" } else { "thawing" };

@@ -323,7 +323,7 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     saved.start_time = state::proc_start_time(init_pid).map(|t| t.0).unwrap_or(0);
     saved.save(root)?;
     if let Some(pf) = &o.pid_file {
-        state::write_atomic(pf, init_pid.to_string().as_bytes())?;
+        state::write_atomic(pf, init_pid.to_string().as_bytes(), false)?;
     }
     undo.disarm();
     Ok(Created { saved, chan, console_master })
@@ -470,6 +470,13 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
                 return Ok(());
             }
             return Err(Error::NotExist(id.into()));
+        }
+        Err(Error::Json { path, source }) => {
+            // Torn by a crash of the machine mid-create: nothing can be running from it.
+            crate::warn!("{}: unreadable state ({source}); removing it", path.display());
+            let d = state::dir(root, id);
+            fs::remove_dir_all(&d).ctx(|| format!("remove {}", d.display()))?;
+            return Ok(());
         }
         Err(e) => return Err(e),
     };
@@ -788,7 +795,7 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
         Some(m) => return Err(Error::msg(format!("sync: unexpected {m:?}"))),
     }
     if let Some(pf) = &o.pid_file {
-        state::write_atomic(pf, pid.to_string().as_bytes())?;
+        state::write_atomic(pf, pid.to_string().as_bytes(), false)?;
     }
     if o.detach {
         return Ok(0);

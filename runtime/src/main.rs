@@ -11,7 +11,6 @@ use skiff_runtime::{commands, Error};
 #[derive(Parser)]
 #[command(
     name = "skiff-runtime",
-    version,
     about = "A runc-compatible OCI container runtime",
     disable_help_subcommand = true
 )]
@@ -34,8 +33,11 @@ struct Cli {
     /// Accepted for runc compatibility; ignored
     #[arg(long, global = true, hide = true)]
     criu: Option<String>,
+    /// Print the version
+    #[arg(short = 'v', long)]
+    version: bool,
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -203,11 +205,20 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         ));
     }
     // Commands that put a process of ours inside a container run from a sealed copy.
-    if matches!(cli.cmd, Cmd::Create { .. } | Cmd::Run { .. } | Cmd::Exec { .. }) {
+    if matches!(cli.cmd, Some(Cmd::Create { .. } | Cmd::Run { .. } | Cmd::Exec { .. })) {
         skiff_runtime::cloned::reexec_protected()?;
     }
     let root = cli.root;
-    match cli.cmd {
+    let Some(cmd) = cli.cmd else {
+        if cli.version {
+            println!("skiff-runtime version {}", env!("CARGO_PKG_VERSION"));
+            println!("spec: {}", skiff_runtime::state::OCI_VERSION);
+            println!("libseccomp: {}", skiff_runtime::seccomp::library_version());
+            return Ok(0);
+        }
+        return Err(Error::msg("no command given: see skiff-runtime --help"));
+    };
+    match cmd {
         Cmd::Spec { bundle, rootless } => commands::spec(&bundle, rootless).map(|_| 0),
         Cmd::Create { c } => container::create(&root, &c.opts(), container::Mode::Create).map(|_| 0),
         Cmd::Start { id } => container::start(&root, &id).map(|_| 0),
@@ -252,5 +263,15 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         Cmd::List { format, quiet } => commands::list(&root, format == ListFormat::Json, quiet).map(|_| 0),
         Cmd::Ps { format, id, ps_args } => commands::ps(&root, &id, format == ListFormat::Json, &ps_args).map(|_| 0),
         Cmd::Features => commands::features().map(|_| 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

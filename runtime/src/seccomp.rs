@@ -374,3 +374,11 @@ mod tests {
         );
     }
 }
+
+/// The libseccomp version linked in, as "major.minor.micro" (for `--version`).
+pub fn library_version() -> String {
+    match libseccomp::ScmpVersion::current() {
+        Ok(v) => format!("{}.{}.{}", v.major, v.minor, v.micro),
+        Err(_) => "unknown".into(),
+    }
+}

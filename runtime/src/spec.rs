@@ -22,10 +22,30 @@ pub fn load(bundle: &Path) -> Result<Spec> {
         Err(e) => return Err(Error::Io { what: format!("read {}", path.display()), source: e }),
     };
     let spec: Spec = serde_json::from_slice(&data).map_err(|e| {
-        Error::msg(format!("{}:{}:{}: invalid config: {}", path.display(), e.line(), e.column(), strip_pos(&e)))
+        let hint = unknown_namespace(&data).map(|t| format!(" (unknown namespace type {t:?} in linux.namespaces)"));
+        Error::msg(format!(
+            "{}:{}:{}: invalid config: {}{}",
+            path.display(),
+            e.line(),
+            e.column(),
+            strip_pos(&e),
+            hint.unwrap_or_default()
+        ))
     })?;
     check(&spec, bundle)?;
     Ok(spec)
+}
+
+/// On the error path only: names a namespace type the spec does not know.
+fn unknown_namespace(data: &[u8]) -> Option<String> {
+    const KNOWN: &[&str] = &["mount", "cgroup", "uts", "ipc", "user", "pid", "network", "time"];
+    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
+    v["linux"]["namespaces"]
+        .as_array()?
+        .iter()
+        .filter_map(|n| n["type"].as_str())
+        .find(|t| !KNOWN.contains(t))
+        .map(str::to_owned)
 }
 
 fn strip_pos(e: &serde_json::Error) -> String {

@@ -113,11 +113,18 @@ impl Saved {
         serde_json::from_slice(&data).map_err(|source| Error::Json { path, source })
     }
 
-    /// Writes state.json crash-safely: temp file, fsync, rename, fsync of the directory.
+    /// Writes state.json atomically (temp file + rename): a reader, or the next
+    /// runtime after a crash, sees the old or the new state, never a torn one.
+    ///
+    /// Not fsynced: this state describes live processes, and a power cut kills them
+    /// all (on a normal system the root is a tmpfs that vanishes too). What must hold
+    /// after a power cut is that leftover state is recognised and can be deleted,
+    /// which `status` and `delete` handle. Durable files (the agent's) use
+    /// [`write_atomic`] with `durable = true`.
     pub fn save(&self, root: &Path) -> Result<()> {
         let d = dir(root, &self.id);
         let data = serde_json::to_vec(self).map_err(|source| Error::Json { path: d.join("state.json"), source })?;
-        write_atomic(&d.join("state.json"), &data)
+        write_atomic(&d.join("state.json"), &data, false)
     }
 
     /// The live status. `Stopped` when the init is gone, a zombie, or a different process.
@@ -150,18 +157,31 @@ impl Saved {
     }
 }
 
-/// temp + fsync + rename + fsync(dir): after a power cut the file is either the old
-/// one or the new one, never a torn mix.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+/// temp + rename, and with `durable` also fsync of the file and of the directory:
+/// after a crash (or, durable, a power cut) the file is either the old one or the
+/// new one, never a torn mix.
+pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-    f.write_all(data).ctx(|| format!("write {}", tmp.display()))?;
-    f.sync_all().ctx(|| format!("fsync {}", tmp.display()))?;
+    let r = f.write_all(data).ctx(|| format!("write {}", tmp.display())).and_then(|_| {
+        if durable {
+            f.sync_all().ctx(|| format!("fsync {}", tmp.display()))
+        } else {
+            Ok(())
+        }
+    });
     drop(f);
-    fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display()))?;
-    if let Some(parent) = path.parent() {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
+    if let Err(e) = r.and_then(|_| fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display())))
+    {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if durable {
+        if let Some(parent) = path.parent() {
+            if let Ok(d) = fs::File::open(parent) {
+                let _ = d.sync_all();
+            }
         }
     }
     Ok(())

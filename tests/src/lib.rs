@@ -127,18 +127,52 @@ pub fn is_skiff() -> bool {
     kind() == Kind::Skiff || std::env::var_os("SKIFF_TEST_ALL").is_some_and(|v| v == "1")
 }
 
+/// Says a test is skipped (it returns right after): on stderr, and appended to the file
+/// named by `SKIFF_TEST_SKIP_LOG` (hack/test lists them in its summary).
+pub fn skip(reason: &str) {
+    log_skip("", reason);
+}
+
+/// Like [`skip`], for a test that skips only some of its checks and runs the rest.
+pub fn skip_part(reason: &str) {
+    log_skip(" (in part)", reason);
+}
+
+fn log_skip(part: &str, reason: &str) {
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().to_string()))
+        .map(|s| s.rsplit_once('-').map(|(a, _)| a.to_string()).unwrap_or(s))
+        .unwrap_or_default();
+    eprintln!("SKIPPED: {bin}::{test}{part}: {reason}");
+    if let Some(log) = std::env::var_os("SKIFF_TEST_SKIP_LOG").filter(|v| !v.is_empty()) {
+        use std::io::Write;
+        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{bin}::{test}{part}: {reason}");
+        }
+    }
+}
+
 /// For tests that check behaviour where skiff deliberately differs from runc: returns true
-/// (and says so on stderr) when the runtime under test is not skiff-runtime, so the test
-/// can `return` early. `SKIFF_TEST_ALL=1` runs them anyway against any runtime.
+/// (and says so, see [`skip`]) when the runtime under test is not skiff-runtime, so the
+/// test can `return` early. `SKIFF_TEST_ALL=1` runs them anyway against any runtime.
 pub fn skip_unless_skiff(what: &str) -> bool {
     if is_skiff() {
         return false;
     }
-    eprintln!(
-        "SKIPPED: {what}: checks skiff-runtime behaviour, runtime under test is {}",
-        runtime_bin().display()
-    );
+    skip(&format!("{what}: checks skiff-runtime behaviour, runtime under test is {}", runtime_bin().display()));
     true
+}
+
+/// For the checks of a test that hold skiff to behaviour runc lacks: true when they
+/// should run; otherwise says they are skipped (see [`skip_part`]).
+pub fn skiff_part(what: &str) -> bool {
+    if is_skiff() {
+        return true;
+    }
+    skip_part(&format!("{what}: checks skiff-runtime behaviour, runtime under test is {}", runtime_bin().display()));
+    false
 }
 
 /// Panics with a clear message unless running as root.

@@ -84,7 +84,7 @@ fn a_namespace_path_that_does_not_exist() {
 #[test]
 fn a_hugetlb_limit_on_a_host_without_hugetlb() {
     if cgroup_v1("hugetlb").is_some() {
-        eprintln!("SKIPPED: this host has a v1 hugetlb controller");
+        skip("this host has a v1 hugetlb controller");
         return;
     }
     fails_cleanly("hugetlb", "create", &["hugetlb"], |b, _| {

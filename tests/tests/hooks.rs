@@ -142,7 +142,7 @@ fn a_failing_poststop_hook_does_not_stop_delete() {
     rt.cmd(&["state", &id]).fails();
     // The spec: a failing poststop hook is logged, "the remaining hooks and lifecycle
     // continue". runc 1.1 stops at the first failure.
-    if !skip_unless_skiff("poststop hooks after a failing one") {
+    if skiff_part("poststop hooks after a failing one") {
         assert!(second.exists(), "the poststop hooks after a failing one still run");
     }
 }
