@@ -246,7 +246,10 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
         Err(e)
     };
     if let Some(h) = hooks.and_then(|h| h.start_container().as_ref()) {
-        let state = ctx.hook_state.replace("\"pid\":0", &format!("\"pid\":{host_pid}"));
+        let state = ctx
+            .hook_state
+            .replace("\"pid\":0", &format!("\"pid\":{host_pid}"))
+            .replace("\"status\":\"creating\"", "\"status\":\"created\"");
         if let Err(e) = crate::hooks::run(h, "startContainer", &state) {
             return report(e.into());
         }

@@ -94,10 +94,62 @@ fn check(spec: &Spec, bundle: &Path) -> Result<()> {
         }
         seen.push(ns.typ());
     }
+    check_sysctls(linux)?;
     if !seen.contains(&oci_spec::runtime::LinuxNamespaceType::Mount) {
         return Err(Error::msg(
             "config.json: a mount namespace is required (add {\"type\": \"mount\"} to linux.namespaces)",
         ));
+    }
+    Ok(())
+}
+
+/// A sysctl is only safe to set when it belongs to a namespace the container does not
+/// share with the host; anything else would change the host (runc refuses it too).
+fn check_sysctls(linux: &oci_spec::runtime::Linux) -> Result<()> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let Some(sysctls) = linux.sysctl() else { return Ok(()) };
+    let nss = linux.namespaces().as_deref().unwrap_or_default();
+    let own = |t: T, proc_name: &str| {
+        nss.iter().any(|n| {
+            n.typ() == t
+                && match n.path() {
+                    None => true,
+                    Some(p) => {
+                        use std::os::unix::fs::MetadataExt;
+                        let theirs = fs::metadata(p).map(|m| m.ino()).ok();
+                        let ours = fs::metadata(format!("/proc/self/ns/{proc_name}")).map(|m| m.ino()).ok();
+                        theirs != ours
+                    }
+                }
+        })
+    };
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    for key in sysctls.keys() {
+        let (ok, ns) = if key.starts_with("net.") {
+            (own(T::Network, "net"), "network")
+        } else if IPC.contains(&key.as_str()) || key.starts_with("fs.mqueue.") {
+            (own(T::Ipc, "ipc"), "ipc")
+        } else if key == "kernel.hostname" || key == "kernel.domainname" {
+            (own(T::Uts, "uts"), "uts")
+        } else {
+            return Err(Error::msg(format!(
+                "config.json: sysctl {key:?} is not namespaced: setting it would change the host; remove it"
+            )));
+        };
+        if !ok {
+            return Err(Error::msg(format!(
+                "config.json: sysctl {key:?} needs the container's own {ns} namespace (without it the host's value would change)"
+            )));
+        }
     }
     Ok(())
 }

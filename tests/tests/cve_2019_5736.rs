@@ -164,16 +164,27 @@ fn exec_of_a_proc_self_exe_script() {
         .stdout(Stdio::from(wr.try_clone().unwrap()))
         .stderr(Stdio::from(wr));
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-    // Until the attacker holds something, or `exec` is over (then nothing blocked).
+    // Until the attacker holds something, or there is nothing to attack: `exec` is over,
+    // or for 2 s no process but busybox ones has been in the container's pid namespace
+    // (e.g. the runtime failed before exec and blocks writing its error to the pipe).
+    let a_ns = fs::read_link(format!("/proc/{}/ns/pid", s.rt.pid(&s.a_id))).unwrap();
     let start = std::time::Instant::now();
+    let mut last_seen = start;
     let mut reached = false;
-    while start.elapsed() < Duration::from_secs(15) {
-        if s.wait_opened(Duration::from_millis(50)) {
+    while start.elapsed() < Duration::from_secs(15) && last_seen.elapsed() < Duration::from_secs(2) {
+        if s.wait_opened(Duration::from_millis(20)) {
             reached = true;
             break;
         }
         if let Ok(Some(_)) = child.try_wait() {
             break;
+        }
+        let runtime_inside = processes().iter().any(|p| {
+            fs::read_link(format!("/proc/{}/ns/pid", p.pid)).ok().as_ref() == Some(&a_ns)
+                && !fs::read_link(format!("/proc/{}/exe", p.pid)).is_ok_and(|e| e.ends_with("bin/busybox"))
+        });
+        if runtime_inside {
+            last_seen = std::time::Instant::now();
         }
     }
     drop(rd); // whoever blocks on the pipe gets EPIPE now, and exits

@@ -179,9 +179,13 @@ fn sysctl() {
 fn a_sysctl_outside_the_containers_namespaces_is_refused() {
     let rt = Runtime::new();
     let mut b = Bundle::new();
-    // No network namespace: setting net.* would change the host.
-    b.without_namespace("network").set("/linux/sysctl", json!({"net.ipv4.ip_forward": "1"}));
-    let before = read("/proc/sys/net/ipv4/ip_forward");
+    // No network namespace: a net.* sysctl would be the host's. Ask for the value the host
+    // already has, so that even a runtime that wrongly writes it changes nothing.
+    let current = read("/proc/sys/net/ipv4/ip_forward").trim().to_string();
+    b.without_namespace("network").set("/linux/sysctl", json!({"net.ipv4.ip_forward": current}));
     rt.run(&b, &rt.id("sysctl-host")).error_mentions(&["net.ipv4.ip_forward"]);
-    assert_eq!(read("/proc/sys/net/ipv4/ip_forward"), before);
+    // Same for an ipc sysctl without an ipc namespace.
+    let current = read("/proc/sys/kernel/msgmax").trim().to_string();
+    b.namespace("network", None).without_namespace("ipc").set("/linux/sysctl", json!({"kernel.msgmax": current}));
+    rt.run(&b, &rt.id("sysctl-host-ipc")).error_mentions(&["kernel.msgmax"]);
 }

@@ -209,11 +209,12 @@ fn masked_and_readonly_paths() {
         .set("/hostname", json!("masked"))
         .set("/linux/maskedPaths", json!(masked))
         .set("/linux/readonlyPaths", json!(["/proc/sys", "/proc/sysrq-trigger"]))
-        // Root with the capability to write /proc/sys, so only the read-only mount refuses.
+        // Root with the capability to write /proc/sys, so only the read-only mount refuses
+        // (and it writes the value already there, so a broken runtime changes nothing).
         .set("/process/capabilities", json!({"bounding": ["CAP_SYS_ADMIN"], "effective": ["CAP_SYS_ADMIN"], "permitted": ["CAP_SYS_ADMIN"]}))
         .sh(&format!(
             "{script} echo firmware=$(ls -A /sys/firmware | wc -l); \
-             {{ echo other > /proc/sys/kernel/hostname; }} 2>&1; echo hostname=$(hostname); \
+             {{ echo masked > /proc/sys/kernel/hostname; }} 2>&1; echo hostname=$(hostname); \
              echo ostype=$(cat /proc/sys/kernel/ostype)"
         ));
     let out = rt.output(&b);
