@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -108,8 +108,55 @@ fn lift(fd: OwnedFd, min: RawFd) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
-/// fork(2)-like clone with namespace flags. Returns 0 in the child.
-fn clone_process(flags: CloneFlags) -> Result<i32> {
+/// fork(2)-like clone with namespace flags, straight into the cgroup2 directory
+/// `cgroup` when given (`clone3` + `CLONE_INTO_CGROUP`). Returns 0 in the child, and
+/// whether the cgroup2 placement happened (false: the child must enter by itself).
+fn clone_process(flags: CloneFlags, cgroup: Option<&OwnedFd>) -> Result<(i32, bool)> {
+    if let Some(cg) = cgroup {
+        #[repr(C)]
+        struct CloneArgs {
+            flags: u64,
+            pidfd: u64,
+            child_tid: u64,
+            parent_tid: u64,
+            exit_signal: u64,
+            stack: u64,
+            stack_size: u64,
+            tls: u64,
+            set_tid: u64,
+            set_tid_size: u64,
+            cgroup: u64,
+        }
+        const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+        let args = CloneArgs {
+            flags: flags.bits() as u64 | CLONE_INTO_CGROUP,
+            pidfd: 0,
+            child_tid: 0,
+            parent_tid: 0,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: 0,
+            stack_size: 0,
+            tls: 0,
+            set_tid: 0,
+            set_tid_size: 0,
+            cgroup: cg.as_raw_fd() as u64,
+        };
+        // SAFETY: clone3 with a null stack and no CLONE_VM behaves like fork: the child
+        // gets a copy of this single-threaded process. `args` outlives the call.
+        let pid =
+            unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+        if pid >= 0 {
+            return Ok((pid as i32, true));
+        }
+        let e = std::io::Error::last_os_error();
+        // Older kernels (no clone3 or no CLONE_INTO_CGROUP): the child enters itself.
+        if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL)) {
+            return Err(Error::Io {
+                what: format!("clone into the container's cgroup with namespaces {flags:?}"),
+                source: e,
+            });
+        }
+    }
     // SAFETY: without CLONE_VM and with a null stack, clone behaves like fork: the
     // child gets a copy of this single-threaded process.
     let pid = unsafe {
@@ -119,7 +166,26 @@ fn clone_process(flags: CloneFlags) -> Result<i32> {
         let e = std::io::Error::last_os_error();
         return Err(Error::Io { what: format!("clone with namespaces {flags:?}"), source: e });
     }
-    Ok(pid as i32)
+    Ok((pid as i32, false))
+}
+
+/// The cgroup2 directory as an fd for `CLONE_INTO_CGROUP`.
+fn open_cgroup_dir(entry: &crate::cgroups::Entry) -> Option<OwnedFd> {
+    let dir = entry.v2_dir.as_ref()?;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .ok()
+        .map(OwnedFd::from)
+}
+
+/// What the child writes to enter its cgroup when `CLONE_INTO_CGROUP` did not place it.
+fn entry_for_child(mut entry: crate::cgroups::Entry, placed_v2: bool) -> crate::cgroups::Entry {
+    if let (false, Some(d)) = (placed_v2, entry.v2_dir.take()) {
+        entry.tasks.push(d.join("cgroup.procs"));
+    }
+    entry
 }
 
 fn write_id_map(pid: i32, file: &str, maps: &[LinuxIdMapping]) -> Result<()> {
@@ -181,6 +247,9 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     let cgroup = Cgroup::new(&cg_path)?;
     let resources = linux.resources().as_ref();
     cgroup.check(resources)?;
+    let cg_entry = cgroup.prepare(resources)?;
+    undo.cgroup = Some(cgroup);
+    let cg_fd = open_cgroup_dir(&cg_entry);
 
     // Namespaces: new ones are created, ones with a path are joined.
     let min_fd = 3 + o.preserve_fds;
@@ -247,11 +316,12 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         saved.oci_state_json(Status::Creating).replace("\"status\":\"creating\"", "\"status\":\"creating\",\"pid\":0");
 
     let clone_flags = if two_stage { CloneFlags::empty() } else { new_flags - CloneFlags::CLONE_NEWCGROUP };
-    let child = clone_process(clone_flags)?;
+    let (child, placed_v2) = clone_process(clone_flags, cg_fd.as_ref())?;
     if child == 0 {
         drop(parent_chan);
         drop(console_local.take());
         let ctx = InitCtx {
+            cgroup: entry_for_child(cg_entry, placed_v2),
             spec: &spec,
             rootfs,
             bundle: bundle.clone(),
@@ -274,8 +344,7 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     drop(console);
     drop(joins);
     undo.pids.push(child);
-    cgroup.apply(child, resources)?;
-    undo.cgroup = Some(cgroup);
+    drop(cg_fd);
     let chan = parent_chan;
     if new_flags.contains(CloneFlags::CLONE_NEWUSER) && !two_stage {
         write_maps(child, &spec)?;
@@ -752,12 +821,17 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
     };
     let (parent_chan, child_chan) = sync::pair()?;
     let child_chan = Chan(lift(child_chan.0, min_fd)?);
-    let cg = Cgroup::new(&saved.cgroup_path)?;
-    let child = clone_process(CloneFlags::empty())?;
+    let cg_entry = Cgroup::new(&saved.cgroup_path)?.entry();
+    let cg_fd = open_cgroup_dir(&cg_entry);
+    let (child, placed_v2) = clone_process(CloneFlags::empty(), cg_fd.as_ref())?;
     if child == 0 {
         drop(parent_chan);
         drop(console_local);
-        let r = exec_child(child_chan.0.as_raw_fd(), &nss, &process, console, in_userns, &saved, o.preserve_fds);
+        let entry = entry_for_child(cg_entry, placed_v2);
+        let r = match entry.enter_self() {
+            Ok(()) => exec_child(child_chan.0.as_raw_fd(), &nss, &process, console, in_userns, &saved, o.preserve_fds),
+            Err(e) => Err(Error::Io { what: "join the container's cgroup".into(), source: e }),
+        };
         let msg = match r {
             Ok(never) => match never {},
             Err(e) => e.to_string(),
@@ -774,7 +848,7 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
         let _ = waitpid(Pid::from_raw(child), None);
         e
     };
-    cg.apply(child, None).map_err(|e| kill_child(e.into()))?;
+    drop(cg_fd);
     parent_chan.send(&Msg::Go).map_err(kill_child)?;
     let pid = match parent_chan.expect(&Msg::InitPid(0)) {
         Ok(Msg::InitPid(p)) => p,

@@ -39,6 +39,8 @@ pub struct Join {
 /// Everything the init needs, prepared by the parent before the fork.
 pub struct InitCtx<'a> {
     pub spec: &'a Spec,
+    /// How to enter the container's cgroup (prepared and limited by the parent).
+    pub cgroup: crate::cgroups::Entry,
     pub rootfs: PathBuf,
     pub bundle: PathBuf,
     pub chan: Chan,
@@ -77,7 +79,9 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     umask(Mode::empty());
-    // 1. Wait until the parent has placed us in the cgroup (and mapped our ids).
+    // 1. Enter the cgroup ourselves (cheap, see cgroups::Cgroup::prepare), then wait
+    // until the parent has mapped our ids.
+    ctx.cgroup.enter_self().ctx(|| "enter the container's cgroup")?;
     ctx.chan.expect(&Msg::Go)?;
 
     if ctx.two_stage {

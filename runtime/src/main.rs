@@ -9,11 +9,7 @@ use skiff_runtime::log::{self, Format, Level};
 use skiff_runtime::{commands, Error};
 
 #[derive(Parser)]
-#[command(
-    name = "skiff-runtime",
-    about = "A runc-compatible OCI container runtime",
-    disable_help_subcommand = true
-)]
+#[command(name = "skiff-runtime", about = "A runc-compatible OCI container runtime", disable_help_subcommand = true)]
 struct Cli {
     /// Directory for container state (tmpfs recommended)
     #[arg(long, global = true, default_value = "/run/skiff-runtime")]

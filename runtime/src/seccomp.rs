@@ -291,6 +291,14 @@ fn names_for_msg(names: &[String]) -> String {
     s
 }
 
+/// The libseccomp version linked in, as "major.minor.micro" (for `--version`).
+pub fn library_version() -> String {
+    match libseccomp::ScmpVersion::current() {
+        Ok(v) => format!("{}.{}.{}", v.major, v.minor, v.micro),
+        Err(_) => "unknown".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,13 +380,5 @@ mod tests {
             err(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir",""],"action":"SCMP_ACT_ERRNO"}]}"#),
             "seccomp: syscalls[0].names: empty syscall name"
         );
-    }
-}
-
-/// The libseccomp version linked in, as "major.minor.micro" (for `--version`).
-pub fn library_version() -> String {
-    match libseccomp::ScmpVersion::current() {
-        Ok(v) => format!("{}.{}.{}", v.major, v.minor, v.micro),
-        Err(_) => "unknown".into(),
     }
 }

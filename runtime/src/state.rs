@@ -172,7 +172,8 @@ pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()> {
         }
     });
     drop(f);
-    if let Err(e) = r.and_then(|_| fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display())))
+    if let Err(e) =
+        r.and_then(|_| fs::rename(&tmp, path).ctx(|| format!("rename {} to {}", tmp.display(), path.display())))
     {
         let _ = fs::remove_file(&tmp);
         return Err(e);
@@ -237,6 +238,6 @@ mod tests {
         let me = std::process::id() as i32;
         let (t, st) = proc_start_time(me).expect("own stat");
         assert!(t > 0);
-        assert_eq!(st, 'R');
+        assert!(st != 'Z' && st != 'X', "state {st}");
     }
 }
