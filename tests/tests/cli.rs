@@ -511,3 +511,29 @@ fn state_of_a_stopped_container() {
     assert_eq!(st["id"], id.as_str());
     rt.delete(&id).ok();
 }
+
+#[test]
+fn preserve_fds_passes_extra_fds_through() {
+    let rt = Runtime::new();
+    let dir = Scratch::new("pfds");
+    let mut b = Bundle::new();
+    // fd 3 reaches the container; fd 4 (also open in the caller) does not.
+    b.sh("echo via-fd3 >&3; if [ -e /proc/self/fd/4 ] && [ \"$(readlink /proc/self/fd/4)\" != /proc/self/fd ]; then echo fd4-leaked; fi");
+    b.save();
+    let id = rt.id("pfds");
+    let out3 = dir.join("fd3.out");
+    let out4 = dir.join("fd4.out");
+    let script = format!(
+        "exec 3>{} 4>{}; exec {} --root {} run --preserve-fds 1 --bundle {} {}",
+        out3.display(),
+        out4.display(),
+        rt.bin().display(),
+        rt.root().display(),
+        b.path().display(),
+        id
+    );
+    let out = host(&["sh", "-c", &script]);
+    assert!(out.success(), "{out}");
+    assert_eq!(read(&out3), "via-fd3\n");
+    assert!(!out.stdout.contains("fd4-leaked"), "only --preserve-fds fds are passed: {out}");
+}
