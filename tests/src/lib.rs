@@ -67,9 +67,8 @@ fn resolve_runtime() -> PathBuf {
     if let Some(v) = std::env::var_os("SKIFF_TEST_RUNTIME").filter(|v| !v.is_empty()) {
         let p = PathBuf::from(&v);
         if p.components().count() == 1 && !v.to_string_lossy().contains('/') {
-            return which(&v.to_string_lossy()).unwrap_or_else(|| {
-                panic!("SKIFF_TEST_RUNTIME={}: not found on PATH", p.display())
-            });
+            return which(&v.to_string_lossy())
+                .unwrap_or_else(|| panic!("SKIFF_TEST_RUNTIME={}: not found on PATH", p.display()));
         }
         let p = if p.is_absolute() { p } else { std::env::current_dir().unwrap().join(p) };
         assert!(p.is_file(), "SKIFF_TEST_RUNTIME={}: no such file", p.display());
@@ -82,8 +81,7 @@ fn resolve_runtime() -> PathBuf {
         targets.push(if t.is_absolute() { t } else { manifest.join("..").join(t) });
     }
     targets.push(manifest.join("../target"));
-    let profiles: &[&str] =
-        if cfg!(debug_assertions) { &["debug", "release"] } else { &["release", "debug"] };
+    let profiles: &[&str] = if cfg!(debug_assertions) { &["debug", "release"] } else { &["release", "debug"] };
     for t in &targets {
         for p in profiles {
             let c = t.join(p).join("skiff-runtime");
@@ -302,8 +300,7 @@ pub fn mountinfo() -> Vec<MountInfo> {
 
 /// Unmounts (lazily) everything mounted at or below `dir`, deepest first.
 pub fn unmount_under(dir: &Path) {
-    let mut mps: Vec<PathBuf> =
-        mount_points().into_iter().filter(|m| m.starts_with(dir)).collect();
+    let mut mps: Vec<PathBuf> = mount_points().into_iter().filter(|m| m.starts_with(dir)).collect();
     mps.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
     mps.dedup();
     for m in mps {
@@ -409,7 +406,8 @@ fn is_static_elf(p: &Path) -> bool {
     let (phoff, phentsize, phnum) = (u64at(0x20), u16at(0x36), u16at(0x38));
     (0..phnum).all(|i| {
         let o = phoff + i * phentsize;
-        o + 4 > b.len() || u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) != 3 // PT_INTERP
+        o + 4 > b.len() || u32::from_le_bytes(b[o..o + 4].try_into().unwrap()) != 3
+        // PT_INTERP
     })
 }
 
@@ -419,11 +417,7 @@ pub fn base_rootfs() -> &'static Path {
     ROOTFS.get_or_init(|| {
         let bb = busybox();
         assert!(bb.is_file(), "{} not found: install busybox-static (hack/setup)", bb.display());
-        assert!(
-            is_static_elf(&bb),
-            "{} is dynamically linked: install busybox-static (hack/setup)",
-            bb.display()
-        );
+        assert!(is_static_elf(&bb), "{} is dynamically linked: install busybox-static (hack/setup)", bb.display());
         let r = base_dir().join("rootfs-base");
         let mode = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
         for (d, m) in [
@@ -496,8 +490,8 @@ impl Bundle {
         assert!(out.success(), "`spec` failed:\n{out}");
         let text = fs::read_to_string(dir.join("config.json"))
             .unwrap_or_else(|e| panic!("`spec` wrote no config.json ({e}):\n{out}"));
-        let mut spec: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("`spec` wrote invalid JSON ({e}):\n{text}"));
+        let mut spec: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("`spec` wrote invalid JSON ({e}):\n{text}"));
         let _ = fs::remove_file(dir.join(out.stdout_path.file_name().unwrap()));
         let _ = fs::remove_file(dir.join(out.stderr_path.file_name().unwrap()));
         copy_tree(base_rootfs(), &dir.join("rootfs"));
@@ -620,8 +614,7 @@ impl Bundle {
 
     /// Writes `spec` to config.json.
     pub fn save(&self) {
-        fs::write(self.dir.join("config.json"), serde_json::to_vec_pretty(&self.spec).unwrap())
-            .unwrap();
+        fs::write(self.dir.join("config.json"), serde_json::to_vec_pretty(&self.spec).unwrap()).unwrap();
     }
 }
 
@@ -1009,8 +1002,7 @@ impl Runtime {
     #[track_caller]
     pub fn state(&self, id: &str) -> Value {
         let out = self.cmd(&["state", id]).ok();
-        serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("state output is not JSON ({e}):\n{out}"))
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("state output is not JSON ({e}):\n{out}"))
     }
 
     /// The container's status, or None when `state` fails (e.g. deleted).
@@ -1030,9 +1022,7 @@ impl Runtime {
 
     #[track_caller]
     pub fn wait_status(&self, id: &str, status: &str) {
-        wait_until(&format!("container {id} to be {status}"), TIMEOUT, || {
-            self.status(id).as_deref() == Some(status)
-        });
+        wait_until(&format!("container {id} to be {status}"), TIMEOUT, || self.status(id).as_deref() == Some(status));
     }
 
     pub fn kill(&self, id: &str, sig: &str) -> Out {
@@ -1071,11 +1061,7 @@ impl Runtime {
             remove_cgroup(cg);
         }
         for ns in self.netns.lock().unwrap().iter() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            let _ = Command::new("ip").args(["netns", "del", ns]).stdout(Stdio::null()).stderr(Stdio::null()).status();
         }
     }
 }
@@ -1240,11 +1226,7 @@ pub fn open_fds() -> usize {
 /// Pids of this process's zombie children.
 pub fn zombie_children() -> Vec<i32> {
     let me = std::process::id() as i32;
-    processes()
-        .into_iter()
-        .filter(|p| p.ppid == me && p.state == 'Z')
-        .map(|p| p.pid)
-        .collect()
+    processes().into_iter().filter(|p| p.ppid == me && p.state == 'Z').map(|p| p.pid).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -1267,12 +1249,7 @@ pub fn processes() -> Vec<Proc> {
         if rest.len() < 2 {
             continue;
         }
-        v.push(Proc {
-            pid,
-            ppid: rest[1].parse().unwrap_or(0),
-            state: rest[0].chars().next().unwrap_or('?'),
-            comm,
-        });
+        v.push(Proc { pid, ppid: rest[1].parse().unwrap_or(0), state: rest[0].chars().next().unwrap_or('?'), comm });
     }
     v
 }
@@ -1378,9 +1355,8 @@ pub fn cap_mask(names: &[&str]) -> String {
 /// Every capability this process may hand on (its bounding set): "all" for a privileged
 /// container on this host (which, for one, lacks CAP_SYS_RESOURCE).
 pub fn all_caps() -> Vec<&'static str> {
-    let bnd = status_field(&read("/proc/self/status"), "CapBnd")
-        .and_then(|v| u64::from_str_radix(v, 16).ok())
-        .unwrap_or(0);
+    let bnd =
+        status_field(&read("/proc/self/status"), "CapBnd").and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
     CAPS.iter().enumerate().filter(|(i, _)| bnd & (1 << i) != 0).map(|(_, c)| *c).collect()
 }
 
@@ -1456,7 +1432,11 @@ fn our_processes() -> BTreeSet<i32> {
         // A zombie left to the host's init is reaped by it (lazily, on some hosts).
         .filter(|p| !(p.state == 'Z' && p.ppid != me))
         .filter(|p| {
-            let link = |w: &str| fs::read_link(format!("/proc/{}/{w}", p.pid)).map(|l| l.to_string_lossy().to_string()).unwrap_or_default();
+            let link = |w: &str| {
+                fs::read_link(format!("/proc/{}/{w}", p.pid))
+                    .map(|l| l.to_string_lossy().to_string())
+                    .unwrap_or_default()
+            };
             is_ours(&link("root")) || is_ours(&link("cwd")) || is_ours(&read(format!("/proc/{}/cgroup", p.pid)))
         })
         .map(|p| p.pid)
@@ -1492,7 +1472,8 @@ impl Snapshot {
         let mut others = Vec::new();
         let mut note = |s: String, mine: bool| if mine { ours.push(s) } else { others.push(s) };
 
-        let (b, a): (BTreeSet<&String>, BTreeSet<&String>) = (self.mounts.iter().collect(), after.mounts.iter().collect());
+        let (b, a): (BTreeSet<&String>, BTreeSet<&String>) =
+            (self.mounts.iter().collect(), after.mounts.iter().collect());
         for m in a.difference(&b) {
             note(format!("new mount: {m}"), is_ours(m));
         }
@@ -1527,7 +1508,10 @@ impl Snapshot {
             note(format!("state dir entries: {:?} -> {:?}", self.state_entries, after.state_entries), true);
         }
         if !others.is_empty() && !strict {
-            eprintln!("WARNING ({what}): machine-wide differences (not failing: set CI=true or SKIFF_TEST_STRICT=1):\n  {}", others.join("\n  "));
+            eprintln!(
+                "WARNING ({what}): machine-wide differences (not failing: set CI=true or SKIFF_TEST_STRICT=1):\n  {}",
+                others.join("\n  ")
+            );
         }
         let mut fail = ours;
         if strict {

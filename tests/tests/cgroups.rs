@@ -103,7 +103,11 @@ fn limits_seen_from_inside_a_cgroup_namespace() {
         .sh("cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max; \
              grep -qx 1 /sys/fs/cgroup/pids/cgroup.procs && echo init-inside; grep ':memory:' /proc/self/cgroup");
     let out = rt.run(&b, &id).ok();
-    assert_eq!(out.stdout, "67108864\n64\ninit-inside\n4:memory:/\n".replace("4:", &format!("{}:", memory_hierarchy_id())), "{out}");
+    assert_eq!(
+        out.stdout,
+        "67108864\n64\ninit-inside\n4:memory:/\n".replace("4:", &format!("{}:", memory_hierarchy_id())),
+        "{out}"
+    );
 }
 
 /// The hierarchy id of the memory controller (first field of its /proc/self/cgroup line).
@@ -186,7 +190,10 @@ fn relative_and_absolute_cgroups_path() {
         assert!(procs.lines().any(|l| l == pid.to_string()), "{ctrl}: {pid} in {}: {procs:?}", dir.display());
         assert!(!m.mount_point.join(&rel).exists(), "a relative path is not taken from the root");
     }
-    assert_eq!(read(cgroup_v1("pids").unwrap().mount_point.join(&parent).join(&rel).join("leaf/pids.max")).trim(), "10");
+    assert_eq!(
+        read(cgroup_v1("pids").unwrap().mount_point.join(&parent).join(&rel).join("leaf/pids.max")).trim(),
+        "10"
+    );
 
     // Absolute: from the hierarchy's root, wherever the runtime runs.
     let abs = rt.id("cgabs");
@@ -236,12 +243,18 @@ fn in_v2_without_memory(rt: &Runtime, args: &[&str]) -> Out {
         .arg("--root")
         .arg(rt.root())
         .args(args);
-    run_command(cmd, format!("unshare -m (cgroup2 only) {} {}", rt.bin().display(), args.join(" ")), rt.io_dir(), TIMEOUT)
+    run_command(
+        cmd,
+        format!("unshare -m (cgroup2 only) {} {}", rt.bin().display(), args.join(" ")),
+        rt.io_dir(),
+        TIMEOUT,
+    )
 }
 
 fn v2_lacks_memory() -> bool {
     let unified = cgroup_mounts().into_iter().find(|m| m.v2);
-    let ok = unified.is_some_and(|m| !read(m.mount_point.join("cgroup.controllers")).split_whitespace().any(|c| c == "memory"));
+    let ok = unified
+        .is_some_and(|m| !read(m.mount_point.join("cgroup.controllers")).split_whitespace().any(|c| c == "memory"));
     if !ok {
         skip("needs a cgroup2 hierarchy without the memory controller (a hybrid host)");
     }

@@ -66,7 +66,9 @@ fn failing_create_container_hook() {
 #[test]
 fn bind_mount_of_a_missing_source() {
     fails_cleanly("badmount", "create", &["skiff-no-such-dir"], |b, _| {
-        b.add_mount(json!({"destination": "/mnt/x", "type": "bind", "source": "/skiff-no-such-dir", "options": ["rbind"]}));
+        b.add_mount(
+            json!({"destination": "/mnt/x", "type": "bind", "source": "/skiff-no-such-dir", "options": ["rbind"]}),
+        );
     });
 }
 

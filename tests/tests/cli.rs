@@ -61,15 +61,7 @@ fn create_start_state_kill_delete_lifecycle() {
     let id = rt.id("life");
     let pid_file = b.file("container.pid");
     b.save();
-    rt.cmd(&[
-        "create",
-        "--bundle",
-        b.path().to_str().unwrap(),
-        "--pid-file",
-        pid_file.to_str().unwrap(),
-        &id,
-    ])
-    .ok();
+    rt.cmd(&["create", "--bundle", b.path().to_str().unwrap(), "--pid-file", pid_file.to_str().unwrap(), &id]).ok();
 
     let st = rt.state(&id);
     assert!(st["ociVersion"].as_str().is_some_and(|v| !v.is_empty()), "ociVersion: {st}");
@@ -134,9 +126,7 @@ fn kill_accepts_signal_names_and_numbers() {
     // No signal means SIGTERM.
     let before = c.stdout_now().matches("got-TERM").count();
     rt.cmd(&["kill", &id]).ok();
-    wait_until("got-TERM after kill without a signal", TIMEOUT, || {
-        c.stdout_now().matches("got-TERM").count() > before
-    });
+    wait_until("got-TERM after kill without a signal", TIMEOUT, || c.stdout_now().matches("got-TERM").count() > before);
     assert_eq!(rt.status(&id).as_deref(), Some("running"));
     rt.kill(&id, "9").ok();
     rt.wait_status(&id, "stopped");
@@ -299,7 +289,19 @@ fn exec_env_cwd_user() {
     let id = rt.id("execenv");
     rt.create_start(&b, &id);
     let out = rt
-        .cmd(&["exec", "--env", "K=V", "--env", "K2=two words", "--cwd", "/tmp", &id, "sh", "-c", "echo $K; echo $K2; pwd; echo $FROM_SPEC"])
+        .cmd(&[
+            "exec",
+            "--env",
+            "K=V",
+            "--env",
+            "K2=two words",
+            "--cwd",
+            "/tmp",
+            &id,
+            "sh",
+            "-c",
+            "echo $K; echo $K2; pwd; echo $FROM_SPEC",
+        ])
         .ok();
     assert_eq!(out.stdout, "V\ntwo words\n/tmp\nspec\n", "{out}");
     let out = rt.cmd(&["exec", "--user", "1000:1000", &id, "id", "-u"]).ok();
@@ -490,7 +492,8 @@ fn features() {
     for h in ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"] {
         assert!(hooks.contains(&h), "features lists the {h} hook: {f}");
     }
-    let ns: Vec<&str> = f["linux"]["namespaces"].as_array().expect("linux.namespaces").iter().filter_map(|h| h.as_str()).collect();
+    let ns: Vec<&str> =
+        f["linux"]["namespaces"].as_array().expect("linux.namespaces").iter().filter_map(|h| h.as_str()).collect();
     for n in ["pid", "network", "ipc", "uts", "mount", "user", "cgroup"] {
         assert!(ns.contains(&n), "features lists the {n} namespace: {f}");
     }

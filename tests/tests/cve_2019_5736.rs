@@ -171,9 +171,7 @@ fn exec_of_a_proc_self_exe_script() {
     fill_pipe(&wr);
 
     let (mut cmd, desc) = s.rt.command(&["exec", &s.a_id, "/evil"]);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(wr.try_clone().unwrap()))
-        .stderr(Stdio::from(wr));
+    cmd.stdin(Stdio::null()).stdout(Stdio::from(wr.try_clone().unwrap())).stderr(Stdio::from(wr));
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
     // Until the attacker holds something, or there is nothing to attack: `exec` is over,
     // or for 2 s no process but busybox ones has been in the container's pid namespace

@@ -64,7 +64,11 @@ fn every_hook_runs_with_the_state_on_stdin() {
         let st: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{k} got no state JSON ({e}): {text:?}"));
         assert!(st["ociVersion"].as_str().is_some_and(|v| !v.is_empty()), "{k}: {st}");
         assert_eq!(st["id"], id.as_str(), "{k}: {st}");
-        assert_eq!(Path::new(st["bundle"].as_str().unwrap_or("")).canonicalize().ok().as_ref(), Some(&bundle), "{k}: {st}");
+        assert_eq!(
+            Path::new(st["bundle"].as_str().unwrap_or("")).canonicalize().ok().as_ref(),
+            Some(&bundle),
+            "{k}: {st}"
+        );
         let status = st["status"].as_str().unwrap_or("");
         let allowed: &[&str] = match k {
             "prestart" | "createRuntime" | "createContainer" => &["creating", "created"],

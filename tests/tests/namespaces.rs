@@ -128,11 +128,16 @@ fn user_namespace_maps_ids() {
     b.namespace("user", None)
         .namespace("network", None)
         .set("/root/readonly", json!(false))
-        .set("/process/capabilities", json!({"bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"], "permitted": ["CAP_CHOWN"]}))
+        .set(
+            "/process/capabilities",
+            json!({"bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"], "permitted": ["CAP_CHOWN"]}),
+        )
         .set("/linux/uidMappings", json!([{"containerID": 0, "hostID": 100000, "size": 65536}]))
         .set("/linux/gidMappings", json!([{"containerID": 0, "hostID": 100000, "size": 65536}]))
         // (the container's root cannot create the mount point in a rootfs owned by host root)
-        .add_mount(json!({"destination": "/shared", "type": "bind", "source": shared.path(), "options": ["rbind", "rw"]}))
+        .add_mount(
+            json!({"destination": "/shared", "type": "bind", "source": shared.path(), "options": ["rbind", "rw"]}),
+        )
         .sh("cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; touch /shared/made-inside; \
              mkdir -p /shared/dir; chown 1000:1000 /shared/dir; echo done");
     let out = rt.output(&b);

@@ -38,8 +38,9 @@ fn a_missing_executable_fails_clearly() {
 fn user_group_and_additional_gids() {
     let rt = Runtime::new();
     let mut b = Bundle::new();
-    b.set("/process/user", json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 29]}))
-        .sh("id -u; id -g; id -un; id -G | tr ' ' '\\n' | sort -n | tr '\\n' ' '; echo; grep '^Groups:' /proc/self/status");
+    b.set("/process/user", json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 29]})).sh(
+        "id -u; id -g; id -un; id -G | tr ' ' '\\n' | sort -n | tr '\\n' ' '; echo; grep '^Groups:' /proc/self/status",
+    );
     let out = rt.output(&b);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(&lines[..3], &["1000", "1000", "user"], "{out}");
@@ -77,7 +78,15 @@ fn capabilities_of_root() {
     let rt = Runtime::new();
     let mut b = Bundle::new();
     // For root, exec makes permitted = effective = bounding; so ask for exactly that.
-    let set = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID", "CAP_AUDIT_WRITE"];
+    let set = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_KILL",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SETUID",
+        "CAP_SETGID",
+        "CAP_AUDIT_WRITE",
+    ];
     b.set("/process/capabilities", caps(&set, &set, &set, &[], &[])).sh("cat /proc/self/status");
     let out = rt.output(&b);
     let m = cap_mask(&set);
@@ -166,7 +175,10 @@ fn sysctl() {
     let mut b = Bundle::new();
     b.namespace("network", None)
         .namespace("ipc", None)
-        .set("/linux/sysctl", json!({"net.ipv4.ip_forward": "1", "kernel.shmmax": "123456789", "kernel.msgmax": "4321"}))
+        .set(
+            "/linux/sysctl",
+            json!({"net.ipv4.ip_forward": "1", "kernel.shmmax": "123456789", "kernel.msgmax": "4321"}),
+        )
         .sh("cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmax /proc/sys/kernel/msgmax");
     let host_fwd = read("/proc/sys/net/ipv4/ip_forward");
     let host_shm = read("/proc/sys/kernel/shmmax");

@@ -75,7 +75,9 @@ fn mounts_from_the_spec() {
         .namespace("mount", None)
         .namespace("ipc", None)
         .add_mount(json!({"destination": "/data", "type": "bind", "source": data.path(), "options": ["rbind", "ro"]}))
-        .add_mount(json!({"destination": "/etc/single-file", "type": "bind", "source": file, "options": ["bind", "ro"]}))
+        .add_mount(
+            json!({"destination": "/etc/single-file", "type": "bind", "source": file, "options": ["bind", "ro"]}),
+        )
         .add_mount(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
                           "options": ["nosuid", "noexec", "nodev", "size=1m", "mode=1770"]}))
         .sh("cat /data/data.txt /etc/single-file; touch /data/new 2>&1; stat -c %a /scratch; \
@@ -110,7 +112,14 @@ fn mounts_from_the_spec() {
     assert!(has(&at("/data").mount_options, "ro"));
     assert!(has(&at("/etc/single-file").mount_options, "ro"));
 
-    for (p, t) in [("/proc", "proc"), ("/sys", "sysfs"), ("/dev/pts", "devpts"), ("/dev/mqueue", "mqueue"), ("/dev/shm", "tmpfs"), ("/dev", "tmpfs")] {
+    for (p, t) in [
+        ("/proc", "proc"),
+        ("/sys", "sysfs"),
+        ("/dev/pts", "devpts"),
+        ("/dev/mqueue", "mqueue"),
+        ("/dev/shm", "tmpfs"),
+        ("/dev", "tmpfs"),
+    ] {
         assert_eq!(at(p).fstype, t, "{p}");
     }
     let sys = at("/sys");
@@ -211,7 +220,10 @@ fn masked_and_readonly_paths() {
         .set("/linux/readonlyPaths", json!(["/proc/sys", "/proc/sysrq-trigger"]))
         // Root with the capability to write /proc/sys, so only the read-only mount refuses
         // (and it writes the value already there, so a broken runtime changes nothing).
-        .set("/process/capabilities", json!({"bounding": ["CAP_SYS_ADMIN"], "effective": ["CAP_SYS_ADMIN"], "permitted": ["CAP_SYS_ADMIN"]}))
+        .set(
+            "/process/capabilities",
+            json!({"bounding": ["CAP_SYS_ADMIN"], "effective": ["CAP_SYS_ADMIN"], "permitted": ["CAP_SYS_ADMIN"]}),
+        )
         .sh(&format!(
             "{script} echo firmware=$(ls -A /sys/firmware | wc -l); \
              {{ echo masked > /proc/sys/kernel/hostname; }} 2>&1; echo hostname=$(hostname); \
