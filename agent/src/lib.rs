@@ -1,3 +1,6 @@
 //! skiff: the agent (reconcile loop, supervision, health, logs, status endpoint) and CLI.
 //!
-//! Not built yet: see issue 4. Only the binary's entry point exists so far.
+//! Built so far: the image commands of the CLI ([`cli`]: `pull`, `images`, `rmi`, `prune`).
+//! The agent itself comes with issue 4.
+
+pub mod cli;
