@@ -912,27 +912,43 @@ impl Cgroup {
         left
     }
 
-    /// Creates the cgroup (every hierarchy) and applies `resources` before any process
-    /// is in it. The first process then enters by itself (see [`Entry`]): a process
-    /// that writes "0" to a v1 `tasks` file moves only itself and the kernel skips the
-    /// global threadgroup lock that a write of a pid to `cgroup.procs` takes (that
-    /// lock waits for an RCU grace period: 5-10 ms here, per container). On cgroup v2
-    /// the process is cloned straight into the cgroup (`CLONE_INTO_CGROUP`).
-    /// On error everything created is removed.
+    /// Creates the cgroup directories (every hierarchy) before any process exists; the
+    /// limits follow with [`Cgroup::apply_limits`] (the runtime does that while the
+    /// container's init sets up its mounts, and the init waits for it before it creates
+    /// devices or runs anything of the container's). The first process enters by itself
+    /// (see [`Entry`]): a process that writes "0" to a v1 `tasks` file moves only itself
+    /// and the kernel skips the global threadgroup lock that a write of a pid to
+    /// `cgroup.procs` takes (that lock waits for an RCU grace period: 5-10 ms here, per
+    /// container). On cgroup v2 the process is cloned straight into the cgroup
+    /// (`CLONE_INTO_CGROUP`). On error everything created is removed.
     pub fn prepare(&self, resources: Option<&LinuxResources>) -> Result<Entry, CgroupError> {
-        let eff = effective(self.layout, &self.path, resources)?;
-        let placements: Vec<Placement> = self
-            .dirs()
-            .map(|(h, dir)| Placement { hier: h.clone(), created: first_missing(&h.mount, &dir), dir })
-            .collect();
-        let result = self.prepare_dirs(&eff, &placements);
+        effective(self.layout, &self.path, resources)?;
+        let placements = self.placements();
+        let result = self.prepare_dirs(&placements);
         if result.is_err() {
             self.undo(None, &placements);
         }
         result
     }
 
-    fn prepare_dirs(&self, eff: &Effective, placements: &[Placement]) -> Result<Entry, CgroupError> {
+    fn placements(&self) -> Vec<Placement> {
+        self.dirs().map(|(h, dir)| Placement { hier: h.clone(), created: first_missing(&h.mount, &dir), dir }).collect()
+    }
+
+    /// Applies `resources` to the cgroup [`Cgroup::prepare`] created (through libcgroups).
+    pub fn apply_limits(&self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
+        let eff = effective(self.layout, &self.path, resources)?;
+        let opt = ControllerOpt {
+            resources: &eff.resources,
+            disable_oom_killer: eff.disable_oom_killer,
+            oom_score_adj: None,
+            freezer_state: None,
+        };
+        let mgr = self.manager()?;
+        mgr.apply(&opt).map_err(|e| self.lib_err("applying resource limits", e))
+    }
+
+    fn prepare_dirs(&self, placements: &[Placement]) -> Result<Entry, CgroupError> {
         let mut entry = Entry { tasks: Vec::new(), v2_dir: None };
         for p in placements {
             match &p.hier.kind {
@@ -955,14 +971,6 @@ impl Cgroup {
                 }
             }
         }
-        let opt = ControllerOpt {
-            resources: &eff.resources,
-            disable_oom_killer: eff.disable_oom_killer,
-            oom_score_adj: None,
-            freezer_state: None,
-        };
-        let mgr = self.manager()?;
-        mgr.apply(&opt).map_err(|e| self.lib_err("applying resource limits", e))?;
         Ok(entry)
     }
 

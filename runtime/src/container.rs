@@ -348,8 +348,8 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     let chan = parent_chan;
     if new_flags.contains(CloneFlags::CLONE_NEWUSER) && !two_stage {
         write_maps(child, &spec)?;
+        send_or_child_error(&chan, &Msg::Go)?;
     }
-    chan.send(&Msg::Go)?;
     let mut init_pid = child;
     if two_stage {
         if new_flags.contains(CloneFlags::CLONE_NEWUSER) {
@@ -367,6 +367,12 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         }
     }
     saved.pid = init_pid;
+    // The init mounts its filesystems meanwhile; it waits for this before it creates
+    // devices (the device cgroup must already hold its rules) or runs anything else.
+    if let Some(cg) = &undo.cgroup {
+        cg.apply_limits(resources)?;
+    }
+    send_or_child_error(&chan, &Msg::Go)?;
 
     loop {
         match chan.recv()? {
@@ -396,6 +402,18 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     }
     undo.disarm();
     Ok(Created { saved, chan, console_master })
+}
+
+/// Sends `m`; when the init has already gone, its own last word (an `Err` it sent before
+/// exiting) is the better error.
+fn send_or_child_error(chan: &Chan, m: &Msg) -> Result<()> {
+    match chan.send(m) {
+        Ok(()) => Ok(()),
+        Err(e) => match chan.recv() {
+            Ok(Some(Msg::Err(child))) => Err(Error::Msg(child)),
+            _ => Err(e),
+        },
+    }
 }
 
 fn listen_start_socket(dir: &Path) -> Result<OwnedFd> {

@@ -79,16 +79,19 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     umask(Mode::empty());
-    // 1. Enter the cgroup ourselves (cheap, see cgroups::Cgroup::prepare), then wait
-    // until the parent has mapped our ids.
+    // 1. Enter the cgroup ourselves (cheap, see cgroups::Cgroup::prepare); with a new
+    // user namespace, wait until the parent has mapped our ids.
     ctx.cgroup.enter_self().ctx(|| "enter the container's cgroup")?;
-    ctx.chan.expect(&Msg::Go)?;
 
     if ctx.two_stage {
         two_stage(ctx)?;
     } else {
         for j in &ctx.joins {
             setns(j.fd.as_fd(), j.flag).ctx(|| format!("join {} namespace", ns_name(j.flag)))?;
+        }
+        if ctx.new_flags.contains(CloneFlags::CLONE_NEWUSER) {
+            // The parent writes our uid/gid maps.
+            ctx.chan.expect(&Msg::Go)?;
         }
     }
     ctx.joins.clear();
@@ -158,6 +161,8 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     for m in mounts {
         mount_entry(&rootfs, &ctx.bundle, m, in_userns, new_netns)?;
     }
+    // Resource limits (and the device cgroup's rules) are in place from here on.
+    ctx.chan.expect(&Msg::Go)?;
     let dev_bound = mounts
         .iter()
         .any(|m| m.destination() == Path::new("/dev") && m.typ().as_deref().is_none_or(|t| t == "bind" || t == "none"));
