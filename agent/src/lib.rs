@@ -1,6 +1,8 @@
 //! skiff: the agent (reconcile loop, supervision, health, logs, status endpoint) and CLI.
 //!
-//! Built so far: the image commands of the CLI ([`cli`]: `pull`, `images`, `rmi`, `prune`).
+//! Built so far: the image commands of the CLI ([`cli`]: `pull`, `images`, `rmi`, `prune`) and the
+//! manifest parser and validator ([`manifest`], `skiff validate`).
 //! The agent itself comes with issue 4.
 
 pub mod cli;
+pub mod manifest;

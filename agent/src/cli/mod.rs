@@ -6,6 +6,7 @@
 
 mod progress;
 pub mod run;
+pub mod validate;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ pub enum Command {
     Run(Box<run::RunArgs>),
     /// Remove stopped containers kept by `skiff run` without --rm
     Rm(run::RmArgs),
+    /// Check a manifest (compose file): prints its errors and warnings, exits 1 on errors
+    Validate(validate::ValidateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +116,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Load(a) => load(&cli.root, a),
         Command::Run(a) => run::run(&cli.root, *a),
         Command::Rm(a) => run::rm(&cli.root, a),
+        Command::Validate(a) => validate::validate(a),
     }
 }
 

@@ -1,0 +1,1350 @@
+//! The spanned YAML tree → the typed [`Manifest`], with every rule checked on the way.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::units;
+use super::yaml::{Node, Pos, Value};
+use super::*;
+
+/// Compose service keys skiff knows but does not support, with what to do instead.
+const UNSUPPORTED_SERVICE_KEYS: &[(&str, &str)] = &[
+    ("build", "skiff does not build images; build elsewhere, push to a registry (or `skiff load` an archive) and use image:"),
+    ("secrets", "skiff has no secrets store yet; bind-mount a root-only file read-only (volumes: - /etc/app/secret:/run/secrets/x:ro)"),
+    ("configs", "skiff has no configs store; bind-mount the file read-only instead (volumes: - ./app.conf:/etc/app.conf:ro)"),
+    ("devices", "device access is not supported yet; remove it"),
+    ("device_cgroup_rules", "device access is not supported yet; remove it"),
+    ("gpus", "GPUs are not supported; remove it"),
+    ("profiles", "skiff runs every service of the manifest; remove profiles: (use deploy.replicas: 0 to keep a service defined but stopped)"),
+    ("links", "links are legacy compose; remove it (with network_mode: host services reach each other on localhost)"),
+    ("external_links", "links are legacy compose; remove it"),
+    ("extends", "extends is not supported; use YAML anchors and merge keys (x-common: &common ... <<: *common) instead"),
+    ("networks", "service networks are not supported yet; use network_mode: host, none or bridge"),
+    ("container_name", "skiff names replicas SERVICE-1..N; remove container_name"),
+    ("scale", "use deploy.replicas instead of scale"),
+    ("privileged", "privileged containers are not supported; grant what the service needs with cap_add"),
+    ("security_opt", "security_opt is not supported; remove it"),
+    ("volumes_from", "volumes_from is not supported; share a named volume instead"),
+    ("expose", "expose is not supported (it only documents ports); remove it"),
+    ("extra_hosts", "extra_hosts is not supported yet; remove it"),
+    ("dns", "dns is not supported yet; remove it (containers use the host's resolver)"),
+    ("dns_search", "dns_search is not supported yet; remove it"),
+    ("dns_opt", "dns_opt is not supported yet; remove it"),
+    ("domainname", "domainname is not supported; remove it"),
+    ("mac_address", "mac_address is not supported; remove it"),
+    ("ipc", "ipc is not supported; remove it"),
+    ("pid", "pid is not supported; remove it"),
+    ("uts", "uts is not supported; remove it"),
+    ("userns_mode", "userns_mode is not supported; remove it"),
+    ("cgroup", "cgroup is not supported; remove it"),
+    ("cgroup_parent", "skiff places containers in its own cgroup; remove cgroup_parent"),
+    ("init", "init is not supported; use an image with an init (tini, dumb-init) as entrypoint"),
+    ("tty", "tty is not supported (logs go to files); remove it"),
+    ("stdin_open", "stdin_open is not supported; remove it"),
+    ("shm_size", "shm_size is not supported; mount a tmpfs on /dev/shm instead (tmpfs: - /dev/shm:size=64m)"),
+    ("platform", "skiff pulls the image for this machine's platform; remove platform"),
+    ("runtime", "choose the OCI runtime for the whole agent with `skiff agent --runtime`; remove runtime"),
+    ("isolation", "isolation is not supported; remove it"),
+    ("group_add", "group_add is not supported yet; remove it"),
+    ("oom_score_adj", "oom_score_adj is not supported yet; remove it"),
+    ("oom_kill_disable", "oom_kill_disable is not supported; remove it"),
+    ("mem_reservation", "skiff enforces limits only; use mem_limit"),
+    ("mem_swappiness", "mem_swappiness is not supported; remove it"),
+    ("memswap_limit", "memswap_limit is not supported; use mem_limit"),
+    ("cpu_shares", "use cpus: (a CPU limit) instead of cpu_shares"),
+    ("cpu_quota", "use cpus: instead of cpu_quota"),
+    ("cpu_period", "use cpus: instead of cpu_period"),
+    ("cpu_count", "use cpus: instead of cpu_count"),
+    ("cpu_percent", "use cpus: instead of cpu_percent"),
+    ("cpu_rt_runtime", "real-time CPU scheduling is not supported; remove it"),
+    ("cpu_rt_period", "real-time CPU scheduling is not supported; remove it"),
+    ("cpuset", "cpuset is not supported yet; remove it"),
+    ("blkio_config", "blkio_config is not supported; remove it"),
+    ("storage_opt", "storage_opt is not supported; remove it"),
+    ("credential_spec", "credential_spec is Windows only; remove it"),
+    ("annotations", "annotations are not supported; use labels"),
+    ("attach", "attach is not supported; use `skiff logs`"),
+    ("develop", "develop (watch) is not supported; remove it"),
+    ("post_start", "lifecycle hooks are not supported yet; remove post_start"),
+    ("pre_stop", "lifecycle hooks are not supported yet; remove pre_stop"),
+    ("label_file", "label_file is not supported; write the labels under labels:"),
+    ("models", "models are not supported; remove it"),
+    ("provider", "providers are not supported; remove it"),
+    ("use_api_socket", "skiff has no engine API socket; remove it"),
+];
+
+const UNSUPPORTED_TOP_KEYS: &[(&str, &str)] = &[
+    ("networks", "networks are not supported yet; remove them and use network_mode: host, none or bridge"),
+    ("secrets", "skiff has no secrets store yet; bind-mount a root-only file read-only"),
+    ("configs", "skiff has no configs store; bind-mount the file read-only instead"),
+    ("include", "include is not supported; put every service in the one manifest"),
+    ("models", "models are not supported; remove them"),
+];
+
+fn hint(table: &[(&str, &'static str)], key: &str) -> Option<&'static str> {
+    table.iter().find(|(k, _)| *k == key).map(|(_, h)| *h)
+}
+
+fn valid_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 57
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+fn valid_volume_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+struct Ctx<'a> {
+    diags: &'a mut Vec<Diagnostic>,
+    base: &'a Path,
+}
+
+/// (service, dependency, where, required)
+type DepSite = (String, String, Pos, bool);
+
+type Entries<'n> = Vec<(String, &'n Node, &'n Node)>;
+
+impl Ctx<'_> {
+    fn err(&mut self, pos: Pos, msg: impl Into<String>) {
+        self.diags.push(Diagnostic {
+            severity: Severity::Error,
+            line: pos.line,
+            column: pos.column,
+            message: msg.into(),
+        });
+    }
+    fn warn(&mut self, pos: Pos, msg: impl Into<String>) {
+        self.diags.push(Diagnostic {
+            severity: Severity::Warning,
+            line: pos.line,
+            column: pos.column,
+            message: msg.into(),
+        });
+    }
+
+    /// The entries of a mapping (keys as text). `null` is an empty mapping.
+    fn map<'n>(&mut self, n: &'n Node, what: &str) -> Option<Entries<'n>> {
+        match &n.value {
+            Value::Null => Some(Vec::new()),
+            Value::Map(m) => {
+                let mut out = Vec::with_capacity(m.len());
+                for (k, v) in m {
+                    match k.scalar_text() {
+                        Some(t) => out.push((t, k, v)),
+                        None => self.err(k.pos, format!("{what}: a key must be a string, not {}", k.kind())),
+                    }
+                }
+                Some(out)
+            }
+            _ => {
+                self.err(n.pos, format!("{what} must be a mapping, not {}", n.kind()));
+                None
+            }
+        }
+    }
+
+    /// A mapping whose unknown keys warn and `x-*` keys are skipped.
+    fn unknown(&mut self, key: &str, k: &Node, within: &str) {
+        self.warn(k.pos, format!("unknown key `{key}` in {within} (ignored)"));
+    }
+
+    fn string(&mut self, n: &Node, what: &str) -> Option<String> {
+        match n.scalar_text() {
+            Some(s) => {
+                if s.contains("${") {
+                    self.warn(
+                        n.pos,
+                        format!(
+                            "{what}: variable interpolation (${{...}}) is not supported; the value is used as written"
+                        ),
+                    );
+                }
+                Some(s)
+            }
+            None => {
+                self.err(n.pos, format!("{what} must be a string, not {}", n.kind()));
+                None
+            }
+        }
+    }
+
+    fn nonempty_string(&mut self, n: &Node, what: &str) -> Option<String> {
+        let s = self.string(n, what)?;
+        if s.trim().is_empty() {
+            self.err(n.pos, format!("{what} must not be empty"));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn bool(&mut self, n: &Node, what: &str) -> Option<bool> {
+        match &n.value {
+            Value::Bool(b) => Some(*b),
+            Value::Str(s) if s == "true" || s == "false" => Some(s == "true"),
+            _ => {
+                self.err(n.pos, format!("{what} must be true or false, not {}", n.kind()));
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, n: &Node, what: &str, min: i64, max: i64) -> Option<i64> {
+        let v = match &n.value {
+            Value::Int(i) => Some(*i),
+            Value::Str(s) => s.trim().parse::<i64>().ok(),
+            _ => None,
+        };
+        match v {
+            Some(i) if (min..=max).contains(&i) => Some(i),
+            Some(i) => {
+                self.err(n.pos, format!("{what} must be between {min} and {max}, not {i}"));
+                None
+            }
+            None => {
+                self.err(n.pos, format!("{what} must be an integer, not {}", n.kind()));
+                None
+            }
+        }
+    }
+
+    fn u32(&mut self, n: &Node, what: &str) -> Option<u32> {
+        self.int(n, what, 0, u32::MAX as i64).map(|i| i as u32)
+    }
+
+    fn duration(&mut self, n: &Node, what: &str) -> Option<Duration> {
+        let s = match &n.value {
+            Value::Int(i) if *i >= 0 => return Some(Duration::from_secs(*i as u64)),
+            Value::Str(s) => s.clone(),
+            _ => {
+                self.err(n.pos, format!("{what} must be a duration (like 1m30s, 10s, 500ms), not {}", n.kind()));
+                return None;
+            }
+        };
+        match units::parse_duration(&s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(n.pos, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, n: &Node, what: &str) -> Option<u64> {
+        let s = match &n.value {
+            Value::Int(i) if *i >= 0 => return Some(*i as u64),
+            Value::Str(s) => s.clone(),
+            _ => {
+                self.err(n.pos, format!("{what} must be a size (like 64m, 1g, or bytes), not {}", n.kind()));
+                return None;
+            }
+        };
+        match units::parse_size(&s) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(n.pos, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn cpus(&mut self, n: &Node, what: &str) -> Option<f64> {
+        let v = match &n.value {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            Value::Str(s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        match v {
+            Some(f) if f.is_finite() && f > 0.0 && f <= 1024.0 => Some(f),
+            Some(f) => {
+                self.err(n.pos, format!("{what} must be a number of CPUs above 0 (like 0.5 or 2), not {f}"));
+                None
+            }
+            None => {
+                self.err(n.pos, format!("{what} must be a number of CPUs (like 0.5 or 2), not {}", n.kind()));
+                None
+            }
+        }
+    }
+
+    /// A list of strings; a single string is a one-item list when `allow_single`.
+    fn strings(&mut self, n: &Node, what: &str, allow_single: bool) -> Option<Vec<(String, Pos)>> {
+        match &n.value {
+            Value::Seq(items) => {
+                let mut out = Vec::new();
+                for (i, it) in items.iter().enumerate() {
+                    if let Some(s) = self.string(it, &format!("{what}[{i}]")) {
+                        out.push((s, it.pos));
+                    }
+                }
+                Some(out)
+            }
+            Value::Str(_) | Value::Int(_) if allow_single => self.string(n, what).map(|s| vec![(s, n.pos)]),
+            _ => {
+                self.err(n.pos, format!("{what} must be a list of strings, not {}", n.kind()));
+                None
+            }
+        }
+    }
+
+    /// A command: a list of words, or a string split like a shell would.
+    fn command(&mut self, n: &Node, what: &str) -> Option<Vec<String>> {
+        match &n.value {
+            Value::Null => None,
+            Value::Str(s) => match units::split_words(s) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    self.err(n.pos, format!("{what}: {e}"));
+                    None
+                }
+            },
+            _ => self.strings(n, what, false).map(|v| v.into_iter().map(|(s, _)| s).collect()),
+        }
+    }
+
+    /// `KEY: value` mapping or `- KEY=value` list. Values may be null (→ None) when `nullable`.
+    fn key_values(&mut self, n: &Node, what: &str, nullable: bool) -> BTreeMap<String, Option<String>> {
+        let mut out = BTreeMap::new();
+        match &n.value {
+            Value::Seq(items) => {
+                for it in items {
+                    let Some(s) = self.string(it, what) else { continue };
+                    let (k, v) = match s.split_once('=') {
+                        Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                        None if nullable => (s.clone(), None),
+                        None => {
+                            self.err(it.pos, format!("{what}: `{s}` must be KEY=VALUE"));
+                            continue;
+                        }
+                    };
+                    if k.is_empty() {
+                        self.err(it.pos, format!("{what}: an empty name"));
+                    } else if out.insert(k.clone(), v).is_some() {
+                        self.err(it.pos, format!("{what}: `{k}` is given twice"));
+                    }
+                }
+            }
+            _ => {
+                for (k, kn, v) in self.map(n, what).unwrap_or_default() {
+                    let val = match &v.value {
+                        Value::Null if nullable => None,
+                        Value::Null => Some(String::new()),
+                        _ => match self.string(v, &format!("{what}.{k}")) {
+                            Some(s) => Some(s),
+                            None => continue,
+                        },
+                    };
+                    if k.is_empty() {
+                        self.err(kn.pos, format!("{what}: an empty name"));
+                    }
+                    out.insert(k, val);
+                }
+            }
+        }
+        out
+    }
+
+    fn labels(&mut self, n: &Node, what: &str) -> BTreeMap<String, String> {
+        self.key_values(n, what, false).into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect()
+    }
+
+    fn path(&self, s: &str) -> PathBuf {
+        let p = Path::new(s);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+}
+
+/// Checks and converts the whole document.
+pub(super) fn manifest(root: &Node, base: &Path, diags: &mut Vec<Diagnostic>) -> Option<Manifest> {
+    let mut cx = Ctx { diags, base };
+    if matches!(root.value, Value::Null) {
+        cx.err(root.pos, "the manifest is empty: it needs services:");
+        return None;
+    }
+    let entries = cx.map(root, "the manifest")?;
+    let mut m = Manifest::default();
+    let mut services_node = None;
+    for (key, k, v) in &entries {
+        match key.as_str() {
+            "services" => services_node = Some((*k, *v)),
+            "volumes" => {
+                for (name, kn, vn) in cx.map(v, "volumes").unwrap_or_default() {
+                    if name.starts_with("x-") {
+                        continue;
+                    }
+                    if !valid_volume_name(&name) {
+                        cx.err(kn.pos, format!("`{name}` is not a valid volume name (letters, digits, '.', '-', '_', starting with a letter or digit)"));
+                        continue;
+                    }
+                    if let Some(d) = volume_decl(&mut cx, &name, vn) {
+                        m.volumes.insert(name, d);
+                    }
+                }
+            }
+            "version" => {}
+            "name" => {
+                if let Some(s) = cx.string(v, "name") {
+                    if valid_service_name(&s) {
+                        m.name = Some(s);
+                    } else {
+                        cx.err(
+                            v.pos,
+                            format!("name: `{s}` is not a valid project name (lowercase letters, digits, '-', '_')"),
+                        );
+                    }
+                }
+            }
+            x if x.starts_with("x-") => {}
+            x => match hint(UNSUPPORTED_TOP_KEYS, x) {
+                Some(h) => cx.err(k.pos, format!("{x}: {h}")),
+                None => cx.unknown(x, k, "the manifest"),
+            },
+        }
+    }
+    let Some((services_key, services)) = services_node else {
+        cx.err(root.pos, "the manifest has no services:");
+        return None;
+    };
+    let mut dep_sites: Vec<DepSite> = Vec::new();
+    let mut volume_sites: Vec<(String, Pos)> = Vec::new();
+    let svc_entries = cx.map(services, "services").unwrap_or_default();
+    let declared: BTreeSet<String> = svc_entries.iter().map(|(n, _, _)| n.clone()).collect();
+    if svc_entries.is_empty() && matches!(services.value, Value::Null | Value::Map(_)) {
+        cx.warn(services_key.pos, "services: is empty: nothing will run");
+    }
+    for (name, kn, vn) in svc_entries {
+        if name.starts_with("x-") {
+            continue;
+        }
+        if !valid_service_name(&name) {
+            cx.err(
+                kn.pos,
+                format!("`{name}` is not a valid service name (lowercase letters, digits, '-', '_', starting with a letter or digit, at most 57 characters)"),
+            );
+        }
+        if let Some(s) = service(&mut cx, &name, kn, vn, &mut dep_sites, &mut volume_sites) {
+            m.services.insert(name, s);
+        }
+    }
+    // Cross-references.
+    for (svc, dep, pos, required) in &dep_sites {
+        if *required && !declared.contains(dep.as_str()) {
+            cx.err(*pos, format!("service `{svc}` depends on `{dep}`, which is not a service of this manifest"));
+        }
+    }
+    for (vol, pos) in &volume_sites {
+        if !m.volumes.contains_key(vol) {
+            cx.err(
+                *pos,
+                format!(
+                    "volume `{vol}` is not declared: add it under the top-level volumes: (volumes: {{{vol}: {{}}}})"
+                ),
+            );
+        }
+    }
+    cycles(&mut cx, &m, &dep_sites);
+    Some(m)
+}
+
+fn cycles(cx: &mut Ctx, m: &Manifest, sites: &[DepSite]) {
+    // Depth-first search; every back edge closes a cycle. Each cycle is reported once.
+    let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 = on stack, 2 = done
+    let mut reported: BTreeSet<Vec<String>> = BTreeSet::new();
+    fn visit<'a>(
+        m: &'a Manifest,
+        n: &'a str,
+        stack: &mut Vec<&'a str>,
+        state: &mut BTreeMap<&'a str, u8>,
+        found: &mut Vec<Vec<String>>,
+    ) {
+        state.insert(n, 1);
+        stack.push(n);
+        for d in m.services[n].depends_on.keys() {
+            if !m.services.contains_key(d) {
+                continue;
+            }
+            match state.get(d.as_str()) {
+                Some(1) => {
+                    let i = stack.iter().position(|s| s == d).unwrap_or(0);
+                    found.push(stack[i..].iter().map(|s| s.to_string()).collect());
+                }
+                Some(_) => {}
+                None => visit(m, d, stack, state, found),
+            }
+        }
+        stack.pop();
+        state.insert(n, 2);
+    }
+    let mut found = Vec::new();
+    for n in m.services.keys() {
+        if !state.contains_key(n.as_str()) {
+            visit(m, n, &mut Vec::new(), &mut state, &mut found);
+        }
+    }
+    for cyc in found {
+        let mut key = cyc.clone();
+        key.sort();
+        if !reported.insert(key) {
+            continue;
+        }
+        let from = &cyc[cyc.len() - 1];
+        let to = &cyc[0];
+        let pos = sites.iter().find(|(s, d, _, _)| s == from && d == to).map(|s| s.2).unwrap_or_default();
+        let mut path = cyc.clone();
+        path.push(cyc[0].clone());
+        cx.err(pos, format!("depends_on cycle: {}", path.join(" -> ")));
+    }
+}
+
+fn volume_decl(cx: &mut Ctx, name: &str, n: &Node) -> Option<VolumeDecl> {
+    let mut d = VolumeDecl::default();
+    let what = format!("volumes.{name}");
+    for (key, k, v) in cx.map(n, &what)? {
+        match key.as_str() {
+            "driver" => {
+                if let Some(s) = cx.string(v, &format!("{what}.driver")) {
+                    if s != "local" {
+                        cx.err(v.pos, format!("{what}.driver: skiff keeps volumes as local directories; `{s}` is not supported (remove driver:)"));
+                    }
+                }
+            }
+            "driver_opts" => cx.err(
+                k.pos,
+                format!(
+                    "{what}.driver_opts: volume driver options are not supported; use a bind mount for special storage"
+                ),
+            ),
+            "external" => d.external = cx.bool(v, &format!("{what}.external")).unwrap_or(false),
+            "name" => {
+                if let Some(s) = cx.string(v, &format!("{what}.name")) {
+                    if valid_volume_name(&s) {
+                        d.name = Some(s);
+                    } else {
+                        cx.err(v.pos, format!("{what}.name: `{s}` is not a valid volume name"));
+                    }
+                }
+            }
+            "labels" => d.labels = cx.labels(v, &format!("{what}.labels")),
+            x if x.starts_with("x-") => {}
+            x => cx.unknown(x, k, &what),
+        }
+    }
+    Some(d)
+}
+
+fn service(
+    cx: &mut Ctx,
+    name: &str,
+    key: &Node,
+    n: &Node,
+    dep_sites: &mut Vec<DepSite>,
+    volume_sites: &mut Vec<(String, Pos)>,
+) -> Option<Service> {
+    let what = format!("service `{name}`");
+    if matches!(n.value, Value::Null) {
+        cx.err(key.pos, format!("{what} is empty: it needs at least image:"));
+        return None;
+    }
+    let entries = cx.map(n, &what)?;
+    let mut s = Service { name: name.to_string(), replicas: 1, ..Default::default() };
+    let mut image = None;
+    let mut restart_key: Option<Pos> = None;
+    let mut deploy_restart: Option<(RestartPolicy, Pos)> = None;
+    let mut limits_top = Resources::default();
+    let mut limits_deploy = Resources::default();
+    let mut limit_pos: BTreeMap<&str, Pos> = BTreeMap::new();
+    for (key, k, v) in &entries {
+        let (k, v) = (*k, *v);
+        let f = format!("{name}.{key}");
+        match key.as_str() {
+            "image" => {
+                if let Some(i) = cx.nonempty_string(v, &f) {
+                    if let Err(e) = skiff_images::Reference::parse(&i) {
+                        cx.err(v.pos, format!("{f}: `{i}` is not a valid image reference: {e}"));
+                    }
+                    image = Some(i);
+                }
+            }
+            "command" => s.command = cx.command(v, &f),
+            "entrypoint" => s.entrypoint = cx.command(v, &f),
+            "environment" => s.environment = cx.key_values(v, &f, true),
+            "env_file" => s.env_file = env_files(cx, v, &f),
+            "working_dir" => {
+                if let Some(w) = cx.nonempty_string(v, &f) {
+                    if !w.starts_with('/') {
+                        cx.err(v.pos, format!("{f}: `{w}` must be an absolute path"));
+                    }
+                    s.working_dir = Some(w);
+                }
+            }
+            "user" => s.user = cx.nonempty_string(v, &f),
+            "restart" => {
+                restart_key = Some(k.pos);
+                if let Some(r) = cx.string(v, &f) {
+                    match parse_restart(&r) {
+                        Ok(p) => s.restart = p,
+                        Err(e) => cx.err(v.pos, format!("{f}: {e}")),
+                    }
+                }
+            }
+            "deploy" => deploy(cx, name, v, &mut s, &mut deploy_restart, &mut limits_deploy, &mut limit_pos),
+            "mem_limit" => {
+                limits_top.memory = cx.size(v, &f);
+                limit_pos.insert("mem_limit", v.pos);
+            }
+            "cpus" => {
+                limits_top.cpus = cx.cpus(v, &f);
+                limit_pos.insert("cpus", v.pos);
+            }
+            "pids_limit" => {
+                limits_top.pids = cx.int(v, &f, -1, i64::MAX);
+                limit_pos.insert("pids_limit", v.pos);
+            }
+            "healthcheck" => s.healthcheck = healthcheck(cx, v, &f),
+            "volumes" => {
+                if let Value::Seq(items) = &v.value {
+                    for it in items {
+                        if let Some(m) = mount(cx, it, &f, volume_sites) {
+                            s.mounts.push(m);
+                        }
+                    }
+                } else {
+                    cx.err(v.pos, format!("{f} must be a list, not {}", v.kind()));
+                }
+            }
+            "tmpfs" => {
+                for (t, pos) in cx.strings(v, &f, true).unwrap_or_default() {
+                    if let Some(m) = tmpfs_short(cx, &t, pos, &f) {
+                        s.mounts.push(m);
+                    }
+                }
+            }
+            "read_only" => s.read_only = cx.bool(v, &f).unwrap_or(false),
+            "stop_signal" => {
+                if let Some(sig) = cx.string(v, &f) {
+                    match units::parse_signal(&sig) {
+                        Ok(x) => s.stop_signal = Some(x),
+                        Err(e) => cx.err(v.pos, format!("{f}: {e}")),
+                    }
+                }
+            }
+            "stop_grace_period" => s.stop_grace_period = cx.duration(v, &f),
+            "hostname" => {
+                if let Some(h) = cx.nonempty_string(v, &f) {
+                    let ok = h.len() <= 253
+                        && h.split('.').all(|l| {
+                            !l.is_empty()
+                                && l.len() <= 63
+                                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                                && !l.starts_with('-')
+                                && !l.ends_with('-')
+                        });
+                    if ok {
+                        s.hostname = Some(h);
+                    } else {
+                        cx.err(v.pos, format!("{f}: `{h}` is not a valid hostname"));
+                    }
+                }
+            }
+            "cap_add" | "cap_drop" => {
+                let mut caps = Vec::new();
+                for (c, pos) in cx.strings(v, &f, false).unwrap_or_default() {
+                    match units::parse_capability(&c) {
+                        Ok(c) => caps.push(c),
+                        Err(e) => cx.err(pos, format!("{f}: {e}")),
+                    }
+                }
+                if key == "cap_add" {
+                    s.cap_add = caps;
+                } else {
+                    s.cap_drop = caps;
+                }
+            }
+            "ulimits" => s.ulimits = ulimits(cx, v, &f),
+            "sysctls" => s.sysctls = cx.labels(v, &f),
+            "labels" => s.labels = cx.labels(v, &f),
+            "depends_on" => {
+                s.depends_on = depends_on(cx, name, v, &f, dep_sites);
+            }
+            "logging" => s.logging = logging(cx, v, &f),
+            "network_mode" => {
+                if let Some(m) = cx.string(v, &f) {
+                    s.network_mode = match m.as_str() {
+                        "host" => NetworkMode::Host,
+                        "none" => NetworkMode::None,
+                        "bridge" => NetworkMode::Bridge,
+                        x if x.starts_with("service:") || x.starts_with("container:") => {
+                            cx.err(v.pos, format!("{f}: sharing another container's network (`{x}`) is not supported; use host, none or bridge"));
+                            continue;
+                        }
+                        x => {
+                            cx.err(v.pos, format!("{f}: `{x}` is not a network mode (host, none or bridge)"));
+                            continue;
+                        }
+                    }
+                }
+            }
+            "ports" => {
+                s.ports = ports(cx, v, &f);
+                if !s.ports.is_empty() {
+                    cx.warn(k.pos, format!("{f}: ports are not published yet (that comes with bridge networking); with network_mode: host the service listens on the host directly"));
+                }
+            }
+            "pull_policy" => {
+                if let Some(p) = cx.string(v, &f) {
+                    s.pull_policy = match p.as_str() {
+                        "missing" | "if_not_present" => PullPolicy::Missing,
+                        "always" => PullPolicy::Always,
+                        "never" => PullPolicy::Never,
+                        "build" => {
+                            cx.err(v.pos, format!("{f}: skiff does not build images; use missing, always or never"));
+                            continue;
+                        }
+                        x => {
+                            cx.err(v.pos, format!("{f}: `{x}` is not supported (use missing, always or never)"));
+                            continue;
+                        }
+                    }
+                }
+            }
+            x if x.starts_with("x-") => {}
+            x => match hint(UNSUPPORTED_SERVICE_KEYS, x) {
+                Some(h) => cx.err(k.pos, format!("{f}: {h}")),
+                None => cx.unknown(x, k, &what),
+            },
+        }
+    }
+    match image {
+        Some(i) => s.image = i,
+        None => {
+            if entries.iter().any(|(k, _, _)| k == "build") {
+                // The `build` error already says what to do.
+            } else {
+                cx.err(key.pos, format!("{what} has no image:"));
+            }
+            return None;
+        }
+    }
+    if let Some((p, pos)) = deploy_restart {
+        if let Some(rk) = restart_key {
+            cx.warn(rk, format!("{name}: deploy.restart_policy (line {}) takes precedence over restart:", pos.line));
+        }
+        s.restart = p;
+    }
+    // mem_limit / cpus / pids_limit vs deploy.resources.limits: both may be given only if equal.
+    macro_rules! merge {
+        ($field:ident, $top:literal, $dep:literal) => {
+            s.resources.$field = match (limits_top.$field, limits_deploy.$field) {
+                (Some(a), Some(b)) if a != b => {
+                    let pos = limit_pos.get($top).copied().unwrap_or_default();
+                    cx.err(
+                        pos,
+                        format!("{name}: {} and deploy.resources.limits.{} disagree; give only one", $top, $dep),
+                    );
+                    None
+                }
+                (a, b) => a.or(b),
+            };
+        };
+    }
+    merge!(memory, "mem_limit", "memory");
+    merge!(cpus, "cpus", "cpus");
+    merge!(pids, "pids_limit", "pids");
+    Some(s)
+}
+
+fn parse_restart(r: &str) -> Result<RestartPolicy, String> {
+    let (cond, max) = match r {
+        "no" | "\"no\"" => (RestartCondition::No, None),
+        "always" => (RestartCondition::Always, None),
+        "unless-stopped" => (RestartCondition::UnlessStopped, None),
+        "on-failure" => (RestartCondition::OnFailure, None),
+        x => match x.strip_prefix("on-failure:") {
+            Some(n) => match n.parse::<u32>() {
+                Ok(n) => (RestartCondition::OnFailure, Some(n)),
+                Err(_) => return Err(format!("`{x}`: the number of retries must be a non-negative integer")),
+            },
+            None => return Err(format!("`{x}` is not a restart policy (no, always, on-failure[:N], unless-stopped)")),
+        },
+    };
+    Ok(RestartPolicy { condition: cond, max_attempts: max, ..Default::default() })
+}
+
+fn env_files(cx: &mut Ctx, n: &Node, what: &str) -> Vec<EnvFile> {
+    let items: Vec<&Node> = match &n.value {
+        Value::Seq(items) => items.iter().collect(),
+        _ => vec![n],
+    };
+    let mut out = Vec::new();
+    for it in items {
+        match &it.value {
+            Value::Map(_) => {
+                let mut path = None;
+                let mut required = true;
+                for (key, k, v) in cx.map(it, what).unwrap_or_default() {
+                    match key.as_str() {
+                        "path" => path = cx.nonempty_string(v, &format!("{what}.path")),
+                        "required" => required = cx.bool(v, &format!("{what}.required")).unwrap_or(true),
+                        "format" => {}
+                        x if x.starts_with("x-") => {}
+                        x => cx.unknown(x, k, what),
+                    }
+                }
+                match path {
+                    Some(p) => out.push(EnvFile { path: cx.path(&p), required }),
+                    None => cx.err(it.pos, format!("{what}: an entry needs path:")),
+                }
+            }
+            _ => {
+                if let Some(p) = cx.nonempty_string(it, what) {
+                    out.push(EnvFile { path: cx.path(&p), required: true });
+                }
+            }
+        }
+    }
+    out
+}
+
+fn deploy(
+    cx: &mut Ctx,
+    name: &str,
+    n: &Node,
+    s: &mut Service,
+    restart: &mut Option<(RestartPolicy, Pos)>,
+    limits: &mut Resources,
+    limit_pos: &mut BTreeMap<&'static str, Pos>,
+) {
+    let what = format!("{name}.deploy");
+    for (key, k, v) in cx.map(n, &what).unwrap_or_default() {
+        let f = format!("{what}.{key}");
+        match key.as_str() {
+            "replicas" => s.replicas = cx.int(v, &f, 0, 1000).map(|i| i as u32).unwrap_or(1),
+            "mode" => {
+                if let Some(m) = cx.string(v, &f) {
+                    if m != "replicated" {
+                        cx.err(v.pos, format!("{f}: `{m}` is not supported; skiff runs one node (use replicated, or leave mode: out)"));
+                    }
+                }
+            }
+            "labels" => {
+                cx.labels(v, &f);
+            }
+            "restart_policy" => {
+                let mut p = RestartPolicy { condition: RestartCondition::Always, ..Default::default() };
+                for (key, k2, v2) in cx.map(v, &f).unwrap_or_default() {
+                    let f2 = format!("{f}.{key}");
+                    match key.as_str() {
+                        "condition" => {
+                            if let Some(c) = cx.string(v2, &f2) {
+                                p.condition = match c.as_str() {
+                                    "none" => RestartCondition::No,
+                                    "on-failure" => RestartCondition::OnFailure,
+                                    "any" => RestartCondition::Always,
+                                    x => {
+                                        cx.err(v2.pos, format!("{f2}: `{x}` is not a condition (none, on-failure, any)"));
+                                        continue;
+                                    }
+                                }
+                            }
+                        }
+                        "delay" => p.delay = cx.duration(v2, &f2),
+                        "max_attempts" => p.max_attempts = cx.u32(v2, &f2),
+                        "window" => p.window = cx.duration(v2, &f2),
+                        x if x.starts_with("x-") => {}
+                        x => cx.unknown(x, k2, &f),
+                    }
+                }
+                *restart = Some((p, k.pos));
+            }
+            "resources" => {
+                for (key, k2, v2) in cx.map(v, &f).unwrap_or_default() {
+                    let f2 = format!("{f}.{key}");
+                    match key.as_str() {
+                        "limits" => {
+                            for (key, k3, v3) in cx.map(v2, &f2).unwrap_or_default() {
+                                let f3 = format!("{f2}.{key}");
+                                match key.as_str() {
+                                    "memory" => {
+                                        limits.memory = cx.size(v3, &f3);
+                                        limit_pos.entry("mem_limit").or_insert(v3.pos);
+                                    }
+                                    "cpus" => {
+                                        limits.cpus = cx.cpus(v3, &f3);
+                                        limit_pos.entry("cpus").or_insert(v3.pos);
+                                    }
+                                    "pids" => {
+                                        limits.pids = cx.int(v3, &f3, -1, i64::MAX);
+                                        limit_pos.entry("pids_limit").or_insert(v3.pos);
+                                    }
+                                    "devices" => cx.err(k3.pos, format!("{f3}: device access is not supported yet; remove it")),
+                                    x if x.starts_with("x-") => {}
+                                    x => cx.unknown(x, k3, &f2),
+                                }
+                            }
+                        }
+                        "reservations" => cx.err(k2.pos, format!("{f2}: skiff enforces limits only; move these values to deploy.resources.limits or remove them")),
+                        x if x.starts_with("x-") => {}
+                        x => cx.unknown(x, k2, &f),
+                    }
+                }
+            }
+            "update_config" | "rollback_config" => {
+                cx.err(k.pos, format!("{f}: rolling updates are not supported yet (a changed service replaces its replicas); remove {key}"))
+            }
+            "placement" | "endpoint_mode" => cx.err(k.pos, format!("{f}: skiff runs on one node; remove {key}")),
+            x if x.starts_with("x-") => {}
+            x => cx.unknown(x, k, &what),
+        }
+    }
+}
+
+fn healthcheck(cx: &mut Ctx, n: &Node, what: &str) -> Option<Healthcheck> {
+    let mut h = Healthcheck::default();
+    for (key, k, v) in cx.map(n, what)? {
+        let f = format!("{what}.{key}");
+        match key.as_str() {
+            "test" => match &v.value {
+                Value::Str(s) => {
+                    if s.trim().is_empty() {
+                        cx.err(v.pos, format!("{f} must not be empty"));
+                    } else if s == "NONE" {
+                        h.disabled = true;
+                    } else {
+                        h.test = Some(HealthTest::Shell(s.clone()));
+                    }
+                }
+                Value::Seq(_) => {
+                    let words: Vec<String> =
+                        cx.strings(v, &f, false).unwrap_or_default().into_iter().map(|(s, _)| s).collect();
+                    match words.first().map(String::as_str) {
+                        Some("NONE") => h.disabled = true,
+                        Some("CMD") if words.len() > 1 => h.test = Some(HealthTest::Cmd(words[1..].to_vec())),
+                        Some("CMD-SHELL") if words.len() > 1 => h.test = Some(HealthTest::Shell(words[1..].join(" "))),
+                        Some("CMD" | "CMD-SHELL") => {
+                            cx.err(v.pos, format!("{f}: the command is missing after {}", words[0]))
+                        }
+                        Some(x) => {
+                            cx.err(v.pos, format!("{f}: a list must start with CMD, CMD-SHELL or NONE, not `{x}`"))
+                        }
+                        None => cx.err(v.pos, format!("{f} must not be empty")),
+                    }
+                }
+                _ => cx.err(v.pos, format!("{f} must be a string or a list, not {}", v.kind())),
+            },
+            "interval" => h.interval = cx.duration(v, &f).unwrap_or(h.interval),
+            "timeout" => h.timeout = cx.duration(v, &f).unwrap_or(h.timeout),
+            "start_period" => h.start_period = cx.duration(v, &f).unwrap_or(h.start_period),
+            "start_interval" => {
+                cx.duration(v, &f);
+                cx.warn(k.pos, format!("{f}: start_interval is not supported yet (interval applies); ignored"));
+            }
+            "retries" => h.retries = cx.u32(v, &f).unwrap_or(h.retries),
+            "disable" => h.disabled = cx.bool(v, &f).unwrap_or(false),
+            x if x.starts_with("x-") => {}
+            x => cx.unknown(x, k, what),
+        }
+    }
+    if h.interval.is_zero() {
+        cx.err(n.pos, format!("{what}.interval must be longer than 0"));
+    }
+    if h.timeout.is_zero() {
+        cx.err(n.pos, format!("{what}.timeout must be longer than 0"));
+    }
+    Some(h)
+}
+
+fn mount(cx: &mut Ctx, n: &Node, what: &str, volume_sites: &mut Vec<(String, Pos)>) -> Option<Mount> {
+    if let Value::Map(_) = n.value {
+        return mount_long(cx, n, what, volume_sites);
+    }
+    let spec = cx.nonempty_string(n, what)?;
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (source, target, mode) = match parts.as_slice() {
+        [t] => (None, *t, None),
+        [s, t] => (Some(*s), *t, None),
+        [s, t, m] => (Some(*s), *t, Some(*m)),
+        _ => {
+            cx.err(n.pos, format!("{what}: `{spec}` must be [SOURCE:]TARGET[:MODE]"));
+            return None;
+        }
+    };
+    if !target.starts_with('/') {
+        cx.err(n.pos, format!("{what}: the target `{target}` must be an absolute path in the container"));
+        return None;
+    }
+    let mut read_only = false;
+    if let Some(mode) = mode {
+        for o in mode.split(',') {
+            match o {
+                "ro" => read_only = true,
+                "rw" => read_only = false,
+                "z" | "Z" | "nocopy" | "shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate"
+                | "cached" | "delegated" | "consistent" => {
+                    cx.warn(n.pos, format!("{what}: the option `{o}` is ignored"));
+                }
+                x => {
+                    cx.err(n.pos, format!("{what}: `{x}` is not a volume mode (ro or rw)"));
+                    return None;
+                }
+            }
+        }
+    }
+    let kind = match source {
+        None => MountKind::Anonymous,
+        Some(s) => source_kind(cx, s, n.pos, what, volume_sites, true)?,
+    };
+    Some(Mount { kind, target: target.to_string(), read_only })
+}
+
+fn source_kind(
+    cx: &mut Ctx,
+    s: &str,
+    pos: Pos,
+    what: &str,
+    volume_sites: &mut Vec<(String, Pos)>,
+    create_host_path: bool,
+) -> Option<MountKind> {
+    if s.starts_with('~') {
+        cx.err(pos, format!("{what}: `~` is not expanded; give an absolute path"));
+        None
+    } else if s.starts_with('/') || s.starts_with('.') {
+        Some(MountKind::Bind { source: cx.path(s), create_host_path })
+    } else if valid_volume_name(s) {
+        volume_sites.push((s.to_string(), pos));
+        Some(MountKind::Volume { name: s.to_string() })
+    } else {
+        cx.err(pos, format!("{what}: `{s}` is neither a path (/..., ./...) nor a valid volume name"));
+        None
+    }
+}
+
+fn mount_long(cx: &mut Ctx, n: &Node, what: &str, volume_sites: &mut Vec<(String, Pos)>) -> Option<Mount> {
+    let mut typ = None;
+    let mut source: Option<(String, Pos)> = None;
+    let mut target = None;
+    let mut read_only = false;
+    let mut create_host_path = true;
+    let mut size = None;
+    let mut mode = None;
+    for (key, k, v) in cx.map(n, what)? {
+        let f = format!("{what}.{key}");
+        match key.as_str() {
+            "type" => typ = cx.string(v, &f).map(|t| (t, v.pos)),
+            "source" => source = cx.nonempty_string(v, &f).map(|s| (s, v.pos)),
+            "target" => target = cx.nonempty_string(v, &f).map(|t| (t, v.pos)),
+            "read_only" => read_only = cx.bool(v, &f).unwrap_or(false),
+            "bind" => {
+                for (key, k2, v2) in cx.map(v, &f).unwrap_or_default() {
+                    match key.as_str() {
+                        "create_host_path" => create_host_path = cx.bool(v2, &format!("{f}.{key}")).unwrap_or(true),
+                        "propagation" | "selinux" | "recursive" => {
+                            cx.warn(k2.pos, format!("{f}.{key} is ignored"));
+                        }
+                        x if x.starts_with("x-") => {}
+                        x => cx.unknown(x, k2, &f),
+                    }
+                }
+            }
+            "volume" => {
+                for (key, k2, _) in cx.map(v, &f).unwrap_or_default() {
+                    match key.as_str() {
+                        "nocopy" => cx.warn(k2.pos, format!("{f}.nocopy is ignored")),
+                        "subpath" => {
+                            cx.err(k2.pos, format!("{f}.subpath is not supported yet; mount the whole volume"))
+                        }
+                        x if x.starts_with("x-") => {}
+                        x => cx.unknown(x, k2, &f),
+                    }
+                }
+            }
+            "tmpfs" => {
+                for (key, k2, v2) in cx.map(v, &f).unwrap_or_default() {
+                    let f2 = format!("{f}.{key}");
+                    match key.as_str() {
+                        "size" => size = cx.size(v2, &f2),
+                        "mode" => mode = cx.int(v2, &f2, 0, 0o7777).map(|m| m as u32),
+                        x if x.starts_with("x-") => {}
+                        x => cx.unknown(x, k2, &f),
+                    }
+                }
+            }
+            "consistency" => {}
+            x if x.starts_with("x-") => {}
+            x => cx.unknown(x, k, what),
+        }
+    }
+    let Some((target, tpos)) = target else {
+        cx.err(n.pos, format!("{what}: target: is missing"));
+        return None;
+    };
+    if !target.starts_with('/') {
+        cx.err(tpos, format!("{what}.target: `{target}` must be an absolute path in the container"));
+        return None;
+    }
+    let Some((typ, typos)) = typ else {
+        cx.err(n.pos, format!("{what}: type: is missing (volume, bind or tmpfs)"));
+        return None;
+    };
+    let kind = match typ.as_str() {
+        "volume" => match source {
+            None => MountKind::Anonymous,
+            Some((s, pos)) => {
+                if !valid_volume_name(&s) {
+                    cx.err(pos, format!("{what}.source: `{s}` is not a valid volume name"));
+                    return None;
+                }
+                volume_sites.push((s.clone(), pos));
+                MountKind::Volume { name: s }
+            }
+        },
+        "bind" => match source {
+            None => {
+                cx.err(n.pos, format!("{what}: a bind mount needs source:"));
+                return None;
+            }
+            Some((s, pos)) => {
+                if !(s.starts_with('/') || s.starts_with('.')) {
+                    cx.err(pos, format!("{what}.source: `{s}` must be a path (/... or ./...)"));
+                    return None;
+                }
+                source_kind(cx, &s, pos, what, volume_sites, create_host_path)?
+            }
+        },
+        "tmpfs" => MountKind::Tmpfs { size, mode },
+        x => {
+            cx.err(typos, format!("{what}.type: `{x}` is not supported (volume, bind or tmpfs)"));
+            return None;
+        }
+    };
+    Some(Mount { kind, target, read_only })
+}
+
+fn tmpfs_short(cx: &mut Ctx, spec: &str, pos: Pos, what: &str) -> Option<Mount> {
+    let (target, opts) = match spec.split_once(':') {
+        Some((t, o)) => (t, Some(o)),
+        None => (spec, None),
+    };
+    if !target.starts_with('/') {
+        cx.err(pos, format!("{what}: `{target}` must be an absolute path in the container"));
+        return None;
+    }
+    let (mut size, mut mode, mut read_only) = (None, None, false);
+    for o in opts.unwrap_or("").split(',').filter(|o| !o.is_empty()) {
+        let (k, v) = o.split_once('=').unwrap_or((o, ""));
+        match k {
+            "size" => match units::parse_size(v) {
+                Ok(s) => size = Some(s),
+                Err(e) => cx.err(pos, format!("{what}: size: {e}")),
+            },
+            "mode" => match u32::from_str_radix(v, 8) {
+                Ok(m) if m <= 0o7777 => mode = Some(m),
+                _ => cx.err(pos, format!("{what}: mode `{v}` must be octal permissions like 1777")),
+            },
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            "noexec" | "nosuid" | "nodev" | "exec" | "suid" | "dev" => {}
+            x => cx.warn(pos, format!("{what}: the tmpfs option `{x}` is ignored")),
+        }
+    }
+    Some(Mount { kind: MountKind::Tmpfs { size, mode }, target: target.to_string(), read_only })
+}
+
+fn ulimits(cx: &mut Ctx, n: &Node, what: &str) -> BTreeMap<String, Ulimit> {
+    let mut out = BTreeMap::new();
+    for (key, k, v) in cx.map(n, what).unwrap_or_default() {
+        let f = format!("{what}.{key}");
+        if !units::ULIMITS.contains(&key.as_str()) {
+            cx.err(k.pos, format!("{f}: `{key}` is not a resource limit ({})", units::ULIMITS.join(", ")));
+            continue;
+        }
+        let u = match &v.value {
+            Value::Map(_) => {
+                let (mut soft, mut hard) = (None, None);
+                for (key2, k2, v2) in cx.map(v, &f).unwrap_or_default() {
+                    match key2.as_str() {
+                        "soft" => soft = cx.int(v2, &format!("{f}.soft"), -1, i64::MAX),
+                        "hard" => hard = cx.int(v2, &format!("{f}.hard"), -1, i64::MAX),
+                        x => cx.unknown(x, k2, &f),
+                    }
+                }
+                match (soft, hard) {
+                    (Some(s), Some(h)) => {
+                        if h != -1 && (s == -1 || s > h) {
+                            cx.err(v.pos, format!("{f}: soft ({s}) must not exceed hard ({h})"));
+                            continue;
+                        }
+                        Ulimit { soft: s, hard: h }
+                    }
+                    _ => {
+                        cx.err(v.pos, format!("{f}: give both soft: and hard:"));
+                        continue;
+                    }
+                }
+            }
+            _ => match cx.int(v, &f, -1, i64::MAX) {
+                Some(i) => Ulimit { soft: i, hard: i },
+                None => continue,
+            },
+        };
+        out.insert(key, u);
+    }
+    out
+}
+
+fn depends_on(
+    cx: &mut Ctx,
+    name: &str,
+    n: &Node,
+    what: &str,
+    sites: &mut Vec<DepSite>,
+) -> BTreeMap<String, Dependency> {
+    let mut out = BTreeMap::new();
+    let plain = Dependency { condition: DependsCondition::ServiceStarted, required: true, restart: false };
+    match &n.value {
+        Value::Seq(_) => {
+            for (d, pos) in cx.strings(n, what, false).unwrap_or_default() {
+                sites.push((name.to_string(), d.clone(), pos, true));
+                if out.insert(d.clone(), plain).is_some() {
+                    cx.err(pos, format!("{what}: `{d}` is listed twice"));
+                }
+            }
+        }
+        _ => {
+            for (d, k, v) in cx.map(n, what).unwrap_or_default() {
+                let f = format!("{what}.{d}");
+                let mut dep = plain;
+                for (key, k2, v2) in cx.map(v, &f).unwrap_or_default() {
+                    match key.as_str() {
+                        "condition" => {
+                            if let Some(c) = cx.string(v2, &format!("{f}.condition")) {
+                                dep.condition = match c.as_str() {
+                                    "service_started" => DependsCondition::ServiceStarted,
+                                    "service_healthy" => DependsCondition::ServiceHealthy,
+                                    "service_completed_successfully" => DependsCondition::ServiceCompletedSuccessfully,
+                                    x => {
+                                        cx.err(v2.pos, format!("{f}.condition: `{x}` is not a condition (service_started, service_healthy, service_completed_successfully)"));
+                                        continue;
+                                    }
+                                }
+                            }
+                        }
+                        "required" => dep.required = cx.bool(v2, &format!("{f}.required")).unwrap_or(true),
+                        "restart" => dep.restart = cx.bool(v2, &format!("{f}.restart")).unwrap_or(false),
+                        x if x.starts_with("x-") => {}
+                        x => cx.unknown(x, k2, &f),
+                    }
+                }
+                sites.push((name.to_string(), d.clone(), k.pos, dep.required));
+                out.insert(d, dep);
+            }
+        }
+    }
+    out
+}
+
+fn logging(cx: &mut Ctx, n: &Node, what: &str) -> Logging {
+    let mut l = Logging::default();
+    for (key, k, v) in cx.map(n, what).unwrap_or_default() {
+        let f = format!("{what}.{key}");
+        match key.as_str() {
+            "driver" => {
+                if let Some(d) = cx.string(v, &f) {
+                    if !matches!(d.as_str(), "json-file" | "local") {
+                        cx.err(v.pos, format!("{f}: skiff writes logs to rotated files under its root; `{d}` is not supported (use json-file or local, or leave driver: out)"));
+                    }
+                }
+            }
+            "options" => {
+                for (key2, k2, v2) in cx.map(v, &f).unwrap_or_default() {
+                    let f2 = format!("{f}.{key2}");
+                    match key2.as_str() {
+                        "max-size" => {
+                            if let Some(sz) = cx.size(v2, &f2) {
+                                if sz < 4096 {
+                                    cx.err(v2.pos, format!("{f2}: at least 4k"));
+                                } else {
+                                    l.max_size = sz;
+                                }
+                            }
+                        }
+                        "max-file" => {
+                            if let Some(n) = cx.int(v2, &f2, 1, 100) {
+                                l.max_file = n as u32;
+                            }
+                        }
+                        x => cx.warn(
+                            k2.pos,
+                            format!("{f}: the option `{x}` is ignored (skiff supports max-size and max-file)"),
+                        ),
+                    }
+                }
+            }
+            x if x.starts_with("x-") => {}
+            x => cx.unknown(x, k, what),
+        }
+    }
+    l
+}
+
+fn ports(cx: &mut Ctx, n: &Node, what: &str) -> Vec<String> {
+    let Value::Seq(items) = &n.value else {
+        cx.err(n.pos, format!("{what} must be a list, not {}", n.kind()));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for it in items {
+        match &it.value {
+            Value::Map(_) => {
+                let mut target = None;
+                let mut published = None;
+                let mut protocol = None;
+                let mut host_ip = None;
+                for (key, k, v) in cx.map(it, what).unwrap_or_default() {
+                    match key.as_str() {
+                        "target" => target = cx.string(v, what),
+                        "published" => published = cx.string(v, what),
+                        "protocol" => protocol = cx.string(v, what),
+                        "host_ip" => host_ip = cx.string(v, what),
+                        "mode" | "name" | "app_protocol" => {}
+                        x => cx.unknown(x, k, what),
+                    }
+                }
+                let Some(t) = target else {
+                    cx.err(it.pos, format!("{what}: a port needs target:"));
+                    continue;
+                };
+                let mut s = String::new();
+                if let Some(ip) = host_ip {
+                    s.push_str(&ip);
+                    s.push(':');
+                }
+                if let Some(p) = published {
+                    s.push_str(&p);
+                    s.push(':');
+                }
+                s.push_str(&t);
+                if let Some(p) = protocol {
+                    s.push('/');
+                    s.push_str(&p);
+                }
+                out.push(s);
+            }
+            _ => {
+                if let Some(s) = cx.nonempty_string(it, what) {
+                    out.push(s);
+                }
+            }
+        }
+    }
+    out
+}

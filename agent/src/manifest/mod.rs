@@ -1,0 +1,395 @@
+//! The manifest: a Compose Specification subset (`/etc/skiff/compose.yaml`).
+//!
+//! [`load`] / [`parse_str`] read a compose file into a typed [`Manifest`] and a list of
+//! [`Diagnostic`]s (errors and warnings, each with line and column). The manifest is only
+//! returned when there is no error; warnings (unknown keys, ignored options) never stop it.
+//!
+//! Parsing is bounded ([`Limits`]: file size, nesting depth, node count, alias expansion), so a
+//! hostile file fails fast with a located error. The typed model is plain data (serde
+//! `Serialize`/`Deserialize`, `PartialEq`) so the agent can keep a service's previous revision and
+//! compare revisions to decide what to replace.
+
+mod convert;
+pub mod units;
+pub mod yaml;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use yaml::{Limits, Pos};
+
+/// The default manifest path.
+pub const DEFAULT_MANIFEST: &str = "/etc/skiff/compose.yaml";
+
+/// A validated manifest.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Top-level `name:` (the compose project name), if given.
+    pub name: Option<String>,
+    /// Services by name.
+    pub services: BTreeMap<String, Service>,
+    /// Top-level named volumes by name.
+    pub volumes: BTreeMap<String, VolumeDecl>,
+}
+
+/// One service (`services.NAME`), with compose's alternatives already resolved
+/// (`mem_limit` vs `deploy.resources.limits.memory`, `restart` vs `deploy.restart_policy`, ...).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    /// The image reference as written (`redis:7`, `registry.local:5000/app@sha256:...`).
+    pub image: String,
+    /// Overrides the image's Cmd. A string is split into words like a shell would (no shell runs).
+    pub command: Option<Vec<String>>,
+    /// Overrides the image's Entrypoint (an empty list clears it).
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY: value`; `None` means "take KEY from the agent's environment" (`- KEY` or `KEY:`).
+    pub environment: BTreeMap<String, Option<String>>,
+    /// env files, relative paths resolved against the manifest's directory, in order.
+    pub env_file: Vec<EnvFile>,
+    pub working_dir: Option<String>,
+    /// `user`, `user:group`, `uid`, `uid:gid`.
+    pub user: Option<String>,
+    pub restart: RestartPolicy,
+    /// `deploy.replicas` (default 1; 0 is allowed: defined but not running).
+    pub replicas: u32,
+    pub resources: Resources,
+    /// `None`: the image's HEALTHCHECK (if any) applies.
+    pub healthcheck: Option<Healthcheck>,
+    /// `volumes:` and `tmpfs:`, in order.
+    pub mounts: Vec<Mount>,
+    pub read_only: bool,
+    /// Normalised to `SIGTERM` form.
+    pub stop_signal: Option<String>,
+    /// Default 10 s when `None`.
+    pub stop_grace_period: Option<Duration>,
+    pub hostname: Option<String>,
+    /// Normalised to `CAP_X` (or `ALL`).
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub ulimits: BTreeMap<String, Ulimit>,
+    pub sysctls: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub depends_on: BTreeMap<String, Dependency>,
+    pub logging: Logging,
+    pub network_mode: NetworkMode,
+    /// Kept as written (`"8080:80"`, `"53:53/udp"`); not published yet.
+    pub ports: Vec<String>,
+    pub pull_policy: PullPolicy,
+}
+
+impl Service {
+    /// The stop timeout: `stop_grace_period` or 10 s.
+    pub fn stop_timeout(&self) -> Duration {
+        self.stop_grace_period.unwrap_or(Duration::from_secs(10))
+    }
+    /// Replica `n` (1-based) is named `SERVICE-n`.
+    pub fn replica_name(&self, n: u32) -> String {
+        format!("{}-{n}", self.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnvFile {
+    pub path: PathBuf,
+    /// `required: false` in the long form: a missing file is skipped.
+    pub required: bool,
+}
+
+/// When a replica's container is restarted, resolved from `restart:` and
+/// `deploy.restart_policy` (which wins, as in swarm).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    pub condition: RestartCondition,
+    /// `on-failure:N` or `max_attempts`; `None` = unlimited.
+    pub max_attempts: Option<u32>,
+    /// Initial back-off delay (`deploy.restart_policy.delay`); `None` = the agent's default (1 s).
+    pub delay: Option<Duration>,
+    /// `deploy.restart_policy.window`: how long a start must last to count as successful.
+    pub window: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    /// `restart: no` / `condition: none` (compose's default).
+    #[default]
+    No,
+    /// `restart: always` / `condition: any`.
+    Always,
+    /// `restart: on-failure` / `condition: on-failure`: only after a non-zero exit.
+    OnFailure,
+    /// `restart: unless-stopped`: like always, except after an explicit stop.
+    UnlessStopped,
+}
+
+/// Limits (`deploy.resources.limits` merged with `mem_limit`, `cpus`, `pids_limit`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Bytes.
+    pub memory: Option<u64>,
+    /// CPUs (0.5 = half a CPU).
+    pub cpus: Option<f64>,
+    /// Max processes; -1 = unlimited.
+    pub pids: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    /// `None`: keep the image's test (only the timings change).
+    pub test: Option<HealthTest>,
+    /// `disable: true` or `test: ["NONE"]`: no health check, not even the image's.
+    pub disabled: bool,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub start_period: Duration,
+}
+
+impl Default for Healthcheck {
+    fn default() -> Self {
+        Healthcheck {
+            test: None,
+            disabled: false,
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(30),
+            retries: 3,
+            start_period: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum HealthTest {
+    /// `["CMD", "curl", "-f", "http://localhost"]`: run directly.
+    Cmd(Vec<String>),
+    /// `["CMD-SHELL", "..."]` or a plain string: run with `/bin/sh -c`.
+    Shell(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Mount {
+    pub kind: MountKind,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MountKind {
+    /// A named volume declared at top level (`<root>/volumes/NAME`).
+    Volume { name: String },
+    /// A volume without a name (`- /data`): one per container, gone with it.
+    Anonymous,
+    /// A host path (relative paths resolved against the manifest's directory).
+    Bind { source: PathBuf, create_host_path: bool },
+    /// A tmpfs (`tmpfs:` or `type: tmpfs`).
+    Tmpfs { size: Option<u64>, mode: Option<u32> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub soft: i64,
+    pub hard: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    pub condition: DependsCondition,
+    /// `required: false`: start even if the dependency is not defined/running.
+    pub required: bool,
+    /// `restart: true`: restart this service when the dependency is restarted.
+    pub restart: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DependsCondition {
+    #[default]
+    ServiceStarted,
+    ServiceHealthy,
+    ServiceCompletedSuccessfully,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logging {
+    /// Rotate a replica's log file at this size (`max-size`, default 10m).
+    pub max_size: u64,
+    /// Files kept, the current one included (`max-file`, default 3).
+    pub max_file: u32,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging { max_size: 10 << 20, max_file: 3 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// Compose's default; until bridge networking lands the agent decides how to run it.
+    #[default]
+    Bridge,
+    Host,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Pull only when the image is not in the store (`missing`, `if_not_present`).
+    #[default]
+    Missing,
+    Always,
+    Never,
+}
+
+/// A top-level `volumes.NAME`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VolumeDecl {
+    /// `external: true`: must exist already; skiff never creates or removes it.
+    pub external: bool,
+    /// `name:`: the volume's real name (default: the key).
+    pub name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// Service names in an order that starts every dependency before its dependents
+    /// (ties by name). The manifest is acyclic once validated.
+    pub fn start_order(&self) -> Vec<&str> {
+        let mut done: Vec<&str> = Vec::new();
+        let mut pending: Vec<&str> = self.services.keys().map(String::as_str).collect();
+        while !pending.is_empty() {
+            let before = pending.len();
+            pending.retain(|name| {
+                let ready = self.services[*name]
+                    .depends_on
+                    .keys()
+                    .all(|d| done.contains(&d.as_str()) || !self.services.contains_key(d));
+                if ready {
+                    done.push(name);
+                }
+                !ready
+            });
+            if pending.len() == before {
+                done.append(&mut pending); // a cycle (not in a validated manifest)
+            }
+        }
+        done
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// An error or a warning about a place in the manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// `FILE:LINE:COLUMN: error: MESSAGE`.
+    pub fn render(&self, file: &str) -> String {
+        format!("{file}:{self}")
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    /// `LINE:COLUMN: error: MESSAGE`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{}:{}: {sev}: {}", self.line, self.column, self.message)
+    }
+}
+
+/// The outcome of reading a manifest.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// `Some` when there is no error.
+    pub manifest: Option<Manifest>,
+    /// Sorted by position.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Report {
+    pub fn errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.severity == Severity::Error).count()
+    }
+    pub fn warnings(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.severity == Severity::Warning).count()
+    }
+    /// The first error, rendered with `file` (for the agent's status).
+    pub fn first_error(&self, file: &str) -> Option<String> {
+        self.diagnostics.iter().find(|d| d.severity == Severity::Error).map(|d| d.render(file))
+    }
+}
+
+/// Parses and validates manifest text. Relative paths (binds, env files) resolve against `base_dir`.
+pub fn parse_str(src: &str, base_dir: &Path) -> Report {
+    parse_str_with_limits(src, base_dir, &Limits::default())
+}
+
+/// [`parse_str`] with explicit limits.
+pub fn parse_str_with_limits(src: &str, base_dir: &Path, limits: &Limits) -> Report {
+    let mut diagnostics = Vec::new();
+    let manifest = match yaml::parse(src, limits) {
+        Ok(root) => convert::manifest(&root, base_dir, &mut diagnostics),
+        Err(e) => {
+            diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                line: e.pos.line,
+                column: e.pos.column,
+                message: e.message,
+            });
+            None
+        }
+    };
+    diagnostics.sort_by_key(|d| (d.line, d.column, d.severity));
+    let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);
+    Report { manifest: if failed { None } else { manifest }, diagnostics }
+}
+
+/// Reads and validates the manifest at `path` (at most [`Limits::max_bytes`]).
+pub fn load(path: &Path) -> std::io::Result<Report> {
+    let limits = Limits::default();
+    let f = std::fs::File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(limits.max_bytes as u64 + 1).read_to_end(&mut buf)?;
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let src = match String::from_utf8(buf) {
+        Ok(s) => s,
+        Err(_) => {
+            return Ok(Report {
+                manifest: None,
+                diagnostics: vec![Diagnostic {
+                    severity: Severity::Error,
+                    line: 1,
+                    column: 1,
+                    message: "the manifest is not UTF-8 text".into(),
+                }],
+            })
+        }
+    };
+    Ok(parse_str_with_limits(&src, base, &limits))
+}

@@ -1,0 +1,458 @@
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn report(src: &str) -> Report {
+    parse_str(src, Path::new("/etc/skiff"))
+}
+
+fn lines(r: &Report) -> Vec<String> {
+    r.diagnostics.iter().map(|d| d.to_string()).collect()
+}
+
+/// Asserts that there is a diagnostic starting with `prefix` (`"3:5: error: "`) and containing `text`.
+#[track_caller]
+fn has(src: &str, prefix: &str, text: &str) -> Report {
+    let r = report(src);
+    let l = lines(&r);
+    assert!(l.iter().any(|d| d.starts_with(prefix) && d.contains(text)), "no `{prefix}...{text}` in {l:#?}");
+    r
+}
+
+#[track_caller]
+fn clean(src: &str) -> Manifest {
+    let r = report(src);
+    assert!(r.diagnostics.is_empty(), "{:#?}", lines(&r));
+    r.manifest.unwrap()
+}
+
+const WEB_REDIS_WORKER: &str = r#"
+name: shop
+x-common: &common
+  logging:
+    driver: json-file
+    options:
+      max-size: 5m
+      max-file: "2"
+
+services:
+  web:
+    <<: *common
+    restart: unless-stopped
+    image: registry.local:5000/shop/web:1.4
+    command: ["gunicorn", "-b", "0.0.0.0:8000", "app:app"]
+    environment:
+      REDIS_URL: redis://127.0.0.1:6379/0
+      WORKERS: 4
+      DEBUG:
+    env_file: [web.env]
+    network_mode: host
+    depends_on:
+      redis:
+        condition: service_healthy
+    deploy:
+      replicas: 2
+      resources:
+        limits: {memory: 256m, cpus: "0.5", pids: 200}
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8000/health"]
+      interval: 10s
+      timeout: 2s
+      retries: 5
+      start_period: 1m30s
+    volumes:
+      - static:/srv/static:ro
+      - ./config/web.toml:/etc/web.toml:ro
+    tmpfs: /tmp:size=64m,mode=1777
+    read_only: true
+    stop_signal: SIGINT
+    stop_grace_period: 30s
+    cap_drop: [ALL]
+    cap_add: [net_bind_service]
+    ulimits:
+      nofile: {soft: 1024, hard: 4096}
+    labels:
+      tier: front
+  redis:
+    image: redis:7-alpine
+    command: redis-server --appendonly yes --save "60 1"
+    mem_limit: 128m
+    pids_limit: 100
+    restart: always
+    network_mode: host
+    volumes:
+      - type: volume
+        source: redis-data
+        target: /data
+    healthcheck:
+      test: redis-cli ping
+      interval: 5s
+    sysctls:
+      net.core.somaxconn: 1024
+  worker:
+    <<: *common
+    image: registry.local:5000/shop/worker@sha256:0123456789012345678901234567890123456789012345678901234567890123
+    entrypoint: /usr/bin/worker
+    environment:
+      - QUEUE=default
+      - HOME
+    depends_on: [redis, web]
+    deploy:
+      replicas: 3
+      restart_policy:
+        condition: on-failure
+        delay: 5s
+        max_attempts: 10
+        window: 2m
+    pull_policy: never
+    user: "1000:1000"
+    working_dir: /app
+    hostname: worker
+volumes:
+  static:
+  redis-data: {}
+"#;
+
+#[test]
+fn realistic_web_redis_worker_is_clean() {
+    let m = clean(WEB_REDIS_WORKER);
+    assert_eq!(m.name.as_deref(), Some("shop"));
+    assert_eq!(m.services.len(), 3);
+    let web = &m.services["web"];
+    assert_eq!(web.replicas, 2);
+    assert_eq!(web.command.as_ref().unwrap()[0], "gunicorn");
+    assert_eq!(web.environment["WORKERS"].as_deref(), Some("4"));
+    assert_eq!(web.environment["DEBUG"], None);
+    assert_eq!(web.env_file[0].path, Path::new("/etc/skiff/web.env"));
+    assert_eq!(web.restart.condition, RestartCondition::UnlessStopped);
+    assert_eq!(web.logging, Logging { max_size: 5 << 20, max_file: 2 });
+    assert_eq!(web.resources, Resources { memory: Some(256 << 20), cpus: Some(0.5), pids: Some(200) });
+    let hc = web.healthcheck.as_ref().unwrap();
+    assert_eq!(
+        hc.test,
+        Some(HealthTest::Cmd(vec!["wget".into(), "-q".into(), "-O-".into(), "http://127.0.0.1:8000/health".into()]))
+    );
+    assert_eq!(
+        (hc.interval, hc.timeout, hc.retries, hc.start_period),
+        (Duration::from_secs(10), Duration::from_secs(2), 5, Duration::from_secs(90))
+    );
+    assert_eq!(
+        web.mounts[0],
+        Mount { kind: MountKind::Volume { name: "static".into() }, target: "/srv/static".into(), read_only: true }
+    );
+    assert_eq!(
+        web.mounts[1].kind,
+        MountKind::Bind { source: "/etc/skiff/./config/web.toml".into(), create_host_path: true }
+    );
+    assert_eq!(
+        web.mounts[2],
+        Mount {
+            kind: MountKind::Tmpfs { size: Some(64 << 20), mode: Some(0o1777) },
+            target: "/tmp".into(),
+            read_only: false
+        }
+    );
+    assert_eq!(web.cap_drop, ["ALL"]);
+    assert_eq!(web.cap_add, ["CAP_NET_BIND_SERVICE"]);
+    assert_eq!(web.stop_signal.as_deref(), Some("SIGINT"));
+    assert_eq!(web.stop_timeout(), Duration::from_secs(30));
+    assert_eq!(web.ulimits["nofile"], Ulimit { soft: 1024, hard: 4096 });
+    assert_eq!(web.depends_on["redis"].condition, DependsCondition::ServiceHealthy);
+    assert_eq!(web.network_mode, NetworkMode::Host);
+    let redis = &m.services["redis"];
+    assert_eq!(redis.command.as_ref().unwrap(), &["redis-server", "--appendonly", "yes", "--save", "60 1"]);
+    assert_eq!(redis.resources.memory, Some(128 << 20));
+    assert_eq!(redis.resources.pids, Some(100));
+    assert_eq!(redis.healthcheck.as_ref().unwrap().test, Some(HealthTest::Shell("redis-cli ping".into())));
+    assert_eq!(redis.sysctls["net.core.somaxconn"], "1024");
+    assert_eq!(redis.restart.condition, RestartCondition::Always);
+    let worker = &m.services["worker"];
+    assert_eq!(worker.replicas, 3);
+    assert_eq!(
+        worker.restart,
+        RestartPolicy {
+            condition: RestartCondition::OnFailure,
+            max_attempts: Some(10),
+            delay: Some(Duration::from_secs(5)),
+            window: Some(Duration::from_secs(120))
+        }
+    );
+    assert_eq!(worker.environment["HOME"], None);
+    assert_eq!(worker.entrypoint.as_ref().unwrap(), &["/usr/bin/worker"]);
+    assert_eq!(worker.pull_policy, PullPolicy::Never);
+    assert_eq!(m.start_order(), ["redis", "web", "worker"]);
+    assert_eq!(worker.replica_name(3), "worker-3");
+    // The model round-trips (the agent keeps revisions).
+    let json = serde_json::to_string(&m).unwrap();
+    assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+}
+
+#[test]
+fn minimal_demo_is_clean() {
+    let m = clean(
+        "services:\n  demo:\n    image: skiff-demo:latest\n    command: [httpd, -f, -p, \"8080\"]\n    deploy: {replicas: 3}\n    healthcheck:\n      test: [\"CMD-SHELL\", \"wget -q -O- 127.0.0.1:8080 || exit 1\"]\n",
+    );
+    let d = &m.services["demo"];
+    assert_eq!(d.replicas, 3);
+    assert_eq!(d.restart.condition, RestartCondition::No);
+    assert_eq!(
+        d.healthcheck.as_ref().unwrap().test,
+        Some(HealthTest::Shell("wget -q -O- 127.0.0.1:8080 || exit 1".into()))
+    );
+    assert_eq!(d.logging, Logging::default());
+}
+
+#[test]
+fn missing_image() {
+    let r = has("services:\n  web:\n    command: x\n", "2:3: error: ", "service `web` has no image:");
+    assert!(r.manifest.is_none());
+    has("services:\n  web:\n", "2:3: error: ", "is empty");
+}
+
+#[test]
+fn unsupported_known_key_is_an_error_with_advice() {
+    let r = has("services:\n  web:\n    image: a\n    build: .\n", "4:5: error: ", "skiff does not build images");
+    assert!(lines(&r)[0].contains("use image:"));
+    assert_eq!(r.errors(), 1, "{:?}", lines(&r)); // no extra "no image" error
+    has("services:\n  web:\n    image: a\n    networks: [x]\n", "4:5: error: ", "network_mode");
+    has("services:\n  web:\n    image: a\n    profiles: [x]\n", "4:5: error: ", "profiles");
+    has("services:\n  web:\n    image: a\nsecrets: {}\n", "4:1: error: ", "secrets");
+    has("services:\n  a:\n    image: a\n    deploy:\n      update_config: {}\n", "5:7: error: ", "rolling updates");
+}
+
+#[test]
+fn unknown_key_is_a_warning() {
+    let r = has("services:\n  web:\n    image: a\n    colour: blue\n", "4:5: warning: ", "unknown key `colour`");
+    assert!(r.manifest.is_some());
+    has("services:\n  web:\n    image: a\nfoo: 1\n", "4:1: warning: ", "unknown key `foo`");
+}
+
+#[test]
+fn extensions_and_version_are_ignored() {
+    clean("version: \"3.8\"\nx-a: {b: c}\nservices:\n  x-skip: {}\n  web:\n    image: a\n    x-note: hi\n    deploy: {x-z: 1}\n");
+}
+
+#[test]
+fn invalid_values_have_positions() {
+    has("services:\n  a:\n    image: a\n    restart: sometimes\n", "4:14: error: ", "not a restart policy");
+    has("services:\n  a:\n    image: a\n    restart: on-failure:x\n", "4:14: error: ", "non-negative");
+    let m = clean("services:\n  a:\n    image: a\n    restart: on-failure:5\n");
+    assert_eq!(m.services["a"].restart.max_attempts, Some(5));
+    has("services:\n  a:\n    image: a\n    stop_grace_period: 10 parsecs\n", "4:24: error: ", "unknown duration unit");
+    clean("services:\n  a:\n    image: a\n    stop_grace_period: 10\n");
+    has("services:\n  a:\n    image: a\n    mem_limit: lots\n", "4:16: error: ", "is not a size");
+    has("services:\n  a:\n    image: a\n    cpus: -1\n", "4:11: error: ", "above 0");
+    has("services:\n  a:\n    image: a\n    cpus: many\n", "4:11: error: ", "number of CPUs");
+    has("services:\n  a:\n    image: a\n    deploy:\n      replicas: two\n", "5:17: error: ", "must be an integer");
+    has("services:\n  a:\n    image: a\n    read_only: yes\n", "4:16: error: ", "true or false");
+    has("services:\n  a:\n    image: a\n    stop_signal: SIGNOPE\n", "4:18: error: ", "not a signal");
+    has("services:\n  a:\n    image: a\n    cap_add: [NET_FLY]\n", "4:15: error: ", "not a Linux capability");
+    has("services:\n  a:\n    image: a\n    network_mode: overlay\n", "4:19: error: ", "host, none or bridge");
+    has("services:\n  a:\n    image: a\n    pull_policy: daily\n", "4:18: error: ", "missing, always or never");
+    has("services:\n  a:\n    image: \"UPPER CASE\"\n", "3:12: error: ", "not a valid image reference");
+    has("services:\n  a:\n    image: a\n    working_dir: app\n", "4:18: error: ", "absolute path");
+    has("services:\n  a:\n    image: a\n    command: echo \"unterminated\n", "4:14: error: ", "unterminated");
+    has(
+        "services:\n  a:\n    image: a\n    ulimits: {nofile: {soft: 10, hard: 5}}\n",
+        "4:23: error: ",
+        "must not exceed",
+    );
+    has("services:\n  a:\n    image: a\n    ulimits: {files: 10}\n", "4:15: error: ", "not a resource limit");
+    has("services:\n  a:\n    image: a\n    logging: {options: {max-file: 0}}\n", "4:35: error: ", "between 1 and 100");
+    has("services:\n  a:\n    image: a\n    environment: 5\n", "4:18: error: ", "must be a mapping");
+    has(
+        "services:\n  a:\n    image: a\n    mem_limit: 1g\n    deploy: {resources: {limits: {memory: 2g}}}\n",
+        "4:16: error: ",
+        "disagree",
+    );
+}
+
+#[test]
+fn healthcheck_forms() {
+    let m = clean("services:\n  a:\n    image: a\n    healthcheck:\n      test: [NONE]\n");
+    assert!(m.services["a"].healthcheck.as_ref().unwrap().disabled);
+    let m = clean("services:\n  a:\n    image: a\n    healthcheck: {disable: true}\n");
+    assert!(m.services["a"].healthcheck.as_ref().unwrap().disabled);
+    has(
+        "services:\n  a:\n    image: a\n    healthcheck:\n      test: [RUN, x]\n",
+        "5:13: error: ",
+        "CMD, CMD-SHELL or NONE",
+    );
+    has("services:\n  a:\n    image: a\n    healthcheck:\n      test: [CMD]\n", "5:13: error: ", "missing after CMD");
+    has("services:\n  a:\n    image: a\n    healthcheck:\n      interval: soon\n", "5:17: error: ", "duration");
+}
+
+#[test]
+fn service_names() {
+    has("services:\n  Web:\n    image: a\n", "2:3: error: ", "not a valid service name");
+    has("services:\n  web.1:\n    image: a\n", "2:3: error: ", "not a valid service name");
+    has("services:\n  -web:\n    image: a\n", "2:3: error: ", "not a valid service name");
+    clean("services:\n  web_1-a:\n    image: a\n");
+}
+
+#[test]
+fn depends_on_rules() {
+    has(
+        "services:\n  a:\n    image: a\n    depends_on: [b]\n",
+        "4:18: error: ",
+        "depends on `b`, which is not a service",
+    );
+    has(
+        "services:\n  a:\n    image: a\n    depends_on:\n      b: {condition: service_started}\n",
+        "5:7: error: ",
+        "not a service",
+    );
+    // required: false tolerates a missing dependency.
+    clean("services:\n  a:\n    image: a\n    depends_on:\n      b: {required: false}\n");
+    has(
+        "services:\n  a:\n    image: a\n    depends_on:\n      a2: {condition: service_ready}\n  a2:\n    image: a\n",
+        "5:23: error: ",
+        "not a condition",
+    );
+    let r = has(
+        "services:\n  a:\n    image: a\n    depends_on: [b]\n  b:\n    image: a\n    depends_on: [c]\n  c:\n    image: a\n    depends_on: [a]\n",
+        "10:18: error: ",
+        "depends_on cycle: a -> b -> c -> a",
+    );
+    assert_eq!(r.errors(), 1);
+    has("services:\n  a:\n    image: a\n    depends_on: [a]\n", "4:18: error: ", "depends_on cycle: a -> a");
+    // Checked even when the dependent service has errors of its own.
+    has("services:\n  a:\n    build: .\n    depends_on: [db]\n", "4:18: error: ", "depends on `db`");
+}
+
+#[test]
+fn volumes_rules() {
+    has("services:\n  a:\n    image: a\n    volumes: [data:/data]\n", "4:15: error: ", "volume `data` is not declared");
+    has(
+        "services:\n  a:\n    image: a\n    volumes:\n      - type: volume\n        source: data\n        target: /data\n",
+        "6:17: error: ",
+        "volume `data` is not declared",
+    );
+    has("services:\n  a:\n    image: a\n    volumes: [\"/host:data\"]\n", "4:15: error: ", "absolute path");
+    has("services:\n  a:\n    image: a\n    volumes: [\"/h:/c:rx\"]\n", "4:15: error: ", "not a volume mode");
+    has("services:\n  a:\n    image: a\n    volumes: [\"~/h:/c\"]\n", "4:15: error: ", "not expanded");
+    has(
+        "services:\n  a:\n    image: a\n    volumes:\n      - type: npipe\n        target: /x\n",
+        "5:15: error: ",
+        "not supported",
+    );
+    has("volumes:\n  bad/name: {}\nservices:\n  a:\n    image: a\n", "2:3: error: ", "not a valid volume name");
+    has("volumes:\n  v: {driver: nfs}\nservices:\n  a:\n    image: a\n", "2:15: error: ", "local directories");
+    let m = clean("services:\n  a:\n    image: a\n    volumes: [/anon, \"/h:/c:ro\"]\n    tmpfs: [/run]\n");
+    let mounts = &m.services["a"].mounts;
+    assert_eq!(mounts[0].kind, MountKind::Anonymous);
+    assert!(mounts[1].read_only);
+    assert_eq!(mounts[2].kind, MountKind::Tmpfs { size: None, mode: None });
+}
+
+#[test]
+fn key_value_forms() {
+    let m = clean("services:\n  a:\n    image: a\n    labels: [a=b, c=]\n    sysctls: {net.ipv4.ip_forward: 1}\n");
+    assert_eq!(m.services["a"].labels["c"], "");
+    assert_eq!(m.services["a"].sysctls["net.ipv4.ip_forward"], "1");
+    has("services:\n  a:\n    image: a\n    labels: [novalue]\n", "4:14: error: ", "KEY=VALUE");
+    has("services:\n  a:\n    image: a\n    environment: [A=1, A=2]\n", "4:24: error: ", "given twice");
+}
+
+#[test]
+fn interpolation_warns() {
+    has("services:\n  a:\n    image: \"app:${TAG}\"\n", "3:12: warning: ", "interpolation");
+}
+
+#[test]
+fn ports_are_kept_with_a_warning() {
+    let r = has(
+        "services:\n  a:\n    image: a\n    ports: [\"8080:80\", 53, {target: 80, published: 8081, protocol: tcp}]\n",
+        "4:5: warning: ",
+        "not published yet",
+    );
+    assert_eq!(r.manifest.unwrap().services["a"].ports, ["8080:80", "53", "8081:80/tcp"]);
+}
+
+#[test]
+fn yaml_errors_are_located() {
+    has("services:\n  a:\n    image: [a\n", "3:12: error: ", "");
+    has("services:\n  a:\n    image: a\n    image: b\n", "4:5: error: ", "duplicate mapping key");
+    has("", "1:1: error: ", "empty");
+    has("- a\n- b\n", "1:1: error: ", "must be a mapping");
+    has("services: [a]\n", "1:11: error: ", "must be a mapping");
+    has("volumes: {}\n", "1:1: error: ", "no services:");
+    has("services: {}\n---\nservices: {}\n", "2:1: error: ", "only one YAML document");
+}
+
+#[test]
+fn hostile_deep_nesting_fails_fast() {
+    let deep = format!("x-deep: {}1{}\nservices: {{}}\n", "[".repeat(10_000), "]".repeat(10_000));
+    let t = Instant::now();
+    let r = report(&deep);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(r.errors() >= 1 && r.manifest.is_none(), "{:?}", lines(&r));
+    let deep_block: String = (0..200).map(|i| format!("{}k{i}:\n", "  ".repeat(i))).collect();
+    let r = report(&deep_block);
+    assert!(r.errors() >= 1, "{:?}", lines(&r));
+    assert!(
+        lines(&r)[0].starts_with("33:") && lines(&r)[0].contains("nesting too deep (more than 32 levels)"),
+        "{:?}",
+        lines(&r)
+    );
+}
+
+#[test]
+fn hostile_alias_bomb_fails_fast() {
+    let mut bomb = String::from("x-a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        bomb.push_str(&format!(
+            "x-a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    bomb.push_str("services: {}\n");
+    let t = Instant::now();
+    let r = report(&bomb);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(r.errors(), 1, "{:?}", lines(&r));
+    assert!(lines(&r)[0].contains("alias bomb"), "{:?}", lines(&r));
+    assert!(r.manifest.is_none());
+}
+
+#[test]
+fn oversized_input_is_refused() {
+    let big = format!("services: {{}}\nx-pad: \"{}\"\n", "a".repeat(Limits::default().max_bytes));
+    has(&big, "1:1: error: ", "more than the limit");
+}
+
+#[test]
+fn units() {
+    use super::units::*;
+    assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(parse_duration("1h2m3s").unwrap(), Duration::from_secs(3723));
+    assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+    assert!(parse_duration("10").is_ok());
+    assert!(parse_duration("s").is_err());
+    assert!(parse_duration("10x").is_err());
+    assert!(parse_duration("1m30").is_err());
+    assert_eq!(parse_size("64m").unwrap(), 64 << 20);
+    assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+    assert_eq!(parse_size("1GB").unwrap(), 1 << 30);
+    assert_eq!(parse_size("4096").unwrap(), 4096);
+    assert_eq!(parse_size("100b").unwrap(), 100);
+    assert!(parse_size("-1").is_err());
+    assert!(parse_size("1q").is_err());
+    assert_eq!(split_words(r#"sh -c 'echo "a b"' x\ y"#).unwrap(), ["sh", "-c", "echo \"a b\"", "x y"]);
+    assert_eq!(split_words("  ").unwrap(), Vec::<String>::new());
+    assert_eq!(parse_signal("15").unwrap(), "SIGTERM");
+    assert_eq!(parse_signal("quit").unwrap(), "SIGQUIT");
+    assert_eq!(parse_signal("SIGRTMIN+3").unwrap(), "SIGRTMIN+3");
+    assert_eq!(parse_capability("cap_sys_admin").unwrap(), "CAP_SYS_ADMIN");
+}
+
+#[test]
+fn diagnostic_rendering() {
+    let r = report("services:\n  web:\n    image: a\n    colour: blue\n");
+    assert_eq!(
+        r.diagnostics[0].render("compose.yaml"),
+        "compose.yaml:4:5: warning: unknown key `colour` in service `web` (ignored)"
+    );
+}
