@@ -5,4 +5,6 @@
 //! The agent itself comes with issue 4.
 
 pub mod cli;
+pub mod logs;
 pub mod manifest;
+pub mod supervise;
