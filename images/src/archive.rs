@@ -352,16 +352,11 @@ enum Source {
     Dir { root: PathBuf, cache: HashMap<String, Item> },
 }
 
-/// The compression of a file, by magic.
+/// The compression of a file, by magic (the unpacker's table); Err names an unsupported one.
 fn sniff(head: &[u8]) -> std::result::Result<unpack::Compression, &'static str> {
-    Ok(match head {
-        [0x1f, 0x8b, ..] => unpack::Compression::Gzip,
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => unpack::Compression::Zstd,
-        [m, 0x2a, 0x4d, 0x18, ..] if m & 0xf0 == 0x50 => unpack::Compression::Zstd,
-        [0xfd, b'7', b'z', b'X', b'Z', 0x00, ..] => return Err("xz"),
-        [b'B', b'Z', b'h', ..] => return Err("bzip2"),
-        [0x04, 0x22, 0x4d, 0x18, ..] => return Err("lz4"),
-        _ => unpack::Compression::None,
+    unpack::detect_compression(head).map_err(|e| match e {
+        UnpackError::UnsupportedCompression(c) => c,
+        _ => "unknown",
     })
 }
 
@@ -401,7 +396,7 @@ fn scan(ctx: &mut Ctx) -> Result<(TarIndex, &'static str)> {
     })?;
     let file = File::open(path).map_err(open_err)?;
     let buffered = BufReader::with_capacity(unpack::BUF_SIZE, file);
-    let (mut stream, packing): (Box<dyn Read>, &'static str) = match compression {
+    let packing = match compression {
         unpack::Compression::None => {
             if head.len() < 512 || (&head[257..262] != b"ustar" && !tar_checksum_ok(&head)) {
                 return Err(ctx.invalid(
@@ -409,17 +404,13 @@ fn scan(ctx: &mut Ctx) -> Result<(TarIndex, &'static str)> {
                      archive or an OCI layout directory",
                 ));
             }
-            (Box::new(buffered), "tar")
+            "tar"
         }
-        unpack::Compression::Gzip => (Box::new(flate2::bufread::MultiGzDecoder::new(buffered)), "gzip"),
-        unpack::Compression::Zstd => (
-            Box::new(
-                zstd::stream::read::Decoder::with_buffer(buffered)
-                    .map_err(|e| ctx.invalid(format!("cannot start zstd decompression ({e})")))?,
-            ),
-            "zstd",
-        ),
+        unpack::Compression::Gzip => "gzip",
+        unpack::Compression::Zstd => "zstd",
     };
+    let mut stream = unpack::decompress(buffered, compression)
+        .map_err(|e| ctx.invalid(format!("cannot start {packing} decompression ({e})")))?;
     let mut idx = TarIndex::default();
     let mut last: Option<String> = None;
     let mut counted = ZeroTail { inner: &mut stream, zeros: 0 };
@@ -1191,16 +1182,10 @@ fn run_task(store: &Store, file: &Path, task: Task) -> Result<Option<(Digest, Pa
             match unpack::unpack_layer(f, &dir, &opts) {
                 Ok(_) => Ok(Some((layer.diff_id, dir))),
                 Err(UnpackError::DiffIdMismatch { actual, .. }) => Err(mismatch(&what, &layer.diff_id, &actual)),
+                Err(e) if fsutil::caused_by_no_space(&e) => {
+                    Err(Error::NoSpace { what: format!("unpacking {what}"), root: root.into() })
+                }
                 Err(e) => {
-                    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-                    while let Some(s) = src {
-                        if let Some(io) = s.downcast_ref::<io::Error>() {
-                            if fsutil::is_no_space(io) {
-                                return Err(Error::NoSpace { what: format!("unpacking {what}"), root: root.into() });
-                            }
-                        }
-                        src = s.source();
-                    }
                     Err(Error::Unpack { what: format!("{}: unpacking {what}", file.display()), detail: chain(&e) })
                 }
             }
@@ -1222,12 +1207,8 @@ fn run_task(store: &Store, file: &Path, task: Task) -> Result<Option<(Digest, Pa
 fn uncompressed_digest(path: &Path) -> io::Result<Digest> {
     let head = read_head(path, 6)?;
     let buffered = BufReader::with_capacity(unpack::BUF_SIZE, File::open(path)?);
-    let stream: Box<dyn Read> = match sniff(&head) {
-        Ok(unpack::Compression::None) => Box::new(buffered),
-        Ok(unpack::Compression::Gzip) => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Ok(unpack::Compression::Zstd) => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
-        Err(c) => return Err(io::Error::other(format!("{c}-compressed layers are not supported"))),
-    };
+    let compression = sniff(&head).map_err(|c| io::Error::other(format!("{c}-compressed layers are not supported")))?;
+    let stream = unpack::decompress(buffered, compression)?;
     match hash_copy(stream, None) {
         Ok((d, _)) => Ok(d),
         Err(CopyError::Read(e) | CopyError::Write(e)) => Err(e),

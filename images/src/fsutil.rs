@@ -12,6 +12,18 @@ pub fn is_no_space(e: &io::Error) -> bool {
         || e.get_ref().and_then(|inner| inner.downcast_ref::<io::Error>()).is_some_and(is_no_space)
 }
 
+/// True when an error, or any error in its source chain, is ENOSPC.
+pub fn caused_by_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = Some(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<io::Error>().is_some_and(is_no_space) {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
 /// fsync of a directory, so the names created in or renamed into it are durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

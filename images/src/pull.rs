@@ -771,19 +771,11 @@ fn unpack_into(
             }
             Ok(())
         }
-        Err(e) => {
-            // A full disk anywhere in the chain is reported as such.
-            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            while let Some(s) = src {
-                if let Some(io) = s.downcast_ref::<io::Error>() {
-                    if fsutil::is_no_space(io) {
-                        return Err(Error::NoSpace { what: format!("unpacking {what}"), root: root.to_path_buf() });
-                    }
-                }
-                src = s.source();
-            }
-            Err(Error::Unpack { what: format!("unpacking {what}"), detail: chain(&e) })
+        // A full disk anywhere in the chain is reported as such.
+        Err(e) if fsutil::caused_by_no_space(&e) => {
+            Err(Error::NoSpace { what: format!("unpacking {what}"), root: root.to_path_buf() })
         }
+        Err(e) => Err(Error::Unpack { what: format!("unpacking {what}"), detail: chain(&e) }),
     }
 }
 

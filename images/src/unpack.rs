@@ -103,6 +103,7 @@ use nix::fcntl::{self, OFlag};
 use nix::sys::stat::Mode;
 
 pub use error::UnpackError;
+pub use stream::{decompress, detect as detect_compression};
 
 /// Buffer size of the stream readers and the file copy.
 pub const BUF_SIZE: usize = 128 * 1024;

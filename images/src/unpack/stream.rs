@@ -42,26 +42,28 @@ pub(super) fn open<'a, R: Read + 'a>(
         }
     }
     let prefixed = io::Cursor::new(magic).take(n as u64).chain(reader);
-    let stream: Box<dyn Read + 'a> = match detected {
-        Compression::None => Box::new(prefixed),
-        Compression::Gzip => {
-            Box::new(flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(BUF_SIZE, prefixed)))
-        }
-        Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(BUF_SIZE, prefixed))
-                .map_err(|source| UnpackError::Stream { after: None, source })?,
-        ),
-    };
+    let stream = decompress(BufReader::with_capacity(BUF_SIZE, prefixed), detected)
+        .map_err(|source| UnpackError::Stream { after: None, source })?;
     Ok((stream, detected))
 }
 
-fn detect(magic: &[u8]) -> Result<Compression, UnpackError> {
+/// The uncompressed stream of `reader`, compressed as `compression` says.
+pub fn decompress<'a, R: io::BufRead + 'a>(reader: R, compression: Compression) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match compression {
+        Compression::None => Box::new(reader),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
+    })
+}
+
+/// The compression of a blob from its first bytes (at least 6 for xz to be recognised).
+pub fn detect(magic: &[u8]) -> Result<Compression, UnpackError> {
     Ok(match magic {
         [0x1f, 0x8b, ..] => Compression::Gzip,
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
         // zstd skippable frame (0x184D2A50..=0x184D2A5F, little endian)
         [m, 0x2a, 0x4d, 0x18, ..] if m & 0xf0 == 0x50 => Compression::Zstd,
-        [0xfd, b'7', b'z', b'X', b'Z', 0x00] => return Err(UnpackError::UnsupportedCompression("xz")),
+        [0xfd, b'7', b'z', b'X', b'Z', 0x00, ..] => return Err(UnpackError::UnsupportedCompression("xz")),
         [b'B', b'Z', b'h', ..] => return Err(UnpackError::UnsupportedCompression("bzip2")),
         [0x04, 0x22, 0x4d, 0x18, ..] => return Err(UnpackError::UnsupportedCompression("lz4")),
         _ => Compression::None,
