@@ -108,6 +108,25 @@ fn lift(fd: OwnedFd, min: RawFd) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
+/// With a terminal: the socket the init sends its pty master on (given by the caller
+/// with `--console-socket`, or one end of a pair whose other end, returned second, we
+/// keep to relay the pty ourselves). Without a terminal: nothing.
+fn terminal_fds(socket: Option<&Path>, terminal: bool, min_fd: RawFd) -> Result<(Option<OwnedFd>, Option<OwnedFd>)> {
+    if !terminal {
+        return Ok((None, None));
+    }
+    match socket {
+        Some(p) => {
+            let s = UnixStream::connect(p).ctx(|| format!("connect to console socket {}", p.display()))?;
+            Ok((Some(lift(OwnedFd::from(s), min_fd)?), None))
+        }
+        None => {
+            let (a, b) = UnixStream::pair().ctx(|| "socketpair for the terminal")?;
+            Ok((Some(lift(OwnedFd::from(a), min_fd)?), Some(OwnedFd::from(b))))
+        }
+    }
+}
+
 /// fork(2)-like clone with namespace flags, straight into the cgroup2 directory
 /// `cgroup` when given (`clone3` + `CLONE_INTO_CGROUP`). Returns 0 in the child, and
 /// whether the cgroup2 placement happened (false: the child must enter by itself).
@@ -281,17 +300,7 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         Mode::Create => StartGate::Listener(lift(listen_start_socket(&dir)?, min_fd)?),
         Mode::Run => StartGate::Chan,
     };
-    let (console, mut console_local) = match (&o.console_socket, terminal) {
-        (Some(p), _) => {
-            let s = UnixStream::connect(p).ctx(|| format!("connect to console socket {}", p.display()))?;
-            (Some(lift(OwnedFd::from(s), min_fd)?), None)
-        }
-        (None, true) => {
-            let (a, b) = UnixStream::pair().ctx(|| "socketpair for the terminal")?;
-            (Some(lift(OwnedFd::from(a), min_fd)?), Some(OwnedFd::from(b)))
-        }
-        (None, false) => (None, None),
-    };
+    let (console, mut console_local) = terminal_fds(o.console_socket.as_deref(), terminal, min_fd)?;
     let (parent_chan, child_chan) = sync::pair()?;
     let child_chan = Chan(lift(child_chan.0, min_fd)?);
 
@@ -826,17 +835,7 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
     if state::proc_start_time(init).map(|t| t.0) != Some(saved.start_time) {
         return Err(Error::msg(format!("cannot exec in container {id}: it is not running")));
     }
-    let (console, console_local) = match (&o.console_socket, process.terminal() == Some(true)) {
-        (Some(p), true) => {
-            let s = UnixStream::connect(p).ctx(|| format!("connect to console socket {}", p.display()))?;
-            (Some(lift(OwnedFd::from(s), min_fd)?), None)
-        }
-        (None, true) => {
-            let (a, b) = UnixStream::pair().ctx(|| "socketpair for the terminal")?;
-            (Some(lift(OwnedFd::from(a), min_fd)?), Some(OwnedFd::from(b)))
-        }
-        _ => (None, None),
-    };
+    let (console, console_local) = terminal_fds(o.console_socket.as_deref(), process.terminal() == Some(true), min_fd)?;
     let (parent_chan, child_chan) = sync::pair()?;
     let child_chan = Chan(lift(child_chan.0, min_fd)?);
     let cg_entry = Cgroup::new(&saved.cgroup_path)?.entry();
@@ -919,27 +918,8 @@ fn exec_child(
     for j in nss {
         setns(j.fd.as_fd(), j.flag).ctx(|| format!("join the container's namespace {:?}", j.flag))?;
     }
-    // Join the pid namespace for real: fork. CLONE_PARENT lets `exec` wait for it.
-    // SAFETY: a fork-like clone of a single-threaded process.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    if pid < 0 {
-        return Err(Error::Io { what: "fork into the container".into(), source: std::io::Error::last_os_error() });
-    }
-    if pid > 0 {
-        let _ = chan.send(&Msg::InitPid(pid as i32));
-        // SAFETY: the intermediate process is done.
-        unsafe { libc::_exit(0) }
-    }
-    let _ = saved;
+    // Join the pid namespace for real: fork (the runtime waits for the new process).
+    crate::init::hand_over_to_child(&chan, "fork into the container")?;
     if let Some(c) = console {
         nix::unistd::setsid().ctx(|| "setsid")?;
         crate::init::exec_console(c, process)?;

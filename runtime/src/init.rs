@@ -292,27 +292,35 @@ fn two_stage(ctx: &mut InitCtx) -> Result<()> {
         unshare(rest).ctx(|| format!("create namespaces {rest:?}"))?;
     }
     if new.contains(CloneFlags::CLONE_NEWPID) {
-        // The init must be a child to live in the new pid namespace; CLONE_PARENT
-        // makes it the runtime's child so a foreground `run` can wait for it.
-        // SAFETY: a fork-like clone (no new stack) of a single-threaded process.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
-                0usize,
-                0usize,
-                0usize,
-                0usize,
-            )
-        };
-        if pid < 0 {
-            return Err(Error::Io { what: "fork the init".into(), source: std::io::Error::last_os_error() });
-        }
-        if pid > 0 {
-            let _ = ctx.chan.send(&Msg::InitPid(pid as i32));
-            // SAFETY: the intermediate process is done.
-            unsafe { libc::_exit(0) }
-        }
+        // The init must be a child to live in the new pid namespace.
+        hand_over_to_child(&ctx.chan, "fork the init")?;
+    }
+    Ok(())
+}
+
+/// Forks a process that lives in the pid namespace we joined or created (setns/unshare
+/// of a pid namespace only applies to children), with `CLONE_PARENT` so it is the
+/// runtime's own child (a foreground `run`/`exec` waits for it). The calling process
+/// reports the new pid on `chan` and exits; only the new process returns.
+pub fn hand_over_to_child(chan: &Chan, what: &str) -> Result<()> {
+    // SAFETY: a fork-like clone (no new stack, no CLONE_VM) of a single-threaded process.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(Error::Io { what: what.into(), source: std::io::Error::last_os_error() });
+    }
+    if pid > 0 {
+        let _ = chan.send(&Msg::InitPid(pid as i32));
+        // SAFETY: the intermediate process is done; leave without the parent's exit handlers.
+        unsafe { libc::_exit(0) }
     }
     Ok(())
 }
