@@ -321,8 +321,7 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         annotations,
         config: spec.clone(),
     };
-    let hook_state =
-        saved.oci_state_json(Status::Creating).replace("\"status\":\"creating\"", "\"status\":\"creating\",\"pid\":0");
+    let hook_state = saved.oci_state_json(Status::Creating);
 
     let clone_flags = if two_stage { CloneFlags::empty() } else { new_flags - CloneFlags::CLONE_NEWCGROUP };
     let (child, placed_v2) = clone_process(clone_flags, cg_fd.as_ref())?;
@@ -386,8 +385,7 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     loop {
         match chan.recv()? {
             Some(Msg::HooksPlease) => {
-                let st =
-                    saved.oci_state_json(Status::Created).replace("\"status\":\"created\"", "\"status\":\"creating\"");
+                let st = saved.oci_state_json(Status::Creating);
                 if let Some(h) = hooks_of(&spec) {
                     crate::hooks::run(h.prestart().as_deref().unwrap_or_default(), "prestart", &st)?;
                     crate::hooks::run(h.create_runtime().as_deref().unwrap_or_default(), "createRuntime", &st)?;
@@ -537,11 +535,8 @@ pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
     if all {
         let cg = Cgroup::new(&saved.cgroup_path)?;
         for p in cg.pids()? {
-            let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::try_from(sig).ok());
-            if Signal::try_from(sig).is_err() {
-                // SAFETY: kill with a real-time signal number.
-                unsafe { libc::kill(p, sig) };
-            }
+            // SAFETY: kill(2) with a pid and a signal number (real-time ones included).
+            unsafe { libc::kill(p, sig) };
         }
         return Ok(());
     }

@@ -62,6 +62,10 @@ fn every_hook_runs_with_the_state_on_stdin() {
         let k: &str = k;
         let text = read(out.join(format!("{k}.json")));
         let st: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{k} got no state JSON ({e}): {text:?}"));
+        // A JSON object with a key twice parses, but hooks with strict parsers reject it.
+        for key in ["\"ociVersion\"", "\"id\"", "\"status\"", "\"pid\"", "\"bundle\""] {
+            assert!(text.matches(key).count() <= 1, "{k}: {key} appears more than once: {text}");
+        }
         assert!(st["ociVersion"].as_str().is_some_and(|v| !v.is_empty()), "{k}: {st}");
         assert_eq!(st["id"], id.as_str(), "{k}: {st}");
         assert_eq!(
