@@ -235,6 +235,10 @@ fn hugepage_limits_without_a_hugetlb_controller_fail_clearly() {
 /// cgroup2 hierarchy. On this host that hierarchy has no memory controller (v1 holds it):
 /// just what a Raspberry Pi kernel with memory disabled shows.
 fn in_v2_without_memory(rt: &Runtime, args: &[&str]) -> Out {
+    // It is the host's cgroup2 hierarchy: a runtime enables controllers in its root's
+    // cgroup.subtree_control, which would stay (and block moving hugetlb to a v1
+    // hierarchy, which crun needs here). Put it back afterwards.
+    let _restore = cgroup_mounts().into_iter().find(|m| m.v2).map(|m| SubtreeControl::save(&m.mount_point));
     let mut cmd = Command::new("unshare");
     cmd.args(["-m", "--propagation", "private", "sh", "-c"])
         .arg("umount -R /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && exec \"$@\"")
@@ -249,6 +253,30 @@ fn in_v2_without_memory(rt: &Runtime, args: &[&str]) -> Out {
         rt.io_dir(),
         TIMEOUT,
     )
+}
+
+/// Restores a cgroup2 directory's cgroup.subtree_control when dropped.
+struct SubtreeControl {
+    file: std::path::PathBuf,
+    before: Vec<String>,
+}
+
+impl SubtreeControl {
+    fn save(dir: &std::path::Path) -> SubtreeControl {
+        let file = dir.join("cgroup.subtree_control");
+        let before = read(&file).split_whitespace().map(str::to_owned).collect();
+        SubtreeControl { file, before }
+    }
+}
+
+impl Drop for SubtreeControl {
+    fn drop(&mut self) {
+        for c in read(&self.file).split_whitespace() {
+            if !self.before.iter().any(|b| b == c) {
+                let _ = std::fs::write(&self.file, format!("-{c}"));
+            }
+        }
+    }
 }
 
 fn v2_lacks_memory() -> bool {
