@@ -5,6 +5,8 @@
 //! The agent itself comes with issue 4.
 
 pub mod cli;
+pub mod daemon;
 pub mod logs;
 pub mod manifest;
+pub mod shim;
 pub mod supervise;

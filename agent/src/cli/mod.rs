@@ -4,8 +4,12 @@
 //! Every command takes `--root DIR` (env `SKIFF_ROOT`, default /var/lib/skiff). Errors are
 //! one line on stderr (`skiff: error: ...`) and exit status 1; usage errors exit 2.
 
+pub mod agent;
+pub mod down;
+pub mod logs;
 mod progress;
 pub mod run;
+pub mod status;
 pub mod validate;
 
 use std::io::{IsTerminal, Write};
@@ -51,6 +55,17 @@ pub enum Command {
     Rm(run::RmArgs),
     /// Check a manifest (compose file): prints its errors and warnings, exits 1 on errors
     Validate(validate::ValidateArgs),
+    /// Run the agent: keep the services of the manifest running (foreground)
+    Agent(agent::AgentArgs),
+    /// Show what the agent runs (from its status endpoint)
+    Status(status::StatusArgs),
+    /// Show the logs of a service's replicas (SERVICE) or of one replica (SERVICE/N)
+    Logs(logs::LogsArgs),
+    /// Stop the agent and every container it runs, gracefully
+    Down(down::DownArgs),
+    /// Internal: keeps one container's stdout/stderr and exit status (started by the agent)
+    #[command(hide = true)]
+    Shim(crate::shim::ShimArgs),
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +132,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run(a) => run::run(&cli.root, *a),
         Command::Rm(a) => run::rm(&cli.root, a),
         Command::Validate(a) => validate::validate(a),
+        Command::Agent(a) => agent::agent(&cli.root, a),
+        Command::Status(a) => status::status(a),
+        Command::Logs(a) => logs::logs(&cli.root, a),
+        Command::Down(a) => down::down(&cli.root, a),
+        Command::Shim(a) => crate::shim::shim(a),
     }
 }
 

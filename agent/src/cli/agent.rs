@@ -1,0 +1,25 @@
+//! `skiff agent`: the daemon in the foreground (see [`crate::daemon`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// The manifest (a compose file)
+    #[arg(long, env = "SKIFF_MANIFEST", default_value = crate::manifest::DEFAULT_MANIFEST, value_name = "PATH")]
+    pub manifest: PathBuf,
+    /// Address of the read-only HTTP status endpoint
+    #[arg(long, env = "SKIFF_LISTEN", default_value = "127.0.0.1:7780", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// OCI runtime (default: skiff-runtime next to skiff, else on PATH; crun and runc work too)
+    #[arg(long, env = "SKIFF_RUNTIME", value_name = "PATH")]
+    pub runtime: Option<PathBuf>,
+}
+
+pub fn agent(root: &Path, a: AgentArgs) -> Result<i32> {
+    let _ = (root, a);
+    anyhow::bail!("skiff agent: not built yet")
+}

@@ -1,0 +1,1 @@
+//! Memory and CPU use of a container, from its cgroup (for `/metrics`).

@@ -1,0 +1,112 @@
+//! What the agent shows about itself: the `/v1/status` JSON model and the `/metrics` text.
+//!
+//! The reconcile loop builds a [`Status`] after every change and publishes it as a
+//! [`Snapshot`] through a `tokio::sync::watch` channel; the HTTP server only ever reads the
+//! latest snapshot, so a slow client never holds anything the loop needs.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole status document (`GET /v1/status`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub manifest: ManifestStatus,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ManifestStatus {
+    pub path: String,
+    /// `sha256:<hex>` of the file in force (the last good one), `None` before any loaded.
+    pub revision: Option<String>,
+    /// The error of the newest version of the file, when it could not be used (the last good
+    /// revision stays in force); `None` when the newest version is the one in force.
+    pub error: Option<String>,
+    /// Warnings of the revision in force (`FILE:LINE:COL: warning: ...`).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// The image reference as written in the manifest.
+    pub image: String,
+    /// The manifest digest in use (`None` until the image is in the store).
+    pub image_digest: Option<String>,
+    pub desired_replicas: u32,
+    pub running_replicas: u32,
+    pub healthy_replicas: u32,
+    /// E.g. "memory limit not applied: the kernel has no memory cgroup controller".
+    pub warnings: Vec<String>,
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReplicaStatus {
+    /// `SERVICE-N`.
+    pub id: String,
+    pub state: ReplicaState,
+    /// The container's init pid, while it has one.
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    /// The code of the last exit (128 + signal for a death by signal).
+    pub last_exit_code: Option<i32>,
+    pub health: Health,
+    /// RFC 3339, when the current container started.
+    pub started_at: Option<String>,
+    /// Seconds until the pending restart (state `backoff`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_restart_in: Option<f64>,
+    /// Why the replica is not running, when there is something to say (a pull error, a failed
+    /// create, "gave up after 3 restart attempts", the last health check output...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaState {
+    /// Waiting for its image.
+    Pulling,
+    /// Created, not started (or waiting for its dependencies).
+    #[default]
+    Created,
+    Running,
+    /// Exited and not restarted (policy, clean exit, or stopped).
+    Exited,
+    /// Exited, restart pending.
+    Backoff,
+    Stopping,
+    /// Cannot run: gave up restarting, or create failed for a reason retrying will not fix.
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No health check.
+    #[default]
+    None,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// What the reconcile loop publishes.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub status: Arc<Status>,
+    /// A manifest has been loaded at least once (an agent with none is not healthy).
+    pub manifest_loaded: bool,
+    /// When the reconcile loop last went round (it does at least every few seconds).
+    pub tick: Instant,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot { status: Arc::default(), manifest_loaded: false, tick: Instant::now() }
+    }
+}
