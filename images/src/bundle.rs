@@ -314,6 +314,15 @@ pub struct BundleOverrides {
     pub network: NetworkNamespace,
     pub cgroups_path: Option<String>,
     pub annotations: BTreeMap<String, String>,
+    /// CPUs (0.5 = half a CPU): a CFS quota over a 100 ms period.
+    pub cpus: Option<f64>,
+    /// Max processes (pids cgroup); -1 or 0 = unlimited.
+    pub pids_limit: Option<i64>,
+    /// `(name, soft, hard)`, name as compose writes it (`nofile`, `nproc`, ...) or `RLIMIT_X`.
+    /// Replaces the default `RLIMIT_NOFILE` when it names nofile.
+    pub rlimits: Vec<(String, u64, u64)>,
+    /// `linux.sysctl` (the runtime refuses those that are not namespaced).
+    pub sysctls: BTreeMap<String, String>,
 }
 
 /// A port the image exposes.
@@ -346,6 +355,44 @@ pub fn bind_mount(source: impl Into<PathBuf>, destination: impl Into<PathBuf>, r
     let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
     if readonly {
         options.push("ro".into());
+    }
+    m.set_options(Some(options));
+    m
+}
+
+/// The resource limits a spec's `process.rlimits` may name.
+const RLIMITS: &[&str] = &[
+    "RLIMIT_AS",
+    "RLIMIT_CORE",
+    "RLIMIT_CPU",
+    "RLIMIT_DATA",
+    "RLIMIT_FSIZE",
+    "RLIMIT_LOCKS",
+    "RLIMIT_MEMLOCK",
+    "RLIMIT_MSGQUEUE",
+    "RLIMIT_NICE",
+    "RLIMIT_NOFILE",
+    "RLIMIT_NPROC",
+    "RLIMIT_RSS",
+    "RLIMIT_RTPRIO",
+    "RLIMIT_RTTIME",
+    "RLIMIT_SIGPENDING",
+    "RLIMIT_STACK",
+];
+
+/// A tmpfs at `destination` (`nosuid`, `nodev`, optional `size=` bytes and `mode=`), as
+/// compose's `tmpfs:` gives.
+pub fn tmpfs_mount(destination: impl Into<PathBuf>, size: Option<u64>, mode: Option<u32>) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(destination.into());
+    m.set_typ(Some("tmpfs".into()));
+    m.set_source(Some("tmpfs".into()));
+    let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
+    if let Some(s) = size {
+        options.push(format!("size={s}"));
+    }
+    if let Some(mode) = mode {
+        options.push(format!("mode={mode:o}"));
     }
     m.set_options(Some(options));
     m
@@ -417,6 +464,30 @@ pub fn build_spec(
     if let Some(m) = o.memory_limit {
         resources["memory"] = json!({ "limit": m });
     }
+    if let Some(c) = o.cpus {
+        if !(c.is_finite() && c > 0.0 && c <= 1024.0) {
+            return Err(invalid("cpus", format!("{c} is not a CPU count (e.g. 0.5, 2)")));
+        }
+        let period: u64 = 100_000;
+        let quota = ((c * period as f64).round() as i64).max(1000);
+        resources["cpu"] = json!({ "quota": quota, "period": period });
+    }
+    if let Some(p) = o.pids_limit.filter(|p| *p > 0) {
+        resources["pids"] = json!({ "limit": p });
+    }
+    let mut rlimits = vec![json!({ "type": "RLIMIT_NOFILE", "hard": hard, "soft": soft })];
+    for (name, soft, hard) in &o.rlimits {
+        let up = name.trim().to_ascii_uppercase();
+        let typ = if up.starts_with("RLIMIT_") { up } else { format!("RLIMIT_{up}") };
+        if !RLIMITS.contains(&typ.as_str()) {
+            return Err(invalid("ulimit", format!("{name:?} is not a resource limit (e.g. nofile, nproc, core)")));
+        }
+        if soft > hard {
+            return Err(invalid("ulimit", format!("{name}: soft limit {soft} is above the hard limit {hard}")));
+        }
+        rlimits.retain(|r| r["type"] != typ.as_str());
+        rlimits.push(json!({ "type": typ, "hard": hard, "soft": soft }));
+    }
     let mut annotations: BTreeMap<String, String> = o.annotations.clone();
     annotations.insert(STOP_SIGNAL_ANNOTATION.into(), stop.0.clone());
 
@@ -433,6 +504,9 @@ pub fn build_spec(
     if let Some(p) = &o.cgroups_path {
         linux["cgroupsPath"] = json!(p);
     }
+    if !o.sysctls.is_empty() {
+        linux["sysctl"] = json!(o.sysctls);
+    }
     let v = json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -442,7 +516,7 @@ pub fn build_spec(
             "env": env,
             "cwd": cwd,
             "capabilities": { "bounding": caps, "effective": caps, "permitted": caps },
-            "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": hard, "soft": soft }],
+            "rlimits": rlimits,
             "noNewPrivileges": true,
         },
         "root": { "path": rootfs, "readonly": o.readonly_rootfs },

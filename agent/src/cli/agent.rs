@@ -20,6 +20,9 @@ pub struct AgentArgs {
 }
 
 pub fn agent(root: &Path, a: AgentArgs) -> Result<i32> {
-    let _ = (root, a);
-    anyhow::bail!("skiff agent: not built yet")
+    let runtime = super::run::find_runtime(a.runtime.as_deref())?;
+    let root = if root.is_absolute() { root.to_path_buf() } else { std::env::current_dir()?.join(root) };
+    let manifest =
+        if a.manifest.is_absolute() { a.manifest.clone() } else { std::env::current_dir()?.join(&a.manifest) };
+    crate::daemon::run(crate::daemon::Options { root, manifest, listen: a.listen, runtime })
 }

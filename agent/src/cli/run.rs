@@ -302,7 +302,7 @@ fn volume_mount(root: &Path, spec: &str) -> Result<oci_spec::runtime::Mount> {
 }
 
 /// Seeds an anonymous volume with what the image has at that path (docker does this).
-fn copy_up(rootfs_dir: &Path, dst: &str, vol: &Path) -> Result<()> {
+pub(crate) fn copy_up(rootfs_dir: &Path, dst: &str, vol: &Path) -> Result<()> {
     let from = rootfs_dir.join(dst.trim_start_matches('/'));
     // Only a real directory inside the rootfs (never follow a symlink out of it).
     match fs::symlink_metadata(&from) {

@@ -2,14 +2,165 @@
 //!
 //! ```text
 //! manifest file ──(watch.rs: inotify, SIGHUP)──► reconcile.rs ──► replica.rs ──► oci.rs ──► runtime CLI
-//!                                                  ▲    │                  └──► `skiff shim` (shim.rs)
+//!                                                  ▲    │                  └──► `skiff shim` (crate::shim)
 //!                          health.rs (exec) ───────┘    └──► status.rs ──(watch channel)──► http.rs
 //! ```
 //!
-//! See ARCHITECTURE.md for the whole flow.
+//! The agent is one tokio current-thread runtime: one task owns the state (reconcile.rs), the
+//! rest are small tasks that report back. Containers do not depend on the agent: each has a
+//! `skiff shim` holding its stdio and exit status, so the agent can die, be upgraded or be
+//! restarted at any time; the next one adopts what runs. See ARCHITECTURE.md.
 
 pub mod cgstats;
+pub mod health;
 pub mod http;
 pub mod notify;
+pub mod oci;
 pub mod paths;
+pub mod proc;
+pub mod reconcile;
+pub mod replica;
 pub mod status;
+pub mod watch;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch as wch};
+
+use self::oci::Runtime;
+use self::paths::Paths;
+use self::reconcile::{log, Agent, Event};
+use self::status::Snapshot;
+
+/// What `skiff agent` needs.
+pub struct Options {
+    pub root: PathBuf,
+    pub manifest: PathBuf,
+    pub listen: SocketAddr,
+    pub runtime: PathBuf,
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Containers keep running when it returns.
+pub fn run(o: Options) -> Result<i32> {
+    let paths = Paths::new(&o.root);
+    for d in [&paths.root, &paths.run] {
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let _lock = lock(&paths)?;
+    let pid_file = paths.agent_pid();
+    skiff_images::fsutil::write_atomic(&paths.run, &pid_file, format!("{}\n", std::process::id()).as_bytes())
+        .with_context(|| format!("writing {}", pid_file.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(8)
+        .thread_stack_size(512 << 10)
+        .build()
+        .context("starting the async runtime")?;
+    let res = rt.block_on(main_loop(o, paths.clone()));
+    let _ = fs::remove_file(&pid_file);
+    // Background tasks (a pull, a stop in progress) are dropped here; the next agent picks up.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    res
+}
+
+/// One agent per root: an exclusive flock on `<run>/agent.lock`, held for the agent's life.
+fn lock(paths: &Paths) -> Result<fs::File> {
+    let p = paths.run.join("agent.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    // SAFETY: flock(2) on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let other = proc::read_pid_file(&paths.agent_pid()).map(|p| format!(" (pid {p})")).unwrap_or_default();
+        bail!("another skiff agent runs on {}{other}: stop it first (or use another --root)", paths.root.display());
+    }
+    Ok(f)
+}
+
+async fn main_loop(o: Options, paths: Paths) -> Result<i32> {
+    let listener = tokio::net::TcpListener::bind(o.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen / SKIFF_LISTEN)", o.listen))?;
+    let (snap_tx, snap_rx) = wch::channel(Snapshot::default());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let runtime = Runtime::new(o.runtime.clone(), paths.runtime_root());
+    let mut agent = Agent::new(paths.clone(), runtime, o.manifest.clone(), tx.clone(), snap_tx)?;
+    log(&format!(
+        "starting: root {}, manifest {}, runtime {}, status on http://{}",
+        paths.root.display(),
+        o.manifest.display(),
+        o.runtime.display(),
+        o.listen
+    ));
+
+    // Airgap images dropped into <root>/preload.
+    let store = skiff_images::Store::open(&paths.root)?;
+    let preload = paths.root.join("preload");
+    match tokio::task::spawn_blocking(move || {
+        skiff_images::archive::load_preload_dir(&store, &preload, &skiff_images::Platform::host())
+    })
+    .await
+    {
+        Ok(Ok(loaded)) => {
+            for l in loaded {
+                log(&format!("preloaded {l:?}"));
+            }
+        }
+        Ok(Err(e)) => log(&format!("preload: {e}")),
+        Err(e) => log(&format!("preload: {e}")),
+    }
+
+    agent.load_manifest();
+    agent.adopt().await;
+    agent.reconcile();
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(http::serve(listener, snap_rx, async move {
+        let _ = stop_rx.await;
+    }));
+    tokio::spawn(watch::watch(o.manifest.clone(), tx.clone()));
+    let _ = notify::notify("READY=1\nSTATUS=reconciling");
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            Some(ev) = rx.recv() => agent.handle(ev),
+            _ = tick.tick() => agent.reconcile(),
+            _ = hup.recv() => {
+                log("SIGHUP: re-reading the manifest");
+                agent.handle(Event::Reload);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = notify::notify("STOPPING=1");
+    let _ = stop_tx.send(());
+    log("exiting; the containers keep running (`skiff down` stops them)");
+    Ok(0)
+}
+
+/// Whether `pid` is a `skiff agent` process (not a recycled pid).
+pub fn is_agent(pid: i32) -> bool {
+    let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    cmd.split(|b| *b == 0).any(|a| a == b"agent")
+}
+
+/// The agent's pid for a root, when one runs.
+pub fn running_agent(root: &Path) -> Option<i32> {
+    let paths = Paths::new(root);
+    proc::read_pid_file(&paths.agent_pid()).filter(|p| proc::alive(*p, None) && is_agent(*p))
+}

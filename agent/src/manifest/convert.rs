@@ -82,6 +82,23 @@ const UNSUPPORTED_TOP_KEYS: &[(&str, &str)] = &[
     ("models", "models are not supported; remove them"),
 ];
 
+/// Every name that looks like a variable in `s` (a superset of what [`interpolate`] looks up).
+fn referenced_names(s: &str) -> Vec<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    for (i, c) in b.iter().enumerate() {
+        if *c == b'$' {
+            let start = if b.get(i + 1) == Some(&b'{') { i + 2 } else { i + 1 };
+            let len =
+                b.get(start..).map_or(0, |r| r.iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'_').count());
+            if len > 0 {
+                out.push(s[start..start + len].to_string());
+            }
+        }
+    }
+    out
+}
+
 fn hint(table: &[(&str, &'static str)], key: &str) -> Option<&'static str> {
     table.iter().find(|(k, _)| *k == key).map(|(_, h)| *h)
 }
@@ -103,6 +120,127 @@ fn valid_volume_name(s: &str) -> bool {
 struct Ctx<'a> {
     diags: &'a mut Vec<Diagnostic>,
     base: &'a Path,
+    /// `<base>/.env`, read on first use (the process environment wins over it, as in compose).
+    dotenv: Option<std::collections::HashMap<String, String>>,
+}
+
+/// Compose's interpolation: `$$` is a `$`; `$VAR` and `${VAR}` are replaced by the variable
+/// (empty when unset); `${VAR:-default}` / `${VAR-default}` use the default when VAR is unset
+/// or empty / unset; `${VAR:?message}` / `${VAR?message}` are an error when VAR is unset or
+/// empty / unset; `${VAR:+alt}` / `${VAR+alt}` give alt when VAR is set and non-empty / set.
+/// Defaults are interpolated in turn. Returns the text and the names of unset variables.
+pub(crate) fn interpolate(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(String, Vec<String>), String> {
+    let mut out = String::with_capacity(s.len());
+    let mut unset = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    let is_name_start = |c: u8| c.is_ascii_alphabetic() || c == b'_';
+    let is_name = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    while i < b.len() {
+        if b[i] != b'$' {
+            let next = s[i..].find('$').map_or(s.len(), |n| i + n);
+            out.push_str(&s[i..next]);
+            i = next;
+            continue;
+        }
+        match b.get(i + 1) {
+            Some(b'$') => {
+                out.push('$');
+                i += 2;
+            }
+            Some(b'{') => {
+                // Find the matching brace (defaults may hold nested ${...}).
+                let mut depth = 0;
+                let mut end = None;
+                for (j, c) in b.iter().enumerate().skip(i + 1) {
+                    match c {
+                        b'{' => depth += 1,
+                        b'}' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                end = Some(j);
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let Some(end) = end else {
+                    return Err(format!("unclosed ${{ in {s:?} (write $$ for a literal $)"));
+                };
+                let inner = &s[i + 2..end];
+                let name_len = inner.bytes().take_while(|c| is_name(*c)).count();
+                let name = &inner[..name_len];
+                if name.is_empty() || !is_name_start(name.as_bytes()[0]) {
+                    return Err(format!("invalid variable ${{{inner}}} (write $$ for a literal $)"));
+                }
+                let op = &inner[name_len..];
+                let val = lookup(name);
+                let sub = |t: &str, unset: &mut Vec<String>| -> Result<String, String> {
+                    let (v, u) = interpolate(t, lookup)?;
+                    unset.extend(u);
+                    Ok(v)
+                };
+                let text = if op.is_empty() {
+                    if val.is_none() {
+                        unset.push(name.to_string());
+                    }
+                    val.unwrap_or_default()
+                } else if let Some(d) = op.strip_prefix(":-") {
+                    match val.filter(|v| !v.is_empty()) {
+                        Some(v) => v,
+                        None => sub(d, &mut unset)?,
+                    }
+                } else if let Some(d) = op.strip_prefix('-') {
+                    match val {
+                        Some(v) => v,
+                        None => sub(d, &mut unset)?,
+                    }
+                } else if let Some(m) = op.strip_prefix(":?") {
+                    match val.filter(|v| !v.is_empty()) {
+                        Some(v) => v,
+                        None => return Err(format!("variable {name} is required: {}", sub(m, &mut unset)?)),
+                    }
+                } else if let Some(m) = op.strip_prefix('?') {
+                    match val {
+                        Some(v) => v,
+                        None => return Err(format!("variable {name} is required: {}", sub(m, &mut unset)?)),
+                    }
+                } else if let Some(a) = op.strip_prefix(":+") {
+                    if val.is_some_and(|v| !v.is_empty()) {
+                        sub(a, &mut unset)?
+                    } else {
+                        String::new()
+                    }
+                } else if let Some(a) = op.strip_prefix('+') {
+                    if val.is_some() {
+                        sub(a, &mut unset)?
+                    } else {
+                        String::new()
+                    }
+                } else {
+                    return Err(format!("invalid variable ${{{inner}}} (write $$ for a literal $)"));
+                };
+                out.push_str(&text);
+                i = end + 1;
+            }
+            Some(c) if is_name_start(*c) => {
+                let len = b[i + 1..].iter().take_while(|c| is_name(**c)).count();
+                let name = &s[i + 1..i + 1 + len];
+                match lookup(name) {
+                    Some(v) => out.push_str(&v),
+                    None => unset.push(name.to_string()),
+                }
+                i += 1 + len;
+            }
+            _ => {
+                // A lone `$` (before a space, a digit, the end...) stays as written.
+                out.push('$');
+                i += 1;
+            }
+        }
+    }
+    Ok((out, unset))
 }
 
 /// (service, dependency, where, required)
@@ -154,19 +292,63 @@ impl Ctx<'_> {
         self.warn(k.pos, format!("unknown key `{key}` in {within} (ignored)"));
     }
 
+    fn var(&mut self, name: &str) -> Option<String> {
+        if let Ok(v) = std::env::var(name) {
+            return Some(v);
+        }
+        if self.dotenv.is_none() {
+            let mut m = std::collections::HashMap::new();
+            if let Ok(text) = std::fs::read_to_string(self.base.join(".env")) {
+                for line in text.lines() {
+                    let l = line.trim();
+                    let l = l.strip_prefix("export ").unwrap_or(l);
+                    if l.is_empty() || l.starts_with('#') {
+                        continue;
+                    }
+                    if let Some((k, v)) = l.split_once('=') {
+                        let v = v.trim();
+                        let v = if v.len() >= 2
+                            && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
+                        {
+                            &v[1..v.len() - 1]
+                        } else {
+                            v
+                        };
+                        m.insert(k.trim().to_string(), v.to_string());
+                    }
+                }
+            }
+            self.dotenv = Some(m);
+        }
+        self.dotenv.as_ref().and_then(|m| m.get(name).cloned())
+    }
+
     fn string(&mut self, n: &Node, what: &str) -> Option<String> {
         match n.scalar_text() {
-            Some(s) => {
-                if s.contains("${") {
-                    self.warn(
-                        n.pos,
-                        format!(
-                            "{what}: variable interpolation (${{...}}) is not supported; the value is used as written"
-                        ),
-                    );
+            Some(s) if s.contains('$') => {
+                let mut vars = std::collections::HashMap::new();
+                for name in referenced_names(&s) {
+                    if let Some(v) = self.var(&name) {
+                        vars.insert(name, v);
+                    }
                 }
-                Some(s)
+                match interpolate(&s, &|name| vars.get(name).cloned()) {
+                    Ok((v, unset)) => {
+                        for u in unset {
+                            self.warn(
+                                n.pos,
+                                format!("{what}: variable {u} is not set; it is replaced by an empty string"),
+                            );
+                        }
+                        Some(v)
+                    }
+                    Err(e) => {
+                        self.err(n.pos, format!("{what}: {e}"));
+                        None
+                    }
+                }
             }
+            Some(s) => Some(s),
             None => {
                 self.err(n.pos, format!("{what} must be a string, not {}", n.kind()));
                 None
@@ -366,7 +548,7 @@ impl Ctx<'_> {
 
 /// Checks and converts the whole document.
 pub(super) fn manifest(root: &Node, base: &Path, diags: &mut Vec<Diagnostic>) -> Option<Manifest> {
-    let mut cx = Ctx { diags, base };
+    let mut cx = Ctx { diags, base, dotenv: None };
     if matches!(root.value, Value::Null) {
         cx.err(root.pos, "the manifest is empty: it needs services:");
         return None;

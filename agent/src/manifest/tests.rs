@@ -357,7 +357,11 @@ fn key_value_forms() {
 
 #[test]
 fn interpolation_warns() {
-    has("services:\n  a:\n    image: \"app:${TAG}\"\n", "3:12: warning: ", "interpolation");
+    has(
+        "services:\n  a:\n    image: \"app:${SKIFF_TEST_UNSET_TAG:-1}-${SKIFF_TEST_UNSET_X}\"\n",
+        "3:12: warning: ",
+        "SKIFF_TEST_UNSET_X is not set",
+    );
 }
 
 #[test]
@@ -454,5 +458,50 @@ fn diagnostic_rendering() {
     assert_eq!(
         r.diagnostics[0].render("compose.yaml"),
         "compose.yaml:4:5: warning: unknown key `colour` in service `web` (ignored)"
+    );
+}
+
+#[test]
+fn interpolation_as_compose_does_it() {
+    use super::convert::interpolate;
+    let vars = |n: &str| match n {
+        "A" => Some("alpha".to_string()),
+        "EMPTY" => Some(String::new()),
+        _ => None,
+    };
+    let i = |s: &str| interpolate(s, &vars).map(|(v, _)| v);
+    assert_eq!(i("$$HOME and $$$$").unwrap(), "$HOME and $$");
+    assert_eq!(i("x-$A-${A}y").unwrap(), "x-alpha-alphay");
+    assert_eq!(i("${NOPE:-dflt} ${EMPTY:-e} ${EMPTY-e} ${NOPE-${A}}").unwrap(), "dflt e  alpha");
+    assert_eq!(i("${A:+set}${NOPE:+no}${EMPTY+yes}").unwrap(), "setyes");
+    assert_eq!(i("cost: $5 and a lone $").unwrap(), "cost: $5 and a lone $");
+    let (v, unset) = interpolate("[$NOPE]", &vars).unwrap();
+    assert_eq!((v.as_str(), unset), ("[]", vec!["NOPE".to_string()]));
+    assert!(i("${NOPE:?set NOPE}").unwrap_err().contains("set NOPE"));
+    assert!(i("${EMPTY?x}").is_ok());
+    assert!(i("${unclosed").is_err());
+    assert!(i("${1bad}").is_err());
+}
+
+#[test]
+fn interpolated_manifest_and_dollar_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".env"), "SKIFF_TEST_TAG=7\n# comment\n").unwrap();
+    let src = "services:\n  web:\n    image: \"busybox:${SKIFF_TEST_TAG}\"\n    command: [\"sh\", \"-c\", \"echo $$HOSTNAME\"]\n";
+    let r = super::parse_str(src, dir.path());
+    let m = r.manifest.expect("valid");
+    assert_eq!(m.services["web"].image, "busybox:7");
+    assert_eq!(
+        m.services["web"].command.as_deref(),
+        Some(&["sh".to_string(), "-c".into(), "echo $HOSTNAME".into()][..])
+    );
+    let bad = super::parse_str("services:\n  web:\n    image: \"${SKIFF_NOPE_X:?give an image}\"\n", dir.path());
+    assert!(bad.manifest.is_none());
+    assert!(
+        bad.diagnostics
+            .iter()
+            .any(|d| d.render("f") == "f:3:12: error: web.image: variable SKIFF_NOPE_X is required: give an image"),
+        "{:?}",
+        bad.diagnostics
     );
 }

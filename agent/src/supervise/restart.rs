@@ -278,6 +278,18 @@ impl RestartTracker {
         self.next_restart = None;
     }
 
+    /// The replica's container is gone without an exit to report (a reboot wiped the run
+    /// state): it starts afresh (that start is not a restart), keeping its counts.
+    pub fn boot_reset(&mut self) {
+        if matches!(self.state, RestartState::Running | RestartState::Backoff) {
+            self.state = RestartState::Created;
+        }
+        self.started_at = None;
+        self.healthy_since = None;
+        self.next_restart = None;
+        self.unhealthy = false;
+    }
+
     /// The container exited. `stopped_by_agent`: the agent stopped it on purpose (scale-down,
     /// replacement, removal, `skiff down`) — never restarted.
     pub fn exited(&mut self, at: Instant, exit: ExitKind, stopped_by_agent: bool) -> Decision {

@@ -1,0 +1,43 @@
+//! Health checks: the service's test run inside the container through the runtime's `exec`,
+//! every `interval`, each killed after `timeout`. Results go to the reconcile loop, which keeps
+//! the count of failures in a row and decides (starting / healthy / unhealthy → replaced).
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::oci::Runtime;
+use super::reconcile::Event;
+
+/// Runs until the loop drops the replica's generation (the task is aborted) or the loop is gone.
+pub async fn run(
+    rt: Runtime,
+    id: String,
+    gen: u64,
+    args: Vec<String>,
+    interval: Duration,
+    timeout: Duration,
+    tx: mpsc::UnboundedSender<Event>,
+) {
+    let interval = interval.max(Duration::from_millis(100));
+    let timeout = timeout.max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(interval).await;
+        let (ok, output) = match rt.exec(&id, &args, timeout).await {
+            Ok(o) if o.timed_out => (false, format!("timed out after {:.1}s", timeout.as_secs_f64())),
+            Ok(o) => {
+                let text = if o.stdout.trim().is_empty() { o.stderr.clone() } else { o.stdout.clone() };
+                let text = match o.code {
+                    Some(0) => text,
+                    Some(c) => format!("exit status {c}: {}", text.trim()),
+                    None => format!("killed: {}", text.trim()),
+                };
+                (o.success(), text.chars().take(512).collect())
+            }
+            Err(e) => (false, format!("{e:#}")),
+        };
+        if tx.send(Event::Health { id: id.clone(), gen, ok, output }).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,909 @@
+//! The reconcile loop: desired state (the manifest in force) against actual state (the
+//! replicas), continuously.
+//!
+//! One task owns all state ([`Agent`]). Everything slow — pulling an image, preparing and
+//! starting a container, stopping one, a health check, waiting for an exit — runs in a task of
+//! its own that reports back with an [`Event`] carrying the replica's *generation*; an event of
+//! an older generation (the replica was stopped or restarted since) is dropped. So the loop
+//! never waits, a slow stop never holds up another replica, and there is exactly one actor
+//! deciding what happens to a replica.
+//!
+//! After each event (and at least every second, for back-off timers) [`Agent::reconcile`]
+//! walks the replicas:
+//! * a replica whose service is gone, whose index is above the service's replicas, or whose
+//!   recorded definition differs from the manifest's is stopped (gracefully) and removed; a
+//!   replaced one is then created anew;
+//! * a missing replica `SERVICE-N` (N in 1..=replicas) is created and started once the
+//!   services it depends on meet their condition and its image is in the store (pulled on
+//!   demand, retried with back-off while offline);
+//! * a replica in back-off whose time has come is started again.
+//!
+//! Then it publishes a [`Snapshot`] for the HTTP endpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, Context, Result};
+use skiff_images::{Client, ClientOptions, ImageRecord, PullOptions, Reference, Store};
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+use super::oci::Runtime;
+use super::paths::Paths;
+use super::replica::{self, ReplicaRecord, Started};
+use super::status::{Health, ManifestStatus, ReplicaState, ReplicaStatus, ServiceStatus, Snapshot, Status};
+use super::{health, proc};
+use crate::manifest::{self, DependsCondition, HealthTest, Manifest, PullPolicy, Service};
+use crate::supervise::restart::{Decision, ExitKind, RestartState, RestartTracker};
+
+/// What the loop reacts to.
+#[derive(Debug)]
+pub enum Event {
+    /// The manifest file changed (inotify) or SIGHUP.
+    Reload,
+    Pulled {
+        reference: String,
+        result: Result<ImageRecord, String>,
+    },
+    Started {
+        id: String,
+        gen: u64,
+        result: Result<(Started, String, Vec<String>, String), String>,
+    },
+    Exited {
+        id: String,
+        gen: u64,
+        exit: Option<ExitKind>,
+    },
+    Stopped {
+        id: String,
+        gen: u64,
+        result: Result<(), String>,
+    },
+    Health {
+        id: String,
+        gen: u64,
+        ok: bool,
+        output: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Not started: waiting for dependencies or its image.
+    Waiting,
+    Pulling,
+    Starting,
+    Running,
+    Backoff,
+    Exited,
+    Failed,
+    Stopping,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterStop {
+    /// Remove the replica (scale-down, service removed, definition changed).
+    Remove,
+    /// It was unhealthy: its exit goes to the restart policy.
+    Unhealthy,
+}
+
+struct Replica {
+    rec: ReplicaRecord,
+    gen: u64,
+    phase: Phase,
+    after_stop: AfterStop,
+    backoff_until: Option<Instant>,
+    health: Health,
+    health_failures: u32,
+    health_started: Option<Instant>,
+    tasks: Vec<AbortHandle>,
+    message: Option<String>,
+}
+
+impl Replica {
+    fn new(svc: &Service, index: u32) -> Replica {
+        let id = svc.replica_name(index);
+        Replica {
+            rec: ReplicaRecord {
+                id,
+                service: svc.name.clone(),
+                index,
+                spec: svc.clone(),
+                image_digest: String::new(),
+                stop_signal: "SIGTERM".into(),
+                tracker: RestartTracker::new(svc.restart.clone(), effective_healthcheck(svc).is_some()),
+                started_at: None,
+                shim: None,
+                pid: None,
+                stopped: false,
+            },
+            gen: 0,
+            phase: Phase::Waiting,
+            after_stop: AfterStop::Remove,
+            backoff_until: None,
+            health: Health::None,
+            health_failures: 0,
+            health_started: None,
+            tasks: Vec::new(),
+            message: None,
+        }
+    }
+
+    fn abort_tasks(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// The health check a service runs: its own (`None` when disabled or absent; the image's
+/// HEALTHCHECK is not read yet).
+pub fn effective_healthcheck(svc: &Service) -> Option<(Vec<String>, &manifest::Healthcheck)> {
+    let h = svc.healthcheck.as_ref()?;
+    if h.disabled {
+        return None;
+    }
+    let args = match h.test.as_ref()? {
+        HealthTest::Cmd(a) => a.clone(),
+        HealthTest::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+    };
+    Some((args, h))
+}
+
+struct PullState {
+    in_flight: bool,
+    next_try: Instant,
+    failures: u32,
+    error: Option<String>,
+}
+
+pub struct Agent {
+    paths: Paths,
+    rt: Runtime,
+    store: Store,
+    client: Option<Arc<Client>>,
+    manifest_path: PathBuf,
+    manifest: Option<Manifest>,
+    revision: Option<String>,
+    manifest_error: Option<String>,
+    manifest_warnings: Vec<String>,
+    replicas: BTreeMap<String, Replica>,
+    service_warnings: HashMap<String, Vec<String>>,
+    pulls: HashMap<String, PullState>,
+    tx: mpsc::UnboundedSender<Event>,
+    snapshots: watch::Sender<Snapshot>,
+}
+
+impl Agent {
+    pub fn new(
+        paths: Paths,
+        rt: Runtime,
+        manifest_path: PathBuf,
+        tx: mpsc::UnboundedSender<Event>,
+        snapshots: watch::Sender<Snapshot>,
+    ) -> Result<Agent> {
+        let store = Store::open(&paths.root)?;
+        Ok(Agent {
+            paths,
+            rt,
+            store,
+            client: None,
+            manifest_path,
+            manifest: None,
+            revision: None,
+            manifest_error: None,
+            manifest_warnings: Vec::new(),
+            replicas: BTreeMap::new(),
+            service_warnings: HashMap::new(),
+            pulls: HashMap::new(),
+            tx,
+            snapshots,
+        })
+    }
+
+    pub fn manifest_loaded(&self) -> bool {
+        self.manifest.is_some()
+    }
+
+    /// Reads the manifest; a bad one keeps the one in force and shows its error.
+    pub fn load_manifest(&mut self) {
+        let shown = self.manifest_path.display().to_string();
+        let data = match std::fs::read(&self.manifest_path) {
+            Ok(d) => d,
+            Err(e) => {
+                self.manifest_error = Some(format!("{shown}: {e}"));
+                log(&format!("manifest {shown}: {e}; keeping the one in force"));
+                return;
+            }
+        };
+        let revision = format!("sha256:{}", hex(&sha256(&data)));
+        if self.revision.as_deref() == Some(&revision) && self.manifest_error.is_none() {
+            return;
+        }
+        let report = match manifest::load(&self.manifest_path) {
+            Ok(r) => r,
+            Err(e) => {
+                self.manifest_error = Some(format!("{shown}: {e}"));
+                return;
+            }
+        };
+        for d in &report.diagnostics {
+            log(&d.render(&shown));
+        }
+        match report.manifest {
+            Some(m) => {
+                self.manifest_warnings = report.diagnostics.iter().map(|d| d.render(&shown)).collect();
+                self.manifest = Some(m);
+                self.revision = Some(revision.clone());
+                self.manifest_error = None;
+                log(&format!("manifest {shown} in force (revision {})", &revision[7..19]));
+            }
+            None => {
+                let err = report.first_error(&shown).unwrap_or_else(|| format!("{shown}: invalid"));
+                log(&format!("{err}; keeping the manifest in force"));
+                self.manifest_error = Some(err);
+            }
+        }
+    }
+
+    /// Takes over the replicas an earlier agent left (after an agent restart: running ones are
+    /// adopted with their pids; after a reboot: none is running, they start afresh).
+    pub async fn adopt(&mut self) {
+        let (records, bad) = ReplicaRecord::load_all(&self.paths);
+        for (id, why) in bad {
+            log(&format!("containers/{id}: {why}; leaving it alone"));
+        }
+        let now = Instant::now();
+        for mut rec in records {
+            let id = rec.id.clone();
+            let shim_dir = self.paths.shim(&id);
+            let shim = proc::read_pid_file(&shim_dir.join("shim.pid"))
+                .and_then(|p| proc::start_time(p).map(|t| (p, t)))
+                .filter(|(p, t)| rec.shim.is_none_or(|s| s == (*p, *t)) && is_shim(*p, &id));
+            let mut r = Replica {
+                rec: rec.clone(),
+                gen: 0,
+                phase: Phase::Waiting,
+                after_stop: AfterStop::Remove,
+                backoff_until: None,
+                health: Health::None,
+                health_failures: 0,
+                health_started: None,
+                tasks: Vec::new(),
+                message: None,
+            };
+            if let Some(shim) = shim {
+                // Running (or just exiting): adopt it.
+                let pid = proc::read_pid_file(&shim_dir.join("init.pid")).or(rec.pid);
+                rec.tracker.resume(now);
+                r.rec = rec;
+                r.rec.shim = Some(shim);
+                r.rec.pid = pid;
+                r.phase = Phase::Running;
+                log(&format!("{id}: adopted (pid {})", pid.map_or("?".into(), |p| p.to_string())));
+                self.replicas.insert(id.clone(), r);
+                self.watch_running(&id);
+                continue;
+            }
+            match rec.tracker.state() {
+                RestartState::Exited => r.phase = Phase::Exited,
+                RestartState::GaveUp => r.phase = Phase::Failed,
+                RestartState::Backoff => {
+                    if let Decision::RestartAt(t) = rec.tracker.resume(now) {
+                        r.phase = Phase::Backoff;
+                        r.backoff_until = Some(t);
+                    }
+                }
+                RestartState::Running | RestartState::Created => {
+                    if let Some(exit) = replica::read_exit(&self.paths, &id) {
+                        // It exited while no agent was watching: the restart policy decides.
+                        r.rec = rec;
+                        self.replicas.insert(id.clone(), r);
+                        log(&format!("{id}: exited ({exit}) while the agent was down"));
+                        self.on_exit(&id, Some(exit));
+                        continue;
+                    }
+                    // No run state: a reboot (or the shim was killed). Start it afresh (its
+                    // runtime state, if any, is cleaned up by the start).
+                    rec.tracker.boot_reset();
+                    r.phase = Phase::Waiting;
+                }
+            }
+            r.rec = rec;
+            r.rec.pid = None;
+            r.rec.shim = None;
+            self.replicas.insert(id, r);
+        }
+    }
+
+    /// Handles one event, then reconciles.
+    pub fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Reload => self.load_manifest(),
+            Event::Pulled { reference, result } => {
+                let p = self.pulls.entry(reference.clone()).or_insert(PullState {
+                    in_flight: false,
+                    next_try: Instant::now(),
+                    failures: 0,
+                    error: None,
+                });
+                p.in_flight = false;
+                match result {
+                    Ok(rec) => {
+                        log(&format!("pulled {} ({})", rec.reference, rec.digest));
+                        p.failures = 0;
+                        p.error = None;
+                    }
+                    Err(e) => {
+                        p.failures += 1;
+                        let delay =
+                            Duration::from_secs(2u64.saturating_pow(p.failures.min(6))).min(Duration::from_secs(60));
+                        p.next_try = Instant::now() + delay;
+                        log(&format!("pulling {reference}: {e} (next try in {}s)", delay.as_secs()));
+                        p.error = Some(e);
+                    }
+                }
+            }
+            Event::Started { id, gen, result } => self.on_started(&id, gen, result),
+            Event::Exited { id, gen, exit } => {
+                if self.replicas.get(&id).is_some_and(|r| r.gen == gen && r.phase == Phase::Running) {
+                    self.on_exit(&id, exit);
+                }
+            }
+            Event::Stopped { id, gen, result } => self.on_stopped(&id, gen, result),
+            Event::Health { id, gen, ok, output } => self.on_health(&id, gen, ok, output),
+        }
+        self.reconcile();
+    }
+
+    fn on_started(&mut self, id: &str, gen: u64, result: Result<(Started, String, Vec<String>, String), String>) {
+        let Some(r) = self.replicas.get_mut(id) else { return };
+        if r.gen != gen || r.phase != Phase::Starting {
+            return;
+        }
+        let now = Instant::now();
+        match result {
+            Ok((started, stop_signal, warnings, digest)) => {
+                r.rec.tracker.started(now);
+                r.rec.pid = Some(started.pid);
+                r.rec.shim = Some(started.shim);
+                r.rec.stop_signal = stop_signal;
+                r.rec.image_digest = digest;
+                r.rec.started_at = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+                r.phase = Phase::Running;
+                r.message = None;
+                for w in &warnings {
+                    log(&format!("{id}: warning: {w}"));
+                }
+                self.service_warnings.insert(r.rec.service.clone(), warnings);
+                log(&format!("{id}: running (pid {})", started.pid));
+                save(&self.paths, &r.rec);
+                self.watch_running(id);
+            }
+            Err(e) => {
+                log(&format!("{id}: start failed: {e}"));
+                r.rec.tracker.started(now);
+                r.message = Some(e);
+                let d = r.rec.tracker.exited(now, ExitKind::Code(127), false);
+                Self::apply_decision(r, d, true);
+                save(&self.paths, &r.rec);
+            }
+        }
+    }
+
+    fn apply_decision(r: &mut Replica, d: Decision, start_failed: bool) {
+        r.rec.pid = None;
+        r.rec.shim = None;
+        r.rec.started_at = None;
+        r.health = Health::None;
+        match d {
+            Decision::RestartAt(t) => {
+                r.phase = Phase::Backoff;
+                r.backoff_until = Some(t);
+            }
+            Decision::GiveUp(reason) => {
+                r.phase = Phase::Failed;
+                r.message = Some(match &r.message {
+                    Some(m) => format!("{reason}: {m}"),
+                    None => reason.to_string(),
+                });
+            }
+            Decision::DoNothing => r.phase = if start_failed { Phase::Failed } else { Phase::Exited },
+        }
+    }
+
+    fn on_exit(&mut self, id: &str, exit: Option<ExitKind>) {
+        let Some(r) = self.replicas.get_mut(id) else { return };
+        r.abort_tasks();
+        r.gen += 1;
+        let exit = exit.unwrap_or_else(|| {
+            r.message = Some("exit status unknown (its shim was killed)".into());
+            ExitKind::Code(255)
+        });
+        log(&format!("{id}: exited ({exit})"));
+        let d = r.rec.tracker.exited(Instant::now(), exit, false);
+        Self::apply_decision(r, d, false);
+        if let Decision::RestartAt(t) = d {
+            log(&format!("{id}: restarting in {:.1}s", t.saturating_duration_since(Instant::now()).as_secs_f64()));
+        }
+        save(&self.paths, &r.rec);
+    }
+
+    fn on_stopped(&mut self, id: &str, gen: u64, result: Result<(), String>) {
+        let Some(r) = self.replicas.get_mut(id) else { return };
+        if r.gen != gen || r.phase != Phase::Stopping {
+            return;
+        }
+        if let Err(e) = &result {
+            log(&format!("{id}: stopping: {e}"));
+        }
+        match r.after_stop {
+            AfterStop::Remove => {
+                if result.is_ok() {
+                    log(&format!("{id}: removed"));
+                    self.replicas.remove(id);
+                } else {
+                    // Try again at the next reconcile.
+                    r.phase = Phase::Exited;
+                    r.message = result.err();
+                }
+            }
+            AfterStop::Unhealthy => {
+                r.gen += 1;
+                let exit = replica::read_exit(&self.paths, id).unwrap_or(ExitKind::Signal(libc::SIGKILL));
+                let d = r.rec.tracker.exited(Instant::now(), exit, false);
+                Self::apply_decision(r, d, false);
+                r.message = Some("replaced: it was unhealthy".into());
+                save(&self.paths, &r.rec);
+            }
+        }
+    }
+
+    fn on_health(&mut self, id: &str, gen: u64, ok: bool, output: String) {
+        let Some(r) = self.replicas.get_mut(id) else { return };
+        if r.gen != gen || r.phase != Phase::Running {
+            return;
+        }
+        let Some((_, hc)) = effective_healthcheck(&r.rec.spec) else { return };
+        let now = Instant::now();
+        if ok {
+            if r.health != Health::Healthy {
+                log(&format!("{id}: healthy"));
+            }
+            r.health = Health::Healthy;
+            r.health_failures = 0;
+            r.rec.tracker.became_healthy(now);
+            return;
+        }
+        let in_start_period = r.health_started.is_some_and(|s| now.duration_since(s) < hc.start_period);
+        if in_start_period && r.health != Health::Healthy {
+            r.message = Some(format!("health check failed (start period): {}", output.trim()));
+            return;
+        }
+        r.health_failures += 1;
+        r.message = Some(format!("health check failed ({}/{}): {}", r.health_failures, hc.retries, output.trim()));
+        if r.health_failures >= hc.retries.max(1) {
+            log(&format!("{id}: unhealthy after {} failed checks; replacing it", r.health_failures));
+            r.health = Health::Unhealthy;
+            r.rec.tracker.unhealthy(now);
+            self.begin_stop(id, AfterStop::Unhealthy);
+        }
+    }
+
+    /// Spawns the exit watcher and the health checks of a running replica.
+    fn watch_running(&mut self, id: &str) {
+        let Some(r) = self.replicas.get_mut(id) else { return };
+        r.gen += 1;
+        let gen = r.gen;
+        let tx = self.tx.clone();
+        let paths = self.paths.clone();
+        let rt = self.rt.clone();
+        let idc = id.to_string();
+        let shim = r.rec.shim;
+        let pid = r.rec.pid;
+        let watcher = tokio::spawn(async move {
+            let exit = match shim {
+                Some(s) => replica::wait(&paths, &idc, s).await,
+                None => {
+                    if let Some(p) = pid {
+                        proc::wait_exit(p).await;
+                    }
+                    replica::read_exit(&paths, &idc)
+                }
+            };
+            let _ = rt; // the runtime state is cleaned up by the next start or the stop
+            let _ = tx.send(Event::Exited { id: idc, gen, exit });
+        });
+        r.tasks.push(watcher.abort_handle());
+        if let Some((args, hc)) = effective_healthcheck(&r.rec.spec) {
+            r.health = Health::Starting;
+            r.health_failures = 0;
+            r.health_started = Some(Instant::now());
+            let task = tokio::spawn(health::run(
+                self.rt.clone(),
+                id.to_string(),
+                gen,
+                args,
+                hc.interval,
+                hc.timeout,
+                self.tx.clone(),
+            ));
+            r.tasks.push(task.abort_handle());
+        } else {
+            r.health = Health::None;
+        }
+    }
+
+    fn begin_stop(&mut self, id: &str, after: AfterStop) {
+        let Some(r) = self.replicas.get_mut(id) else { return };
+        if r.phase == Phase::Stopping {
+            return;
+        }
+        r.abort_tasks();
+        r.gen += 1;
+        let gen = r.gen;
+        if after == AfterStop::Remove {
+            r.rec.tracker.stop();
+        }
+        r.phase = Phase::Stopping;
+        r.after_stop = after;
+        let (paths, rt, tx) = (self.paths.clone(), self.rt.clone(), self.tx.clone());
+        let idc = id.to_string();
+        let signal = r.rec.stop_signal.clone();
+        let grace = r.rec.spec.stop_timeout();
+        let shim = r.rec.shim;
+        log(&format!("{id}: stopping ({signal}, grace {}s)", grace.as_secs_f64()));
+        let task = tokio::spawn(async move {
+            let mut result = replica::stop(&paths, &rt, &idc, &signal, grace, shim).await.map(|_| ());
+            if result.is_ok() && after == AfterStop::Remove {
+                let p = paths.clone();
+                let i = idc.clone();
+                result = tokio::task::spawn_blocking(move || replica::remove(&p, &i))
+                    .await
+                    .map_err(|e| anyhow!("{e}"))
+                    .and_then(|r| r);
+            }
+            let _ = tx.send(Event::Stopped { id: idc, gen, result: result.map_err(|e| format!("{e:#}")) });
+        });
+        r.tasks.push(task.abort_handle());
+    }
+
+    /// Desired against actual; starts, stops and replaces; then publishes the status.
+    pub fn reconcile(&mut self) {
+        let now = Instant::now();
+        let Some(m) = self.manifest.clone() else {
+            self.publish();
+            return;
+        };
+        // Stop what is not wanted (any more, or not like this).
+        let ids: Vec<String> = self.replicas.keys().cloned().collect();
+        for id in &ids {
+            let r = &self.replicas[id];
+            let wanted = m.services.get(&r.rec.service).filter(|s| r.rec.index >= 1 && r.rec.index <= s.replicas);
+            match wanted {
+                None => {
+                    if r.phase != Phase::Stopping || r.after_stop != AfterStop::Remove {
+                        self.begin_stop(id, AfterStop::Remove);
+                    }
+                }
+                Some(svc) if r.rec.spec != *svc => match r.phase {
+                    Phase::Waiting | Phase::Pulling => {
+                        // Nothing runs yet: take the new definition as it is.
+                        let fresh = Replica::new(svc, r.rec.index);
+                        self.replicas.insert(id.clone(), fresh);
+                    }
+                    Phase::Stopping if r.after_stop == AfterStop::Remove => {}
+                    _ => {
+                        log(&format!("{id}: its service definition changed; replacing it"));
+                        self.begin_stop(id, AfterStop::Remove);
+                    }
+                },
+                Some(_) => {}
+            }
+        }
+        // Start what is missing, dependencies first.
+        for name in m.start_order() {
+            let svc = &m.services[name];
+            for n in 1..=svc.replicas {
+                let id = svc.replica_name(n);
+                if !self.replicas.contains_key(&id) {
+                    self.replicas.insert(id.clone(), Replica::new(svc, n));
+                }
+                let r = &self.replicas[&id];
+                let due = match r.phase {
+                    Phase::Waiting | Phase::Pulling => true,
+                    Phase::Backoff => r.backoff_until.is_none_or(|t| t <= now),
+                    _ => false,
+                };
+                if due && r.rec.spec == *svc {
+                    self.try_start(&m, svc, &id);
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// Whether `svc`'s dependencies meet their conditions; else what it waits for.
+    fn dependencies_met(&self, m: &Manifest, svc: &Service) -> Result<(), String> {
+        for (dep, d) in &svc.depends_on {
+            let Some(ds) = m.services.get(dep) else {
+                if d.required {
+                    return Err(format!("waiting for {dep}, which the manifest does not define"));
+                }
+                continue;
+            };
+            let reps: Vec<&Replica> =
+                (1..=ds.replicas).filter_map(|n| self.replicas.get(&ds.replica_name(n))).collect();
+            let all = |f: &dyn Fn(&Replica) -> bool| reps.len() == ds.replicas as usize && reps.iter().all(|r| f(r));
+            let met = match d.condition {
+                DependsCondition::ServiceStarted => all(&|r| r.phase == Phase::Running),
+                DependsCondition::ServiceHealthy => all(&|r| {
+                    r.phase == Phase::Running
+                        && (r.health == Health::Healthy || effective_healthcheck(&r.rec.spec).is_none())
+                }),
+                DependsCondition::ServiceCompletedSuccessfully => all(&|r| {
+                    r.phase == Phase::Exited
+                        && r.rec.tracker.status(Instant::now()).last_exit == Some(ExitKind::Code(0))
+                }),
+            };
+            if !met {
+                let what = match d.condition {
+                    DependsCondition::ServiceStarted => "to start",
+                    DependsCondition::ServiceHealthy => "to be healthy",
+                    DependsCondition::ServiceCompletedSuccessfully => "to complete successfully",
+                };
+                return Err(format!("waiting for {dep} {what}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn try_start(&mut self, m: &Manifest, svc: &Service, id: &str) {
+        if let Err(why) = self.dependencies_met(m, svc) {
+            if let Some(r) = self.replicas.get_mut(id) {
+                if r.phase != Phase::Backoff {
+                    r.phase = Phase::Waiting;
+                }
+                r.message = Some(why);
+            }
+            return;
+        }
+        let image = match self.image_for(svc) {
+            Ok(Some(img)) => img,
+            Ok(None) => {
+                let err = self.pulls.get(&canonical(&svc.image)).and_then(|p| p.error.clone());
+                if let Some(r) = self.replicas.get_mut(id) {
+                    if r.phase != Phase::Backoff {
+                        r.phase = Phase::Pulling;
+                    }
+                    r.message = Some(match err {
+                        Some(e) => format!("pulling {}: {e}", svc.image),
+                        None => format!("pulling {}", svc.image),
+                    });
+                }
+                return;
+            }
+            Err(e) => {
+                if let Some(r) = self.replicas.get_mut(id) {
+                    r.phase = Phase::Failed;
+                    r.message = Some(e);
+                }
+                return;
+            }
+        };
+        let Some(r) = self.replicas.get_mut(id) else { return };
+        r.gen += 1;
+        let gen = r.gen;
+        r.phase = Phase::Starting;
+        r.message = None;
+        r.rec.image_digest = image.digest.to_string();
+        save(&self.paths, &r.rec);
+        let (paths, rt, store, tx) = (self.paths.clone(), self.rt.clone(), self.store.clone(), self.tx.clone());
+        let svc = svc.clone();
+        let idc = id.to_string();
+        let task = tokio::spawn(async move {
+            let result = async {
+                // A stopped container of an earlier run of this replica (restart) goes first.
+                if rt.state(&idc).await?.is_some() {
+                    rt.delete(&idc, true).await?;
+                }
+                let digest = image.digest.to_string();
+                let (p, s, i, sv) = (paths.clone(), store.clone(), idc.clone(), svc.clone());
+                let (signal, warnings) = tokio::task::spawn_blocking(move || replica::prepare(&p, &s, &image, &sv, &i))
+                    .await
+                    .map_err(|e| anyhow!("{e}"))??;
+                let started = replica::start(&paths, &rt, &svc, &idc).await?;
+                Ok::<_, anyhow::Error>((started, signal, warnings, digest))
+            }
+            .await
+            .map_err(|e| format!("{e:#}"));
+            let _ = tx.send(Event::Started { id: idc, gen, result });
+        });
+        r.tasks.push(task.abort_handle());
+    }
+
+    /// The image of a service when the store has it; else starts (or keeps waiting for) a pull.
+    /// `Err`: it cannot be had (bad reference, pull_policy never and absent).
+    fn image_for(&mut self, svc: &Service) -> Result<Option<ImageRecord>, String> {
+        let reference = Reference::parse(&svc.image).map_err(|e| format!("image {:?}: {e}", svc.image))?;
+        let key = reference.to_string();
+        let present = self.store.image(&key).map_err(|e| format!("reading the image store: {e}"))?;
+        let refresh = svc.pull_policy == PullPolicy::Always && !self.pulls.contains_key(&key);
+        if let Some(img) = present {
+            if refresh {
+                // `always`: refresh in the background; what is present runs meanwhile (a
+                // service whose image is present never waits for the network).
+                self.pull(reference);
+            }
+            return Ok(Some(img));
+        }
+        if svc.pull_policy == PullPolicy::Never {
+            return Err(format!(
+                "image {key} is not in the store and pull_policy is never: `skiff load` or `skiff pull` it"
+            ));
+        }
+        self.pull(reference);
+        Ok(None)
+    }
+
+    fn pull(&mut self, reference: Reference) {
+        let key = reference.to_string();
+        let now = Instant::now();
+        let p = self.pulls.entry(key.clone()).or_insert(PullState {
+            in_flight: false,
+            next_try: now,
+            failures: 0,
+            error: None,
+        });
+        if p.in_flight || p.next_try > now {
+            return;
+        }
+        p.in_flight = true;
+        let client = match &self.client {
+            Some(c) => c.clone(),
+            None => match client() {
+                Ok(c) => {
+                    self.client = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    let _ = self.tx.send(Event::Pulled { reference: key, result: Err(format!("{e:#}")) });
+                    return;
+                }
+            },
+        };
+        log(&format!("pulling {key}"));
+        let (store, tx) = (self.store.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let opts = PullOptions::default();
+            let res = skiff_images::pull(&store, client, &reference, &opts, Arc::new(skiff_images::pull::NoProgress))
+                .await
+                .map(|p| p.record)
+                .map_err(|e| format!("{e}"));
+            let _ = tx.send(Event::Pulled { reference: key, result: res });
+        });
+    }
+
+    /// Builds the status and publishes it.
+    pub fn publish(&self) {
+        let now = Instant::now();
+        let mut services = Vec::new();
+        let empty = Manifest::default();
+        let m = self.manifest.as_ref().unwrap_or(&empty);
+        let mut names: Vec<&String> = m.services.keys().collect();
+        for r in self.replicas.values() {
+            if !m.services.contains_key(&r.rec.service) && !names.contains(&&r.rec.service) {
+                names.push(&r.rec.service);
+            }
+        }
+        for name in names {
+            let svc = m.services.get(name);
+            let reps: Vec<&Replica> = self.replicas.values().filter(|r| &r.rec.service == name).collect();
+            let mut statuses: Vec<ReplicaStatus> = reps.iter().map(|r| replica_status(r, now)).collect();
+            statuses.sort_by_key(|s| s.id.rsplit('-').next().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0));
+            let image = svc.map(|s| s.image.clone()).or_else(|| reps.first().map(|r| r.rec.spec.image.clone()));
+            let digest = reps.iter().map(|r| r.rec.image_digest.clone()).find(|d| !d.is_empty());
+            services.push(ServiceStatus {
+                name: name.clone(),
+                image: image.unwrap_or_default(),
+                image_digest: digest,
+                desired_replicas: svc.map_or(0, |s| s.replicas),
+                running_replicas: statuses.iter().filter(|s| s.state == ReplicaState::Running).count() as u32,
+                healthy_replicas: statuses
+                    .iter()
+                    .filter(|s| s.state == ReplicaState::Running && s.health == Health::Healthy)
+                    .count() as u32,
+                warnings: self.service_warnings.get(name).cloned().unwrap_or_default(),
+                replicas: statuses,
+            });
+        }
+        let status = Status {
+            manifest: ManifestStatus {
+                path: self.manifest_path.display().to_string(),
+                revision: self.revision.clone(),
+                error: self.manifest_error.clone(),
+                warnings: self.manifest_warnings.clone(),
+            },
+            services,
+        };
+        self.snapshots.send_replace(Snapshot {
+            status: Arc::new(status),
+            manifest_loaded: self.manifest.is_some(),
+            tick: now,
+        });
+    }
+}
+
+fn replica_status(r: &Replica, now: Instant) -> ReplicaStatus {
+    let t = r.rec.tracker.status(now);
+    let state = match r.phase {
+        Phase::Waiting => ReplicaState::Created,
+        Phase::Pulling => ReplicaState::Pulling,
+        Phase::Starting => ReplicaState::Created,
+        Phase::Running => ReplicaState::Running,
+        Phase::Backoff => ReplicaState::Backoff,
+        Phase::Exited => ReplicaState::Exited,
+        Phase::Failed => ReplicaState::Failed,
+        Phase::Stopping => ReplicaState::Stopping,
+    };
+    ReplicaStatus {
+        id: r.rec.id.clone(),
+        state,
+        pid: if r.phase == Phase::Running || r.phase == Phase::Stopping { r.rec.pid } else { None },
+        restarts: t.restarts,
+        last_exit_code: t.last_exit.map(|e| e.exit_code()),
+        health: if r.phase == Phase::Running { r.health } else { Health::None },
+        started_at: r.rec.started_at.clone(),
+        next_restart_in: match r.phase {
+            Phase::Backoff => r.backoff_until.map(|u| u.saturating_duration_since(now).as_secs_f64()),
+            _ => None,
+        },
+        message: r.message.clone(),
+    }
+}
+
+fn save(paths: &Paths, rec: &ReplicaRecord) {
+    if let Err(e) = rec.save(paths) {
+        log(&format!("{}: saving its record: {e:#}", rec.id));
+    }
+}
+
+/// Whether `pid` is the `skiff shim` of replica `id` (a recycled pid is not).
+fn is_shim(pid: i32, id: &str) -> bool {
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+    args.iter().any(|a| *a == b"shim") && args.windows(2).any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
+}
+
+fn canonical(image: &str) -> String {
+    Reference::parse(image).map(|r| r.to_string()).unwrap_or_else(|_| image.to_string())
+}
+
+fn client() -> Result<Arc<Client>> {
+    let auth = skiff_images::auth::AuthConfig::load_default()?;
+    let insecure = std::env::var("SKIFF_INSECURE_REGISTRIES")
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    Ok(Arc::new(
+        Client::new(ClientOptions { auth, insecure_registries: insecure, ..Default::default() })
+            .context("setting up the registry client")?,
+    ))
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).to_vec()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One line on stderr (journald takes it as is).
+pub fn log(msg: &str) {
+    eprintln!("skiff agent: {msg}");
+}

@@ -1,0 +1,461 @@
+//! One replica's container on disk: its durable record, its bundle (the OCI config built from
+//! the image and the compose service), and the start (through `skiff shim`) and stop of its
+//! container.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use skiff_images::bundle::{self, BundleOverrides, ImageRunConfig, NetworkNamespace};
+use skiff_images::{rootfs, ImageRecord, Store};
+use tokio::io::AsyncBufReadExt;
+
+use super::oci::Runtime;
+use super::paths::Paths;
+use super::proc;
+use crate::cli::run::ContainerRecord;
+use crate::manifest::{MountKind, NetworkMode, Service};
+use crate::supervise::restart::{ExitKind, RestartTracker};
+
+/// What the agent keeps about a replica across its own restarts and power cuts
+/// (`<root>/containers/<id>/replica.json`, written temp + fsync + rename).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    pub id: String,
+    pub service: String,
+    pub index: u32,
+    /// The service definition the container was made from: a different one means replace.
+    pub spec: Service,
+    /// The image's manifest digest the container runs.
+    pub image_digest: String,
+    /// The stop signal (the service's or the image's), normalised (`SIGTERM`).
+    pub stop_signal: String,
+    pub tracker: RestartTracker,
+    /// RFC 3339, when its current container started (None while not running).
+    pub started_at: Option<String>,
+    /// The shim of the current container: pid and its start time (names it for good).
+    pub shim: Option<(i32, u64)>,
+    /// The container's init pid.
+    pub pid: Option<i32>,
+    /// The agent stopped it on purpose (skiff down, removal): not restarted at start-up.
+    #[serde(default)]
+    pub stopped: bool,
+}
+
+impl ReplicaRecord {
+    pub fn path(paths: &Paths, id: &str) -> PathBuf {
+        paths.container(id).join("replica.json")
+    }
+
+    pub fn save(&self, paths: &Paths) -> Result<()> {
+        let dir = paths.container(&self.id);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let data = serde_json::to_vec_pretty(self)?;
+        skiff_images::fsutil::write_atomic(&dir, &dir.join("replica.json"), &data)
+            .with_context(|| format!("writing {}", dir.join("replica.json").display()))
+    }
+
+    /// Every record under `<root>/containers`, with the ids whose record is unreadable.
+    pub fn load_all(paths: &Paths) -> (Vec<ReplicaRecord>, Vec<(String, String)>) {
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        let Ok(rd) = fs::read_dir(paths.containers()) else { return (ok, bad) };
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let p = e.path().join("replica.json");
+            match fs::read(&p) {
+                Ok(data) => match serde_json::from_slice::<ReplicaRecord>(&data) {
+                    Ok(r) if r.id == id => ok.push(r),
+                    Ok(_) => bad.push((id, "its record names another replica".into())),
+                    Err(e) => bad.push((id, format!("unreadable record: {e}"))),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // `skiff run` containers
+                Err(e) => bad.push((id, format!("{}: {e}", p.display()))),
+            }
+        }
+        ok.sort_by(|a, b| (&a.service, a.index).cmp(&(&b.service, b.index)));
+        (ok, bad)
+    }
+}
+
+/// What the kernel lacks that a service asks for: (controller, what is dropped).
+pub fn missing_controllers(svc: &Service) -> Vec<(&'static str, &'static str)> {
+    let mut out = Vec::new();
+    let r = &svc.resources;
+    let wanted = [
+        ("memory", r.memory.is_some(), "memory limit"),
+        ("cpu", r.cpus.is_some(), "cpus limit"),
+        ("pids", r.pids.is_some_and(|p| p > 0), "pids limit"),
+    ];
+    for (ctrl, asked, what) in wanted {
+        if asked && !controller_available(ctrl) {
+            out.push((ctrl, what));
+        }
+    }
+    out
+}
+
+/// Whether the kernel has this cgroup controller enabled: `/proc/cgroups` (its `enabled`
+/// column is 0 for `cgroup_disable=memory`, as Raspberry Pi kernels ship), and on a pure
+/// cgroup2 host the root's `cgroup.controllers`.
+pub fn controller_available(name: &str) -> bool {
+    let listed = fs::read_to_string("/proc/cgroups").ok().is_some_and(|t| {
+        t.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 4 && f[0] == name && f[3] == "1"
+        })
+    });
+    if !listed {
+        return false;
+    }
+    match fs::read_to_string("/sys/fs/cgroup/cgroup.controllers") {
+        Ok(t) => t.split_whitespace().any(|c| c == name),
+        Err(_) => true, // v1 or hybrid: /proc/cgroups is the answer
+    }
+}
+
+/// Reads env files (`KEY=VALUE` lines, `#` comments, optional `export `, quotes stripped).
+fn env_files(svc: &Service) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for f in &svc.env_file {
+        let text = match fs::read_to_string(&f.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !f.required => continue,
+            Err(e) => bail!("env_file {}: {e}", f.path.display()),
+        };
+        for (i, line) in text.lines().enumerate() {
+            let l = line.trim();
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            let l = l.strip_prefix("export ").unwrap_or(l);
+            let Some((k, v)) = l.split_once('=') else {
+                if valid_env_key(l) {
+                    if let Ok(v) = std::env::var(l) {
+                        out.push(format!("{l}={v}"));
+                    }
+                    continue;
+                }
+                bail!("env_file {}:{}: expected KEY=VALUE", f.path.display(), i + 1);
+            };
+            let k = k.trim();
+            if !valid_env_key(k) {
+                bail!("env_file {}:{}: {k:?} is not a variable name", f.path.display(), i + 1);
+            }
+            let v = v.trim();
+            let v = if v.len() >= 2
+                && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
+            {
+                &v[1..v.len() - 1]
+            } else {
+                v
+            };
+            out.push(format!("{k}={v}"));
+        }
+    }
+    Ok(out)
+}
+
+fn valid_env_key(k: &str) -> bool {
+    !k.is_empty() && !k.contains(['=', '\0', ' '])
+}
+
+/// Prepares `<root>/containers/<id>`: the record for prune, the rootfs (kept across restarts of
+/// the same container: its writable layer survives like `docker restart`'s), the volumes and the
+/// bundle. Returns the normalised stop signal and the warnings (limits the kernel cannot apply).
+pub fn prepare(
+    paths: &Paths,
+    store: &Store,
+    image: &ImageRecord,
+    svc: &Service,
+    id: &str,
+) -> Result<(String, Vec<String>)> {
+    let cdir = paths.container(id);
+    fs::create_dir_all(&cdir).with_context(|| format!("creating {}", cdir.display()))?;
+    let record = ContainerRecord {
+        name: id.to_string(),
+        image: image.reference.clone(),
+        manifest: image.digest.clone(),
+        config: image.config.clone(),
+        layers: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    skiff_images::fsutil::write_atomic(&cdir, &cdir.join("container.json"), &serde_json::to_vec_pretty(&record)?)
+        .with_context(|| format!("writing {}", cdir.join("container.json").display()))?;
+    let layers = rootfs::image_layers(store, image);
+    rootfs::mount_rootfs(&layers, &cdir).with_context(|| format!("preparing the root filesystem of {id}"))?;
+    let rootfs_dir = rootfs::rootfs_path(&cdir);
+    let config = ImageRunConfig::load(store, image)?;
+
+    let mut warnings = Vec::new();
+    let missing = missing_controllers(svc);
+    for (ctrl, what) in &missing {
+        warnings.push(format!(
+            "{what} not applied: the kernel has no {ctrl} cgroup controller (on a Raspberry Pi add \
+             cgroup_enable={ctrl} cgroup_memory=1 to /boot/firmware/cmdline.txt and reboot)"
+        ));
+    }
+    let lacks = |c: &str| missing.iter().any(|(m, _)| *m == c);
+
+    let mut env = env_files(svc)?;
+    for (k, v) in &svc.environment {
+        match v {
+            Some(v) => env.push(format!("{k}={v}")),
+            None => {
+                if let Ok(v) = std::env::var(k) {
+                    env.push(format!("{k}={v}"));
+                }
+            }
+        }
+    }
+    let mut annotations = BTreeMap::new();
+    annotations.insert("io.skiff.service".to_string(), svc.name.clone());
+    annotations.insert("io.skiff.replica".to_string(), id.to_string());
+    for (k, v) in &svc.labels {
+        annotations.insert(k.clone(), v.clone());
+    }
+    let mut o = BundleOverrides {
+        entrypoint: svc.entrypoint.clone(),
+        cmd: svc.command.clone(),
+        env,
+        user: svc.user.clone(),
+        working_dir: svc.working_dir.clone(),
+        memory_limit: svc.resources.memory.filter(|_| !lacks("memory")).map(|m| m.min(i64::MAX as u64) as i64),
+        cpus: svc.resources.cpus.filter(|_| !lacks("cpu")),
+        pids_limit: svc.resources.pids.filter(|_| !lacks("pids")),
+        hostname: Some(svc.hostname.clone().unwrap_or_else(|| id.chars().take(63).collect())),
+        readonly_rootfs: svc.read_only,
+        cap_add: svc.cap_add.clone(),
+        cap_drop: svc.cap_drop.clone(),
+        // Bridge networking comes with issue 5; until then `bridge` (compose's default) gets a
+        // private network namespace with loopback only, like `none`.
+        network: match svc.network_mode {
+            NetworkMode::Host => NetworkNamespace::Host,
+            NetworkMode::None | NetworkMode::Bridge => NetworkNamespace::New,
+        },
+        cgroups_path: Some(paths.cgroup(id)),
+        annotations,
+        rlimits: svc.ulimits.iter().map(|(k, u)| (k.clone(), u.soft.max(0) as u64, u.hard.max(0) as u64)).collect(),
+        sysctls: svc.sysctls.clone(),
+        ..Default::default()
+    };
+    let mut targets = HashSet::new();
+    let mut anon = 0usize;
+    for m in &svc.mounts {
+        targets.insert(PathBuf::from(&m.target));
+        let mount = match &m.kind {
+            MountKind::Volume { name } => {
+                let p = paths.volume(name);
+                fs::create_dir_all(&p).with_context(|| format!("creating volume {}", p.display()))?;
+                bundle::bind_mount(p, &m.target, m.read_only)
+            }
+            MountKind::Anonymous => {
+                let p = cdir.join("volumes").join(format!("anon-{anon}"));
+                anon += 1;
+                fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+                bundle::bind_mount(p, &m.target, m.read_only)
+            }
+            MountKind::Bind { source, create_host_path } => {
+                if !source.exists() {
+                    if *create_host_path {
+                        fs::create_dir_all(source).with_context(|| format!("creating {}", source.display()))?;
+                    } else {
+                        bail!("bind mount source {} does not exist on the host", source.display());
+                    }
+                }
+                bundle::bind_mount(source, &m.target, m.read_only)
+            }
+            MountKind::Tmpfs { size, mode } => bundle::tmpfs_mount(&m.target, *size, *mode),
+        };
+        o.mounts.push(mount);
+    }
+    // The image's declared VOLUMEs get an anonymous volume each (docker's behaviour).
+    for (i, dst) in config.volumes.iter().enumerate() {
+        if targets.contains(Path::new(dst)) {
+            continue;
+        }
+        let src = cdir.join("volumes").join(i.to_string());
+        if !src.exists() {
+            fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
+            crate::cli::run::copy_up(&rootfs_dir, dst, &src)?;
+        }
+        o.mounts.push(bundle::bind_mount(src, dst, false));
+    }
+    let mut config = config;
+    if let Some(s) = &svc.stop_signal {
+        config.stop_signal = Some(s.clone());
+    }
+    let (spec, info) = bundle::build_spec(&config, &rootfs_dir, &o)?;
+    bundle::write_bundle(&cdir, &spec)?;
+    Ok((info.stop_signal, warnings))
+}
+
+/// A started container: the init pid and the shim (pid, start time).
+#[derive(Clone, Copy, Debug)]
+pub struct Started {
+    pub pid: i32,
+    pub shim: (i32, u64),
+}
+
+#[derive(Deserialize)]
+struct Report {
+    ok: bool,
+    #[serde(default)]
+    pid: Option<i32>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Starts the container of `<root>/containers/<id>` through a new `skiff shim`, which runs
+/// the runtime's `create` and `start` and then holds the container's stdio and exit status.
+pub async fn start(paths: &Paths, rt: &Runtime, svc: &Service, id: &str) -> Result<Started> {
+    let shim_dir = paths.shim(id);
+    // Whatever an earlier container of this replica left (its exit status was read already).
+    let _ = fs::remove_dir_all(&shim_dir);
+    fs::create_dir_all(&shim_dir).with_context(|| format!("creating {}", shim_dir.display()))?;
+    let exe = std::env::current_exe().context("finding the skiff binary")?;
+    let log =
+        fs::File::create(shim_dir.join("shim.log")).with_context(|| format!("creating {}", shim_dir.display()))?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("shim")
+        .arg("--runtime")
+        .arg(&rt.bin)
+        .arg("--runtime-root")
+        .arg(&rt.root)
+        .arg("--bundle")
+        .arg(paths.container(id))
+        .arg("--id")
+        .arg(id)
+        .arg("--run-dir")
+        .arg(&shim_dir)
+        .arg("--log-dir")
+        .arg(paths.logs(id))
+        .arg("--log-max-size")
+        .arg(svc.logging.max_size.to_string())
+        .arg("--log-max-file")
+        .arg(svc.logging.max_file.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .context("starting skiff shim")?;
+    let shim_pid = child.id().map(|p| p as i32).ok_or_else(|| anyhow!("skiff shim exited at once"))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no pipe from skiff shim"))?;
+    let mut line = String::new();
+    let read = async {
+        let mut r = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(stdout, 64 * 1024));
+        r.read_line(&mut line).await
+    };
+    let got = tokio::time::timeout(Duration::from_secs(150), read).await;
+    // The shim lives on after its report; tokio reaps it whenever it exits (it is our child
+    // until this agent exits, then init's or a subreaper's).
+    drop(child);
+    match got {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => bail!("skiff shim for {id} ended without a report (see {})", shim_dir.join("shim.log").display()),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of the shim we just spawned (not yet reaped: tokio only
+            // reaps after the handle is dropped and the process has exited).
+            unsafe { libc::kill(shim_pid, libc::SIGKILL) };
+            bail!("skiff shim for {id} did not report within 150 s");
+        }
+    }
+    let report: Report = serde_json::from_str(line.trim())
+        .with_context(|| format!("skiff shim for {id}: unreadable report {line:?}"))?;
+    if !report.ok {
+        bail!("{}", report.error.unwrap_or_else(|| "the container did not start".into()));
+    }
+    let pid = report.pid.ok_or_else(|| anyhow!("skiff shim for {id}: report without a pid"))?;
+    let started = proc::start_time(shim_pid).unwrap_or(0);
+    Ok(Started { pid, shim: (shim_pid, started) })
+}
+
+/// The container's exit as its shim recorded it (`<run>/shims/<id>/exit.json`).
+pub fn read_exit(paths: &Paths, id: &str) -> Option<ExitKind> {
+    #[derive(Deserialize)]
+    struct Exit {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    }
+    let data = fs::read(paths.shim(id).join("exit.json")).ok()?;
+    let e: Exit = serde_json::from_slice(&data).ok()?;
+    match (e.exit_code, e.signal) {
+        (_, Some(s)) => Some(ExitKind::Signal(s)),
+        (Some(c), None) => Some(ExitKind::Code(c)),
+        (None, None) => None,
+    }
+}
+
+/// Waits for the shim of a container to exit (it does once the container has exited and its
+/// output is drained) and returns the container's exit. `None`: the shim died without
+/// recording one (killed): the exit is unknown.
+pub async fn wait(paths: &Paths, id: &str, shim: (i32, u64)) -> Option<ExitKind> {
+    if proc::alive(shim.0, Some(shim.1)) {
+        proc::wait_exit(shim.0).await;
+    }
+    read_exit(paths, id)
+}
+
+/// Stops a container gracefully: `signal`, up to `grace` for it to exit, then SIGKILL; then
+/// deletes it from the runtime. Returns its exit when its shim recorded one.
+pub async fn stop(
+    paths: &Paths,
+    rt: &Runtime,
+    id: &str,
+    signal: &str,
+    grace: Duration,
+    shim: Option<(i32, u64)>,
+) -> Result<Option<ExitKind>> {
+    let deadline = Instant::now() + grace;
+    let state = rt.state(id).await?;
+    let running = state.as_ref().is_some_and(|s| s.status == "running" || s.status == "created");
+    let shim_alive = shim.is_some_and(|s| proc::alive(s.0, Some(s.1)));
+    if running {
+        if let Err(e) = rt.kill(id, signal).await {
+            tracing_warn(&format!("{id}: {e:#}"));
+        }
+        let waited = tokio::time::timeout_at(deadline.into(), wait_stopped(rt, id, shim.filter(|_| shim_alive))).await;
+        if waited.is_err() {
+            let _ = rt.kill(id, "SIGKILL").await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), wait_stopped(rt, id, shim.filter(|_| shim_alive))).await;
+        }
+    }
+    if state.is_some() {
+        rt.delete(id, true).await?;
+    }
+    Ok(read_exit(paths, id))
+}
+
+/// Until the container has stopped (its shim gone when there is one, else the runtime says so).
+async fn wait_stopped(rt: &Runtime, id: &str, shim: Option<(i32, u64)>) {
+    if let Some((pid, _)) = shim {
+        proc::wait_exit(pid).await;
+        return;
+    }
+    loop {
+        match rt.state(id).await {
+            Ok(Some(s)) if s.status == "running" || s.status == "created" => {}
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Removes a replica's container directory (after unmounting its rootfs) and its run files.
+pub fn remove(paths: &Paths, id: &str) -> Result<()> {
+    let _ = fs::remove_dir_all(paths.shim(id));
+    let dir = paths.container(id);
+    if dir.exists() {
+        rootfs::remove_container_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn tracing_warn(msg: &str) {
+    eprintln!("skiff agent: warning: {msg}");
+}
