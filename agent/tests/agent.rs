@@ -4,6 +4,8 @@
 //! Run as root. Each test ends with `skiff down` (checked to leave nothing behind); the
 //! fixture's Drop removes whatever a failing test left (see skiff_tests::agent).
 //!
+//! Manifests are interpolated as compose does: `$$` is a literal `$` for the shell.
+//!
 //! Timing: intervals and delays are short (hundreds of ms) so the file runs in a few
 //! minutes; no assertion depends on how fast the machine is, except where a configured
 //! duration is the behaviour under test (and then with a wide margin).
@@ -107,7 +109,7 @@ fn status_json_and_metrics_match_what_runs() {
         r#"services:
   web:
     image: {img}
-    command: ["sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 1000"]
+    command: ["sh", "-c", "i=0; while [ $$i -lt 20000 ]; do i=$$((i+1)); done; exec sleep 1000"]
     stop_grace_period: 1s
     deploy:
       replicas: 2
@@ -570,7 +572,7 @@ fn logs_rotate_and_survive_an_agent_restart() {
         r#"services:
   talker:
     image: {}
-    command: ["sh", "-c", "i=0; while [ $i -lt 150 ]; do i=$((i+1)); echo \"burst $i $PAD\"; done; j=0; while true; do j=$((j+1)); echo \"tick $j\"; sleep 0.2; done"]
+    command: ["sh", "-c", "i=0; while [ $$i -lt 150 ]; do i=$$((i+1)); echo \"burst $$i $$PAD\"; done; j=0; while true; do j=$$((j+1)); echo \"tick $$j\"; sleep 0.2; done"]
     environment:
       PAD: "{}"
     stop_grace_period: 1s
@@ -685,7 +687,7 @@ fn named_volume_data_survives_replacement() {
   store:
     image: {}
     user: root
-    command: ["sh", "-c", "echo gen-$GEN >> /vol/history; exec sleep 1000"]
+    command: ["sh", "-c", "echo gen-$$GEN >> /vol/history; exec sleep 1000"]
     environment:
       GEN: "{gen}"
     stop_grace_period: 1s
