@@ -47,7 +47,8 @@
 //!    `RUNTIME --root RUNTIME_ROOT start ID` (stdout /dev/null, stderr a pipe of its own). Each
 //!    runtime call gets 60 s, after which it is killed by its pid. What a failing runtime printed
 //!    on stderr (for `create`, that is the container's stderr pipe) is collected with
-//!    non-blocking reads for the report; output that arrives meanwhile goes to the log as usual.
+//!    non-blocking reads for the report (at most 4 KiB); whatever comes through the container's
+//!    pipes meanwhile goes to the log as usual, a failing `create`'s message included.
 //! 3. The report is exactly one line on stdout, then stdout is closed (/dev/null is put on fd 1):
 //!    `{"ok":true,"pid":<pid from init.pid>}` or
 //!    `{"ok":false,"error":"<one line: what failed and the runtime's message>"}`. On failure
