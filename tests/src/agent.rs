@@ -16,8 +16,9 @@
 //!
 //! crun refuses the hybrid cgroup layout of this kind of host while the cgroup2 mount holds
 //! hugetlb; an agent on crun ([`Agent::with_runtime`]) moves hugetlb to a v1 hierarchy at
-//! `/run/hugetlb-v1` while it exists (and puts it back after), holding every other agent of
-//! the test process off meanwhile.
+//! `/run/hugetlb-v1` while it exists (and puts it back after). An agent on any runtime but
+//! skiff-runtime holds every other agent of the test process off meanwhile (runc, for one,
+//! cannot mount the cgroupfs of a container while a v1 hierarchy sits outside /sys/fs/cgroup).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -92,7 +93,9 @@ impl Agent {
         require_root();
         let runtime = runtime.as_ref().to_path_buf();
         let crun = kind_of(&runtime) == Kind::Crun;
-        let lock = if crun {
+        // crun moves hugetlb around (see the module docs), which runc cannot stand: agents on
+        // another runtime than skiff-runtime run alone.
+        let lock = if kind_of(&runtime) != Kind::Skiff {
             Lock::Exclusive(AGENTS.write().unwrap_or_else(|e| e.into_inner()))
         } else {
             Lock::Shared(AGENTS.read().unwrap_or_else(|e| e.into_inner()))
@@ -754,6 +757,15 @@ pub fn read_lines_until(r: impl std::io::Read, mut done: impl FnMut(&str) -> boo
 // crun on a hybrid host
 // ---------------------------------------------------------------------------------------
 
+/// A v1 cgroup hierarchy mounted outside /sys/fs/cgroup (e.g. someone's /run/hugetlb-v1),
+/// which runc 1.1 cannot mount inside a container with a cgroup namespace.
+pub fn odd_v1_hierarchy() -> Option<PathBuf> {
+    crate::cgroup_mounts()
+        .into_iter()
+        .find(|m| !m.v2 && !m.mount_point.starts_with("/sys/fs/cgroup"))
+        .map(|m| m.mount_point)
+}
+
 /// crun's work-around on a host whose cgroup2 mount holds hugetlb: a v1 hugetlb hierarchy
 /// at `/run/hugetlb-v1` while this exists (unmounted on drop if this mounted it).
 pub struct HugetlbV1 {
@@ -783,7 +795,10 @@ impl Drop for HugetlbV1 {
     fn drop(&mut self) {
         if let Some(d) = self.mounted.take() {
             // Our cgroups there are gone by now (the agent's Drop removed them).
-            let _ = crate::host(&["umount", &d.to_string_lossy()]);
+            let out = crate::host(&["umount", &d.to_string_lossy()]);
+            if !out.success() {
+                eprintln!("WARNING: could not unmount the hugetlb hierarchy at {}:\n{out}", d.display());
+            }
             let _ = fs::remove_dir(&d);
         }
     }
