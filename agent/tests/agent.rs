@@ -266,6 +266,7 @@ fn a_crash_loop_backs_off() {
     // Restarts grow slowly: with the delays doubling there were only a few in this time
     // (a fixed 0.5 s delay would have made about 2 a second).
     let restarts = r["restarts"].as_u64().unwrap_or(0);
+    eprintln!("crash loop: {restarts} restarts, back-off periods {periods:?}, agent CPU {cpu:.2} s in {wall:.1} s");
     assert!((3..=5).contains(&restarts), "{restarts} restarts in {wall:.1} s: {periods:?}");
     // A crash loop costs the agent next to no CPU (a busy loop would burn the whole time).
     assert!(cpu < 0.25 * wall, "the agent used {cpu:.2} s CPU in {wall:.1} s of crash loop");
