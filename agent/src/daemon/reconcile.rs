@@ -244,7 +244,10 @@ impl Agent {
             }
             None => {
                 let err = report.first_error(&shown).unwrap_or_else(|| format!("{shown}: invalid"));
-                log(&format!("{err}; keeping the manifest in force"));
+                match &self.revision {
+                    Some(r) => log(&format!("keeping the manifest in force (revision {})", &r[7..19])),
+                    None => log("no valid manifest yet: nothing runs until the file is fixed"),
+                }
                 self.manifest_error = Some(err);
             }
         }
@@ -590,7 +593,7 @@ impl Agent {
                         self.begin_stop(id, AfterStop::Remove);
                     }
                 }
-                Some(svc) if r.rec.spec != *svc => match r.phase {
+                Some(svc) if !same_definition(&r.rec.spec, svc) => match r.phase {
                     Phase::Waiting | Phase::Pulling => {
                         // Nothing runs yet: take the new definition as it is.
                         let fresh = Replica::new(svc, r.rec.index);
@@ -619,7 +622,7 @@ impl Agent {
                     Phase::Backoff => r.backoff_until.is_none_or(|t| t <= now),
                     _ => false,
                 };
-                if due && r.rec.spec == *svc {
+                if due && same_definition(&r.rec.spec, svc) {
                     self.try_start(&m, svc, &id);
                 }
             }
@@ -815,7 +818,7 @@ impl Agent {
                 running_replicas: statuses.iter().filter(|s| s.state == ReplicaState::Running).count() as u32,
                 healthy_replicas: statuses
                     .iter()
-                    .filter(|s| s.state == ReplicaState::Running && s.health == Health::Healthy)
+                    .filter(|s| s.state == ReplicaState::Running && matches!(s.health, Health::Healthy | Health::None))
                     .count() as u32,
                 warnings: self.service_warnings.get(name).cloned().unwrap_or_default(),
                 replicas: statuses,
@@ -864,6 +867,12 @@ fn replica_status(r: &Replica, now: Instant) -> ReplicaStatus {
         },
         message: r.message.clone(),
     }
+}
+
+/// Whether a replica made from `a` is what `b` asks for: everything but the replica count
+/// (scaling never replaces the replicas that stay).
+pub fn same_definition(a: &Service, b: &Service) -> bool {
+    Service { replicas: b.replicas, ..a.clone() } == *b
 }
 
 fn save(paths: &Paths, rec: &ReplicaRecord) {

@@ -338,6 +338,7 @@ pub async fn start(paths: &Paths, rt: &Runtime, svc: &Service, id: &str) -> Resu
         .arg(svc.logging.max_size.to_string())
         .arg("--log-max-file")
         .arg(svc.logging.max_file.to_string())
+        .env_remove(super::notify::NOTIFY_SOCKET)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
