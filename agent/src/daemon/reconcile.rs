@@ -282,7 +282,13 @@ impl Agent {
             if let Some(shim) = shim {
                 // Running (or just exiting): adopt it.
                 let pid = proc::read_pid_file(&shim_dir.join("init.pid")).or(rec.pid);
-                rec.tracker.resume(now);
+                match rec.tracker.state() {
+                    RestartState::Running => {
+                        rec.tracker.resume(now);
+                    }
+                    // The earlier agent died between spawning the shim and hearing back.
+                    _ => rec.tracker.started(now),
+                }
                 r.rec = rec;
                 r.rec.shim = Some(shim);
                 r.rec.pid = pid;
@@ -789,6 +795,26 @@ impl Agent {
                 .map_err(|e| format!("{e}"));
             let _ = tx.send(Event::Pulled { reference: key, result: res });
         });
+    }
+
+    /// When the loop must look again without an event: the next back-off or pull retry due,
+    /// at most 5 s away (the status endpoint's liveness check wants a recent tick).
+    pub fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut t = now + Duration::from_secs(5);
+        for r in self.replicas.values() {
+            if r.phase == Phase::Backoff {
+                if let Some(u) = r.backoff_until {
+                    t = t.min(u);
+                }
+            }
+        }
+        for p in self.pulls.values() {
+            if !p.in_flight && p.error.is_some() {
+                t = t.min(p.next_try);
+            }
+        }
+        t.max(now + Duration::from_millis(10))
     }
 
     /// Builds the status and publishes it.
