@@ -942,3 +942,34 @@ fn hex(b: &[u8]) -> String {
 pub fn log(msg: &str) {
     eprintln!("skiff agent: {msg}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(src: &str) -> Service {
+        let r = manifest::parse_str(src, std::path::Path::new("/"));
+        r.manifest.expect("valid").services["web"].clone()
+    }
+
+    #[test]
+    fn scaling_is_not_a_new_definition() {
+        let a = svc("services:\n  web:\n    image: busybox\n    deploy: {replicas: 2}\n");
+        let b = svc("services:\n  web:\n    image: busybox\n    deploy: {replicas: 5}\n");
+        let c = svc("services:\n  web:\n    image: busybox\n    deploy: {replicas: 2}\n    command: [\"true\"]\n");
+        assert!(same_definition(&a, &b));
+        assert!(!same_definition(&a, &c));
+        assert!(!same_definition(&b, &c));
+    }
+
+    #[test]
+    fn health_checks_as_written() {
+        let s = svc("services:\n  web:\n    image: busybox\n    healthcheck:\n      test: \"wget -q localhost\"\n");
+        let (args, _) = effective_healthcheck(&s).expect("a check");
+        assert_eq!(args, ["/bin/sh", "-c", "wget -q localhost"]);
+        let s = svc("services:\n  web:\n    image: busybox\n    healthcheck:\n      test: [\"NONE\"]\n");
+        assert!(effective_healthcheck(&s).is_none());
+        let s = svc("services:\n  web:\n    image: busybox\n");
+        assert!(effective_healthcheck(&s).is_none());
+    }
+}
