@@ -14,6 +14,7 @@
 pub mod cgstats;
 pub mod health;
 pub mod http;
+pub mod netns;
 pub mod notify;
 pub mod oci;
 pub mod paths;
