@@ -14,6 +14,7 @@
 pub mod cgstats;
 pub mod health;
 pub mod http;
+pub mod netns;
 pub mod notify;
 pub mod oci;
 pub mod paths;
@@ -133,12 +134,11 @@ async fn main_loop(o: Options, paths: Paths) -> Result<i32> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let wake = agent.next_wake();
         tokio::select! {
             Some(ev) = rx.recv() => agent.handle(ev),
-            _ = tick.tick() => agent.reconcile(),
+            _ = tokio::time::sleep_until(wake.into()) => agent.reconcile(),
             _ = hup.recv() => {
                 log("SIGHUP: re-reading the manifest");
                 agent.handle(Event::Reload);

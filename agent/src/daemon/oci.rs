@@ -65,7 +65,11 @@ impl Runtime {
 
     fn command(&self) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(&self.bin);
-        c.arg("--root").arg(&self.root).stdin(Stdio::null()).kill_on_drop(true);
+        c.arg("--root")
+            .arg(&self.root)
+            .env_remove(super::notify::NOTIFY_SOCKET)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
         c
     }
 

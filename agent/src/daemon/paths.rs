@@ -6,7 +6,8 @@
 //! * `<root>/logs/<id>/`: a replica's log files (see [`crate::logs`]).
 //! * `<run>/`: what a reboot wipes. `/run/skiff` for the default root, `<root>/run` otherwise.
 //!   `<run>/runtime/` is the OCI runtime's `--root`; `<run>/shims/<id>/` holds a replica's
-//!   `shim.pid`, `init.pid` and `exit.json` (written by `skiff shim`); `<run>/agent.pid`.
+//!   `shim.pid`, `init.pid` and `exit.json` (written by `skiff shim`); `<run>/netns/<id>` its
+//!   network namespace; `<run>/agent.pid`.
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +44,10 @@ impl Paths {
     }
     pub fn shim(&self, id: &str) -> PathBuf {
         self.run.join("shims").join(id)
+    }
+    /// The network namespace of a replica (a bind mount of an nsfs file).
+    pub fn netns(&self, id: &str) -> PathBuf {
+        self.run.join("netns").join(id)
     }
     pub fn agent_pid(&self) -> PathBuf {
         self.run.join("agent.pid")

@@ -244,7 +244,10 @@ impl Agent {
             }
             None => {
                 let err = report.first_error(&shown).unwrap_or_else(|| format!("{shown}: invalid"));
-                log(&format!("{err}; keeping the manifest in force"));
+                match &self.revision {
+                    Some(r) => log(&format!("keeping the manifest in force (revision {})", &r[7..19])),
+                    None => log("no valid manifest yet: nothing runs until the file is fixed"),
+                }
                 self.manifest_error = Some(err);
             }
         }
@@ -279,7 +282,13 @@ impl Agent {
             if let Some(shim) = shim {
                 // Running (or just exiting): adopt it.
                 let pid = proc::read_pid_file(&shim_dir.join("init.pid")).or(rec.pid);
-                rec.tracker.resume(now);
+                match rec.tracker.state() {
+                    RestartState::Running => {
+                        rec.tracker.resume(now);
+                    }
+                    // The earlier agent died between spawning the shim and hearing back.
+                    _ => rec.tracker.started(now),
+                }
                 r.rec = rec;
                 r.rec.shim = Some(shim);
                 r.rec.pid = pid;
@@ -590,7 +599,7 @@ impl Agent {
                         self.begin_stop(id, AfterStop::Remove);
                     }
                 }
-                Some(svc) if r.rec.spec != *svc => match r.phase {
+                Some(svc) if !same_definition(&r.rec.spec, svc) => match r.phase {
                     Phase::Waiting | Phase::Pulling => {
                         // Nothing runs yet: take the new definition as it is.
                         let fresh = Replica::new(svc, r.rec.index);
@@ -619,7 +628,7 @@ impl Agent {
                     Phase::Backoff => r.backoff_until.is_none_or(|t| t <= now),
                     _ => false,
                 };
-                if due && r.rec.spec == *svc {
+                if due && same_definition(&r.rec.spec, svc) {
                     self.try_start(&m, svc, &id);
                 }
             }
@@ -788,6 +797,26 @@ impl Agent {
         });
     }
 
+    /// When the loop must look again without an event: the next back-off or pull retry due,
+    /// at most 5 s away (the status endpoint's liveness check wants a recent tick).
+    pub fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut t = now + Duration::from_secs(5);
+        for r in self.replicas.values() {
+            if r.phase == Phase::Backoff {
+                if let Some(u) = r.backoff_until {
+                    t = t.min(u);
+                }
+            }
+        }
+        for p in self.pulls.values() {
+            if !p.in_flight && p.error.is_some() {
+                t = t.min(p.next_try);
+            }
+        }
+        t.max(now + Duration::from_millis(10))
+    }
+
     /// Builds the status and publishes it.
     pub fn publish(&self) {
         let now = Instant::now();
@@ -815,7 +844,7 @@ impl Agent {
                 running_replicas: statuses.iter().filter(|s| s.state == ReplicaState::Running).count() as u32,
                 healthy_replicas: statuses
                     .iter()
-                    .filter(|s| s.state == ReplicaState::Running && s.health == Health::Healthy)
+                    .filter(|s| s.state == ReplicaState::Running && matches!(s.health, Health::Healthy | Health::None))
                     .count() as u32,
                 warnings: self.service_warnings.get(name).cloned().unwrap_or_default(),
                 replicas: statuses,
@@ -866,6 +895,12 @@ fn replica_status(r: &Replica, now: Instant) -> ReplicaStatus {
     }
 }
 
+/// Whether a replica made from `a` is what `b` asks for: everything but the replica count
+/// (scaling never replaces the replicas that stay).
+pub fn same_definition(a: &Service, b: &Service) -> bool {
+    Service { replicas: b.replicas, ..a.clone() } == *b
+}
+
 fn save(paths: &Paths, rec: &ReplicaRecord) {
     if let Err(e) = rec.save(paths) {
         log(&format!("{}: saving its record: {e:#}", rec.id));
@@ -906,4 +941,35 @@ fn hex(b: &[u8]) -> String {
 /// One line on stderr (journald takes it as is).
 pub fn log(msg: &str) {
     eprintln!("skiff agent: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(src: &str) -> Service {
+        let r = manifest::parse_str(src, std::path::Path::new("/"));
+        r.manifest.expect("valid").services["web"].clone()
+    }
+
+    #[test]
+    fn scaling_is_not_a_new_definition() {
+        let a = svc("services:\n  web:\n    image: busybox\n    deploy: {replicas: 2}\n");
+        let b = svc("services:\n  web:\n    image: busybox\n    deploy: {replicas: 5}\n");
+        let c = svc("services:\n  web:\n    image: busybox\n    deploy: {replicas: 2}\n    command: [\"true\"]\n");
+        assert!(same_definition(&a, &b));
+        assert!(!same_definition(&a, &c));
+        assert!(!same_definition(&b, &c));
+    }
+
+    #[test]
+    fn health_checks_as_written() {
+        let s = svc("services:\n  web:\n    image: busybox\n    healthcheck:\n      test: \"wget -q localhost\"\n");
+        let (args, _) = effective_healthcheck(&s).expect("a check");
+        assert_eq!(args, ["/bin/sh", "-c", "wget -q localhost"]);
+        let s = svc("services:\n  web:\n    image: busybox\n    healthcheck:\n      test: [\"NONE\"]\n");
+        assert!(effective_healthcheck(&s).is_none());
+        let s = svc("services:\n  web:\n    image: busybox\n");
+        assert!(effective_healthcheck(&s).is_none());
+    }
 }

@@ -212,6 +212,16 @@ pub fn prepare(
             }
         }
     }
+    // Bridge networking comes with issue 5; until then `bridge` (compose's default) gets a
+    // private network namespace with loopback only, like `none`.
+    let network = match svc.network_mode {
+        NetworkMode::Host => NetworkNamespace::Host,
+        NetworkMode::None | NetworkMode::Bridge => {
+            let ns = paths.netns(id);
+            super::netns::ensure(&ns).with_context(|| format!("making the network namespace {}", ns.display()))?;
+            NetworkNamespace::Path(ns)
+        }
+    };
     let mut annotations = BTreeMap::new();
     annotations.insert("io.skiff.service".to_string(), svc.name.clone());
     annotations.insert("io.skiff.replica".to_string(), id.to_string());
@@ -231,12 +241,7 @@ pub fn prepare(
         readonly_rootfs: svc.read_only,
         cap_add: svc.cap_add.clone(),
         cap_drop: svc.cap_drop.clone(),
-        // Bridge networking comes with issue 5; until then `bridge` (compose's default) gets a
-        // private network namespace with loopback only, like `none`.
-        network: match svc.network_mode {
-            NetworkMode::Host => NetworkNamespace::Host,
-            NetworkMode::None | NetworkMode::Bridge => NetworkNamespace::New,
-        },
+        network,
         cgroups_path: Some(paths.cgroup(id)),
         annotations,
         rlimits: svc.ulimits.iter().map(|(k, u)| (k.clone(), u.soft.max(0) as u64, u.hard.max(0) as u64)).collect(),
@@ -338,6 +343,7 @@ pub async fn start(paths: &Paths, rt: &Runtime, svc: &Service, id: &str) -> Resu
         .arg(svc.logging.max_size.to_string())
         .arg("--log-max-file")
         .arg(svc.logging.max_file.to_string())
+        .env_remove(super::notify::NOTIFY_SOCKET)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -449,6 +455,8 @@ async fn wait_stopped(rt: &Runtime, id: &str, shim: Option<(i32, u64)>) {
 /// Removes a replica's container directory (after unmounting its rootfs) and its run files.
 pub fn remove(paths: &Paths, id: &str) -> Result<()> {
     let _ = fs::remove_dir_all(paths.shim(id));
+    let ns = paths.netns(id);
+    super::netns::remove(&ns).with_context(|| format!("removing the network namespace {}", ns.display()))?;
     let dir = paths.container(id);
     if dir.exists() {
         rootfs::remove_container_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;

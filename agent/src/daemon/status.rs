@@ -38,6 +38,7 @@ pub struct ServiceStatus {
     pub image_digest: Option<String>,
     pub desired_replicas: u32,
     pub running_replicas: u32,
+    /// Running replicas that pass their health check, or run and have none.
     pub healthy_replicas: u32,
     /// E.g. "memory limit not applied: the kernel has no memory cgroup controller".
     pub warnings: Vec<String>,
