@@ -104,8 +104,8 @@ fn status_json_and_metrics_match_what_runs() {
     let mut a = agent();
     let img = image();
     // web burns a little CPU before it sleeps (so its CPU counter is above zero); job exits 3
-    // and is not restarted.
-    a.write_manifest(&format!(
+    // and is not restarted (and has an unknown key); ghost's image does not exist.
+    let manifest = format!(
         r#"services:
   web:
     image: {img}
@@ -117,11 +117,18 @@ fn status_json_and_metrics_match_what_runs() {
     image: {img}
     command: ["sh", "-c", "exit 3"]
     restart: "no"
-"#
-    ));
+    frobnicate: 1
+  ghost:
+    image: {ghost}
+"#,
+        ghost = Registry::shared().image("skiff-test/no-such-image:1")
+    );
+    a.write_manifest(&manifest);
     a.start();
-    let st = a.wait_status("web running, job exited 3", |st| {
+    let st = a.wait_status("web running, job exited 3, ghost pulling", |st| {
         all_running(st, "web", 2)
+            && replica(st, "ghost-1")["state"] == "pulling"
+            && replica(st, "ghost-1")["message"].is_string()
             && replica(st, "job-1")["state"] == "exited"
             && replica(st, "job-1")["last_exit_code"] == 3
             && pids(st, "web").values().all(|p| read(format!("/proc/{p}/comm")).trim() == "sleep")
@@ -132,6 +139,14 @@ fn status_json_and_metrics_match_what_runs() {
     assert_eq!(m["path"], a.manifest_path().to_string_lossy().as_ref(), "{m}");
     assert_eq!(m["revision"], format!("sha256:{}", skiff_tests::sha256(&a.manifest_path())), "{m}");
     assert!(m["error"].is_null(), "{m}");
+    // The unknown key: a warning with its place.
+    let line = manifest.lines().position(|l| l.contains("frobnicate")).map_or(0, |n| n + 1);
+    let warnings = m["warnings"].to_string();
+    assert!(warnings.contains(&format!("compose.yaml:{line}:")) && warnings.contains("frobnicate"), "{m}");
+    // An image the registry does not have: that replica waits (and says why), the rest runs.
+    let ghost = replica(&st, "ghost-1");
+    assert!(ghost["pid"].is_null(), "{ghost}");
+    assert!(ghost["message"].as_str().is_some_and(|m| m.contains("no-such-image")), "{ghost}");
 
     // Services and replicas against the runtime.
     let web = service(&st, "web");
@@ -785,6 +800,8 @@ fn agent_sigkill_and_restart_adopts_containers() {
     assert_eq!(replica(&st, "web-2")["restarts"], 1);
     assert_eq!(replica(&st, "web-3")["restarts"], 1);
     assert_eq!(a.rt_ids(), ["web-1", "web-2", "web-3"]);
+    // skiff down with no agent running stops the containers all the same.
+    a.stop_with(libc::SIGKILL);
     a.down();
 }
 
