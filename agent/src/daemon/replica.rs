@@ -461,7 +461,30 @@ pub fn remove(paths: &Paths, id: &str) -> Result<()> {
     if dir.exists() {
         rootfs::remove_container_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
+    remove_empty_cgroup_parent(&paths.cgroup(id));
     Ok(())
+}
+
+/// The runtime removes a container's cgroup on delete; its parent (`/skiff-<hash>`, made by
+/// the runtime when it created the first one) is removed here once it is empty, in every
+/// hierarchy. rmdir(2) of a cgroup that still has children or tasks fails: nothing else goes.
+fn remove_empty_cgroup_parent(cgroup: &str) {
+    let Some((parent, _)) = cgroup.rsplit_once('/') else { return };
+    let parent = parent.trim_start_matches('/');
+    if parent.is_empty() || parent.contains("..") {
+        return;
+    }
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return };
+    for line in info.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let fstype = right.split_whitespace().next().unwrap_or_default();
+        if fstype != "cgroup" && fstype != "cgroup2" {
+            continue;
+        }
+        if let Some(mount_point) = left.split_whitespace().nth(4) {
+            let _ = fs::remove_dir(Path::new(mount_point).join(parent));
+        }
+    }
 }
 
 fn tracing_warn(msg: &str) {
