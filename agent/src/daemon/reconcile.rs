@@ -102,6 +102,12 @@ struct Replica {
     health_started: Option<Instant>,
     tasks: Vec<AbortHandle>,
     message: Option<String>,
+    /// Deleting the exited container from the runtime, started at the exit so a restart after
+    /// the back-off does not wait for it.
+    cleanup: Option<tokio::task::JoinHandle<()>>,
+    /// The image digest the bundle on disk was prepared with by this agent (a restart of the
+    /// same definition reuses it: only the rootfs mount and the netns are checked).
+    prepared_for: Option<String>,
 }
 
 impl Replica {
@@ -130,6 +136,8 @@ impl Replica {
             health_started: None,
             tasks: Vec::new(),
             message: None,
+            cleanup: None,
+            prepared_for: None,
         }
     }
 
@@ -278,6 +286,8 @@ impl Agent {
                 health_started: None,
                 tasks: Vec::new(),
                 message: None,
+                cleanup: None,
+                prepared_for: None,
             };
             if let Some(shim) = shim {
                 // Running (or just exiting): adopt it.
@@ -381,6 +391,7 @@ impl Agent {
                 r.rec.pid = Some(started.pid);
                 r.rec.shim = Some(started.shim);
                 r.rec.stop_signal = stop_signal;
+                r.prepared_for = Some(digest.clone());
                 r.rec.image_digest = digest;
                 r.rec.started_at = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
                 r.phase = Phase::Running;
@@ -434,6 +445,12 @@ impl Agent {
             ExitKind::Code(255)
         });
         log(&format!("{id}: exited ({exit})"));
+        let (rt, idc) = (self.rt.clone(), id.to_string());
+        r.cleanup = Some(tokio::spawn(async move {
+            if let Err(e) = rt.delete(&idc, true).await {
+                log(&format!("{idc}: {e:#}"));
+            }
+        }));
         let d = r.rec.tracker.exited(Instant::now(), exit, false);
         Self::apply_decision(r, d, false);
         if let Decision::RestartAt(t) = d {
@@ -714,17 +731,33 @@ impl Agent {
         let (paths, rt, store, tx) = (self.paths.clone(), self.rt.clone(), self.store.clone(), self.tx.clone());
         let svc = svc.clone();
         let idc = id.to_string();
+        let cleanup = r.cleanup.take();
+        let digest = image.digest.to_string();
+        // A restart of the same definition and image reuses the bundle on disk.
+        let reuse = (r.prepared_for.as_deref() == Some(digest.as_str())
+            && paths.container(id).join("config.json").is_file())
+        .then(|| (r.rec.stop_signal.clone(), self.service_warnings.get(&r.rec.service).cloned().unwrap_or_default()));
         let task = tokio::spawn(async move {
             let result = async {
-                // A stopped container of an earlier run of this replica (restart) goes first.
-                if rt.state(&idc).await?.is_some() {
-                    rt.delete(&idc, true).await?;
+                // A stopped container of an earlier run of this replica goes first: its delete
+                // started at the exit; without one (first start, agent restart) ask the runtime.
+                match cleanup {
+                    Some(h) => {
+                        let _ = h.await;
+                    }
+                    None => {
+                        if rt.state(&idc).await?.is_some() {
+                            rt.delete(&idc, true).await?;
+                        }
+                    }
                 }
-                let digest = image.digest.to_string();
                 let (p, s, i, sv) = (paths.clone(), store.clone(), idc.clone(), svc.clone());
-                let (signal, warnings) = tokio::task::spawn_blocking(move || replica::prepare(&p, &s, &image, &sv, &i))
-                    .await
-                    .map_err(|e| anyhow!("{e}"))??;
+                let (signal, warnings) = tokio::task::spawn_blocking(move || match reuse {
+                    Some(kept) => replica::remount(&p, &s, &image, &sv, &i).map(|_| kept),
+                    None => replica::prepare(&p, &s, &image, &sv, &i),
+                })
+                .await
+                .map_err(|e| anyhow!("{e}"))??;
                 let started = replica::start(&paths, &rt, &svc, &idc).await?;
                 Ok::<_, anyhow::Error>((started, signal, warnings, digest))
             }

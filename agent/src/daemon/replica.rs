@@ -299,6 +299,19 @@ pub fn prepare(
     Ok((info.stop_signal, warnings))
 }
 
+/// What a restart of an unchanged, already prepared replica needs: its rootfs mounted and its
+/// network namespace there (both are gone after a reboot; both calls are no-ops otherwise).
+pub fn remount(paths: &Paths, store: &Store, image: &ImageRecord, svc: &Service, id: &str) -> Result<()> {
+    let cdir = paths.container(id);
+    let layers = rootfs::image_layers(store, image);
+    rootfs::mount_rootfs(&layers, &cdir).with_context(|| format!("preparing the root filesystem of {id}"))?;
+    if svc.network_mode != NetworkMode::Host {
+        let ns = paths.netns(id);
+        super::netns::ensure(&ns).with_context(|| format!("making the network namespace {}", ns.display()))?;
+    }
+    Ok(())
+}
+
 /// A started container: the init pid and the shim (pid, start time).
 #[derive(Clone, Copy, Debug)]
 pub struct Started {
