@@ -253,9 +253,18 @@ pub fn prepare(
     for m in &svc.mounts {
         targets.insert(PathBuf::from(&m.target));
         let mount = match &m.kind {
-            MountKind::Volume { name } => {
+            MountKind::Volume { name, external } => {
                 let p = paths.volume(name);
-                fs::create_dir_all(&p).with_context(|| format!("creating volume {}", p.display()))?;
+                if *external {
+                    if !p.is_dir() {
+                        bail!(
+                            "external volume {name} does not exist: create {} (skiff never creates external volumes)",
+                            p.display()
+                        );
+                    }
+                } else {
+                    fs::create_dir_all(&p).with_context(|| format!("creating volume {}", p.display()))?;
+                }
                 bundle::bind_mount(p, &m.target, m.read_only)
             }
             MountKind::Anonymous => {
@@ -502,4 +511,34 @@ fn remove_empty_cgroup_parent(cgroup: &str) {
 
 fn tracing_warn(msg: &str) {
     eprintln!("skiff agent: warning: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::EnvFile;
+
+    #[test]
+    fn env_files_as_compose_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.env");
+        std::fs::write(&a, "# comment\n\nPLAIN=1\nexport EXPORTED=2\nQUOTED=\"x y\"\nSINGLE='z'\nEMPTY=\n").unwrap();
+        let svc = Service {
+            env_file: vec![
+                EnvFile { path: a, required: true },
+                EnvFile { path: dir.path().join("missing.env"), required: false },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(env_files(&svc).unwrap(), ["PLAIN=1", "EXPORTED=2", "QUOTED=x y", "SINGLE=z", "EMPTY="]);
+        let req = Service {
+            env_file: vec![EnvFile { path: dir.path().join("missing.env"), required: true }],
+            ..Default::default()
+        };
+        assert!(env_files(&req).unwrap_err().to_string().contains("missing.env"));
+        let bad = dir.path().join("bad.env");
+        std::fs::write(&bad, "OK=1\nnot a line\n").unwrap();
+        let svc = Service { env_file: vec![EnvFile { path: bad, required: true }], ..Default::default() };
+        assert!(env_files(&svc).unwrap_err().to_string().contains("bad.env:2"), "the line is named");
+    }
 }

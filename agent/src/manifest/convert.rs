@@ -634,6 +634,19 @@ pub(super) fn manifest(root: &Node, base: &Path, diags: &mut Vec<Diagnostic>) ->
             );
         }
     }
+    // Named volumes by their real names, and whether they are external.
+    for svc in m.services.values_mut() {
+        for mount in &mut svc.mounts {
+            if let MountKind::Volume { name, external } = &mut mount.kind {
+                if let Some(decl) = m.volumes.get(name.as_str()) {
+                    *external = decl.external;
+                    if let Some(real) = decl.name.as_ref().filter(|r| valid_volume_name(r)) {
+                        *name = real.clone();
+                    }
+                }
+            }
+        }
+    }
     cycles(&mut cx, &m, &dep_sites);
     Some(m)
 }
@@ -1203,7 +1216,7 @@ fn source_kind(
         Some(MountKind::Bind { source: cx.path(s), create_host_path })
     } else if valid_volume_name(s) {
         volume_sites.push((s.to_string(), pos));
-        Some(MountKind::Volume { name: s.to_string() })
+        Some(MountKind::Volume { name: s.to_string(), external: false })
     } else {
         cx.err(pos, format!("{what}: `{s}` is neither a path (/..., ./...) nor a valid volume name"));
         None
@@ -1286,7 +1299,7 @@ fn mount_long(cx: &mut Ctx, n: &Node, what: &str, volume_sites: &mut Vec<(String
                     return None;
                 }
                 volume_sites.push((s.clone(), pos));
-                MountKind::Volume { name: s }
+                MountKind::Volume { name: s, external: false }
             }
         },
         "bind" => match source {

@@ -185,8 +185,14 @@ pub struct Mount {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum MountKind {
-    /// A named volume declared at top level (`<root>/volumes/NAME`).
-    Volume { name: String },
+    /// A named volume declared at top level (`<root>/volumes/NAME`). `name` is the volume's
+    /// real name (the top-level `name:` when given, else its key).
+    Volume {
+        name: String,
+        /// `external: true`: skiff never creates it; a missing one stops the replica.
+        #[serde(default)]
+        external: bool,
+    },
     /// A volume without a name (`- /data`): one per container, gone with it.
     Anonymous,
     /// A host path (relative paths resolved against the manifest's directory).

@@ -139,7 +139,11 @@ fn realistic_web_redis_worker_is_clean() {
     );
     assert_eq!(
         web.mounts[0],
-        Mount { kind: MountKind::Volume { name: "static".into() }, target: "/srv/static".into(), read_only: true }
+        Mount {
+            kind: MountKind::Volume { name: "static".into(), external: false },
+            target: "/srv/static".into(),
+            read_only: true
+        }
     );
     assert_eq!(
         web.mounts[1].kind,
@@ -503,5 +507,22 @@ fn interpolated_manifest_and_dollar_escapes() {
             .any(|d| d.render("f") == "f:3:12: error: web.image: variable SKIFF_NOPE_X is required: give an image"),
         "{:?}",
         bad.diagnostics
+    );
+}
+
+#[test]
+fn named_volumes_resolve_to_their_real_names() {
+    let r = parse_str(
+        "services:\n  web:\n    image: a\n    volumes: [\"data:/data\", \"ext:/ext:ro\"]\nvolumes:\n  data:\n    name: web-data\n  ext:\n    external: true\n",
+        Path::new("/"),
+    );
+    let m = r.manifest.expect("valid");
+    let kinds: Vec<_> = m.services["web"].mounts.iter().map(|m| m.kind.clone()).collect();
+    assert_eq!(
+        kinds,
+        [
+            MountKind::Volume { name: "web-data".into(), external: false },
+            MountKind::Volume { name: "ext".into(), external: true }
+        ]
     );
 }
