@@ -76,6 +76,23 @@ pub struct ContainerRecord {
     pub created: String,
 }
 
+impl ContainerRecord {
+    /// Writes `<dir>/container.json` (temp + fsync + rename): container `name` uses `image`.
+    pub fn write(dir: &Path, name: &str, image: &skiff_images::ImageRecord) -> Result<()> {
+        let record = ContainerRecord {
+            name: name.to_string(),
+            image: image.reference.clone(),
+            manifest: image.digest.clone(),
+            config: image.config.clone(),
+            layers: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        let path = dir.join("container.json");
+        skiff_images::fsutil::write_atomic(dir, &path, &serde_json::to_vec_pretty(&record)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
 pub fn containers_dir(root: &Path) -> PathBuf {
     root.join("containers")
 }
@@ -210,16 +227,7 @@ pub fn run(root: &Path, a: RunArgs) -> Result<i32> {
         Err(e) => return Err(e).with_context(|| format!("creating {}", cdir.display())),
     }
     let guard = Cleanup { dir: cdir.clone(), remove: true };
-    let record = ContainerRecord {
-        name: name.clone(),
-        image: image.reference.clone(),
-        manifest: image.digest.clone(),
-        config: image.config.clone(),
-        layers: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
-        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-    };
-    skiff_images::fsutil::write_atomic(&cdir, &cdir.join("container.json"), &serde_json::to_vec_pretty(&record)?)
-        .with_context(|| format!("writing {}", cdir.join("container.json").display()))?;
+    ContainerRecord::write(&cdir, &name, &image)?;
 
     let layers = rootfs::image_layers(&store, &image);
     rootfs::mount_rootfs(&layers, &cdir).with_context(|| format!("preparing the root filesystem of {name}"))?;

@@ -275,20 +275,8 @@ impl Agent {
             let shim = proc::read_pid_file(&shim_dir.join("shim.pid"))
                 .and_then(|p| proc::start_time(p).map(|t| (p, t)))
                 .filter(|(p, t)| rec.shim.is_none_or(|s| s == (*p, *t)) && is_shim(*p, &id));
-            let mut r = Replica {
-                rec: rec.clone(),
-                gen: 0,
-                phase: Phase::Waiting,
-                after_stop: AfterStop::Remove,
-                backoff_until: None,
-                health: Health::None,
-                health_failures: 0,
-                health_started: None,
-                tasks: Vec::new(),
-                message: None,
-                cleanup: None,
-                prepared_for: None,
-            };
+            let mut r = Replica::new(&rec.spec, rec.index);
+            r.rec = rec.clone();
             if let Some(shim) = shim {
                 // Running (or just exiting): adopt it.
                 let pid = proc::read_pid_file(&shim_dir.join("init.pid")).or(rec.pid);

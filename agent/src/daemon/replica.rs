@@ -128,40 +128,19 @@ fn env_files(svc: &Service) -> Result<Vec<String>> {
             Err(e) => bail!("env_file {}: {e}", f.path.display()),
         };
         for (i, line) in text.lines().enumerate() {
-            let l = line.trim();
-            if l.is_empty() || l.starts_with('#') {
-                continue;
-            }
-            let l = l.strip_prefix("export ").unwrap_or(l);
-            let Some((k, v)) = l.split_once('=') else {
-                if valid_env_key(l) {
-                    if let Ok(v) = std::env::var(l) {
-                        out.push(format!("{l}={v}"));
+            match crate::manifest::env_line(line) {
+                None => {}
+                Some(Ok((k, Some(v)))) => out.push(format!("{k}={v}")),
+                Some(Ok((k, None))) => {
+                    if let Ok(v) = std::env::var(&k) {
+                        out.push(format!("{k}={v}"));
                     }
-                    continue;
                 }
-                bail!("env_file {}:{}: expected KEY=VALUE", f.path.display(), i + 1);
-            };
-            let k = k.trim();
-            if !valid_env_key(k) {
-                bail!("env_file {}:{}: {k:?} is not a variable name", f.path.display(), i + 1);
+                Some(Err(e)) => bail!("env_file {}:{}: {e}", f.path.display(), i + 1),
             }
-            let v = v.trim();
-            let v = if v.len() >= 2
-                && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
-            {
-                &v[1..v.len() - 1]
-            } else {
-                v
-            };
-            out.push(format!("{k}={v}"));
         }
     }
     Ok(out)
-}
-
-fn valid_env_key(k: &str) -> bool {
-    !k.is_empty() && !k.contains(['=', '\0', ' '])
 }
 
 /// Prepares `<root>/containers/<id>`: the record for prune, the rootfs (kept across restarts of
@@ -176,16 +155,7 @@ pub fn prepare(
 ) -> Result<(String, Vec<String>)> {
     let cdir = paths.container(id);
     fs::create_dir_all(&cdir).with_context(|| format!("creating {}", cdir.display()))?;
-    let record = ContainerRecord {
-        name: id.to_string(),
-        image: image.reference.clone(),
-        manifest: image.digest.clone(),
-        config: image.config.clone(),
-        layers: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
-        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-    };
-    skiff_images::fsutil::write_atomic(&cdir, &cdir.join("container.json"), &serde_json::to_vec_pretty(&record)?)
-        .with_context(|| format!("writing {}", cdir.join("container.json").display()))?;
+    ContainerRecord::write(&cdir, id, image)?;
     let layers = rootfs::image_layers(store, image);
     rootfs::mount_rootfs(&layers, &cdir).with_context(|| format!("preparing the root filesystem of {id}"))?;
     let rootfs_dir = rootfs::rootfs_path(&cdir);

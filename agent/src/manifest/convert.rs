@@ -299,22 +299,9 @@ impl Ctx<'_> {
         if self.dotenv.is_none() {
             let mut m = std::collections::HashMap::new();
             if let Ok(text) = std::fs::read_to_string(self.base.join(".env")) {
-                for line in text.lines() {
-                    let l = line.trim();
-                    let l = l.strip_prefix("export ").unwrap_or(l);
-                    if l.is_empty() || l.starts_with('#') {
-                        continue;
-                    }
-                    if let Some((k, v)) = l.split_once('=') {
-                        let v = v.trim();
-                        let v = if v.len() >= 2
-                            && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
-                        {
-                            &v[1..v.len() - 1]
-                        } else {
-                            v
-                        };
-                        m.insert(k.trim().to_string(), v.to_string());
+                for (k, v) in text.lines().filter_map(super::env_line).filter_map(Result::ok) {
+                    if let Some(v) = v {
+                        m.insert(k, v);
                     }
                 }
             }

@@ -351,6 +351,31 @@ impl Report {
     }
 }
 
+/// One line of an env file (`.env` next to the manifest, `env_file:`): `None` for a blank line
+/// or a comment; `KEY=VALUE` (optional `export `, one pair of matching quotes stripped) as
+/// `(KEY, Some(VALUE))`; a bare `KEY` (take it from the environment) as `(KEY, None)`; an error
+/// for anything else.
+pub fn env_line(line: &str) -> Option<Result<(String, Option<String>), String>> {
+    let l = line.trim();
+    if l.is_empty() || l.starts_with('#') {
+        return None;
+    }
+    let l = l.strip_prefix("export ").unwrap_or(l);
+    let valid = |k: &str| !k.is_empty() && !k.contains(['=', '\0', ' ', '\t']);
+    let Some((k, v)) = l.split_once('=') else {
+        return Some(if valid(l) { Ok((l.to_string(), None)) } else { Err("expected KEY=VALUE".into()) });
+    };
+    let k = k.trim();
+    if !valid(k) {
+        return Some(Err(format!("{k:?} is not a variable name")));
+    }
+    let v = v.trim();
+    let quoted =
+        v.len() >= 2 && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')));
+    let v = if quoted { &v[1..v.len() - 1] } else { v };
+    Some(Ok((k.to_string(), Some(v.to_string()))))
+}
+
 /// Parses and validates manifest text. Relative paths (binds, env files) resolve against `base_dir`.
 pub fn parse_str(src: &str, base_dir: &Path) -> Report {
     parse_str_with_limits(src, base_dir, &Limits::default())
