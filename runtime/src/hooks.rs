@@ -386,11 +386,27 @@ mod tests {
 
     const STATE: &str = r#"{"ociVersion":"1.2.0","id":"c1","status":"creating","pid":42,"bundle":"/b"}"#;
 
-    fn tmpdir(name: &str) -> PathBuf {
+    /// A scratch directory, removed when dropped (also when the test fails).
+    struct TmpDir(PathBuf);
+
+    impl std::ops::Deref for TmpDir {
+        type Target = PathBuf;
+        fn deref(&self) -> &PathBuf {
+            &self.0
+        }
+    }
+
+    impl Drop for TmpDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn tmpdir(name: &str) -> TmpDir {
         let dir = std::env::temp_dir().join(format!("skiff-hooks-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        dir
+        TmpDir(dir)
     }
 
     /// A hook running `sh -c script sh extra...`.
