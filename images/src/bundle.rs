@@ -208,6 +208,36 @@ pub struct ImageRunConfig {
     /// Keys of `ExposedPorts` (`80/tcp`, `53/udp`, `8080`), sorted.
     pub exposed_ports: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    /// Docker's `Healthcheck` (OCI configs have no such field; images built by docker carry it).
+    pub healthcheck: Option<ImageHealthcheck>,
+}
+
+/// An image's HEALTHCHECK. `test` is Docker's form: `["CMD", args...]`, `["CMD-SHELL", cmd]`
+/// or `["NONE"]`; an empty test inherits (nothing, for an image). Durations of 0 mean "the
+/// default".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageHealthcheck {
+    pub test: Vec<String>,
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+    pub start_period: std::time::Duration,
+    pub retries: u32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct RawHealthcheck {
+    #[serde(default)]
+    test: Option<Vec<String>>,
+    /// Nanoseconds.
+    #[serde(default)]
+    interval: Option<i64>,
+    #[serde(default)]
+    timeout: Option<i64>,
+    #[serde(default)]
+    start_period: Option<i64>,
+    #[serde(default)]
+    retries: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +267,8 @@ struct RawConfig {
     labels: Option<BTreeMap<String, Option<String>>>,
     #[serde(default)]
     stop_signal: Option<String>,
+    #[serde(default)]
+    healthcheck: Option<RawHealthcheck>,
 }
 
 impl ImageRunConfig {
@@ -259,6 +291,16 @@ impl ImageRunConfig {
             volumes: c.volumes.unwrap_or_default().into_keys().collect(),
             exposed_ports: c.exposed_ports.unwrap_or_default().into_keys().collect(),
             labels: c.labels.unwrap_or_default().into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect(),
+            healthcheck: c.healthcheck.map(|h| {
+                let ns = |v: Option<i64>| std::time::Duration::from_nanos(v.unwrap_or(0).max(0) as u64);
+                ImageHealthcheck {
+                    test: h.test.unwrap_or_default(),
+                    interval: ns(h.interval),
+                    timeout: ns(h.timeout),
+                    start_period: ns(h.start_period),
+                    retries: h.retries.unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
+                }
+            }),
         })
     }
 

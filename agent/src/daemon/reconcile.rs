@@ -32,10 +32,10 @@ use tokio::task::AbortHandle;
 
 use super::oci::Runtime;
 use super::paths::Paths;
-use super::replica::{self, ReplicaRecord, Started};
+use super::replica::{self, HealthCheck, Prepared, ReplicaRecord, Started};
 use super::status::{Health, ManifestStatus, ReplicaState, ReplicaStatus, ServiceStatus, Snapshot, Status};
 use super::{health, proc};
-use crate::manifest::{self, DependsCondition, HealthTest, Manifest, PullPolicy, Service};
+use crate::manifest::{self, DependsCondition, Manifest, PullPolicy, Service};
 use crate::supervise::restart::{Decision, ExitKind, RestartState, RestartTracker};
 
 /// What the loop reacts to.
@@ -50,7 +50,7 @@ pub enum Event {
     Started {
         id: String,
         gen: u64,
-        result: Result<(Started, String, Vec<String>, String), String>,
+        result: Result<(Started, Prepared, String), String>,
     },
     Exited {
         id: String,
@@ -121,11 +121,12 @@ impl Replica {
                 spec: svc.clone(),
                 image_digest: String::new(),
                 stop_signal: "SIGTERM".into(),
-                tracker: RestartTracker::new(svc.restart.clone(), effective_healthcheck(svc).is_some()),
+                tracker: RestartTracker::new(svc.restart.clone(), replica::resolve_healthcheck(svc, None).is_some()),
                 started_at: None,
                 shim: None,
                 pid: None,
                 stopped: false,
+                healthcheck: None,
             },
             gen: 0,
             phase: Phase::Waiting,
@@ -146,20 +147,6 @@ impl Replica {
             t.abort();
         }
     }
-}
-
-/// The health check a service runs: its own (`None` when disabled or absent; the image's
-/// HEALTHCHECK is not read yet).
-pub fn effective_healthcheck(svc: &Service) -> Option<(Vec<String>, &manifest::Healthcheck)> {
-    let h = svc.healthcheck.as_ref()?;
-    if h.disabled {
-        return None;
-    }
-    let args = match h.test.as_ref()? {
-        HealthTest::Cmd(a) => a.clone(),
-        HealthTest::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
-    };
-    Some((args, h))
 }
 
 struct PullState {
@@ -367,14 +354,17 @@ impl Agent {
         self.reconcile();
     }
 
-    fn on_started(&mut self, id: &str, gen: u64, result: Result<(Started, String, Vec<String>, String), String>) {
+    fn on_started(&mut self, id: &str, gen: u64, result: Result<(Started, Prepared, String), String>) {
         let Some(r) = self.replicas.get_mut(id) else { return };
         if r.gen != gen || r.phase != Phase::Starting {
             return;
         }
         let now = Instant::now();
         match result {
-            Ok((started, stop_signal, warnings, digest)) => {
+            Ok((started, prepared, digest)) => {
+                let Prepared { stop_signal, warnings, healthcheck } = prepared;
+                r.rec.tracker.set_has_healthcheck(healthcheck.is_some());
+                r.rec.healthcheck = healthcheck;
                 r.rec.tracker.started(now);
                 r.rec.pid = Some(started.pid);
                 r.rec.shim = Some(started.shim);
@@ -482,7 +472,7 @@ impl Agent {
         if r.gen != gen || r.phase != Phase::Running {
             return;
         }
-        let Some((_, hc)) = effective_healthcheck(&r.rec.spec) else { return };
+        let Some(hc) = r.rec.healthcheck.clone() else { return };
         let now = Instant::now();
         if ok {
             if r.health != Health::Healthy {
@@ -533,17 +523,18 @@ impl Agent {
             let _ = tx.send(Event::Exited { id: idc, gen, exit });
         });
         r.tasks.push(watcher.abort_handle());
-        if let Some((args, hc)) = effective_healthcheck(&r.rec.spec) {
+        if let Some(hc) = r.rec.healthcheck.clone() {
             r.health = Health::Starting;
             r.health_failures = 0;
             r.health_started = Some(Instant::now());
+            let HealthCheck { args, interval, timeout, .. } = hc;
             let task = tokio::spawn(health::run(
                 self.rt.clone(),
                 id.to_string(),
                 gen,
                 args,
-                hc.interval,
-                hc.timeout,
+                interval,
+                timeout,
                 self.tx.clone(),
             ));
             r.tasks.push(task.abort_handle());
@@ -655,10 +646,9 @@ impl Agent {
             let all = |f: &dyn Fn(&Replica) -> bool| reps.len() == ds.replicas as usize && reps.iter().all(|r| f(r));
             let met = match d.condition {
                 DependsCondition::ServiceStarted => all(&|r| r.phase == Phase::Running),
-                DependsCondition::ServiceHealthy => all(&|r| {
-                    r.phase == Phase::Running
-                        && (r.health == Health::Healthy || effective_healthcheck(&r.rec.spec).is_none())
-                }),
+                DependsCondition::ServiceHealthy => {
+                    all(&|r| r.phase == Phase::Running && (r.health == Health::Healthy || r.rec.healthcheck.is_none()))
+                }
                 DependsCondition::ServiceCompletedSuccessfully => all(&|r| {
                     r.phase == Phase::Exited
                         && r.rec.tracker.status(Instant::now()).last_exit == Some(ExitKind::Code(0))
@@ -724,7 +714,11 @@ impl Agent {
         // A restart of the same definition and image reuses the bundle on disk.
         let reuse = (r.prepared_for.as_deref() == Some(digest.as_str())
             && paths.container(id).join("config.json").is_file())
-        .then(|| (r.rec.stop_signal.clone(), self.service_warnings.get(&r.rec.service).cloned().unwrap_or_default()));
+        .then(|| Prepared {
+            stop_signal: r.rec.stop_signal.clone(),
+            warnings: self.service_warnings.get(&r.rec.service).cloned().unwrap_or_default(),
+            healthcheck: r.rec.healthcheck.clone(),
+        });
         let task = tokio::spawn(async move {
             let result = async {
                 // A stopped container of an earlier run of this replica goes first: its delete
@@ -740,14 +734,14 @@ impl Agent {
                     }
                 }
                 let (p, s, i, sv) = (paths.clone(), store.clone(), idc.clone(), svc.clone());
-                let (signal, warnings) = tokio::task::spawn_blocking(move || match reuse {
+                let prepared = tokio::task::spawn_blocking(move || match reuse {
                     Some(kept) => replica::remount(&p, &s, &image, &sv, &i).map(|_| kept),
                     None => replica::prepare(&p, &s, &image, &sv, &i),
                 })
                 .await
                 .map_err(|e| anyhow!("{e}"))??;
                 let started = replica::start(&paths, &rt, &svc, &idc).await?;
-                Ok::<_, anyhow::Error>((started, signal, warnings, digest))
+                Ok::<_, anyhow::Error>((started, prepared, digest))
             }
             .await
             .map_err(|e| format!("{e:#}"));
@@ -985,12 +979,26 @@ mod tests {
 
     #[test]
     fn health_checks_as_written() {
+        use skiff_images::bundle::ImageHealthcheck;
+        let image = ImageHealthcheck {
+            test: vec!["CMD-SHELL".into(), "test -e /ready".into()],
+            interval: Duration::from_secs(5),
+            ..Default::default()
+        };
         let s = svc("services:\n  web:\n    image: busybox\n    healthcheck:\n      test: \"wget -q localhost\"\n");
-        let (args, _) = effective_healthcheck(&s).expect("a check");
-        assert_eq!(args, ["/bin/sh", "-c", "wget -q localhost"]);
+        let hc = replica::resolve_healthcheck(&s, Some(&image)).expect("a check");
+        assert_eq!(hc.args, ["/bin/sh", "-c", "wget -q localhost"], "the service's test wins");
         let s = svc("services:\n  web:\n    image: busybox\n    healthcheck:\n      test: [\"NONE\"]\n");
-        assert!(effective_healthcheck(&s).is_none());
+        assert!(replica::resolve_healthcheck(&s, Some(&image)).is_none(), "NONE turns off the image's too");
         let s = svc("services:\n  web:\n    image: busybox\n");
-        assert!(effective_healthcheck(&s).is_none());
+        assert!(replica::resolve_healthcheck(&s, None).is_none());
+        let hc = replica::resolve_healthcheck(&s, Some(&image)).expect("the image's");
+        assert_eq!(hc.args, ["/bin/sh", "-c", "test -e /ready"]);
+        assert_eq!((hc.interval, hc.timeout, hc.retries), (Duration::from_secs(5), Duration::from_secs(30), 3));
+        let s = svc("services:\n  web:\n    image: busybox\n    healthcheck:\n      interval: 2s\n");
+        let hc = replica::resolve_healthcheck(&s, Some(&image)).expect("the image's test, the service's timings");
+        assert_eq!((hc.args[2].as_str(), hc.interval), ("test -e /ready", Duration::from_secs(2)));
+        let none = ImageHealthcheck { test: vec!["NONE".into()], ..Default::default() };
+        assert!(replica::resolve_healthcheck(&svc("services:\n  web:\n    image: busybox\n"), Some(&none)).is_none());
     }
 }

@@ -18,8 +18,9 @@ use super::oci::Runtime;
 use super::paths::Paths;
 use super::proc;
 use crate::cli::run::ContainerRecord;
-use crate::manifest::{MountKind, NetworkMode, Service};
+use crate::manifest::{HealthTest, MountKind, NetworkMode, Service};
 use crate::supervise::restart::{ExitKind, RestartTracker};
+use skiff_images::bundle::ImageHealthcheck;
 
 /// What the agent keeps about a replica across its own restarts and power cuts
 /// (`<root>/containers/<id>/replica.json`, written temp + fsync + rename).
@@ -44,6 +45,77 @@ pub struct ReplicaRecord {
     /// The agent stopped it on purpose (skiff down, removal): not restarted at start-up.
     #[serde(default)]
     pub stopped: bool,
+    /// The health check it runs (the service's, or the image's HEALTHCHECK), once prepared.
+    #[serde(default)]
+    pub healthcheck: Option<HealthCheck>,
+}
+
+/// A resolved health check: what runs in the container and when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub args: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub start_period: Duration,
+}
+
+/// Docker's test form: `["CMD", args...]`, `["CMD-SHELL", cmd]`; `None` for `["NONE"]`, empty
+/// or unknown forms.
+fn docker_test(test: &[String]) -> Option<Vec<String>> {
+    match test.split_first() {
+        Some((kind, rest)) if kind == "CMD" && !rest.is_empty() => Some(rest.to_vec()),
+        Some((kind, rest)) if kind == "CMD-SHELL" && !rest.is_empty() => {
+            Some(vec!["/bin/sh".into(), "-c".into(), rest.join(" ")])
+        }
+        _ => None,
+    }
+}
+
+/// The health check a replica runs, as compose resolves it: the service's `healthcheck`
+/// (`disable: true` / `test: NONE` turn it off, even the image's); a service healthcheck
+/// without `test` keeps the image's test with the service's timings; no `healthcheck` at
+/// all takes the image's HEALTHCHECK with its timings (Docker's defaults where it has none).
+pub fn resolve_healthcheck(svc: &Service, image: Option<&ImageHealthcheck>) -> Option<HealthCheck> {
+    let image_test = image.and_then(|h| docker_test(&h.test));
+    match &svc.healthcheck {
+        Some(h) if h.disabled => None,
+        Some(h) => {
+            let args = match &h.test {
+                Some(HealthTest::Cmd(a)) => a.clone(),
+                Some(HealthTest::Shell(s)) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+                None => image_test?,
+            };
+            Some(HealthCheck {
+                args,
+                interval: h.interval,
+                timeout: h.timeout,
+                retries: h.retries,
+                start_period: h.start_period,
+            })
+        }
+        None => {
+            let h = image?;
+            let or = |d: Duration, dflt: u64| if d.is_zero() { Duration::from_secs(dflt) } else { d };
+            Some(HealthCheck {
+                args: image_test?,
+                interval: or(h.interval, 30),
+                timeout: or(h.timeout, 30),
+                retries: if h.retries == 0 { 3 } else { h.retries },
+                start_period: h.start_period,
+            })
+        }
+    }
+}
+
+/// What preparing a container found out.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// Normalised (`SIGTERM`).
+    pub stop_signal: String,
+    /// Limits the kernel cannot apply.
+    pub warnings: Vec<String>,
+    pub healthcheck: Option<HealthCheck>,
 }
 
 impl ReplicaRecord {
@@ -146,13 +218,7 @@ fn env_files(svc: &Service) -> Result<Vec<String>> {
 /// Prepares `<root>/containers/<id>`: the record for prune, the rootfs (kept across restarts of
 /// the same container: its writable layer survives like `docker restart`'s), the volumes and the
 /// bundle. Returns the normalised stop signal and the warnings (limits the kernel cannot apply).
-pub fn prepare(
-    paths: &Paths,
-    store: &Store,
-    image: &ImageRecord,
-    svc: &Service,
-    id: &str,
-) -> Result<(String, Vec<String>)> {
+pub fn prepare(paths: &Paths, store: &Store, image: &ImageRecord, svc: &Service, id: &str) -> Result<Prepared> {
     let cdir = paths.container(id);
     fs::create_dir_all(&cdir).with_context(|| format!("creating {}", cdir.display()))?;
     ContainerRecord::write(&cdir, id, image)?;
@@ -273,9 +339,10 @@ pub fn prepare(
     if let Some(s) = &svc.stop_signal {
         config.stop_signal = Some(s.clone());
     }
+    let healthcheck = resolve_healthcheck(svc, config.healthcheck.as_ref());
     let (spec, info) = bundle::build_spec(&config, &rootfs_dir, &o)?;
     bundle::write_bundle(&cdir, &spec)?;
-    Ok((info.stop_signal, warnings))
+    Ok(Prepared { stop_signal: info.stop_signal, warnings, healthcheck })
 }
 
 /// What a restart of an unchanged, already prepared replica needs: its rootfs mounted and its

@@ -241,6 +241,12 @@ impl RestartTracker {
         MAX_DELAY.max(self.base_delay())
     }
 
+    /// Whether the replica has a health check (known once its image config has been read:
+    /// the image's HEALTHCHECK counts too).
+    pub fn set_has_healthcheck(&mut self, yes: bool) {
+        self.has_healthcheck = yes;
+    }
+
     /// The container started (first start, or the restart scheduled by a [`Decision::RestartAt`]).
     pub fn started(&mut self, at: Instant) {
         if self.state == RestartState::Backoff {

@@ -460,3 +460,45 @@ fn writes_config_json_atomically() {
     let back = Spec::load(bundle.join("config.json")).expect("loads");
     assert_eq!(back, spec);
 }
+
+#[test]
+fn docker_healthcheck_is_read() {
+    let cfg = br#"{"config":{"Healthcheck":{"Test":["CMD-SHELL","curl -f http://localhost/"],"Interval":5000000000,"Timeout":2000000000,"Retries":4}}}"#;
+    let c = ImageRunConfig::parse(cfg, "x").unwrap();
+    let h = c.healthcheck.expect("a healthcheck");
+    assert_eq!(h.test, ["CMD-SHELL", "curl -f http://localhost/"]);
+    assert_eq!(h.interval, std::time::Duration::from_secs(5));
+    assert_eq!(h.timeout, std::time::Duration::from_secs(2));
+    assert_eq!(h.start_period, std::time::Duration::ZERO);
+    assert_eq!(h.retries, 4);
+    assert!(ImageRunConfig::parse(br#"{"config":{}}"#, "x").unwrap().healthcheck.is_none());
+}
+
+#[test]
+fn limits_and_sysctls_reach_the_spec() {
+    let o = BundleOverrides {
+        cpus: Some(0.5),
+        pids_limit: Some(64),
+        rlimits: vec![("nofile".into(), 100, 200), ("RLIMIT_CORE".into(), 0, 0)],
+        sysctls: [("net.ipv4.ip_unprivileged_port_start".to_string(), "0".to_string())].into(),
+        ..Default::default()
+    };
+    let (v, _, _r) = build(&image(), &o);
+    assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50000);
+    assert_eq!(v["linux"]["resources"]["cpu"]["period"], 100000);
+    assert_eq!(v["linux"]["resources"]["pids"]["limit"], 64);
+    assert_eq!(v["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"], "0");
+    let rl = v["process"]["rlimits"].as_array().unwrap();
+    assert!(rl.iter().any(|r| r["type"] == "RLIMIT_NOFILE" && r["soft"] == 100 && r["hard"] == 200));
+    assert_eq!(rl.iter().filter(|r| r["type"] == "RLIMIT_NOFILE").count(), 1, "the default nofile is replaced");
+    assert!(rl.iter().any(|r| r["type"] == "RLIMIT_CORE"));
+    let root = Rootfs::new();
+    for (bad, want) in [
+        (BundleOverrides { rlimits: vec![("bogus".into(), 1, 1)], ..Default::default() }, "not a resource limit"),
+        (BundleOverrides { rlimits: vec![("nofile".into(), 9, 1)], ..Default::default() }, "above the hard limit"),
+        (BundleOverrides { cpus: Some(-1.0), ..Default::default() }, "not a CPU count"),
+    ] {
+        let err = build_spec(&image(), root.path(), &bad).expect_err("refused").to_string();
+        assert!(err.contains(want), "{err}");
+    }
+}
