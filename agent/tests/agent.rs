@@ -1020,3 +1020,141 @@ fn limits_are_applied_to_the_container_cgroup() {
     }
     a.down();
 }
+
+/// The memory limit of a process's memory cgroup: v1 `memory.limit_in_bytes`, else cgroup2
+/// `memory.max` (None when the host has no memory controller to read it from).
+fn memory_limit(pid: i32) -> Option<String> {
+    if let Some(d) = v1_cgroup_dir(pid, "memory") {
+        return Some(read(d.join("memory.limit_in_bytes")).trim().to_string());
+    }
+    let path = read(format!("/proc/{pid}/cgroup")).lines().find_map(|l| l.strip_prefix("0::").map(String::from))?;
+    let base = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .find(|b| read(format!("{b}/cgroup.controllers")).split_whitespace().any(|c| c == "memory"))?;
+    Some(read(format!("{base}{path}/memory.max")).trim().to_string())
+}
+
+/// An agent that sees `proc_cgroups` as /proc/cgroups: it runs in a private mount namespace
+/// (`unshare -m`) where a copy is bind-mounted over the file. Its shims and the runtime it calls
+/// see the same; nothing outside that namespace does.
+fn agent_seeing_proc_cgroups(proc_cgroups: &str) -> Agent {
+    let mut a = agent();
+    let file = a.dir().join("proc-cgroups");
+    std::fs::write(&file, proc_cgroups).expect("write the copy of /proc/cgroups");
+    a.wrap([
+        "unshare".as_ref(),
+        "--mount".as_ref(),
+        "--propagation".as_ref(),
+        "private".as_ref(),
+        "sh".as_ref(),
+        "-c".as_ref(),
+        r#"mount --bind "$0" /proc/cgroups && exec "$@""#.as_ref(),
+        file.as_os_str(),
+    ]);
+    a
+}
+
+/// Issue 4: on a kernel with the memory cgroup controller disabled (`cgroup_disable=memory`,
+/// as Raspberry Pi kernels ship) a service with `mem_limit` still runs, without the limit, and
+/// a warning names the controller in the agent's log and in status. Simulated with real kernel
+/// features: the agent runs in a mount namespace of its own whose /proc/cgroups is a copy with
+/// memory's `enabled` column 0. The control runs the same way with an unmodified copy and must
+/// get the limit and no warning (so neither the namespace nor the copy is what drops it).
+#[test]
+fn a_kernel_without_the_memory_controller_runs_the_service_without_the_limit_and_warns() {
+    if skiff_tests::which("unshare").is_none() {
+        skip("unshare (util-linux) is not installed");
+        return;
+    }
+    let host = read("/proc/cgroups");
+    let enabled = |text: &str| {
+        text.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.first() == Some(&"memory"))
+            .and_then(|f| f.get(3).map(|e| e.to_string()))
+    };
+    if enabled(&host).as_deref() != Some("1") || memory_limit(std::process::id() as i32).is_none() {
+        skip("this kernel has no memory cgroup controller to take away");
+        return;
+    }
+    let doctored: String = host
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split('\t').collect();
+            if f.first() == Some(&"memory") && f.len() >= 4 {
+                f[3] = "0";
+            }
+            f.join("\t") + "\n"
+        })
+        .collect();
+    assert_eq!(enabled(&doctored).as_deref(), Some("0"), "the copy disables memory:\n{doctored}");
+
+    const MIB32: &str = "33554432";
+    let manifest = format!("services:\n{}", sleeper("capped", 1, "    mem_limit: 32m\n"));
+    let mut control = agent_seeing_proc_cgroups(&host);
+    let mut nomem = agent_seeing_proc_cgroups(&doctored);
+    for a in [&mut control, &mut nomem] {
+        a.write_manifest(&manifest);
+        a.start();
+    }
+    // Each agent sees its copy, in a mount namespace of its own; this process still sees the
+    // kernel's file (nothing global changed).
+    for (a, want) in [(&mut control, "1"), (&mut nomem, "0")] {
+        let pid = a.pid();
+        let seen = read(format!("/proc/{pid}/root/proc/cgroups"));
+        assert_eq!(enabled(&seen).as_deref(), Some(want), "the agent's /proc/cgroups:\n{seen}");
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).expect("the agent's mount namespace");
+        assert_ne!(ns, std::fs::read_link("/proc/self/ns/mnt").expect("our mount namespace"));
+    }
+    assert_eq!(enabled(&read("/proc/cgroups")).as_deref(), Some("1"), "the host's /proc/cgroups is untouched");
+
+    // The control: the limit is applied, no warning anywhere.
+    let st = control.wait_running("capped", 1);
+    let pid = pid_of(&st, "capped-1") as i32;
+    assert_eq!(memory_limit(pid).as_deref(), Some(MIB32), "control: mem_limit 32m is applied");
+    let warnings = service(&st, "capped")["warnings"].clone();
+    assert!(warnings.as_array().is_some_and(|w| w.is_empty()), "control: no warnings: {warnings}");
+    assert!(!control.log().contains("warning: memory limit"), "control logged a warning:\n{}", control.log());
+
+    // No memory controller: the replica runs (its own command, in the runtime), its memory
+    // cgroup has no 32 MiB limit, and status and log name the missing controller.
+    let st = nomem.wait_running("capped", 1);
+    let pid = pid_of(&st, "capped-1") as i32;
+    assert_eq!(read(format!("/proc/{pid}/comm")).trim(), "sleep", "the manifest's command runs");
+    assert_eq!(nomem.rt_pid("capped-1"), pid as i64, "status pid vs runtime state");
+    let limit = memory_limit(pid).unwrap_or_else(|| panic!("no memory cgroup for {pid}"));
+    assert_ne!(limit, MIB32, "the limit was applied on a kernel that 'lacks' the controller");
+    let warnings = service(&st, "capped")["warnings"].clone();
+    let named = |w: &str| w.contains("memory limit not applied") && w.contains("no memory cgroup controller");
+    assert!(
+        warnings.as_array().is_some_and(|w| w.len() == 1 && w[0].as_str().is_some_and(named)),
+        "status names the missing controller: {warnings}"
+    );
+    let log = nomem.log();
+    assert!(
+        log.lines().any(|l| l.contains("capped-1: warning:") && named(l)),
+        "the agent's log names the missing controller:\n{log}"
+    );
+
+    // `skiff down` from this (the host's) mount namespace stops everything: afterwards no
+    // process is left in the agents' namespaces (so their private mounts are gone with them),
+    // no cgroup of the roots, nothing mounted under the scratch dirs.
+    for a in [&mut control, &mut nomem] {
+        let ns = std::fs::read_link(format!("/proc/{}/ns/mnt", a.pid())).expect("the agent's mount namespace");
+        a.down();
+        let left: Vec<i32> = skiff_tests::processes()
+            .into_iter()
+            .filter(|p| p.state != 'Z' && std::fs::read_link(format!("/proc/{}/ns/mnt", p.pid)).is_ok_and(|l| l == ns))
+            .map(|p| p.pid)
+            .collect();
+        assert!(left.is_empty(), "processes left in the agent's mount namespace {ns:?}: {left:?}");
+        let parent = a.cgroup_parent().trim_start_matches('/').to_string();
+        for m in skiff_tests::cgroup_mounts() {
+            for d in [m.mount_point.join(&parent), m.mount_point.join(m.own.trim_start_matches('/')).join(&parent)] {
+                assert!(!d.exists(), "skiff down left the cgroup {}", d.display());
+            }
+        }
+        let mounts: Vec<_> = skiff_tests::mount_points().into_iter().filter(|m| m.starts_with(a.dir())).collect();
+        assert!(mounts.is_empty(), "mounts left under {}: {mounts:?}", a.dir().display());
+    }
+}

@@ -21,6 +21,7 @@
 //! cannot mount the cgroupfs of a container while a v1 hierarchy sits outside /sys/fs/cgroup).
 
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -75,6 +76,7 @@ pub struct Agent {
     starts: usize,
     logs: Vec<PathBuf>,
     use_env: bool,
+    wrapper: Vec<OsString>,
     cgroup_parent: String,
     dir: Scratch,
     _hugetlb: Option<HugetlbV1>,
@@ -113,6 +115,7 @@ impl Agent {
             starts: 0,
             logs: Vec::new(),
             use_env: false,
+            wrapper: Vec::new(),
             cgroup_parent,
             dir,
             _hugetlb: hugetlb,
@@ -124,6 +127,14 @@ impl Agent {
     /// SKIFF_LISTEN and SKIFF_RUNTIME instead of flags.
     pub fn use_env(&mut self, yes: bool) -> &mut Self {
         self.use_env = yes;
+        self
+    }
+
+    /// Starts the agent through `prefix`: a command and its arguments, followed by the agent's
+    /// own command line (e.g. `unshare -m sh -c '... && exec "$@"' sh`). The prefix must exec
+    /// the agent in the end, so that the pid the fixture waits for and kills is the agent's.
+    pub fn wrap<S: AsRef<OsStr>>(&mut self, prefix: impl IntoIterator<Item = S>) -> &mut Self {
+        self.wrapper = prefix.into_iter().map(|s| s.as_ref().to_os_string()).collect();
         self
     }
 
@@ -183,7 +194,14 @@ impl Agent {
     }
 
     fn agent_command(&self) -> Command {
-        let mut cmd = Command::new(&self.skiff);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(&self.skiff);
+                c
+            }
+            None => Command::new(&self.skiff),
+        };
         for v in
             ["SKIFF_ROOT", "SKIFF_MANIFEST", "SKIFF_LISTEN", "SKIFF_RUNTIME", "NOTIFY_SOCKET", "REGISTRY_AUTH_FILE"]
         {
