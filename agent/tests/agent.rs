@@ -1158,3 +1158,42 @@ fn a_kernel_without_the_memory_controller_runs_the_service_without_the_limit_and
         assert!(mounts.is_empty(), "mounts left under {}: {mounts:?}", a.dir().display());
     }
 }
+
+#[test]
+fn an_updated_dependency_restarts_dependents_that_ask_for_it() {
+    let mut a = agent();
+    let manifest = |gen: u32| {
+        format!(
+            "services:\n{}{}{}",
+            sleeper("db", 1, &format!("    environment:\n      GEN: \"{gen}\"\n")),
+            sleeper(
+                "app",
+                1,
+                "    depends_on:\n      db:\n        condition: service_started\n        restart: true\n"
+            ),
+            sleeper("other", 1, "    depends_on:\n      db:\n        condition: service_started\n"),
+        )
+    };
+    a.write_manifest(&manifest(1));
+    a.start();
+    let st = a.wait_status("all running", |st| {
+        all_running(st, "db", 1) && all_running(st, "app", 1) && all_running(st, "other", 1)
+    });
+    let (db_old, app_old, other_old) = (pid_of(&st, "db-1"), pid_of(&st, "app-1"), pid_of(&st, "other-1"));
+    // Something in app's writable layer: a restart keeps it (a replacement would not).
+    let out = a.rt(&["exec", "--", "app-1", "sh", "-c", "echo kept > /tmp/marker"]);
+    assert!(out.success(), "{out}");
+
+    a.write_manifest(&manifest(2));
+    let st = a.wait_status("db replaced and app restarted", |st| {
+        all_running(st, "db", 1)
+            && all_running(st, "app", 1)
+            && pid_of(st, "db-1") != db_old
+            && pid_of(st, "app-1") != app_old
+    });
+    assert_eq!(pid_of(&st, "other-1"), other_old, "without restart: true a dependent is not touched");
+    assert_eq!(replica(&st, "app-1")["restarts"], 0, "an update of a dependency is not a crash restart");
+    let out = a.rt(&["exec", "--", "app-1", "cat", "/tmp/marker"]);
+    assert!(out.success() && out.stdout.contains("kept"), "app was restarted, not replaced: {out}");
+    a.down();
+}

@@ -89,6 +89,9 @@ enum AfterStop {
     Remove,
     /// It was unhealthy: its exit goes to the restart policy.
     Unhealthy,
+    /// A dependency with `depends_on.<dep>.restart: true` was updated: start it again (same
+    /// container definition, not counted as a restart) once the dependency is back.
+    Restart,
 }
 
 struct Replica {
@@ -464,6 +467,17 @@ impl Agent {
                 r.message = Some("replaced: it was unhealthy".into());
                 save(&self.paths, &r.rec);
             }
+            AfterStop::Restart => {
+                r.gen += 1;
+                r.rec.tracker.boot_reset();
+                r.rec.pid = None;
+                r.rec.shim = None;
+                r.rec.started_at = None;
+                r.health = Health::None;
+                r.phase = Phase::Waiting;
+                r.message = Some("restarting: a dependency was updated".into());
+                save(&self.paths, &r.rec);
+            }
         }
     }
 
@@ -585,6 +599,7 @@ impl Agent {
             return;
         };
         // Stop what is not wanted (any more, or not like this).
+        let mut updated: Vec<String> = Vec::new();
         let ids: Vec<String> = self.replicas.keys().cloned().collect();
         for id in &ids {
             let r = &self.replicas[id];
@@ -604,10 +619,29 @@ impl Agent {
                     Phase::Stopping if r.after_stop == AfterStop::Remove => {}
                     _ => {
                         log(&format!("{id}: its service definition changed; replacing it"));
+                        updated.push(r.rec.service.clone());
                         self.begin_stop(id, AfterStop::Remove);
                     }
                 },
                 Some(_) => {}
+            }
+        }
+        // `depends_on.<dep>.restart: true`: an update of dep restarts the dependents (compose).
+        if !updated.is_empty() {
+            let restart: Vec<String> = self
+                .replicas
+                .iter()
+                .filter(|(_, r)| matches!(r.phase, Phase::Running | Phase::Starting))
+                .filter(|(_, r)| {
+                    m.services
+                        .get(&r.rec.service)
+                        .is_some_and(|s| s.depends_on.iter().any(|(dep, d)| d.restart && updated.contains(dep)))
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in restart {
+                log(&format!("{id}: a service it depends on (restart: true) is being updated; restarting it"));
+                self.begin_stop(&id, AfterStop::Restart);
             }
         }
         // Start what is missing, dependencies first.
