@@ -181,6 +181,8 @@ struct Spool {
 impl Spool {
     fn new(store: &Store) -> Result<Spool> {
         let tmp = store.tmp();
+        // A killed load may also have left the temp file of a record it was writing.
+        fsutil::remove_stale_writes(&tmp);
         if let Ok(rd) = fs::read_dir(&tmp) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();

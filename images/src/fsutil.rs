@@ -59,6 +59,23 @@ pub fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8]) -> io::Result<()> 
     res
 }
 
+/// Removes the temp files of [`write_atomic`] calls in `tmp_dir` whose process is gone (killed
+/// between creating the temp file and renaming it). Files of live processes are left alone.
+pub fn remove_stale_writes(tmp_dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(tmp_dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) =
+            name.strip_prefix("write-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A number unique within this process (for temp names).
 pub fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -165,5 +182,27 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
             }
             std::fs::remove_dir_all(path).map_err(|_| first)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_atomic_writes_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let mine = std::process::id();
+        for name in [format!("write-{dead}-1-a.json"), format!("write-{mine}-2-b.json"), "load-1-1.lock".into()] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        remove_stale_writes(dir.path());
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+        left.sort();
+        assert_eq!(left, ["load-1-1.lock".to_string(), format!("write-{mine}-2-b.json")]);
     }
 }
