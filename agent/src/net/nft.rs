@@ -1,1 +1,407 @@
+//! Outbound NAT and forwarding for the bridge, with nftables, and `ip_forward`.
+//!
+//! # The `nft` tool rather than raw netlink
+//!
+//! nftables is programmed over netlink (`NETLINK_NETFILTER`) with batched, nested messages
+//! whose expressions (payload offsets, registers, ct keys, masquerade) change between kernel
+//! versions. Speaking it ourselves means either a crate (the Rust ones are young and large, or
+//! wrap libnftnl in C) or a few hundred lines of hand-encoded messages we would own forever.
+//! The `nft` tool (Debian `nftables`, a few hundred KiB, present on every distribution that
+//! has nftables) compiles a readable ruleset into exactly those messages, applies it as one
+//! atomic transaction (`nft -f -`: all of it or nothing), and reports errors in words. We call
+//! it only when the bridge is set up or torn down, never per packet or per connection, so a
+//! process start costs nothing that matters. The price: one more package (`hack/setup` and
+//! `skiff check` name it) and text to parse for errors.
+//!
+//! # The ruleset: one table of our own
+//!
+//! Everything lives in `table ip skiff`, so we never touch anyone else's rules and removing
+//! ours is one `delete table`. [`Nat::apply`] sends, in a single transaction:
+//! `table ip skiff` (create if absent) + `delete table ip skiff` + the full table: a
+//! `postrouting` nat chain masquerading `ip saddr SUBNET oifname != BRIDGE`, and a `forward`
+//! filter chain accepting `iifname BRIDGE` and `oifname BRIDGE ct state established,related`.
+//! Deleting and re-creating in one transaction (rather than only flushing the rules) also
+//! drops chains a different version of the agent may have left, so the table is exactly
+//! [`Nat::ruleset`] afterwards.
+//!
+//! Idempotent: applying twice leaves the same ruleset (only the kernel's rule handles
+//! differ), and conntrack entries of established connections are not part of the ruleset, so
+//! re-applying after an agent restart does not break NATed connections. [`Nat::remove`]
+//! deletes the table and is fine when it is absent.
+//!
+//! Our forward chain's policy is accept; its accept rules do not override another table's
+//! drop at the same hook (e.g. an iptables-nft `FORWARD` policy DROP left by Docker): such a
+//! host needs its own rule for the bridge, which `skiff check` should point out.
+//!
+//! # What the agent calls when
+//!
+//! - when the first bridged replica is about to start (and at agent start when one exists):
+//!   [`set_ip_forward`]`(None, true)` — it returns the previous value; the agent logs when it
+//!   changed it — then [`Nat::apply`];
+//! - when the last bridged service goes (and on `skiff down`): [`Nat::remove`]; `ip_forward`
+//!   is left as it is (other software may rely on it).
+//!
+//! Each call runs a short blocking process: from tokio, use `spawn_blocking`.
+//!
+//! # Network namespaces
+//!
+//! [`Nat::in_netns`] and the `netns` argument of [`set_ip_forward`] run everything in the
+//! network namespace at a path (e.g. `/run/netns/NAME`): a thread of our own joins it with
+//! `setns` and runs `nft` from there (a child inherits the thread's namespaces) or writes the
+//! sysctl there (`/proc/sys/net` is resolved in the opener's namespace). The tests use this to
+//! stay away from the host's rules and sysctls.
 
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use super::ipam::Subnet;
+
+/// Our table's name (family `ip`).
+pub const TABLE: &str = "skiff";
+
+/// Outbound NAT and forwarding for one bridge and its subnet.
+#[derive(Clone, Debug)]
+pub struct Nat {
+    bridge: String,
+    subnet: Subnet,
+    nft: PathBuf,
+    netns: Option<PathBuf>,
+}
+
+impl Nat {
+    /// Rules for `bridge` (an interface name) and its `subnet`, applied with `nft` from PATH.
+    pub fn new(bridge: &str, subnet: Subnet) -> Result<Nat> {
+        check_ifname(bridge)?;
+        Ok(Nat { bridge: bridge.to_string(), subnet, nft: PathBuf::from("nft"), netns: None })
+    }
+
+    /// Runs `nft` from this path instead of PATH's.
+    pub fn with_nft(mut self, nft: impl Into<PathBuf>) -> Nat {
+        self.nft = nft.into();
+        self
+    }
+
+    /// Works in the network namespace at `path` instead of the agent's own.
+    pub fn in_netns(mut self, path: impl Into<PathBuf>) -> Nat {
+        self.netns = Some(path.into());
+        self
+    }
+
+    /// The whole transaction [`Nat::apply`] sends.
+    pub fn ruleset(&self) -> String {
+        let (b, s) = (&self.bridge, self.subnet);
+        format!(
+            "table ip {TABLE}\n\
+             delete table ip {TABLE}\n\
+             table ip {TABLE} {{\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr {s} oifname != \"{b}\" masquerade\n\
+             \t}}\n\
+             \tchain forward {{\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tiifname \"{b}\" accept\n\
+             \t\toifname \"{b}\" ct state established,related accept\n\
+             \t}}\n\
+             }}\n"
+        )
+    }
+
+    /// Creates or replaces our table, atomically. Idempotent.
+    pub fn apply(&self) -> Result<()> {
+        self.nft(&["-f", "-"], Some(self.ruleset())).map(drop).context("setting up outbound NAT for the bridge")
+    }
+
+    /// Deletes our table; fine when it does not exist.
+    pub fn remove(&self) -> Result<()> {
+        // Declaring the table first makes the delete succeed when it is absent, in one transaction.
+        let script = format!("table ip {TABLE}\ndelete table ip {TABLE}\n");
+        self.nft(&["-f", "-"], Some(script)).map(drop).context("removing the NAT rules of the bridge")
+    }
+
+    /// Our table as `nft -j` JSON, or `None` when it does not exist.
+    pub fn list_json(&self) -> Result<Option<serde_json::Value>> {
+        match self.nft(&["-j", "list", "table", "ip", TABLE], None) {
+            Ok(out) => Ok(Some(serde_json::from_str(&out).context("parsing nft -j output")?)),
+            Err(e) if e.to_string().contains("No such file or directory") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs nft with `args` (and `stdin`), in our namespace; its stdout.
+    fn nft(&self, args: &[&str], stdin: Option<String>) -> Result<String> {
+        let nft = self.nft.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        in_netns(self.netns.as_deref(), move || run_nft(&nft, &args, stdin))?
+    }
+}
+
+fn run_nft(nft: &Path, args: &[String], stdin: Option<String>) -> Result<String> {
+    let mut child = match Command::new(nft)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
+            "the nft command ({}) was not found: install nftables (Debian: apt-get install nftables)",
+            nft.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("running {}", nft.display())),
+    };
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A write error (nft exited early) shows up as its exit status and stderr below.
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    let out = child.wait_with_output().with_context(|| format!("waiting for {}", nft.display()))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        bail!("{}", explain_failure(&format!("{} {}", nft.display(), args.join(" ")), stderr.trim()));
+    }
+    String::from_utf8(out.stdout).context("nft printed something that is not UTF-8")
+}
+
+/// One message for a failed nft call: what the user must do, then what nft said.
+fn explain_failure(cmd: &str, stderr: &str) -> String {
+    let lower = stderr.to_ascii_lowercase();
+    if lower.contains("not supported") || lower.contains("protocol not available") {
+        format!(
+            "{cmd} failed: the kernel lacks nftables support: enable CONFIG_NF_TABLES, CONFIG_NFT_NAT, \
+             CONFIG_NFT_MASQ and CONFIG_NFT_CT, or load the modules (modprobe nf_tables nft_chain_nat \
+             nft_masq nft_ct); nft said: {stderr}"
+        )
+    } else if lower.contains("operation not permitted") {
+        format!("{cmd} failed: changing nftables needs root (CAP_NET_ADMIN); nft said: {stderr}")
+    } else {
+        format!("{cmd} failed: {stderr}")
+    }
+}
+
+/// Sets `net.ipv4.ip_forward` (in the namespace at `netns`, else ours) to `on`; returns the
+/// value it had before.
+pub fn set_ip_forward(netns: Option<&Path>, on: bool) -> Result<bool> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    in_netns(netns, move || -> Result<bool> {
+        let old = std::fs::read_to_string(PATH).with_context(|| format!("reading {PATH}"))?;
+        let old = match old.trim() {
+            "0" => false,
+            "1" => true,
+            other => bail!("{PATH} holds {other:?}, not 0 or 1"),
+        };
+        if old != on {
+            std::fs::write(PATH, if on { "1\n" } else { "0\n" }).with_context(|| format!("writing {PATH}"))?;
+        }
+        Ok(old)
+    })?
+}
+
+/// Runs `f` in a thread of its own that first joins the network namespace at `netns` (when
+/// given); the calling thread's namespaces never change.
+fn in_netns<T: Send + 'static>(netns: Option<&Path>, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let Some(path) = netns else { return Ok(f()) };
+    let ns = std::fs::File::open(path).with_context(|| format!("opening network namespace {}", path.display()))?;
+    let shown = path.display().to_string();
+    std::thread::Builder::new()
+        .name("skiff-nft".into())
+        .spawn(move || -> Result<T> {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("joining network namespace {shown}"))?;
+            Ok(f())
+        })
+        .context("starting a thread")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the network namespace thread panicked"))?
+}
+
+/// An interface name the kernel accepts and that needs no quoting in a ruleset.
+fn check_ifname(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !ok {
+        bail!("invalid bridge name {name:?}: 1 to 15 characters from A-Z a-z 0-9 _ . -");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A network namespace of the test's own (`ip netns add`), deleted on drop.
+    struct Netns {
+        name: String,
+    }
+
+    impl Netns {
+        fn new(tag: &str) -> Netns {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let name = format!("skiff-nft-{}-{tag}{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+            let ns = Netns { name };
+            ip(&["netns", "add", &ns.name]);
+            ns
+        }
+
+        fn path(&self) -> PathBuf {
+            PathBuf::from("/run/netns").join(&self.name)
+        }
+
+        /// A command run inside the namespace.
+        fn exec(&self, args: &[&str]) -> std::process::Output {
+            Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec")
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            // Links inside the namespace go with it.
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        }
+    }
+
+    fn ip(args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("running ip");
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn subnet() -> Subnet {
+        "10.88.0.0/16".parse().expect("subnet")
+    }
+
+    /// The JSON listing without what the kernel numbers anew on every apply.
+    fn normalized(v: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            Value::Object(m) => Value::Object(
+                m.into_iter()
+                    .filter(|(k, _)| k != "handle" && k != "metainfo")
+                    .map(|(k, v)| (k, normalized(v)))
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(
+                a.into_iter()
+                    .filter(|e| e.as_object().is_none_or(|o| !o.contains_key("metainfo")))
+                    .map(normalized)
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
+    #[test]
+    fn bad_bridge_names_are_refused() {
+        for bad in ["", "a\"b", "br0; flush ruleset", "0123456789abcdef", "..", "a b"] {
+            assert!(Nat::new(bad, subnet()).is_err(), "{bad:?} accepted");
+        }
+        assert!(Nat::new("skiff0", subnet()).is_ok());
+    }
+
+    #[test]
+    fn missing_nft_is_one_clear_error() {
+        let ns = Netns::new("missing");
+        let nat = Nat::new("skiff0", subnet()).expect("nat").with_nft("/nonexistent/nft").in_netns(ns.path());
+        let err = format!("{:#}", nat.apply().expect_err("no nft"));
+        assert!(err.contains("install nftables"), "{err}");
+    }
+
+    #[test]
+    fn kernel_errors_name_what_to_enable() {
+        let msg = explain_failure("nft -f -", "Error: Could not process rule: Operation not supported");
+        assert!(msg.contains("CONFIG_NF_TABLES") && msg.contains("modprobe"), "{msg}");
+        let msg = explain_failure("nft -f -", "Error: socket(): Protocol not supported");
+        assert!(msg.contains("CONFIG_NF_TABLES"), "{msg}");
+        let msg = explain_failure("nft -f -", "Error: Operation not permitted");
+        assert!(msg.contains("CAP_NET_ADMIN"), "{msg}");
+    }
+
+    #[test]
+    fn apply_is_idempotent_and_remove_deletes_the_table() {
+        let ns = Netns::new("idem");
+        let nat = Nat::new("skiff0", subnet()).expect("nat").in_netns(ns.path());
+        assert_eq!(nat.list_json().expect("list"), None, "a fresh namespace has no table");
+        nat.remove().expect("removing an absent table is fine");
+
+        nat.apply().expect("apply");
+        let first = nat.list_json().expect("list").expect("table exists");
+        // What nft shows is what we asked for.
+        let text = String::from_utf8_lossy(&ns.exec(&["nft", "list", "table", "ip", TABLE]).stdout).into_owned();
+        assert!(text.contains("type nat hook postrouting priority srcnat; policy accept;"), "{text}");
+        assert!(text.contains("ip saddr 10.88.0.0/16 oifname != \"skiff0\" masquerade"), "{text}");
+        assert!(text.contains("type filter hook forward priority filter; policy accept;"), "{text}");
+        assert!(text.contains("iifname \"skiff0\" accept"), "{text}");
+        assert!(text.contains("oifname \"skiff0\" ct state established,related accept"), "{text}");
+
+        // A rule and a chain someone added to our table do not survive a re-apply.
+        let out = ns.exec(&["nft", "add", "rule", "ip", TABLE, "forward", "tcp", "dport", "22", "drop"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = ns.exec(&["nft", "add", "chain", "ip", TABLE, "stale"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_ne!(normalized(nat.list_json().expect("list").expect("table")), normalized(first.clone()));
+
+        nat.apply().expect("apply again");
+        nat.apply().expect("and again");
+        let again = nat.list_json().expect("list").expect("table exists");
+        assert_eq!(normalized(again), normalized(first));
+
+        nat.remove().expect("remove");
+        assert_eq!(nat.list_json().expect("list"), None);
+        nat.remove().expect("remove again");
+    }
+
+    #[test]
+    fn ip_forward_in_a_namespace() {
+        let ns = Netns::new("fwd");
+        let read = || String::from_utf8_lossy(&ns.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout).into_owned();
+        set_ip_forward(Some(&ns.path()), false).expect("off");
+        assert_eq!(read().trim(), "0");
+        assert!(!set_ip_forward(Some(&ns.path()), true).expect("on"), "reports the old value: off");
+        assert_eq!(read().trim(), "1");
+        assert!(set_ip_forward(Some(&ns.path()), true).expect("on again"), "reports the old value: on");
+        assert!(set_ip_forward(Some(Path::new("/nonexistent/netns")), true).is_err());
+    }
+
+    /// Three namespaces: a "host" with the bridge and an uplink, a "container" on the bridge,
+    /// and an "outside" peer that has no route back to the container subnet. The container
+    /// reaches the outside only when the host forwards and masquerades.
+    #[test]
+    fn a_container_reaches_the_outside_only_through_the_nat() {
+        let host = Netns::new("host");
+        let ctr = Netns::new("ctr");
+        let out = Netns::new("out");
+        let (h, c, o) = (host.name.as_str(), ctr.name.as_str(), out.name.as_str());
+        ip(&["-n", h, "link", "add", "skiff0", "type", "bridge"]);
+        ip(&["-n", h, "addr", "add", "10.88.0.1/16", "dev", "skiff0"]);
+        ip(&["-n", h, "link", "set", "skiff0", "up"]);
+        ip(&["-n", h, "link", "add", "vc", "type", "veth", "peer", "name", "eth0", "netns", c]);
+        ip(&["-n", h, "link", "set", "vc", "master", "skiff0", "up"]);
+        ip(&["-n", c, "addr", "add", "10.88.0.2/16", "dev", "eth0"]);
+        ip(&["-n", c, "link", "set", "eth0", "up"]);
+        ip(&["-n", c, "route", "add", "default", "via", "10.88.0.1"]);
+        ip(&["-n", h, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", o]);
+        ip(&["-n", h, "addr", "add", "192.0.2.1/24", "dev", "up0"]);
+        ip(&["-n", h, "link", "set", "up0", "up"]);
+        ip(&["-n", o, "addr", "add", "192.0.2.2/24", "dev", "eth0"]);
+        ip(&["-n", o, "link", "set", "eth0", "up"]);
+        let ping = || ctr.exec(&["busybox", "ping", "-c", "1", "-W", "2", "192.0.2.2"]).status.success();
+        // The path itself works: the container reaches its gateway.
+        assert!(ctr.exec(&["busybox", "ping", "-c", "1", "-W", "2", "10.88.0.1"]).status.success());
+
+        let nat = Nat::new("skiff0", subnet()).expect("nat").in_netns(host.path());
+        set_ip_forward(Some(&host.path()), true).expect("ip_forward");
+        assert!(!ping(), "forwarding without NAT: the outside cannot answer 10.88.0.2");
+        nat.apply().expect("apply");
+        assert!(ping(), "with the NAT the container reaches the outside");
+        nat.apply().expect("apply again");
+        assert!(ping(), "and still after a re-apply");
+        set_ip_forward(Some(&host.path()), false).expect("ip_forward off");
+        assert!(!ping(), "no forwarding, no route out");
+    }
+}
