@@ -8,5 +8,6 @@ pub mod cli;
 pub mod daemon;
 pub mod logs;
 pub mod manifest;
+pub mod net;
 pub mod shim;
 pub mod supervise;
