@@ -309,3 +309,252 @@ fn check_prefix(prefix: u8) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Everything runs inside a network namespace the test creates (`ip netns add`): the bridge
+    //! and the host sides live there, the "containers" are namespaces made by
+    //! `daemon::netns::ensure`. Nothing is created in the host's namespace.
+
+    use super::*;
+    use crate::daemon::netns;
+    use serde_json::Value;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    /// `ip netns add NAME`, deleted on drop (with every link in it).
+    struct TestNs(String);
+
+    impl TestNs {
+        fn new(tag: &str) -> TestNs {
+            let name = format!("skiff-test-{}-{tag}", std::process::id());
+            let st = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
+            assert!(st.success(), "ip netns add {name}");
+            TestNs(name)
+        }
+        fn path(&self) -> PathBuf {
+            PathBuf::from("/run/netns").join(&self.0)
+        }
+    }
+
+    impl Drop for TestNs {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+        }
+    }
+
+    /// A "container" namespace file, removed on drop.
+    struct ContainerNs(#[allow(dead_code)] tempfile::TempDir, PathBuf); // the dir lives as long as the file
+
+    impl ContainerNs {
+        fn new() -> ContainerNs {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("ns");
+            netns::ensure(&p).unwrap();
+            ContainerNs(dir, p)
+        }
+    }
+
+    impl Drop for ContainerNs {
+        fn drop(&mut self) {
+            let _ = netns::remove(&self.1);
+        }
+    }
+
+    /// Runs `f` on a current-thread runtime in a thread that entered the namespace at `ns`.
+    fn run_in<F, Fut>(ns: &Path, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let file = File::open(ns).unwrap();
+        let res = std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(f());
+        })
+        .join();
+        if let Err(panic) = res {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// `ip -j ARGS` in the named namespace (`-n`) or namespace file (nsenter); None if it failed.
+    fn ip_in(ns: &str, args: &[&str]) -> Option<Value> {
+        let out = if ns.starts_with('/') {
+            Command::new("nsenter").arg(format!("--net={ns}")).arg("ip").arg("-j").args(args).output()
+        } else {
+            Command::new("ip").args(["-n", ns, "-j"]).args(args).output()
+        }
+        .unwrap();
+        if !out.status.success() {
+            return None;
+        }
+        Some(serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    fn one(v: Option<Value>, what: &str) -> Value {
+        let v = v.unwrap_or_else(|| panic!("{what}: ip failed"));
+        assert_eq!(v.as_array().map(Vec::len), Some(1), "{what}: {v}");
+        v[0].clone()
+    }
+
+    fn is_up(link: &Value) -> bool {
+        link["flags"].as_array().unwrap().iter().any(|f| f == "UP")
+    }
+
+    fn has_addr(link: &Value, addr: &str, prefix: u64) -> bool {
+        link["addr_info"].as_array().unwrap().iter().any(|a| a["local"] == addr && a["prefixlen"] == prefix)
+    }
+
+    fn ping(ns: &Path, to: &str) -> bool {
+        Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args(["busybox", "ping", "-c", "1", "-W", "5", to])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    fn is_root() -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        eprintln!("skipped: needs root");
+        false
+    }
+
+    #[test]
+    fn host_ifnames_are_short_stable_and_distinct() {
+        let a = host_ifname("web-1");
+        assert_eq!(a, host_ifname("web-1"));
+        assert_ne!(a, host_ifname("web-2"));
+        assert_eq!(a.len(), 10);
+        assert!(a.starts_with("sk") && a[2..].bytes().all(|b| b.is_ascii_hexdigit()), "{a}");
+        check_ifname(&a).unwrap();
+    }
+
+    #[test]
+    fn bad_names_and_prefixes_are_clear_errors() {
+        for bad in ["", "a-name-longer-than-15", "a/b", "a b", "a:b", ".."] {
+            assert!(check_ifname(bad).unwrap_err().to_string().contains("invalid network interface name"), "{bad}");
+        }
+        assert!(check_prefix(33).is_err());
+        check_prefix(32).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // Refused before any netlink request, so safe to run in the test's own namespace.
+        let e = rt.block_on(ensure_bridge("bad/name", Ipv4Addr::new(10, 99, 0, 1), 24)).unwrap_err();
+        assert!(e.to_string().contains("invalid network interface name"), "{e:#}");
+        let e = rt.block_on(ensure_bridge("skt0", Ipv4Addr::new(10, 99, 0, 1), 40)).unwrap_err();
+        assert!(e.to_string().contains("prefix"), "{e:#}");
+        let e = rt
+            .block_on(attach(
+                Path::new("/nonexistent/ns"),
+                "skt0",
+                "skx",
+                Ipv4Addr::new(10, 99, 0, 2),
+                24,
+                Ipv4Addr::new(10, 99, 0, 1),
+            ))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/ns"), "{e:#}");
+    }
+
+    #[test]
+    fn bridge_veth_address_route_ping_detach_remove() {
+        if !is_root() {
+            return;
+        }
+        let test_ns = TestNs::new("link");
+        let c1 = ContainerNs::new();
+        let c2 = ContainerNs::new();
+        let (p1, p2) = (c1.1.clone(), c2.1.clone());
+        let ns = test_ns.0.clone();
+        run_in(&test_ns.path(), move || async move {
+            let gw = Ipv4Addr::new(10, 99, 0, 1);
+            ensure_bridge("skt0", gw, 24).await.unwrap();
+            ensure_bridge("skt0", gw, 24).await.unwrap(); // idempotent
+            let br = one(ip_in(&ns, &["addr", "show", "dev", "skt0"]), "bridge");
+            assert!(is_up(&br) && has_addr(&br, "10.99.0.1", 24), "{br}");
+            assert_eq!(br["addr_info"].as_array().unwrap().iter().filter(|a| a["family"] == "inet").count(), 1);
+
+            let (h1, h2) = (host_ifname("web-1"), host_ifname("web-2"));
+            attach(&p1, "skt0", &h1, Ipv4Addr::new(10, 99, 0, 2), 24, gw).await.unwrap();
+            attach(&p2, "skt0", &h2, Ipv4Addr::new(10, 99, 0, 3), 24, gw).await.unwrap();
+
+            for h in [&h1, &h2] {
+                let l = one(ip_in(&ns, &["link", "show", "dev", h]), h);
+                assert_eq!(l["master"], "skt0", "{l}");
+                assert!(is_up(&l), "{l}");
+            }
+            let p1s = p1.to_str().unwrap();
+            let eth0 = one(ip_in(p1s, &["addr", "show", "dev", "eth0"]), "eth0");
+            assert!(is_up(&eth0) && has_addr(&eth0, "10.99.0.2", 24), "{eth0}");
+            let route = one(ip_in(p1s, &["route", "show", "default"]), "default route");
+            assert_eq!(
+                (&route["gateway"], &route["dev"]),
+                (&Value::from("10.99.0.1"), &Value::from("eth0")),
+                "{route}"
+            );
+            // The host side's namespace has no eth0: the peer was born in the container's.
+            assert!(ip_in(&ns, &["link", "show", "dev", "eth0"]).is_none());
+
+            assert!(ping(&p1, "10.99.0.1"), "container → gateway");
+            assert!(ping(&p2, "10.99.0.2"), "container → container across the bridge");
+
+            // Attaching again replaces the pair: still one host link, one eth0, working.
+            attach(&p1, "skt0", &h1, Ipv4Addr::new(10, 99, 0, 2), 24, gw).await.unwrap();
+            let links = ip_in(&ns, &["link", "show", "master", "skt0"]).unwrap();
+            assert_eq!(links.as_array().unwrap().len(), 2, "{links}");
+            assert!(ping(&p1, "10.99.0.1"), "after re-attach");
+
+            detach(&h1).await.unwrap();
+            assert!(ip_in(&ns, &["link", "show", "dev", &h1]).is_none(), "host side gone");
+            assert!(ip_in(p1s, &["link", "show", "dev", "eth0"]).is_none(), "peer gone with it");
+            detach(&h1).await.unwrap(); // absent is fine
+                                        // detach refuses what is not a veth
+            let e = detach("skt0").await.unwrap_err();
+            assert!(e.to_string().contains("not a veth"), "{e:#}");
+
+            remove_bridge("skt0").await.unwrap();
+            assert!(ip_in(&ns, &["link", "show", "dev", "skt0"]).is_none(), "bridge gone");
+            assert!(ip_in(&ns, &["link", "show", "dev", &h2]).is_some(), "a port survives its bridge");
+            remove_bridge("skt0").await.unwrap(); // absent is fine
+        });
+    }
+
+    #[test]
+    fn failed_attaches_leave_nothing_and_say_why() {
+        if !is_root() {
+            return;
+        }
+        let test_ns = TestNs::new("fail");
+        let c = ContainerNs::new();
+        let p = c.1.clone();
+        let ns = test_ns.0.clone();
+        run_in(&test_ns.path(), move || async move {
+            let gw = Ipv4Addr::new(10, 98, 0, 1);
+            let h = host_ifname("svc-1");
+            let e = attach(&p, "skt1", &h, Ipv4Addr::new(10, 98, 0, 2), 24, gw).await.unwrap_err();
+            assert!(e.to_string().contains("bridge skt1 does not exist"), "{e:#}");
+
+            ensure_bridge("skt1", gw, 24).await.unwrap();
+            // A gateway outside the subnet: the route fails after the pair exists; it is removed.
+            let e =
+                attach(&p, "skt1", &h, Ipv4Addr::new(10, 98, 0, 2), 24, Ipv4Addr::new(10, 77, 0, 1)).await.unwrap_err();
+            assert!(format!("{e:#}").contains("default route via 10.77.0.1"), "{e:#}");
+            assert!(ip_in(&ns, &["link", "show", "dev", &h]).is_none(), "host side removed");
+            assert!(ip_in(p.to_str().unwrap(), &["link", "show", "dev", "eth0"]).is_none(), "peer removed");
+
+            // A link of the bridge's name that is not a bridge.
+            attach(&p, "skt1", &h, Ipv4Addr::new(10, 98, 0, 2), 24, gw).await.unwrap();
+            let e = ensure_bridge(&h, gw, 24).await.unwrap_err();
+            assert!(e.to_string().contains("not a bridge"), "{e:#}");
+            let e = remove_bridge(&h).await.unwrap_err();
+            assert!(e.to_string().contains("not a bridge"), "{e:#}");
+            let e = attach(&p, &h, "skx", Ipv4Addr::new(10, 98, 0, 3), 24, gw).await.unwrap_err();
+            assert!(e.to_string().contains("not a bridge"), "{e:#}");
+        });
+    }
+}
