@@ -1,7 +1,10 @@
-//! Container networking groundwork (issue 5): address allocation on the bridge subnet
-//! ([`ipam`]) and outbound NAT + forwarding through nftables ([`nft`]).
-//!
-//! Not wired into the agent yet: the daemon will call these when it sets up a bridged replica.
+//! Container networking groundwork (issue 5), not wired into the agent yet: address
+//! allocation on the bridge subnet ([`ipam`]), outbound NAT + forwarding through nftables
+//! ([`nft`]), the bridge and each container's veth via netlink ([`link`]), and the
+//! container's /etc/hosts and /etc/resolv.conf ([`files`]). The daemon will call these when it
+//! sets up a bridged replica.
 
+pub mod files;
 pub mod ipam;
+pub mod link;
 pub mod nft;
