@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::network;
 use super::units;
 use super::yaml::{Node, Pos, Value};
 use super::*;
@@ -27,8 +28,6 @@ const UNSUPPORTED_SERVICE_KEYS: &[(&str, &str)] = &[
     ("security_opt", "security_opt is not supported; remove it"),
     ("volumes_from", "volumes_from is not supported; share a named volume instead"),
     ("expose", "expose is not supported (it only documents ports); remove it"),
-    ("extra_hosts", "extra_hosts is not supported yet; remove it"),
-    ("dns", "dns is not supported yet; remove it (containers use the host's resolver)"),
     ("dns_search", "dns_search is not supported yet; remove it"),
     ("dns_opt", "dns_opt is not supported yet; remove it"),
     ("domainname", "domainname is not supported; remove it"),
@@ -561,6 +560,7 @@ pub(super) fn manifest(root: &Node, base: &Path, diags: &mut Vec<Diagnostic>) ->
                 }
             }
             "version" => {}
+            "x-skiff" => m.network = skiff_extension(&mut cx, v),
             "name" => {
                 if let Some(s) = cx.string(v, "name") {
                     if valid_service_name(&s) {
@@ -586,6 +586,7 @@ pub(super) fn manifest(root: &Node, base: &Path, diags: &mut Vec<Diagnostic>) ->
     };
     let mut dep_sites: Vec<DepSite> = Vec::new();
     let mut volume_sites: Vec<(String, Pos)> = Vec::new();
+    let mut port_sites: Vec<PortSite> = Vec::new();
     let svc_entries = cx.map(services, "services").unwrap_or_default();
     let declared: BTreeSet<String> = svc_entries.iter().map(|(n, _, _)| n.clone()).collect();
     if svc_entries.is_empty() && matches!(services.value, Value::Null | Value::Map(_)) {
@@ -601,11 +602,12 @@ pub(super) fn manifest(root: &Node, base: &Path, diags: &mut Vec<Diagnostic>) ->
                 format!("`{name}` is not a valid service name (lowercase letters, digits, '-', '_', starting with a letter or digit, at most 57 characters)"),
             );
         }
-        if let Some(s) = service(&mut cx, &name, kn, vn, &mut dep_sites, &mut volume_sites) {
+        if let Some(s) = service(&mut cx, &name, kn, vn, &mut dep_sites, &mut volume_sites, &mut port_sites) {
             m.services.insert(name, s);
         }
     }
     // Cross-references.
+    port_collisions(&mut cx, &port_sites);
     for (svc, dep, pos, required) in &dep_sites {
         if *required && !declared.contains(dep.as_str()) {
             cx.err(*pos, format!("service `{svc}` depends on `{dep}`, which is not a service of this manifest"));
@@ -731,6 +733,7 @@ fn service(
     n: &Node,
     dep_sites: &mut Vec<DepSite>,
     volume_sites: &mut Vec<(String, Pos)>,
+    port_sites: &mut Vec<PortSite>,
 ) -> Option<Service> {
     let what = format!("service `{name}`");
     if matches!(n.value, Value::Null) {
@@ -877,9 +880,26 @@ fn service(
                 }
             }
             "ports" => {
-                s.ports = ports(cx, v, &f);
+                s.ports = ports(cx, v, &f, port_sites);
                 if !s.ports.is_empty() {
                     cx.warn(k.pos, format!("{f}: ports are not published yet (that comes with bridge networking); with network_mode: host the service listens on the host directly"));
+                }
+            }
+            "extra_hosts" => {
+                s.extra_hosts = extra_hosts(cx, v, &f);
+                if !s.extra_hosts.is_empty() {
+                    cx.warn(
+                        k.pos,
+                        format!(
+                            "{f}: extra_hosts are not written to /etc/hosts yet (that comes with bridge networking)"
+                        ),
+                    );
+                }
+            }
+            "dns" => {
+                s.dns = dns(cx, v, &f);
+                if !s.dns.is_empty() {
+                    cx.warn(k.pos, format!("{f}: dns is not applied yet (that comes with bridge networking); containers use the host's resolver"));
                 }
             }
             "pull_policy" => {
@@ -1478,55 +1498,208 @@ fn logging(cx: &mut Ctx, n: &Node, what: &str) -> Logging {
     l
 }
 
-fn ports(cx: &mut Ctx, n: &Node, what: &str) -> Vec<String> {
+/// A `ports:` entry with the place it came from, for the collision check across services.
+struct PortSite {
+    /// `web.ports[1]`.
+    label: String,
+    mapping: PortMapping,
+    pos: Pos,
+}
+
+fn ports(cx: &mut Ctx, n: &Node, what: &str, sites: &mut Vec<PortSite>) -> Vec<PortMapping> {
     let Value::Seq(items) = &n.value else {
         cx.err(n.pos, format!("{what} must be a list, not {}", n.kind()));
         return Vec::new();
     };
     let mut out = Vec::new();
-    for it in items {
-        match &it.value {
-            Value::Map(_) => {
-                let mut target = None;
-                let mut published = None;
-                let mut protocol = None;
-                let mut host_ip = None;
-                for (key, k, v) in cx.map(it, what).unwrap_or_default() {
-                    match key.as_str() {
-                        "target" => target = cx.string(v, what),
-                        "published" => published = cx.string(v, what),
-                        "protocol" => protocol = cx.string(v, what),
-                        "host_ip" => host_ip = cx.string(v, what),
-                        "mode" | "name" | "app_protocol" => {}
-                        x => cx.unknown(x, k, what),
+    for (i, it) in items.iter().enumerate() {
+        let label = format!("{what}[{i}]");
+        let mapping = match &it.value {
+            Value::Map(_) => port_long(cx, it, &label),
+            Value::Str(_) | Value::Int(_) => {
+                let Some(s) = cx.nonempty_string(it, &label) else { continue };
+                match network::parse_port(&s) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        cx.err(it.pos, format!("{label}: {e}"));
+                        None
                     }
                 }
-                let Some(t) = target else {
-                    cx.err(it.pos, format!("{what}: a port needs target:"));
-                    continue;
-                };
-                let mut s = String::new();
-                if let Some(ip) = host_ip {
-                    s.push_str(&ip);
-                    s.push(':');
-                }
-                if let Some(p) = published {
-                    s.push_str(&p);
-                    s.push(':');
-                }
-                s.push_str(&t);
-                if let Some(p) = protocol {
-                    s.push('/');
-                    s.push_str(&p);
-                }
-                out.push(s);
             }
             _ => {
-                if let Some(s) = cx.nonempty_string(it, what) {
-                    out.push(s);
+                cx.err(it.pos, format!("{label} must be a port (\"8080:80\", 80) or a mapping, not {}", it.kind()));
+                None
+            }
+        };
+        if let Some(m) = mapping {
+            sites.push(PortSite { label, mapping: m.clone(), pos: it.pos });
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// The long syntax: `{target, published, host_ip, protocol, mode, name, app_protocol}`.
+fn port_long(cx: &mut Ctx, n: &Node, what: &str) -> Option<PortMapping> {
+    let mut target = None;
+    let mut published = None;
+    let mut protocol = Protocol::Tcp;
+    let mut host_ip = None;
+    let mut bad = false;
+    for (key, k, v) in cx.map(n, what)? {
+        let f = format!("{what}.{key}");
+        match key.as_str() {
+            "target" | "published" => {
+                let Some(s) = cx.nonempty_string(v, &f) else {
+                    bad = true;
+                    continue;
+                };
+                match network::parse_port_range(&s) {
+                    Ok(r) if key == "target" => target = Some(r),
+                    Ok(r) => published = Some(r),
+                    Err(e) => {
+                        cx.err(v.pos, format!("{f}: {e}"));
+                        bad = true;
+                    }
+                }
+            }
+            "host_ip" => match cx.nonempty_string(v, &f).map(|s| network::parse_ip(&s)) {
+                Some(Ok(ip)) => host_ip = Some(ip),
+                Some(Err(e)) => {
+                    cx.err(v.pos, format!("{f}: {e}"));
+                    bad = true;
+                }
+                None => bad = true,
+            },
+            "protocol" => match cx.string(v, &f).map(|s| network::parse_protocol(&s)) {
+                Some(Ok(p)) => protocol = p,
+                Some(Err(e)) => {
+                    cx.err(v.pos, format!("{f}: {e}"));
+                    bad = true;
+                }
+                None => bad = true,
+            },
+            // One node: `host` and `ingress` both publish on this host.
+            "mode" => {
+                if let Some(m) = cx.string(v, &f) {
+                    if !matches!(m.as_str(), "host" | "ingress") {
+                        cx.err(v.pos, format!("{f}: `{m}` is not a port mode (host or ingress)"));
+                        bad = true;
+                    }
+                }
+            }
+            "name" | "app_protocol" => {}
+            x if x.starts_with("x-") => {}
+            x => cx.unknown(x, k, what),
+        }
+    }
+    let Some(target) = target else {
+        if !bad {
+            cx.err(n.pos, format!("{what}: a port needs target:"));
+        }
+        return None;
+    };
+    if bad {
+        return None;
+    }
+    match network::port_mapping(host_ip, published, target, protocol) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            cx.err(n.pos, format!("{what}: {e}"));
+            None
+        }
+    }
+}
+
+/// Two `ports:` entries (of one service or of two) that claim the same host port.
+fn port_collisions(cx: &mut Ctx, sites: &[PortSite]) {
+    for (j, b) in sites.iter().enumerate() {
+        if let Some(a) = sites[..j].iter().find(|a| a.mapping.collides_with(&b.mapping)) {
+            let (m, p) = (&b.mapping, b.mapping.published.unwrap_or(b.mapping.target));
+            let on = m.host_ip.map_or("every address".to_string(), |ip| ip.to_string());
+            cx.err(
+                b.pos,
+                format!(
+                    "{}: host port {p}/{} on {on} is already published by {} (at {}: `{}`)",
+                    b.label, m.protocol, a.label, a.pos, a.mapping
+                ),
+            );
+        }
+    }
+}
+
+/// `extra_hosts:` as a list (`NAME:IP`, `NAME=IP`) or a mapping (`NAME: IP` or a list of IPs).
+fn extra_hosts(cx: &mut Ctx, n: &Node, what: &str) -> Vec<ExtraHost> {
+    let mut out = Vec::new();
+    match &n.value {
+        Value::Seq(items) => {
+            for (i, it) in items.iter().enumerate() {
+                let f = format!("{what}[{i}]");
+                if let Some(s) = cx.nonempty_string(it, &f) {
+                    match network::parse_extra_host(&s) {
+                        Ok(h) => out.push(h),
+                        Err(e) => cx.err(it.pos, format!("{f}: {e}")),
+                    }
+                }
+            }
+        }
+        _ => {
+            for (name, k, v) in cx.map(n, what).unwrap_or_default() {
+                let f = format!("{what}.{name}");
+                if !network::valid_host_name(&name) {
+                    cx.err(k.pos, format!("{f}: `{name}` is not a valid host name"));
+                    continue;
+                }
+                for (ip, pos) in cx.strings(v, &f, true).unwrap_or_default() {
+                    match network::extra_host(&name, ip.trim()) {
+                        Ok(h) => out.push(h),
+                        Err(e) => cx.err(pos, format!("{f}: {e}")),
+                    }
                 }
             }
         }
     }
     out
+}
+
+/// `dns:` one address or a list of them.
+fn dns(cx: &mut Ctx, n: &Node, what: &str) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    for (s, pos) in cx.strings(n, what, true).unwrap_or_default() {
+        match network::parse_ip(s.trim()) {
+            Ok(ip) => out.push(ip),
+            Err(e) => cx.err(pos, format!("{what}: {e} (dns: takes nameserver addresses)")),
+        }
+    }
+    out
+}
+
+/// `x-skiff:` — `bridge` and `subnet`; other keys warn.
+fn skiff_extension(cx: &mut Ctx, n: &Node) -> NetworkSettings {
+    let mut net = NetworkSettings::default();
+    for (key, k, v) in cx.map(n, "x-skiff").unwrap_or_default() {
+        let f = format!("x-skiff.{key}");
+        match key.as_str() {
+            "bridge" => {
+                if let Some(b) = cx.nonempty_string(v, &f) {
+                    if network::valid_interface_name(&b) {
+                        net.bridge = b;
+                    } else {
+                        cx.err(v.pos, format!("{f}: `{b}` is not an interface name (1-15 characters of letters, digits, '_', '.', '-')"));
+                    }
+                }
+            }
+            "subnet" => {
+                if let Some(s) = cx.nonempty_string(v, &f) {
+                    match s.trim().parse::<crate::net::ipam::Subnet>() {
+                        Ok(sub) => net.subnet = sub.to_string(),
+                        Err(e) => cx.err(v.pos, format!("{f}: {e:#}")),
+                    }
+                }
+            }
+            x if x.starts_with("x-") => {}
+            x => cx.unknown(x, k, "x-skiff"),
+        }
+    }
+    net
 }

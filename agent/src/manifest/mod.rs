@@ -10,6 +10,7 @@
 //! compare revisions to decide what to replace.
 
 mod convert;
+pub mod network;
 pub mod units;
 pub mod yaml;
 
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use network::{ExtraHost, NetworkSettings, PortMapping, PortRange, Protocol};
 pub use yaml::{Limits, Pos};
 
 /// The default manifest path.
@@ -38,6 +40,9 @@ pub struct Manifest {
     pub services: BTreeMap<String, Service>,
     /// Top-level named volumes by name.
     pub volumes: BTreeMap<String, VolumeDecl>,
+    /// `x-skiff:` (`bridge`, `subnet`): the bridge of `network_mode: bridge` services.
+    #[serde(default)]
+    pub network: NetworkSettings,
 }
 
 /// One service (`services.NAME`), with compose's alternatives already resolved
@@ -81,8 +86,14 @@ pub struct Service {
     pub depends_on: BTreeMap<String, Dependency>,
     pub logging: Logging,
     pub network_mode: NetworkMode,
-    /// Kept as written (`"8080:80"`, `"53:53/udp"`); not published yet.
-    pub ports: Vec<String>,
+    /// `ports:` in order (not published yet: that comes with bridge networking).
+    pub ports: Vec<PortMapping>,
+    /// `extra_hosts:`, in order, for the container's /etc/hosts.
+    #[serde(default)]
+    pub extra_hosts: Vec<ExtraHost>,
+    /// `dns:` nameservers; empty: the host's.
+    #[serde(default)]
+    pub dns: Vec<std::net::IpAddr>,
     pub pull_policy: PullPolicy,
 }
 

@@ -368,14 +368,259 @@ fn interpolation_warns() {
     );
 }
 
+fn port(target: (u16, u16), published: Option<(u16, u16)>, host_ip: Option<&str>, protocol: Protocol) -> PortMapping {
+    PortMapping {
+        target: PortRange { start: target.0, end: target.1 },
+        published: published.map(|(start, end)| PortRange { start, end }),
+        host_ip: host_ip.map(|ip| ip.parse().unwrap()),
+        protocol,
+    }
+}
+
+fn svc_ports(ports_yaml: &str) -> Report {
+    report(&format!("services:\n  a:\n    image: a\n    ports:\n{ports_yaml}"))
+}
+
 #[test]
-fn ports_are_kept_with_a_warning() {
+fn ports_short_syntax_is_typed_with_one_warning() {
+    use Protocol::*;
     let r = has(
-        "services:\n  a:\n    image: a\n    ports: [\"8080:80\", 53, {target: 80, published: 8081, protocol: tcp}]\n",
+        "services:\n  a:\n    image: a\n    ports:\n      - 80\n      - \"8080:80\"\n      - 8081:81\n      - \"127.0.0.1:8082:80\"\n      - \"8083:53/udp\"\n      - \"9000-9002:9000-9002\"\n      - \"127.0.0.1::80\"\n      - \"[::1]:8084:80\"\n      - \"[::1]::80/udp\"\n      - \"8000-8010:80\"\n      - \"53/UDP\"\n",
         "4:5: warning: ",
         "not published yet",
     );
-    assert_eq!(r.manifest.unwrap().services["a"].ports, ["8080:80", "53", "8081:80/tcp"]);
+    assert_eq!(r.warnings(), 1, "one warning per service, not per port: {:?}", lines(&r));
+    assert_eq!(r.errors(), 0, "{:?}", lines(&r));
+    let got = &r.manifest.unwrap().services["a"].ports;
+    assert_eq!(
+        got,
+        &[
+            port((80, 80), None, None, Tcp),
+            port((80, 80), Some((8080, 8080)), None, Tcp),
+            port((81, 81), Some((8081, 8081)), None, Tcp),
+            port((80, 80), Some((8082, 8082)), Some("127.0.0.1"), Tcp),
+            port((53, 53), Some((8083, 8083)), None, Udp),
+            port((9000, 9002), Some((9000, 9002)), None, Tcp),
+            port((80, 80), None, Some("127.0.0.1"), Tcp),
+            port((80, 80), Some((8084, 8084)), Some("::1"), Tcp),
+            port((80, 80), None, Some("::1"), Udp),
+            port((80, 80), Some((8000, 8010)), None, Tcp),
+            port((53, 53), None, None, Udp),
+        ]
+    );
+    let shown: Vec<String> = got.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        shown,
+        [
+            "80",
+            "8080:80",
+            "8081:81",
+            "127.0.0.1:8082:80",
+            "8083:53/udp",
+            "9000-9002:9000-9002",
+            "127.0.0.1::80",
+            "[::1]:8084:80",
+            "[::1]::80/udp",
+            "8000-8010:80",
+            "53/udp"
+        ]
+    );
+    // What it shows parses back to itself.
+    for (p, s) in got.iter().zip(&shown) {
+        assert_eq!(&network::parse_port(s).unwrap(), p);
+    }
+}
+
+/// A manifest with no error (warnings allowed), and its warnings.
+#[track_caller]
+fn no_errors(src: &str) -> (Manifest, Vec<String>) {
+    let r = report(src);
+    assert_eq!(r.errors(), 0, "{:#?}", lines(&r));
+    let l = lines(&r);
+    (r.manifest.unwrap(), l)
+}
+
+#[test]
+fn ports_long_syntax() {
+    use Protocol::*;
+    let (m, warnings) = no_errors(
+        "services:\n  a:\n    image: a\n    ports:\n      - {target: 80, published: 8080, host_ip: 127.0.0.1, protocol: tcp, mode: host}\n      - {target: 53, published: \"5353\", protocol: udp, mode: ingress, name: dns, app_protocol: dns}\n      - {target: 90, published: \"9090-9091\"}\n      - {target: 443}\n      - {target: \"7000-7001\", published: 8000-8001, host_ip: \"::1\"}\n      - {target: 22, published: 2222, host_ip: \"[fd00::1]\", x-note: hi}\n",
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(
+        m.services["a"].ports,
+        [
+            port((80, 80), Some((8080, 8080)), Some("127.0.0.1"), Tcp),
+            port((53, 53), Some((5353, 5353)), None, Udp),
+            port((90, 90), Some((9090, 9091)), None, Tcp),
+            port((443, 443), None, None, Tcp),
+            port((7000, 7001), Some((8000, 8001)), Some("::1"), Tcp),
+            port((22, 22), Some((2222, 2222)), Some("fd00::1"), Tcp),
+        ]
+    );
+    // Typed ports round-trip, and replica records written when ports were strings still load.
+    let json = serde_json::to_string(&m).unwrap();
+    assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+    let legacy: Vec<PortMapping> = serde_json::from_str(r#"["8080:80", "53/udp", "127.0.0.1::90"]"#).unwrap();
+    assert_eq!(
+        legacy,
+        [
+            port((80, 80), Some((8080, 8080)), None, Tcp),
+            port((53, 53), None, None, Udp),
+            port((90, 90), None, Some("127.0.0.1"), Tcp)
+        ]
+    );
+    assert!(serde_json::from_str::<Vec<PortMapping>>(r#"["99999:80"]"#).is_err());
+}
+
+#[test]
+fn ports_errors_are_located() {
+    let e = |ports: &str, prefix: &str, text: &str| {
+        let r = svc_ports(ports);
+        let l = lines(&r);
+        assert!(l.iter().any(|d| d.starts_with(prefix) && d.contains(text)), "no `{prefix}...{text}` in {l:#?}");
+        assert!(r.manifest.is_none());
+    };
+    e("      - \"0:80\"\n", "5:9: error: ", "port 0 is out of range (1-65535)");
+    e("      - \"8080:65536\"\n", "5:9: error: ", "port 65536 is out of range");
+    e("      - 70000\n", "5:9: error: ", "out of range");
+    e("      - \"http:80\"\n", "5:9: error: ", "`http` is not a port number");
+    e("      - \"8080:80/sctp\"\n", "5:9: error: ", "not a protocol skiff publishes (tcp or udp)");
+    e("      - \"9000-9001:9000-9002\"\n", "5:9: error: ", "must have the same length");
+    e("      - \"9002-9000:80\"\n", "5:9: error: ", "ends before it starts");
+    e("      - \"::1:8080:80\"\n", "5:9: error: ", "in brackets");
+    e("      - \"[::1:8080:80\"\n", "5:9: error: ", "without a closing");
+    e("      - \"[nope]:8080:80\"\n", "5:9: error: ", "not an IP address");
+    e("      - \"300.1.1.1:8080:80\"\n", "5:9: error: ", "not an IP address");
+    e("      - \":80\"\n", "5:9: error: ", "published port is empty");
+    e("      - [80]\n", "5:9: error: ", "must be a port");
+    e("      - {published: 8080}\n", "5:9: error: ", "a port needs target:");
+    e("      - {target: 80, protocol: icmp}\n", "5:32: error: ", "tcp or udp");
+    e("      - {target: 80, mode: global}\n", "5:28: error: ", "host or ingress");
+    e("      - {target: 80, host_ip: localhost}\n", "5:31: error: ", "not an IP address");
+    e("      - {target: 0}\n", "5:18: error: ", "out of range");
+    e("      - {target: \"80-82\", published: \"80-81\"}\n", "5:9: error: ", "same length");
+    has("services:\n  a:\n    image: a\n    ports: \"80\"\n", "4:12: error: ", "must be a list");
+    has(
+        "services:\n  a:\n    image: a\n    ports: [{target: 80, color: red}]\n",
+        "4:26: warning: ",
+        "unknown key `color`",
+    );
+}
+
+#[test]
+fn ports_collide_within_and_across_services() {
+    // Within a service: named both places.
+    let r = svc_ports("      - \"8080:80\"\n      - \"8080:81\"\n");
+    let l = lines(&r);
+    assert!(
+        l.iter().any(|d| d.starts_with("6:9: error: a.ports[1]: host port 8080/tcp on every address is already published by a.ports[0] (at 5:9: `8080:80`)")),
+        "{l:#?}"
+    );
+    assert!(r.manifest.is_none());
+    // Across services.
+    let r = report(
+        "services:\n  a:\n    image: a\n    ports: [\"127.0.0.1:53:53/udp\"]\n  b:\n    image: b\n    ports:\n      - {target: 5353, published: 53, protocol: udp}\n",
+    );
+    let l = lines(&r);
+    assert!(
+        l.iter().any(|d| d.starts_with("8:9: error: b.ports[0]: host port 53/udp on every address is already published by a.ports[0] (at 4:13: `127.0.0.1:53:53/udp`)")),
+        "{l:#?}"
+    );
+    // Ranges overlap; a wildcard address covers its family.
+    has(
+        "services:\n  a:\n    image: a\n    ports: [\"9000-9005:9000-9005\", \"0.0.0.0:9005:1\"]\n",
+        "4:36: error: ",
+        "already published by a.ports[0]",
+    );
+    // Not collisions: other protocol, other address, other port, chosen host ports.
+    let (m, _) = no_errors(
+        "services:\n  a:\n    image: a\n    ports: [\"8080:80\", \"8080:80/udp\", \"80\", \"80\"]\n  b:\n    image: b\n    ports: [\"127.0.0.1:9000:80\", \"127.0.0.2:9000:80\", \"[::1]:9000:80\", \"9001:80\", \"127.0.0.1::80\"]\n",
+    );
+    assert_eq!(m.services["b"].ports.len(), 5);
+    // Wildcard of one family does not cover the other.
+    no_errors("services:\n  a:\n    image: a\n    ports: [\"0.0.0.0:80:80\", \"[::]:80:80\"]\n");
+    has(
+        "services:\n  a:\n    image: a\n    ports: [\"[::]:80:80\", \"[::1]:80:80\"]\n",
+        "4:27: error: ",
+        "already published",
+    );
+}
+
+#[test]
+fn extra_hosts_and_dns() {
+    let (m, warnings) = no_errors(
+        "services:\n  a:\n    image: a\n    extra_hosts: [\"printer:192.168.1.9\", \"v6=::1\", \"v6b:fd00::2\", \"br=[fd00::3]\", \"my_host.lan:10.0.0.1\"]\n    dns: 1.1.1.1\n  b:\n    image: b\n    extra_hosts:\n      db: 10.0.0.5\n      multi: [10.0.0.6, \"fd00::6\"]\n    dns: [9.9.9.9, \"2620:fe::fe\"]\n",
+    );
+    let hosts: Vec<(String, String)> =
+        m.services["a"].extra_hosts.iter().map(|h| (h.name.clone(), h.ip.to_string())).collect();
+    let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    assert_eq!(
+        hosts,
+        pairs(&[
+            ("printer", "192.168.1.9"),
+            ("v6", "::1"),
+            ("v6b", "fd00::2"),
+            ("br", "fd00::3"),
+            ("my_host.lan", "10.0.0.1")
+        ])
+    );
+    let hosts: Vec<(String, String)> =
+        m.services["b"].extra_hosts.iter().map(|h| (h.name.clone(), h.ip.to_string())).collect();
+    assert_eq!(hosts, pairs(&[("db", "10.0.0.5"), ("multi", "10.0.0.6"), ("multi", "fd00::6")]));
+    assert_eq!(m.services["a"].dns, ["1.1.1.1".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(m.services["b"].dns, ["9.9.9.9".parse::<std::net::IpAddr>().unwrap(), "2620:fe::fe".parse().unwrap()]);
+    // Not applied yet: one warning per key and service.
+    assert_eq!(warnings.len(), 4, "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.starts_with("4:5: warning: ") && w.contains("extra_hosts")));
+    assert!(warnings.iter().any(|w| w.starts_with("5:5: warning: ") && w.contains("dns is not applied yet")));
+    // Defaults: none.
+    let m = clean("services:\n  a:\n    image: a\n");
+    assert!(m.services["a"].extra_hosts.is_empty() && m.services["a"].dns.is_empty());
+    // Errors.
+    let svc = "services:\n  a:\n    image: a\n";
+    has(&format!("{svc}    extra_hosts: [\"printer\"]\n"), "4:19: error: ", "NAME:IP or NAME=IP");
+    has(&format!("{svc}    extra_hosts: [\"printer:999.1.1.1\"]\n"), "4:19: error: ", "not an IP address");
+    has(&format!("{svc}    extra_hosts: [\"-bad:1.2.3.4\"]\n"), "4:19: error: ", "not a valid host name");
+    has(&format!("{svc}    extra_hosts: [\"a b:1.2.3.4\"]\n"), "4:19: error: ", "not a valid host name");
+    has(&format!("{svc}    extra_hosts:\n      \"bad name\": 1.2.3.4\n"), "5:7: error: ", "not a valid host name");
+    has(&format!("{svc}    extra_hosts:\n      db: nowhere\n"), "5:11: error: ", "not an IP address");
+    has(&format!("{svc}    extra_hosts: 5\n"), "4:18: error: ", "must be a mapping");
+    has(&format!("{svc}    dns: 8.8.8\n"), "4:10: error: ", "not an IP address");
+    has(&format!("{svc}    dns: [1.1.1.1, dns.google]\n"), "4:20: error: ", "nameserver addresses");
+    has(&format!("{svc}    dns: {{a: b}}\n"), "4:10: error: ", "list of strings");
+}
+
+#[test]
+fn network_settings_under_x_skiff() {
+    let m = clean("services:\n  a:\n    image: a\n");
+    assert_eq!(m.network, NetworkSettings { bridge: "skiff0".into(), subnet: "10.88.0.0/16".into() });
+    assert_eq!(m.services["a"].network_mode, NetworkMode::Bridge);
+    let m = clean("x-skiff:\n  bridge: br-edge.1\n  subnet: 172.30.0.0/24\n  x-later: 1\nx-other: {bridge: ignored}\nservices:\n  a:\n    image: a\n");
+    assert_eq!(m.network, NetworkSettings { bridge: "br-edge.1".into(), subnet: "172.30.0.0/24".into() });
+    let m = clean("x-skiff: {subnet: 10.99.0.0/30}\nservices:\n  a:\n    image: a\n");
+    assert_eq!(m.network, NetworkSettings { bridge: "skiff0".into(), subnet: "10.99.0.0/30".into() });
+    // An older record without `network` still loads.
+    let mut json: serde_json::Value = serde_json::to_value(&m).unwrap();
+    json.as_object_mut().unwrap().remove("network");
+    assert_eq!(serde_json::from_value::<Manifest>(json).unwrap().network, NetworkSettings::default());
+    let top = "services:\n  a:\n    image: a\n";
+    has(&format!("{top}x-skiff:\n  bridge: a-very-long-bridge\n"), "5:11: error: ", "not an interface name");
+    has(&format!("{top}x-skiff:\n  bridge: \"br/0\"\n"), "5:11: error: ", "not an interface name");
+    has(&format!("{top}x-skiff:\n  bridge: \"..\"\n"), "5:11: error: ", "not an interface name");
+    has(
+        &format!("{top}x-skiff:\n  subnet: 10.88.0.1/16\n"),
+        "5:11: error: ",
+        "host bits set: did you mean 10.88.0.0/16?",
+    );
+    has(&format!("{top}x-skiff:\n  subnet: 10.0.0.0/31\n"), "5:11: error: ", "between /8 and /30");
+    has(&format!("{top}x-skiff:\n  subnet: 10.0.0.0/7\n"), "5:11: error: ", "between /8 and /30");
+    has(&format!("{top}x-skiff:\n  subnet: \"fd00::/64\"\n"), "5:11: error: ", "not an IPv4 address");
+    has(&format!("{top}x-skiff:\n  subnet: 10.0.0.0\n"), "5:11: error: ", "ADDRESS/PREFIX");
+    has(&format!("{top}x-skiff:\n  mtu: 1400\n"), "5:3: warning: ", "unknown key `mtu` in x-skiff");
+    has(&format!("{top}x-skiff: [a]\n"), "4:10: error: ", "must be a mapping");
+    let bad = report(&format!("{top}x-skiff:\n  bridge: \"\"\n"));
+    assert!(bad.manifest.is_none(), "{:?}", lines(&bad));
 }
 
 #[test]
