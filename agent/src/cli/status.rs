@@ -349,6 +349,7 @@ mod tests {
             started_at: Some("2024-05-01T10:00:00Z".into()),
             next_restart_in: None,
             message: None,
+            address: None,
         };
         let mut backoff = replica("web-2", ReplicaState::Backoff, None, 4, Some(137), Health::Unhealthy);
         backoff.next_restart_in = Some(8.4);

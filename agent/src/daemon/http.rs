@@ -410,6 +410,7 @@ mod tests {
             started_at: Some("2024-05-01T10:00:00Z".into()),
             next_restart_in: None,
             message: None,
+            address: None,
         }
     }
 

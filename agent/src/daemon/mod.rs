@@ -15,6 +15,7 @@ pub mod cgstats;
 pub mod health;
 pub mod http;
 pub mod netns;
+pub mod network;
 pub mod notify;
 pub mod oci;
 pub mod paths;

@@ -30,12 +30,13 @@ use skiff_images::{Client, ClientOptions, ImageRecord, PullOptions, Reference, S
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use super::network::BridgeNet;
 use super::oci::Runtime;
 use super::paths::Paths;
 use super::replica::{self, HealthCheck, Prepared, ReplicaRecord, Started};
 use super::status::{Health, ManifestStatus, ReplicaState, ReplicaStatus, ServiceStatus, Snapshot, Status};
 use super::{health, proc};
-use crate::manifest::{self, DependsCondition, Manifest, PullPolicy, Service};
+use crate::manifest::{self, DependsCondition, Manifest, NetworkMode, PullPolicy, Service};
 use crate::supervise::restart::{Decision, ExitKind, RestartState, RestartTracker};
 
 /// What the loop reacts to.
@@ -111,6 +112,8 @@ struct Replica {
     /// The image digest the bundle on disk was prepared with by this agent (a restart of the
     /// same definition reuses it: only the rootfs mount and the netns are checked).
     prepared_for: Option<String>,
+    /// Its address on the bridge, once connected.
+    address: Option<std::net::Ipv4Addr>,
 }
 
 impl Replica {
@@ -142,6 +145,7 @@ impl Replica {
             message: None,
             cleanup: None,
             prepared_for: None,
+            address: None,
         }
     }
 
@@ -174,6 +178,8 @@ pub struct Agent {
     pulls: HashMap<String, PullState>,
     tx: mpsc::UnboundedSender<Event>,
     snapshots: watch::Sender<Snapshot>,
+    /// The bridge network, once a bridged replica needed it.
+    net: Option<Arc<BridgeNet>>,
 }
 
 impl Agent {
@@ -200,6 +206,7 @@ impl Agent {
             pulls: HashMap::new(),
             tx,
             snapshots,
+            net: None,
         })
     }
 
@@ -365,7 +372,8 @@ impl Agent {
         let now = Instant::now();
         match result {
             Ok((started, prepared, digest)) => {
-                let Prepared { stop_signal, warnings, healthcheck } = prepared;
+                let Prepared { stop_signal, warnings, healthcheck, address } = prepared;
+                r.address = address;
                 r.rec.tracker.set_has_healthcheck(healthcheck.is_some());
                 r.rec.healthcheck = healthcheck;
                 r.rec.tracker.started(now);
@@ -384,6 +392,7 @@ impl Agent {
                 log(&format!("{id}: running (pid {})", started.pid));
                 save(&self.paths, &r.rec);
                 self.watch_running(id);
+                self.refresh_hosts();
             }
             Err(e) => {
                 log(&format!("{id}: start failed: {e}"));
@@ -453,6 +462,7 @@ impl Agent {
                 if result.is_ok() {
                     log(&format!("{id}: removed"));
                     self.replicas.remove(id);
+                    self.refresh_hosts();
                 } else {
                     // Try again at the next reconcile.
                     r.phase = Phase::Exited;
@@ -733,6 +743,19 @@ impl Agent {
                 return;
             }
         };
+        let net = match svc.network_mode {
+            NetworkMode::Bridge => match self.bridge_net(m) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    if let Some(r) = self.replicas.get_mut(id) {
+                        r.phase = Phase::Failed;
+                        r.message = Some(format!("{e:#}"));
+                    }
+                    return;
+                }
+            },
+            _ => None,
+        };
         let Some(r) = self.replicas.get_mut(id) else { return };
         r.gen += 1;
         let gen = r.gen;
@@ -752,6 +775,7 @@ impl Agent {
             stop_signal: r.rec.stop_signal.clone(),
             warnings: self.service_warnings.get(&r.rec.service).cloned().unwrap_or_default(),
             healthcheck: r.rec.healthcheck.clone(),
+            address: None,
         });
         let task = tokio::spawn(async move {
             let result = async {
@@ -767,13 +791,19 @@ impl Agent {
                         }
                     }
                 }
+                // Bridged: address, veth and name files first (prepare mounts the files).
+                let address = match &net {
+                    Some(n) => Some(n.connect(&paths, &svc, &idc).await?),
+                    None => None,
+                };
                 let (p, s, i, sv) = (paths.clone(), store.clone(), idc.clone(), svc.clone());
-                let prepared = tokio::task::spawn_blocking(move || match reuse {
+                let mut prepared = tokio::task::spawn_blocking(move || match reuse {
                     Some(kept) => replica::remount(&p, &s, &image, &sv, &i).map(|_| kept),
                     None => replica::prepare(&p, &s, &image, &sv, &i),
                 })
                 .await
                 .map_err(|e| anyhow!("{e}"))??;
+                prepared.address = address;
                 let started = replica::start(&paths, &rt, &svc, &idc).await?;
                 Ok::<_, anyhow::Error>((started, prepared, digest))
             }
@@ -782,6 +812,34 @@ impl Agent {
             let _ = tx.send(Event::Started { id: idc, gen, result });
         });
         r.tasks.push(task.abort_handle());
+    }
+
+    /// The bridge network of the manifest's `x-skiff` settings (opened on first use; a changed
+    /// setting opens the new one: replicas connected to the old bridge keep it until replaced).
+    fn bridge_net(&mut self, m: &Manifest) -> Result<Arc<BridgeNet>> {
+        if let Some(n) = self.net.as_ref().filter(|n| n.is(&m.network)) {
+            return Ok(n.clone());
+        }
+        let n = Arc::new(BridgeNet::open(&self.paths, &m.network)?);
+        self.net = Some(n.clone());
+        Ok(n)
+    }
+
+    /// Rewrites the hosts files of the bridged replicas that run or start (in the background).
+    fn refresh_hosts(&self) {
+        let Some(net) = self.net.clone() else { return };
+        let list: Vec<(String, Service)> = self
+            .replicas
+            .values()
+            .filter(|r| r.rec.spec.network_mode == NetworkMode::Bridge)
+            .filter(|r| matches!(r.phase, Phase::Running | Phase::Starting))
+            .map(|r| (r.rec.id.clone(), r.rec.spec.clone()))
+            .collect();
+        if list.is_empty() {
+            return;
+        }
+        let paths = self.paths.clone();
+        tokio::task::spawn_blocking(move || net.refresh_hosts(&paths, &list));
     }
 
     /// The image of a service when the store has it; else starts (or keeps waiting for) a pull.
@@ -941,6 +999,7 @@ fn replica_status(r: &Replica, now: Instant) -> ReplicaStatus {
             _ => None,
         },
         message: r.message.clone(),
+        address: r.address.map(|a| a.to_string()),
     }
 }
 

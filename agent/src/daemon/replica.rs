@@ -116,6 +116,8 @@ pub struct Prepared {
     /// Limits the kernel cannot apply.
     pub warnings: Vec<String>,
     pub healthcheck: Option<HealthCheck>,
+    /// Its address on the bridge (set by the start task after `prepare`).
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl ReplicaRecord {
@@ -248,8 +250,8 @@ pub fn prepare(paths: &Paths, store: &Store, image: &ImageRecord, svc: &Service,
             }
         }
     }
-    // Bridge networking comes with issue 5; until then `bridge` (compose's default) gets a
-    // private network namespace with loopback only, like `none`.
+    // `bridge` (compose's default): the start task connected the namespace to the bridge and
+    // wrote the name files (daemon::network) before this; `none`: loopback only.
     let network = match svc.network_mode {
         NetworkMode::Host => NetworkNamespace::Host,
         NetworkMode::None | NetworkMode::Bridge => {
@@ -284,6 +286,13 @@ pub fn prepare(paths: &Paths, store: &Store, image: &ImageRecord, svc: &Service,
         sysctls: svc.sysctls.clone(),
         ..Default::default()
     };
+    if svc.network_mode == NetworkMode::Bridge {
+        for (file, target) in
+            [(super::network::HOSTS_FILE, "/etc/hosts"), (super::network::RESOLV_FILE, "/etc/resolv.conf")]
+        {
+            o.mounts.push(bundle::bind_mount(cdir.join(file), target, true));
+        }
+    }
     let mut targets = HashSet::new();
     let mut anon = 0usize;
     for m in &svc.mounts {
@@ -342,7 +351,7 @@ pub fn prepare(paths: &Paths, store: &Store, image: &ImageRecord, svc: &Service,
     let healthcheck = resolve_healthcheck(svc, config.healthcheck.as_ref());
     let (spec, info) = bundle::build_spec(&config, &rootfs_dir, &o)?;
     bundle::write_bundle(&cdir, &spec)?;
-    Ok(Prepared { stop_signal: info.stop_signal, warnings, healthcheck })
+    Ok(Prepared { stop_signal: info.stop_signal, warnings, healthcheck, address: None })
 }
 
 /// What a restart of an unchanged, already prepared replica needs: its rootfs mounted and its
@@ -514,6 +523,7 @@ async fn wait_stopped(rt: &Runtime, id: &str, shim: Option<(i32, u64)>) {
 /// Removes a replica's container directory (after unmounting its rootfs) and its run files.
 pub fn remove(paths: &Paths, id: &str) -> Result<()> {
     let _ = fs::remove_dir_all(paths.shim(id));
+    super::network::disconnect(paths, id)?;
     let ns = paths.netns(id);
     super::netns::remove(&ns).with_context(|| format!("removing the network namespace {}", ns.display()))?;
     let dir = paths.container(id);

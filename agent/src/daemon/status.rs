@@ -65,6 +65,9 @@ pub struct ReplicaStatus {
     /// create, "gave up after 3 restart attempts", the last health check output...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Its address on the bridge network (`network_mode: bridge`), once connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,0 +1,287 @@
+//! Bridge networking of the agent's replicas (`network_mode: bridge`, compose's default): the
+//! glue between the reconcile loop and [`crate::net`].
+//!
+//! One [`BridgeNet`] per bridge/subnet of the manifest (`x-skiff: {bridge, subnet}`, default
+//! `skiff0` on 10.88.0.0/16). Before its first replica starts it sets the bridge up (with the
+//! gateway address), turns `ip_forward` on and applies the NAT table — once per agent
+//! ([`BridgeNet::ensure_ready`]; a failure is retried by the next start).
+//!
+//! A replica's start task calls [`BridgeNet::connect`] *before* `replica::prepare`: allocate its
+//! address (idempotent: a restarted or adopted replica keeps it), make its network namespace,
+//! attach a veth pair to the bridge, and write `<root>/containers/<id>/hosts` and
+//! `resolv.conf`, which `prepare` bind-mounts read-only at /etc/hosts and /etc/resolv.conf.
+//!
+//! Service names resolve through /etc/hosts: every file lists each service name once per
+//! address allocated to one of its replicas (owner = replica id `SERVICE-N`). When replicas
+//! come and go the agent rewrites the files of the others ([`BridgeNet::refresh_hosts`]) *in
+//! place*: the bind mount pins the inode, so a rename would not be seen by the container. The
+//! file is opened with `O_TRUNC` and written in one `write`: a reader in the container may see
+//! an empty or short file in that small window (a lookup then fails once, like a resolver
+//! timeout); there is no atomic way to replace a bind-mounted file's content.
+//!
+//! On removal ([`disconnect`], from `replica::remove`) the veth is deleted and the address
+//! released. The bridge and the NAT table stay when the last bridged replica goes (as Docker
+//! keeps docker0); removing them then is left for later.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, Context, Result};
+
+use super::paths::Paths;
+use crate::manifest::{NetworkSettings, Service};
+use crate::net::ipam::{Ipam, Subnet};
+use crate::net::{files, link, nft};
+
+/// The bridge network of the agent's bridged replicas.
+#[derive(Debug)]
+pub struct BridgeNet {
+    pub bridge: String,
+    pub subnet: Subnet,
+    ipam: Ipam,
+    ready: tokio::sync::OnceCell<()>,
+    /// Serialises the writes of hosts files (a start's and the refreshes).
+    hosts_lock: Mutex<()>,
+}
+
+impl BridgeNet {
+    /// The network of `settings`, with its allocations under the root. Blocking (fsyncs).
+    pub fn open(paths: &Paths, settings: &NetworkSettings) -> Result<BridgeNet> {
+        let subnet: Subnet =
+            settings.subnet.parse().with_context(|| format!("the bridge subnet {:?}", settings.subnet))?;
+        let ipam = Ipam::open(&paths.root, subnet)?;
+        Ok(BridgeNet {
+            bridge: settings.bridge.clone(),
+            subnet,
+            ipam,
+            ready: tokio::sync::OnceCell::new(),
+            hosts_lock: Mutex::new(()),
+        })
+    }
+
+    /// Whether this is the network of `settings`.
+    pub fn is(&self, settings: &NetworkSettings) -> bool {
+        self.bridge == settings.bridge && settings.subnet.parse::<Subnet>().is_ok_and(|s| s == self.subnet)
+    }
+
+    /// The bridge with its gateway address, `ip_forward` on and the NAT table, once.
+    pub async fn ensure_ready(&self) -> Result<()> {
+        self.ready
+            .get_or_try_init(|| async {
+                link::ensure_bridge(&self.bridge, self.subnet.gateway(), self.subnet.prefix())
+                    .await
+                    .with_context(|| format!("setting up the bridge {}", self.bridge))?;
+                let nat = nft::Nat::new(&self.bridge, self.subnet)?;
+                let bridge = self.bridge.clone();
+                tokio::task::spawn_blocking(move || -> Result<()> {
+                    if !nft::set_ip_forward(None, true)? {
+                        super::reconcile::log("net.ipv4.ip_forward was 0; set it to 1 for the bridge network");
+                    }
+                    nat.apply().with_context(|| format!("applying the NAT rules of {bridge}"))
+                })
+                .await
+                .map_err(|e| anyhow!("{e}"))??;
+                Ok::<_, anyhow::Error>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Connects replica `id` of `svc`: address, network namespace, veth on the bridge, and its
+    /// hosts and resolv.conf files. Returns its address.
+    pub async fn connect(self: &Arc<Self>, paths: &Paths, svc: &Service, id: &str) -> Result<Ipv4Addr> {
+        self.ensure_ready().await?;
+        let ns = paths.netns(id);
+        let (me, i, n) = (self.clone(), id.to_string(), ns.clone());
+        let addr = tokio::task::spawn_blocking(move || -> Result<Ipv4Addr> {
+            let addr = me.ipam.allocate(&i).with_context(|| format!("allocating an address for {i}"))?;
+            super::netns::ensure(&n).with_context(|| format!("making the network namespace {}", n.display()))?;
+            Ok(addr)
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))??;
+        link::attach(&ns, &self.bridge, &link::host_ifname(id), addr, self.subnet.prefix(), self.subnet.gateway())
+            .await
+            .with_context(|| format!("connecting {id} to the bridge {}", self.bridge))?;
+        let (me, p, s, i) = (self.clone(), paths.clone(), svc.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || me.write_files(&p, &s, &i, addr)).await.map_err(|e| anyhow!("{e}"))??;
+        Ok(addr)
+    }
+
+    /// Writes (temp + fsync + rename: the container is not running) the replica's name files.
+    fn write_files(&self, paths: &Paths, svc: &Service, id: &str, addr: Ipv4Addr) -> Result<()> {
+        let dir = paths.container(id);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let host_resolv = ["/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"]
+            .iter()
+            .find_map(|p| fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        let resolv = files::resolv_conf(&host_resolv, Some(&svc.dns));
+        write_atomic(&dir, &dir.join(RESOLV_FILE), resolv.as_bytes())?;
+        let _guard = self.hosts_lock.lock().map_err(|_| anyhow!("hosts lock poisoned"))?;
+        let text = self.hosts_text(svc, id, addr)?;
+        write_atomic(&dir, &dir.join(HOSTS_FILE), text.as_bytes())
+    }
+
+    /// The /etc/hosts of replica `id` (at `addr`) of `svc`, from the allocations now.
+    fn hosts_text(&self, svc: &Service, id: &str, addr: Ipv4Addr) -> Result<String> {
+        let mut by_service: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+        for a in self.ipam.owned()? {
+            if let Some(service) = a.owner.as_deref().and_then(service_of) {
+                by_service.entry(service.to_string()).or_default().push(a.addr);
+            }
+        }
+        let entries: Vec<(&str, IpAddr)> = by_service
+            .iter()
+            .flat_map(|(name, addrs)| addrs.iter().map(move |a| (name.as_str(), IpAddr::V4(*a))))
+            .collect();
+        let extra: Vec<(&str, IpAddr)> = svc.extra_hosts.iter().map(|h| (h.name.as_str(), h.ip)).collect();
+        files::hosts_file(&hostname(svc, id), IpAddr::V4(addr), &entries, &extra)
+    }
+
+    /// Rewrites, in place, the hosts file of each of `replicas` (id and service) that has an
+    /// address and a hosts file. Errors are logged; one replica's does not stop the others.
+    pub fn refresh_hosts(&self, paths: &Paths, replicas: &[(String, Service)]) {
+        let Ok(_guard) = self.hosts_lock.lock() else { return };
+        let owned = match self.ipam.owned() {
+            Ok(o) => o,
+            Err(e) => {
+                super::reconcile::log(&format!("reading the address allocations: {e:#}"));
+                return;
+            }
+        };
+        for (id, svc) in replicas {
+            let Some(addr) = owned.iter().find(|a| a.owner.as_deref() == Some(id.as_str())).map(|a| a.addr) else {
+                continue;
+            };
+            let path = paths.container(id).join(HOSTS_FILE);
+            let res = self.hosts_text(svc, id, addr).and_then(|text| {
+                // The same inode (the container's bind mount pins it): truncate and write.
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+                f.sync_data().with_context(|| format!("fsync of {}", path.display()))
+            });
+            match res {
+                Ok(()) => {}
+                Err(e) if path.exists() => super::reconcile::log(&format!("{id}: rewriting its hosts file: {e:#}")),
+                Err(_) => {} // not connected yet (its start writes it)
+            }
+        }
+    }
+}
+
+/// The file names under `<root>/containers/<id>/`.
+pub const HOSTS_FILE: &str = "hosts";
+pub const RESOLV_FILE: &str = "resolv.conf";
+
+/// The container's hostname (as `replica::prepare` sets it).
+pub fn hostname(svc: &Service, id: &str) -> String {
+    svc.hostname.clone().unwrap_or_else(|| id.chars().take(63).collect())
+}
+
+/// The service of replica id `SERVICE-N`.
+fn service_of(id: &str) -> Option<&str> {
+    let (service, n) = id.rsplit_once('-')?;
+    n.parse::<u32>().ok().filter(|_| !service.is_empty()).map(|_| service)
+}
+
+fn write_atomic(dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
+    skiff_images::fsutil::write_atomic(dir, dest, data).with_context(|| format!("writing {}", dest.display()))
+}
+
+/// Undoes [`BridgeNet::connect`] for a removed replica: deletes its veth (in the caller's
+/// network namespace; absent is fine) and releases its address in every subnet under the root.
+/// Blocking: the netlink call runs on a thread of its own with a small runtime, so this works
+/// from any context (the agent's blocking pool, `skiff down`'s async tasks).
+pub fn disconnect(paths: &Paths, id: &str) -> Result<()> {
+    let ifname = link::host_ifname(id);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a runtime for netlink")?
+                .block_on(link::detach(&ifname))
+        })
+        .join()
+        .map_err(|_| anyhow!("the netlink thread panicked"))
+        .and_then(|r| r)
+    })
+    .with_context(|| format!("deleting the veth {ifname} of {id}"))?;
+    for dir in ipam_dirs(paths) {
+        let Some(subnet) =
+            dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.replace('_', "/").parse::<Subnet>().ok())
+        else {
+            continue;
+        };
+        Ipam::open(&paths.root, subnet)?.release_owner(id).with_context(|| format!("releasing the address of {id}"))?;
+    }
+    Ok(())
+}
+
+fn ipam_dirs(paths: &Paths) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(paths.root.join("network").join("ipam")) else { return Vec::new() };
+    rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::ExtraHost;
+
+    #[test]
+    fn service_names_from_replica_ids() {
+        assert_eq!(service_of("web-1"), Some("web"));
+        assert_eq!(service_of("my-app-12"), Some("my-app"));
+        assert_eq!(service_of("web"), None);
+        assert_eq!(service_of("-1"), None);
+        assert_eq!(service_of("web-x"), None);
+    }
+
+    #[test]
+    fn hosts_files_list_every_service_and_are_rewritten_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        let net = BridgeNet::open(&paths, &NetworkSettings::default()).unwrap();
+        let web = Service { name: "web".into(), ..Default::default() };
+        let client = Service {
+            name: "client".into(),
+            extra_hosts: vec![ExtraHost { name: "db.example".into(), ip: "192.0.2.7".parse().unwrap() }],
+            ..Default::default()
+        };
+        let w1 = net.ipam.allocate("web-1").unwrap();
+        let c1 = net.ipam.allocate("client-1").unwrap();
+        net.write_files(&paths, &client, "client-1", c1).unwrap();
+        let path = paths.container("client-1").join(HOSTS_FILE);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&format!("{c1}\tclient-1\n")), "{text}");
+        assert!(text.contains(&format!("{w1}\tweb\n")), "{text}");
+        assert!(text.contains("192.0.2.7\tdb.example\n"), "{text}");
+        assert!(paths.container("client-1").join(RESOLV_FILE).is_file());
+
+        // A second web replica: the refresh keeps the inode and adds it.
+        use std::os::unix::fs::MetadataExt;
+        let ino = fs::metadata(&path).unwrap().ino();
+        let w2 = net.ipam.allocate("web-2").unwrap();
+        let all = [("client-1".to_string(), client.clone()), ("web-1".to_string(), web.clone())];
+        net.refresh_hosts(&paths, &all);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&format!("{w1}\tweb\n")) && text.contains(&format!("{w2}\tweb\n")), "{text}");
+        assert_eq!(fs::metadata(&path).unwrap().ino(), ino, "rewritten in place");
+        assert!(!paths.container("web-1").join(HOSTS_FILE).exists(), "no file is created by a refresh");
+
+        // web-2 goes: released, and gone from the file after a refresh.
+        net.ipam.release_owner("web-2").unwrap();
+        net.refresh_hosts(&paths, &all);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&w2.to_string()), "{text}");
+    }
+}
