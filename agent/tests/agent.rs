@@ -1197,3 +1197,177 @@ fn an_updated_dependency_restarts_dependents_that_ask_for_it() {
     assert!(out.success() && out.stdout.contains("kept"), "app was restarted, not replaced: {out}");
     a.down();
 }
+
+/// A network namespace of the test's own (`ip netns add skiff-t-<pid>-<n>`), deleted when
+/// dropped, also when the test fails.
+struct TestNetns {
+    name: String,
+}
+
+impl TestNetns {
+    fn new() -> Option<TestNetns> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("skiff-t-{}-{n}", std::process::id());
+        let ok = Command::new("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success());
+        let ns = ok.then_some(TestNetns { name })?;
+        // Its loopback, for the agent's status endpoint.
+        let up = Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]).status();
+        up.is_ok_and(|s| s.success()).then_some(ns)
+    }
+
+    /// `--net=/run/netns/NAME` for nsenter: only the network namespace changes, so the mounts
+    /// the agent makes (rootfs, namespace files) are seen by the test and `skiff down`.
+    fn nsenter_arg(&self) -> String {
+        format!("--net=/run/netns/{}", self.name)
+    }
+
+    /// Runs `args` inside the namespace; (success, stdout).
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        match Command::new("nsenter").arg(self.nsenter_arg()).args(args).stdin(Stdio::null()).output() {
+            Ok(o) => (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()),
+            Err(e) => (false, format!("nsenter: {e}")),
+        }
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Issue 5, first slice: bridged replicas (compose's default network mode) get distinct
+/// addresses on the manifest's bridge subnet, and reach each other by service name through
+/// /etc/hosts, which is rewritten in place in running containers when a replica comes. The
+/// agent runs inside a network namespace the test created (the bridge, the veths, the NAT table
+/// and ip_forward live there); the host's is never touched. `skiff down` removes the veths and
+/// releases the addresses; the bridge stays (as Docker's docker0 does) and goes with the
+/// test's namespace.
+#[test]
+fn bridged_replicas_get_addresses_and_reach_each_other_by_service_name() {
+    for tool in ["ip", "nsenter", "nft"] {
+        if skiff_tests::which(tool).is_none() {
+            skip(&format!("{tool} is not installed"));
+            return;
+        }
+    }
+    const BRIDGE: &str = "sktest0";
+    let on_host = || Command::new("ip").args(["link", "show", BRIDGE]).output().is_ok_and(|o| o.status.success());
+    assert!(!on_host(), "the host has a link {BRIDGE} already: this test would not tell whether it made it");
+    let Some(ns) = TestNetns::new() else {
+        skip("ip netns add failed");
+        return;
+    };
+    let mut a = agent();
+    let img = image();
+    // The test registry listens on the host's loopback, out of the namespace's reach: pull first.
+    let out = a.skiff(&["pull", &img]);
+    assert!(out.success(), "{out}");
+    let manifest = |web_replicas: u32| {
+        format!(
+            r#"x-skiff:
+  bridge: {BRIDGE}
+  subnet: 10.123.0.0/24
+services:
+  web:
+    image: {img}
+    user: root
+    command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"]
+    stop_grace_period: 1s
+    deploy:
+      replicas: {web_replicas}
+  client:
+    image: {img}
+    command: ["sleep", "1000"]
+    stop_grace_period: 1s
+"#
+        )
+    };
+    a.write_manifest(&manifest(2));
+    a.wrap(["nsenter", ns.nsenter_arg().as_str()]).with_bridge();
+    a.spawn();
+    // The status endpoint listens on the namespace's loopback: ask from inside.
+    let root = a.root().display().to_string();
+    let listen = a.listen();
+    let status = || -> Option<Value> {
+        let o = Command::new("nsenter")
+            .arg(ns.nsenter_arg())
+            .arg(SKIFF)
+            .args(["--root", &root, "status", "--json"])
+            .env("SKIFF_LISTEN", &listen)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        serde_json::from_slice(&o.stdout).ok()
+    };
+    let mut st = Value::Null;
+    skiff_tests::wait_until("web (2) and client running in the namespace", WAIT, || {
+        st = status().unwrap_or(Value::Null);
+        st.is_object() && all_running(&st, "web", 2) && all_running(&st, "client", 1)
+    });
+    let subnet: Vec<u8> = vec![10, 123, 0];
+    let address = |st: &Value, id: &str| -> std::net::Ipv4Addr {
+        let s =
+            replica(st, id)["address"].as_str().unwrap_or_else(|| panic!("{id} has no address: {st:#}")).to_string();
+        s.parse().unwrap_or_else(|e| panic!("{id} address {s:?}: {e}"))
+    };
+    let mut seen = BTreeSet::new();
+    for id in ["web-1", "web-2", "client-1"] {
+        let addr = address(&st, id);
+        let o = addr.octets();
+        assert_eq!(o[..3], subnet[..], "{id} {addr} is in 10.123.0.0/24");
+        assert!(o[3] >= 2 && o[3] < 255, "{id} {addr}: not the network, gateway or broadcast address");
+        assert!(seen.insert(addr), "{id} {addr}: addresses are distinct: {seen:?}");
+        // The container's eth0 has it.
+        let out = a.rt(&["exec", id, "ip", "-o", "-4", "addr", "show", "eth0"]);
+        assert!(out.success() && out.stdout.contains(&format!("{addr}/24")), "{id}: {out}");
+    }
+
+    // `client` reaches `web` by its service name (/etc/hosts) over the bridge. (nc, not wget:
+    // the static busybox wget of the test image segfaults in a bare root filesystem.)
+    let mut got = String::new();
+    skiff_tests::wait_until("client to fetch http://web/", WAIT, || {
+        let get = r#"printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 web 80"#;
+        let out = a.rt(&["exec", "client-1", "sh", "-c", get]);
+        got = out.stdout.split_once("\r\n\r\n").map(|(_, body)| body.trim().to_string()).unwrap_or_default();
+        out.success() && !got.is_empty()
+    });
+    assert!(got == "web-1" || got == "web-2", "the page of a web replica, got {got:?}");
+    let hosts = a.rt(&["exec", "client-1", "cat", "/etc/hosts"]).stdout;
+    for id in ["web-1", "web-2"] {
+        assert!(hosts.contains(&format!("{}\tweb\n", address(&st, id))), "{id} listed as web:\n{hosts}");
+    }
+
+    // A third web replica: the running client's /etc/hosts is rewritten in place.
+    a.write_manifest(&manifest(3));
+    skiff_tests::wait_until("web-3 running", WAIT, || {
+        st = status().unwrap_or(Value::Null);
+        st.is_object() && all_running(&st, "web", 3)
+    });
+    let w3 = address(&st, "web-3");
+    assert!(!seen.contains(&w3), "web-3 {w3} has an address of its own: {seen:?}");
+    skiff_tests::wait_until("client's /etc/hosts to list web-3", WAIT, || {
+        a.rt(&["exec", "client-1", "cat", "/etc/hosts"]).stdout.contains(&format!("{w3}\tweb\n"))
+    });
+
+    // Everything happened in the test's namespace: the bridge, NAT table and ip_forward there.
+    assert!(ns.run(&["ip", "link", "show", BRIDGE]).0, "the bridge is in the test's namespace");
+    assert!(ns.run(&["nft", "list", "table", "ip", "skiff"]).0, "the NAT table is in the test's namespace");
+    assert_eq!(ns.run(&["cat", "/proc/sys/net/ipv4/ip_forward"]).1.trim(), "1");
+    assert!(!on_host(), "the host's namespace has no {BRIDGE}");
+
+    a.down();
+    // No veth left (the kernel deletes a veth whose namespace went in the background).
+    skiff_tests::wait_until("the veths to go", WAIT, || {
+        let (ok, out) = ns.run(&["ip", "-o", "link", "show", "type", "veth"]);
+        ok && out.trim().is_empty()
+    });
+    let ipam = a.root().join("network").join("ipam").join("10.123.0.0_24");
+    let left: Vec<String> = std::fs::read_dir(&ipam)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(left.iter().all(|f| f.starts_with('.')), "skiff down released every address: {left:?}");
+    // The bridge stays (it goes with the test's namespace).
+    assert!(ns.run(&["ip", "link", "show", BRIDGE]).0, "the bridge stays after down");
+}

@@ -77,6 +77,7 @@ pub struct Agent {
     logs: Vec<PathBuf>,
     use_env: bool,
     wrapper: Vec<OsString>,
+    bridge: bool,
     cgroup_parent: String,
     dir: Scratch,
     _hugetlb: Option<HugetlbV1>,
@@ -116,6 +117,7 @@ impl Agent {
             logs: Vec::new(),
             use_env: false,
             wrapper: Vec::new(),
+            bridge: false,
             cgroup_parent,
             dir,
             _hugetlb: hugetlb,
@@ -127,6 +129,14 @@ impl Agent {
     /// SKIFF_LISTEN and SKIFF_RUNTIME instead of flags.
     pub fn use_env(&mut self, yes: bool) -> &mut Self {
         self.use_env = yes;
+        self
+    }
+
+    /// Lets the agent set up its bridge network (it runs with `SKIFF_NO_BRIDGE=1` otherwise, so
+    /// no test touches the host's networking): only for an agent wrapped into a network
+    /// namespace of the test's own.
+    pub fn with_bridge(&mut self) -> &mut Self {
+        self.bridge = true;
         self
     }
 
@@ -223,6 +233,9 @@ impl Agent {
                 .arg(self.listen())
                 .arg("--runtime")
                 .arg(&self.runtime);
+        }
+        if !self.bridge {
+            cmd.env("SKIFF_NO_BRIDGE", "1");
         }
         cmd.env("RUST_BACKTRACE", "1").current_dir("/").stdin(Stdio::null());
         cmd

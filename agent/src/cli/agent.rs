@@ -17,6 +17,10 @@ pub struct AgentArgs {
     /// OCI runtime (default: skiff-runtime next to skiff, else on PATH; crun and runc work too)
     #[arg(long, env = "SKIFF_RUNTIME", value_name = "PATH")]
     pub runtime: Option<PathBuf>,
+    /// Leave the host's networking alone: no bridge, NAT or ip_forward; `network_mode: bridge`
+    /// services get a network namespace with loopback only, like `none` (dockerd's --bridge=none)
+    #[arg(long, env = "SKIFF_NO_BRIDGE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_bridge: bool,
 }
 
 pub fn agent(root: &Path, a: AgentArgs) -> Result<i32> {
@@ -24,5 +28,5 @@ pub fn agent(root: &Path, a: AgentArgs) -> Result<i32> {
     let root = if root.is_absolute() { root.to_path_buf() } else { std::env::current_dir()?.join(root) };
     let manifest =
         if a.manifest.is_absolute() { a.manifest.clone() } else { std::env::current_dir()?.join(&a.manifest) };
-    crate::daemon::run(crate::daemon::Options { root, manifest, listen: a.listen, runtime })
+    crate::daemon::run(crate::daemon::Options { root, manifest, listen: a.listen, runtime, no_bridge: a.no_bridge })
 }

@@ -46,6 +46,8 @@ pub struct Options {
     pub manifest: PathBuf,
     pub listen: SocketAddr,
     pub runtime: PathBuf,
+    /// `--no-bridge`: bridge-mode services get loopback only.
+    pub no_bridge: bool,
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Containers keep running when it returns.
@@ -96,6 +98,10 @@ async fn main_loop(o: Options, paths: Paths) -> Result<i32> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let runtime = Runtime::new(o.runtime.clone(), paths.runtime_root());
     let mut agent = Agent::new(paths.clone(), runtime, o.manifest.clone(), tx.clone(), snap_tx)?;
+    if o.no_bridge {
+        log("--no-bridge: bridge-mode services get a network namespace with loopback only");
+        agent.disable_bridge();
+    }
     log(&format!(
         "starting: root {}, manifest {}, runtime {}, status on http://{}",
         paths.root.display(),

@@ -51,7 +51,7 @@ pub fn remove(path: &Path) -> io::Result<()> {
 }
 
 /// Whether a network namespace is mounted at `path`.
-fn is_nsfs(path: &Path) -> bool {
+pub fn is_nsfs(path: &Path) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;
     #[allow(clippy::unnecessary_cast)] // f_type is 32 bits on armv7
     match nix::sys::statfs::statfs(path) {

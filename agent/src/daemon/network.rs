@@ -197,25 +197,37 @@ fn write_atomic(dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
     skiff_images::fsutil::write_atomic(dir, dest, data).with_context(|| format!("writing {}", dest.display()))
 }
 
-/// Undoes [`BridgeNet::connect`] for a removed replica: deletes its veth (in the caller's
-/// network namespace; absent is fine) and releases its address in every subnet under the root.
-/// Blocking: the netlink call runs on a thread of its own with a small runtime, so this works
-/// from any context (the agent's blocking pool, `skiff down`'s async tasks).
+/// Undoes [`BridgeNet::connect`] for a removed replica: deletes its veth pair and releases its
+/// address in every subnet under the root. The pair is deleted from inside the replica's own
+/// network namespace (its `eth0`; the kernel deletes both ends), never looked up by name in the
+/// caller's namespace, so `skiff down` run anywhere cannot touch another agent's links. A
+/// namespace already gone took its pair with it. Blocking: the netlink call runs on a thread of
+/// its own (which joins the namespace and ends) with a small runtime, so this works from any
+/// context (the agent's blocking pool, `skiff down`'s async tasks).
 pub fn disconnect(paths: &Paths, id: &str) -> Result<()> {
-    let ifname = link::host_ifname(id);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting a runtime for netlink")?
-                .block_on(link::detach(&ifname))
+    let ns_path = paths.netns(id);
+    // Not mounted (after a reboot, or already removed): the namespace and its pair are gone.
+    let mounted = super::netns::is_nsfs(&ns_path);
+    match fs::File::open(&ns_path).and_then(|f| if mounted { Ok(f) } else { Err(std::io::ErrorKind::NotFound.into()) })
+    {
+        Ok(ns) => std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("joining the network namespace {}", ns_path.display()))?;
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting a runtime for netlink")?
+                    .block_on(link::detach(link::CONTAINER_IFNAME))
+            })
+            .join()
+            .map_err(|_| anyhow!("the netlink thread panicked"))
+            .and_then(|r| r)
         })
-        .join()
-        .map_err(|_| anyhow!("the netlink thread panicked"))
-        .and_then(|r| r)
-    })
-    .with_context(|| format!("deleting the veth {ifname} of {id}"))?;
+        .with_context(|| format!("deleting the veth pair of {id}"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("opening {}", ns_path.display())),
+    }
     for dir in ipam_dirs(paths) {
         let Some(subnet) =
             dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.replace('_', "/").parse::<Subnet>().ok())

@@ -180,6 +180,8 @@ pub struct Agent {
     snapshots: watch::Sender<Snapshot>,
     /// The bridge network, once a bridged replica needed it.
     net: Option<Arc<BridgeNet>>,
+    /// `--no-bridge`: never set up the bridge network.
+    bridge_disabled: bool,
 }
 
 impl Agent {
@@ -207,7 +209,13 @@ impl Agent {
             tx,
             snapshots,
             net: None,
+            bridge_disabled: false,
         })
+    }
+
+    /// `--no-bridge`: bridge-mode services get loopback only (the host's networking is untouched).
+    pub fn disable_bridge(&mut self) {
+        self.bridge_disabled = true;
     }
 
     pub fn manifest_loaded(&self) -> bool {
@@ -744,7 +752,7 @@ impl Agent {
             }
         };
         let net = match svc.network_mode {
-            NetworkMode::Bridge => match self.bridge_net(m) {
+            NetworkMode::Bridge if !self.bridge_disabled => match self.bridge_net(m) {
                 Ok(n) => Some(n),
                 Err(e) => {
                     if let Some(r) = self.replicas.get_mut(id) {
@@ -796,10 +804,10 @@ impl Agent {
                     Some(n) => Some(n.connect(&paths, &svc, &idc).await?),
                     None => None,
                 };
-                let (p, s, i, sv) = (paths.clone(), store.clone(), idc.clone(), svc.clone());
+                let (p, s, i, sv, bridged) = (paths.clone(), store.clone(), idc.clone(), svc.clone(), net.is_some());
                 let mut prepared = tokio::task::spawn_blocking(move || match reuse {
                     Some(kept) => replica::remount(&p, &s, &image, &sv, &i).map(|_| kept),
-                    None => replica::prepare(&p, &s, &image, &sv, &i),
+                    None => replica::prepare(&p, &s, &image, &sv, &i, bridged),
                 })
                 .await
                 .map_err(|e| anyhow!("{e}"))??;

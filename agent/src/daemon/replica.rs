@@ -220,7 +220,16 @@ fn env_files(svc: &Service) -> Result<Vec<String>> {
 /// Prepares `<root>/containers/<id>`: the record for prune, the rootfs (kept across restarts of
 /// the same container: its writable layer survives like `docker restart`'s), the volumes and the
 /// bundle. Returns the normalised stop signal and the warnings (limits the kernel cannot apply).
-pub fn prepare(paths: &Paths, store: &Store, image: &ImageRecord, svc: &Service, id: &str) -> Result<Prepared> {
+/// `bridged`: the replica was connected to the bridge (daemon::network wrote its hosts and
+/// resolv.conf, mounted here at /etc/hosts and /etc/resolv.conf).
+pub fn prepare(
+    paths: &Paths,
+    store: &Store,
+    image: &ImageRecord,
+    svc: &Service,
+    id: &str,
+    bridged: bool,
+) -> Result<Prepared> {
     let cdir = paths.container(id);
     fs::create_dir_all(&cdir).with_context(|| format!("creating {}", cdir.display()))?;
     ContainerRecord::write(&cdir, id, image)?;
@@ -251,7 +260,8 @@ pub fn prepare(paths: &Paths, store: &Store, image: &ImageRecord, svc: &Service,
         }
     }
     // `bridge` (compose's default): the start task connected the namespace to the bridge and
-    // wrote the name files (daemon::network) before this; `none`: loopback only.
+    // wrote the name files (daemon::network) before this (unless --no-bridge); `none`: loopback
+    // only.
     let network = match svc.network_mode {
         NetworkMode::Host => NetworkNamespace::Host,
         NetworkMode::None | NetworkMode::Bridge => {
@@ -286,7 +296,7 @@ pub fn prepare(paths: &Paths, store: &Store, image: &ImageRecord, svc: &Service,
         sysctls: svc.sysctls.clone(),
         ..Default::default()
     };
-    if svc.network_mode == NetworkMode::Bridge {
+    if bridged {
         for (file, target) in
             [(super::network::HOSTS_FILE, "/etc/hosts"), (super::network::RESOLV_FILE, "/etc/resolv.conf")]
         {
