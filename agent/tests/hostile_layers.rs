@@ -19,9 +19,9 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flate2::write::GzEncoder;
 use serde_json::{json, Value};
@@ -279,7 +279,7 @@ impl Host {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        wait_timeout(self.command(args).spawn().expect("spawn skiff"), TIMEOUT)
+        skiff_tests::skiff_output_within(self.command(args).spawn().expect("spawn skiff"), TIMEOUT)
     }
 
     fn images(&self) -> Vec<Value> {
@@ -302,21 +302,6 @@ impl Host {
         reg.push(&format!("oci:{}:1", img.layout.display()), &format!("{repo}:1"), &["--preserve-digests"]).ok();
         assert_eq!(reg.manifest(&repo, "1").2, img.manifest_digest, "the registry serves our manifest");
         (reg.image(&format!("{repo}:1")), img)
-    }
-}
-
-fn wait_timeout(mut child: Child, timeout: Duration) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let o = child.wait_with_output().expect("output");
-            panic!("skiff timed out after {timeout:?}: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

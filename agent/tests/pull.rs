@@ -4,7 +4,7 @@
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -51,7 +51,7 @@ impl Skiff {
 
     fn run(&self, args: &[&str]) -> Output {
         let child = self.command(args).spawn().expect("spawn skiff");
-        wait_timeout(child, TIMEOUT)
+        skiff_tests::skiff_output_within(child, TIMEOUT)
     }
 
     #[track_caller]
@@ -104,21 +104,6 @@ fn names(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-fn wait_timeout(mut child: Child, timeout: Duration) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let o = child.wait_with_output().expect("output");
-            panic!("skiff timed out after {timeout:?}: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The digest of a manifest as the registry has it.

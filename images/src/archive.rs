@@ -63,7 +63,7 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::Digest;
 use crate::error::{chain, Error, Result};
 use crate::fsutil::{self, FileLock, LockKind};
-use crate::manifest::{self, Descriptor, ImageConfig, Manifest};
+use crate::manifest::{self, Descriptor, ImageConfig, Manifest, RawDescriptor};
 use crate::platform::{self, Candidate, Platform};
 use crate::reference::Reference;
 use crate::store::{ImageRecord, LayerRecord, Store};
@@ -775,30 +775,7 @@ struct RawIndex {
     #[serde(default)]
     schema_version: Option<i64>,
     #[serde(default)]
-    manifests: Vec<RawEntry>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawEntry {
-    #[serde(default)]
-    media_type: String,
-    digest: String,
-    size: i64,
-    #[serde(default)]
-    platform: Option<RawPlatform>,
-    #[serde(default)]
-    annotations: HashMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct RawPlatform {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    variant: Option<String>,
+    manifests: Vec<RawDescriptor>,
 }
 
 /// An index entry: descriptor and platform.

@@ -20,25 +20,29 @@ pub const MAX_MANIFEST: u64 = 4 << 20;
 /// Largest image config accepted.
 pub const MAX_CONFIG: u64 = 8 << 20;
 
+/// A descriptor as it stands in a manifest or an index (also an OCI layout's `index.json`,
+/// read by the archive importer), before its digest and size are checked.
 #[derive(Deserialize, Debug, Clone)]
 #[serde(rename_all = "camelCase")]
-struct RawDescriptor {
+pub(crate) struct RawDescriptor {
     #[serde(default)]
-    media_type: String,
-    digest: String,
-    size: i64,
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
+    pub(crate) size: i64,
     #[serde(default)]
-    platform: Option<RawPlatform>,
+    pub(crate) platform: Option<RawPlatform>,
+    #[serde(default)]
+    pub(crate) annotations: std::collections::HashMap<String, String>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
-struct RawPlatform {
+pub(crate) struct RawPlatform {
     #[serde(default)]
-    architecture: String,
+    pub(crate) architecture: String,
     #[serde(default)]
-    os: String,
+    pub(crate) os: String,
     #[serde(default)]
-    variant: Option<String>,
+    pub(crate) variant: Option<String>,
 }
 
 #[derive(Deserialize)]
