@@ -1,5 +1,7 @@
 //! `skiff down`: stops the agent, then every container it ran, gracefully (each with its stop
-//! signal and stop_grace_period, then SIGKILL), and removes them. Named volumes and logs stay.
+//! signal and stop_grace_period, then SIGKILL), and removes them (their veths, addresses and
+//! network namespaces with them), then the bridge and its NAT rules. Named volumes and logs
+//! stay.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,8 +22,11 @@ pub struct DownArgs {
 
 pub fn down(root: &Path, a: DownArgs) -> Result<i32> {
     let paths = Paths::new(root);
-    // The agent first, or it would start the containers again.
+    // The agent first, or it would start the containers again. Its network namespace is kept
+    // open: the bridge it made is removed there at the end.
+    let mut agent_netns = None;
     if let Some(pid) = crate::daemon::running_agent(root) {
+        agent_netns = std::fs::File::open(format!("/proc/{pid}/ns/net")).ok();
         eprintln!("stopping the agent (pid {pid})");
         // SAFETY: kill(2) on the pid of a process checked to be `skiff agent` just now.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -37,14 +42,15 @@ pub fn down(root: &Path, a: DownArgs) -> Result<i32> {
     for (id, why) in &bad {
         eprintln!("skiff: warning: containers/{id}: {why}; left alone");
     }
+    let tokio_rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     if records.is_empty() {
         eprintln!("nothing runs");
-        return Ok(if bad.is_empty() { 0 } else { 1 });
+        let net_ok = remove_network(&paths, agent_netns.as_ref(), bad.is_empty());
+        return Ok(if bad.is_empty() && net_ok { 0 } else { 1 });
     }
     let bin = super::run::find_runtime(a.runtime.as_deref())?;
     let rt = Runtime::new(bin, paths.runtime_root());
-    let tokio_rt =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     let failed = tokio_rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for rec in records {
@@ -72,5 +78,25 @@ pub fn down(root: &Path, a: DownArgs) -> Result<i32> {
         }
         failed
     });
+    let failed = failed || !remove_network(&paths, agent_netns.as_ref(), !failed && bad.is_empty());
     Ok(if failed || !bad.is_empty() { 1 } else { 0 })
+}
+
+/// The bridge and its NAT rules, once every container is gone (`all_gone`; else they stay for
+/// the containers left). Whether that went well.
+fn remove_network(paths: &Paths, netns: Option<&std::fs::File>, all_gone: bool) -> bool {
+    if !all_gone {
+        return true;
+    }
+    match crate::daemon::network::teardown(paths, netns) {
+        Ok(Some(bridge)) => {
+            println!("removed the bridge {bridge} and its NAT rules");
+            true
+        }
+        Ok(None) => true,
+        Err(e) => {
+            eprintln!("skiff: error: removing the bridge network: {e:#}");
+            false
+        }
+    }
 }

@@ -226,13 +226,14 @@ pub fn render(status: &Status, now: SystemTime) -> String {
         return out;
     }
     out.push('\n');
-    let header = ["SERVICE", "REPLICA", "STATE", "HEALTH", "PID", "RESTARTS", "EXIT", "UPTIME"].map(String::from);
-    let mut rows: Vec<[String; 8]> = Vec::new();
+    let header =
+        ["SERVICE", "REPLICA", "STATE", "HEALTH", "PID", "ADDRESS", "RESTARTS", "EXIT", "UPTIME"].map(String::from);
+    let mut rows: Vec<[String; 9]> = Vec::new();
     let mut notes = Vec::new();
     for s in &status.services {
         if s.replicas.is_empty() {
             let what = if s.desired_replicas == 0 { "scaled to 0" } else { "no replica yet" };
-            rows.push([&s.name, "-", what, "-", "-", "-", "-", "-"].map(String::from));
+            rows.push([&s.name, "-", what, "-", "-", "-", "-", "-", "-"].map(String::from));
         }
         for r in &s.replicas {
             let state = match (r.state, r.next_restart_in) {
@@ -249,6 +250,7 @@ pub fn render(status: &Status, now: SystemTime) -> String {
                 state,
                 health_name(r.health).to_string(),
                 r.pid.map_or("-".into(), |p| p.to_string()),
+                r.address.as_deref().map_or("-".into(), one_line),
                 r.restarts.to_string(),
                 r.last_exit_code.map_or("-".into(), |c| c.to_string()),
                 uptime,
@@ -268,6 +270,32 @@ pub fn render(status: &Status, now: SystemTime) -> String {
         let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    let mut published = Vec::new();
+    for s in &status.services {
+        for p in &s.ports {
+            published.push(match (&p.error, p.host_port) {
+                (Some(e), _) => format!("{}: {} not published: {}", s.name, one_line(&p.mapping), one_line(e)),
+                (None, Some(port)) => {
+                    let ip = p.host_ip.as_deref().map_or("*".to_string(), |ip| match ip {
+                        "::" | "0.0.0.0" => "*".to_string(),
+                        ip if ip.contains(':') => format!("[{}]", one_line(ip)),
+                        ip => one_line(ip),
+                    });
+                    let n = p.backends;
+                    let to = if n == 1 { "1 replica".to_string() } else { format!("{n} replicas") };
+                    format!("{}: {ip}:{port} -> {}/{} ({to})", s.name, p.target, one_line(&p.protocol))
+                }
+                (None, None) => format!("{}: {} not published yet", s.name, one_line(&p.mapping)),
+            });
+        }
+    }
+    if !published.is_empty() {
+        out.push_str("\nPORTS\n");
+        for p in published {
+            out.push_str(&p);
+            out.push('\n');
+        }
     }
     if !notes.is_empty() {
         out.push('\n');
@@ -336,7 +364,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::daemon::status::{ManifestStatus, ReplicaStatus, ServiceStatus, Snapshot};
+    use crate::daemon::status::{ManifestStatus, PortStatus, ReplicaStatus, ServiceStatus, Snapshot};
 
     fn sample() -> Status {
         let replica = |id: &str, state, pid, restarts, exit, health| ReplicaStatus {
@@ -369,8 +397,31 @@ mod tests {
                     running_replicas: 1,
                     warnings: vec!["memory limit not applied: the kernel has no memory cgroup controller".into()],
                     replicas: vec![
-                        replica("web-1", ReplicaState::Running, Some(4242), 0, None, Health::Healthy),
+                        ReplicaStatus {
+                            address: Some("10.88.0.2".into()),
+                            ..replica("web-1", ReplicaState::Running, Some(4242), 0, None, Health::Healthy)
+                        },
                         backoff,
+                    ],
+                    ports: vec![
+                        PortStatus {
+                            mapping: "8080:80/tcp".into(),
+                            protocol: "tcp".into(),
+                            host_ip: Some("::".into()),
+                            host_port: Some(8080),
+                            target: 80,
+                            backends: 1,
+                            error: None,
+                        },
+                        PortStatus {
+                            mapping: "127.0.0.1:53:53/udp".into(),
+                            protocol: "udp".into(),
+                            host_ip: Some("127.0.0.1".into()),
+                            host_port: None,
+                            target: 53,
+                            backends: 0,
+                            error: Some("host port 53/udp is already in use".into()),
+                        },
                     ],
                     ..Default::default()
                 },
@@ -390,10 +441,14 @@ manifest error (still running revision 0123456789ab):
 warning: /etc/skiff/compose.yaml:9:3: warning: unknown key x-foo
 warning: web: memory limit not applied: the kernel has no memory cgroup controller
 
-SERVICE  REPLICA  STATE         HEALTH     PID   RESTARTS  EXIT  UPTIME
-web      web-1    running       healthy    4242  0         -     3m12s
-web      web-2    backoff (8s)  unhealthy  -     4         137   -
-idle     -        scaled to 0   -          -     -         -     -
+SERVICE  REPLICA  STATE         HEALTH     PID   ADDRESS    RESTARTS  EXIT  UPTIME
+web      web-1    running       healthy    4242  10.88.0.2  0         -     3m12s
+web      web-2    backoff (8s)  unhealthy  -     -          4         137   -
+idle     -        scaled to 0   -          -     -          -         -     -
+
+PORTS
+web: *:8080 -> 80/tcp (1 replica)
+web: 127.0.0.1:53:53/udp not published: host port 53/udp is already in use
 
 web-2: exited with 137; (killed)
 ";

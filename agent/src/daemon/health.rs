@@ -8,21 +8,19 @@ use tokio::sync::mpsc;
 
 use super::oci::Runtime;
 use super::reconcile::Event;
+use super::replica::HealthCheck;
 
 /// Runs until the loop drops the replica's generation (the task is aborted) or the loop is gone.
-pub async fn run(
-    rt: Runtime,
-    id: String,
-    gen: u64,
-    args: Vec<String>,
-    interval: Duration,
-    timeout: Duration,
-    tx: mpsc::UnboundedSender<Event>,
-) {
+/// The first check runs after `interval`, or at once when `now` (an adopted replica).
+pub async fn run(rt: Runtime, id: String, gen: u64, check: HealthCheck, now: bool, tx: mpsc::UnboundedSender<Event>) {
+    let HealthCheck { args, interval, timeout, .. } = check;
     let interval = interval.max(Duration::from_millis(100));
     let timeout = timeout.max(Duration::from_millis(100));
+    let mut first = now;
     loop {
-        tokio::time::sleep(interval).await;
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(interval).await;
+        }
         let (ok, output) = match rt.exec(&id, &args, timeout).await {
             Ok(o) if o.timed_out => (false, format!("timed out after {:.1}s", timeout.as_secs_f64())),
             Ok(o) => {

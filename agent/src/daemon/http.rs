@@ -432,6 +432,7 @@ mod tests {
                     healthy_replicas: 1,
                     warnings: vec![],
                     replicas: vec![replica("web-1", Some(4242), 0), replica("web-2", None, 3)],
+                    ports: vec![],
                 },
                 ServiceStatus {
                     name: "we\"ird\\name\nx".into(),

@@ -19,6 +19,7 @@ pub mod network;
 pub mod notify;
 pub mod oci;
 pub mod paths;
+pub mod ports;
 pub mod proc;
 pub mod reconcile;
 pub mod replica;

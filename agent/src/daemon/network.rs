@@ -20,8 +20,16 @@
 //! timeout); there is no atomic way to replace a bind-mounted file's content.
 //!
 //! On removal ([`disconnect`], from `replica::remove`) the veth is deleted and the address
-//! released. The bridge and the NAT table stay when the last bridged replica goes (as Docker
-//! keeps docker0); removing them then is left for later.
+//! released. When the last bridged service goes (and at `skiff down`) [`teardown`] deletes the
+//! NAT table and the bridge. Which bridge and subnet the agent set up is recorded in
+//! `<root>/network/bridge.json` (written once the setup succeeded, temp + fsync + rename), so
+//! a restarted agent or `skiff down` knows what to remove even when the manifest changed.
+//! Setup and teardown take one lock ([`SetupLock`]): a bridged service added while the
+//! teardown runs waits for it, then sets everything up again.
+//!
+//! Before the bridge is made, the host's addresses are checked: a subnet that overlaps a
+//! network of another interface is a clear error on each bridged service (`x-skiff: subnet`
+//! says where to change it), and nothing is created.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -30,7 +38,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::paths::Paths;
 use crate::manifest::{NetworkSettings, Service};
@@ -46,11 +54,37 @@ pub struct BridgeNet {
     ready: tokio::sync::OnceCell<()>,
     /// Serialises the writes of hosts files (a start's and the refreshes).
     hosts_lock: Mutex<()>,
+    setup: SetupLock,
+    record: PathBuf,
+}
+
+/// Held while the bridge and its NAT rules are set up or torn down.
+pub type SetupLock = Arc<tokio::sync::Mutex<()>>;
+
+/// `<root>/network/bridge.json`: the bridge and subnet the agent set up.
+pub fn record_path(paths: &Paths) -> PathBuf {
+    paths.root.join("network").join("bridge.json")
+}
+
+/// What `<root>/network/bridge.json` holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct BridgeRecord {
+    bridge: String,
+    subnet: String,
+    /// The network namespace it lives in: device and inode of the agent's `/proc/self/ns/net`.
+    netns: (u64, u64),
+}
+
+/// Device and inode of a network namespace file (`/proc/self/ns/net`).
+fn netns_id(path: &Path) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    Ok((m.dev(), m.ino()))
 }
 
 impl BridgeNet {
     /// The network of `settings`, with its allocations under the root. Blocking (fsyncs).
-    pub fn open(paths: &Paths, settings: &NetworkSettings) -> Result<BridgeNet> {
+    pub fn open(paths: &Paths, settings: &NetworkSettings, setup: SetupLock) -> Result<BridgeNet> {
         let subnet: Subnet =
             settings.subnet.parse().with_context(|| format!("the bridge subnet {:?}", settings.subnet))?;
         let ipam = Ipam::open(&paths.root, subnet)?;
@@ -60,6 +94,8 @@ impl BridgeNet {
             ipam,
             ready: tokio::sync::OnceCell::new(),
             hosts_lock: Mutex::new(()),
+            setup,
+            record: record_path(paths),
         })
     }
 
@@ -72,16 +108,34 @@ impl BridgeNet {
     pub async fn ensure_ready(&self) -> Result<()> {
         self.ready
             .get_or_try_init(|| async {
+                let _setup = self.setup.lock().await;
+                let clash = link::overlapping_addresses(self.subnet.network(), self.subnet.prefix(), &self.bridge)
+                    .await
+                    .context("checking the host's addresses")?;
+                if let Some((ifname, addr, prefix)) = clash.first() {
+                    bail!(
+                        "the bridge subnet {} overlaps {addr}/{prefix} on {ifname}: choose another under `x-skiff: subnet:` in the manifest",
+                        self.subnet
+                    );
+                }
                 link::ensure_bridge(&self.bridge, self.subnet.gateway(), self.subnet.prefix())
                     .await
                     .with_context(|| format!("setting up the bridge {}", self.bridge))?;
                 let nat = nft::Nat::new(&self.bridge, self.subnet)?;
-                let bridge = self.bridge.clone();
+                let (bridge, record) = (self.bridge.clone(), self.record.clone());
+                let settings = BridgeRecord {
+                    bridge: self.bridge.clone(),
+                    subnet: self.subnet.to_string(),
+                    netns: netns_id(Path::new("/proc/self/ns/net"))?,
+                };
                 tokio::task::spawn_blocking(move || -> Result<()> {
                     if !nft::set_ip_forward(None, true)? {
                         super::reconcile::log("net.ipv4.ip_forward was 0; set it to 1 for the bridge network");
                     }
-                    nat.apply().with_context(|| format!("applying the NAT rules of {bridge}"))
+                    nat.apply().with_context(|| format!("applying the NAT rules of {bridge}"))?;
+                    let dir = record.parent().unwrap_or(Path::new("/"));
+                    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                    write_atomic(dir, &record, &serde_json::to_vec_pretty(&settings)?)
                 })
                 .await
                 .map_err(|e| anyhow!("{e}"))??;
@@ -239,6 +293,83 @@ pub fn disconnect(paths: &Paths, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Deletes the NAT table and the bridge recorded in `<root>/network/bridge.json`, then the
+/// record; nothing recorded is nothing to do. Returns the bridge removed. `ip_forward` is left
+/// as it is (other software may rely on it). The caller makes sure no bridged replica is left.
+///
+/// The work happens in the network namespace the bridge was made in: `netns` (an open
+/// `/proc/<agent>/ns/net`: `skiff down` opens the agent's before stopping it), else the
+/// caller's own, which must then be the recorded one — a `skiff down` run in another namespace
+/// than the agent's refuses rather than delete another bridge or NAT table of that name.
+/// Blocking (netlink and `nft` run on a thread of their own).
+pub fn teardown(paths: &Paths, netns: Option<&fs::File>) -> Result<Option<String>> {
+    let record = record_path(paths);
+    let data = match fs::read(&record) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", record.display())),
+    };
+    let rec: BridgeRecord =
+        serde_json::from_slice(&data).with_context(|| format!("{} is not a bridge record", record.display()))?;
+    let subnet: Subnet = rec.subnet.parse().with_context(|| format!("the subnet in {}", record.display()))?;
+    let here = match netns {
+        Some(f) => {
+            use std::os::unix::fs::MetadataExt;
+            let m = f.metadata().context("stat of the agent's network namespace")?;
+            (m.dev(), m.ino())
+        }
+        None => netns_id(Path::new("/proc/self/ns/net"))?,
+    };
+    if here != rec.netns {
+        bail!(
+            "the bridge {} was set up in another network namespace than this one: run `skiff down` in the agent's \
+             network namespace (or while the agent runs) to remove it",
+            rec.bridge
+        );
+    }
+    let nat = nft::Nat::new(&rec.bridge, subnet)?;
+    let bridge = rec.bridge.clone();
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            if let Some(ns) = netns {
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .context("joining the agent's network namespace")?;
+            }
+            // `nft` runs as a child of this thread: it inherits the namespace.
+            nat.remove()?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a runtime for netlink")?
+                .block_on(link::remove_bridge(&bridge))
+                .with_context(|| format!("removing the bridge {bridge}"))
+        })
+        .join()
+        .map_err(|_| anyhow!("the network thread panicked"))
+        .and_then(|r| r)
+    })?;
+    fs::remove_file(&record).with_context(|| format!("removing {}", record.display()))?;
+    if let Some(dir) = record.parent() {
+        let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(Some(rec.bridge))
+}
+
+/// Releases the addresses whose owner `alive` does not know (a replica whose record is gone:
+/// an agent killed between allocating and recording). Returns how many.
+pub fn release_orphans(paths: &Paths, mut alive: impl FnMut(&str) -> bool) -> Result<usize> {
+    let mut n = 0;
+    for dir in ipam_dirs(paths) {
+        let Some(subnet) =
+            dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.replace('_', "/").parse::<Subnet>().ok())
+        else {
+            continue;
+        };
+        n += Ipam::open(&paths.root, subnet)?.retain(&mut alive)?.len();
+    }
+    Ok(n)
+}
+
 fn ipam_dirs(paths: &Paths) -> Vec<PathBuf> {
     let Ok(rd) = fs::read_dir(paths.root.join("network").join("ipam")) else { return Vec::new() };
     rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()
@@ -262,7 +393,7 @@ mod tests {
     fn hosts_files_list_every_service_and_are_rewritten_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::new(dir.path());
-        let net = BridgeNet::open(&paths, &NetworkSettings::default()).unwrap();
+        let net = BridgeNet::open(&paths, &NetworkSettings::default(), SetupLock::default()).unwrap();
         let web = Service { name: "web".into(), ..Default::default() };
         let client = Service {
             name: "client".into(),

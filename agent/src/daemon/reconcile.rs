@@ -30,10 +30,11 @@ use skiff_images::{Client, ClientOptions, ImageRecord, PullOptions, Reference, S
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use super::network::BridgeNet;
+use super::network::{self, BridgeNet, SetupLock};
 use super::oci::Runtime;
 use super::paths::Paths;
-use super::replica::{self, HealthCheck, Prepared, ReplicaRecord, Started};
+use super::ports::Ports;
+use super::replica::{self, Prepared, ReplicaRecord, Started};
 use super::status::{Health, ManifestStatus, ReplicaState, ReplicaStatus, ServiceStatus, Snapshot, Status};
 use super::{health, proc};
 use crate::manifest::{self, DependsCondition, Manifest, NetworkMode, PullPolicy, Service};
@@ -112,8 +113,6 @@ struct Replica {
     /// The image digest the bundle on disk was prepared with by this agent (a restart of the
     /// same definition reuses it: only the rootfs mount and the netns are checked).
     prepared_for: Option<String>,
-    /// Its address on the bridge, once connected.
-    address: Option<std::net::Ipv4Addr>,
 }
 
 impl Replica {
@@ -133,6 +132,7 @@ impl Replica {
                 pid: None,
                 stopped: false,
                 healthcheck: None,
+                address: None,
             },
             gen: 0,
             phase: Phase::Waiting,
@@ -145,7 +145,6 @@ impl Replica {
             message: None,
             cleanup: None,
             prepared_for: None,
-            address: None,
         }
     }
 
@@ -182,6 +181,13 @@ pub struct Agent {
     net: Option<Arc<BridgeNet>>,
     /// `--no-bridge`: never set up the bridge network.
     bridge_disabled: bool,
+    /// The published ports' proxies.
+    ports: Ports,
+    /// Held while the bridge and its NAT rules are set up or torn down.
+    setup_lock: SetupLock,
+    /// The bridge may be up (recorded at start, or a bridged replica was started since): when
+    /// the last bridged service goes it is torn down.
+    bridge_maybe_up: bool,
 }
 
 impl Agent {
@@ -194,7 +200,7 @@ impl Agent {
     ) -> Result<Agent> {
         let store = Store::open(&paths.root)?;
         Ok(Agent {
-            paths,
+            ports: Ports::new(&paths.run),
             rt,
             store,
             client: None,
@@ -210,6 +216,9 @@ impl Agent {
             snapshots,
             net: None,
             bridge_disabled: false,
+            setup_lock: SetupLock::default(),
+            bridge_maybe_up: network::record_path(&paths).exists(),
+            paths,
         })
     }
 
@@ -298,7 +307,7 @@ impl Agent {
                 r.phase = Phase::Running;
                 log(&format!("{id}: adopted (pid {})", pid.map_or("?".into(), |p| p.to_string())));
                 self.replicas.insert(id.clone(), r);
-                self.watch_running(&id);
+                self.watch_running(&id, true);
                 continue;
             }
             match rec.tracker.state() {
@@ -329,6 +338,22 @@ impl Agent {
             r.rec.pid = None;
             r.rec.shim = None;
             self.replicas.insert(id, r);
+        }
+        // Addresses whose replica has no record (an agent killed between allocating and
+        // recording) go back to the pool.
+        let known: Vec<String> = self.replicas.keys().cloned().collect();
+        match network::release_orphans(&self.paths, |owner| known.iter().any(|k| k == owner)) {
+            Ok(0) => {}
+            Ok(n) => log(&format!("released {n} address(es) of replicas that no longer exist")),
+            Err(e) => log(&format!("checking the address allocations: {e:#}")),
+        }
+        // Adopted bridged replicas: their network, for the hosts files of the next ones.
+        if self.replicas.values().any(|r| r.rec.address.is_some()) && !self.bridge_disabled {
+            if let Some(m) = self.manifest.clone() {
+                if let Err(e) = self.bridge_net(&m) {
+                    log(&format!("the bridge network: {e:#}"));
+                }
+            }
         }
     }
 
@@ -381,7 +406,9 @@ impl Agent {
         match result {
             Ok((started, prepared, digest)) => {
                 let Prepared { stop_signal, warnings, healthcheck, address } = prepared;
-                r.address = address;
+                if address.is_some() {
+                    r.rec.address = address;
+                }
                 r.rec.tracker.set_has_healthcheck(healthcheck.is_some());
                 r.rec.healthcheck = healthcheck;
                 r.rec.tracker.started(now);
@@ -399,7 +426,7 @@ impl Agent {
                 self.service_warnings.insert(r.rec.service.clone(), warnings);
                 log(&format!("{id}: running (pid {})", started.pid));
                 save(&self.paths, &r.rec);
-                self.watch_running(id);
+                self.watch_running(id, false);
                 self.refresh_hosts();
             }
             Err(e) => {
@@ -530,8 +557,10 @@ impl Agent {
         }
     }
 
-    /// Spawns the exit watcher and the health checks of a running replica.
-    fn watch_running(&mut self, id: &str) {
+    /// Spawns the exit watcher and the health checks of a running replica. An adopted one is
+    /// checked at once (its health was known to the agent before; its published ports wait for
+    /// the first check), a started one after the first interval.
+    fn watch_running(&mut self, id: &str, adopted: bool) {
         let Some(r) = self.replicas.get_mut(id) else { return };
         r.gen += 1;
         let gen = r.gen;
@@ -559,16 +588,7 @@ impl Agent {
             r.health = Health::Starting;
             r.health_failures = 0;
             r.health_started = Some(Instant::now());
-            let HealthCheck { args, interval, timeout, .. } = hc;
-            let task = tokio::spawn(health::run(
-                self.rt.clone(),
-                id.to_string(),
-                gen,
-                args,
-                interval,
-                timeout,
-                self.tx.clone(),
-            ));
+            let task = tokio::spawn(health::run(self.rt.clone(), id.to_string(), gen, hc, adopted, self.tx.clone()));
             r.tasks.push(task.abort_handle());
         } else {
             r.health = Health::None;
@@ -681,7 +701,57 @@ impl Agent {
                 }
             }
         }
+        self.teardown_bridge_if_unused(&m);
+        self.sync_ports(&m);
         self.publish();
+    }
+
+    /// Published ports: bound, and fed with the replicas that may take traffic.
+    fn sync_ports(&mut self, m: &Manifest) {
+        let replicas = &self.replicas;
+        self.ports.sync(
+            m,
+            self.bridge_disabled,
+            |service| {
+                replicas
+                    .values()
+                    .filter(|r| r.rec.service == service && r.phase == Phase::Running)
+                    .filter(|r| r.rec.healthcheck.is_none() || r.health == Health::Healthy)
+                    .filter_map(|r| r.rec.address)
+                    .collect()
+            },
+            log,
+        );
+    }
+
+    /// The bridge and its NAT rules go when no bridged service is left: no replica on the
+    /// bridge (stopping ones included) and no bridged service in the manifest.
+    fn teardown_bridge_if_unused(&mut self, m: &Manifest) {
+        if !self.bridge_maybe_up || self.bridge_disabled {
+            return;
+        }
+        let wanted = m.services.values().any(|s| s.network_mode == NetworkMode::Bridge && s.replicas > 0);
+        let left = self.replicas.values().any(|r| r.rec.spec.network_mode == NetworkMode::Bridge);
+        if wanted || left {
+            return;
+        }
+        self.bridge_maybe_up = false;
+        self.net = None;
+        let (paths, lock) = (self.paths.clone(), self.setup_lock.clone());
+        tokio::spawn(async move {
+            let _setup = lock.lock().await;
+            let res = tokio::task::spawn_blocking(move || network::teardown(&paths, None))
+                .await
+                .map_err(|e| anyhow!("{e}"))
+                .and_then(|r| r);
+            match res {
+                Ok(Some(bridge)) => {
+                    log(&format!("no bridged service left: removed the bridge {bridge} and its NAT rules"))
+                }
+                Ok(None) => {}
+                Err(e) => log(&format!("removing the bridge network: {e:#}")),
+            }
+        });
     }
 
     /// Whether `svc`'s dependencies meet their conditions; else what it waits for.
@@ -828,8 +898,9 @@ impl Agent {
         if let Some(n) = self.net.as_ref().filter(|n| n.is(&m.network)) {
             return Ok(n.clone());
         }
-        let n = Arc::new(BridgeNet::open(&self.paths, &m.network)?);
+        let n = Arc::new(BridgeNet::open(&self.paths, &m.network, self.setup_lock.clone())?);
         self.net = Some(n.clone());
+        self.bridge_maybe_up = true;
         Ok(n)
     }
 
@@ -929,6 +1000,9 @@ impl Agent {
                 t = t.min(p.next_try);
             }
         }
+        if let Some(retry) = self.ports.next_retry() {
+            t = t.min(retry);
+        }
         t.max(now + Duration::from_millis(10))
     }
 
@@ -963,6 +1037,7 @@ impl Agent {
                     .count() as u32,
                 warnings: self.service_warnings.get(name).cloned().unwrap_or_default(),
                 replicas: statuses,
+                ports: self.ports.status(name),
             });
         }
         let status = Status {
@@ -1007,7 +1082,7 @@ fn replica_status(r: &Replica, now: Instant) -> ReplicaStatus {
             _ => None,
         },
         message: r.message.clone(),
-        address: r.address.map(|a| a.to_string()),
+        address: r.rec.address.map(|a| a.to_string()),
     }
 }
 

@@ -48,6 +48,9 @@ pub struct ReplicaRecord {
     /// The health check it runs (the service's, or the image's HEALTHCHECK), once prepared.
     #[serde(default)]
     pub healthcheck: Option<HealthCheck>,
+    /// Its address on the bridge network, while it has one (kept for an adopting agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 /// A resolved health check: what runs in the container and when.

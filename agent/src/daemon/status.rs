@@ -43,6 +43,29 @@ pub struct ServiceStatus {
     /// E.g. "memory limit not applied: the kernel has no memory cgroup controller".
     pub warnings: Vec<String>,
     pub replicas: Vec<ReplicaStatus>,
+    /// Its published ports (bridged services with `ports:`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortStatus>,
+}
+
+/// One published host port of a service.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PortStatus {
+    /// This port in compose's short syntax (`8080:80/tcp`, `80/udp` for a chosen host port).
+    pub mapping: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// The host address listened on (`::` is every address of both families).
+    pub host_ip: Option<String>,
+    /// The host port, once bound (the chosen one for `80` or a range).
+    pub host_port: Option<u16>,
+    /// The container port.
+    pub target: u16,
+    /// How many replicas take its traffic now (running, and healthy or without a check).
+    pub backends: u32,
+    /// Why it is not published (`host port 8080/tcp is already in use`); retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

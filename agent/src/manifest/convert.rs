@@ -748,6 +748,7 @@ fn service(
     let mut limits_top = Resources::default();
     let mut limits_deploy = Resources::default();
     let mut limit_pos: BTreeMap<&str, Pos> = BTreeMap::new();
+    let mut ports_key: Option<Pos> = None;
     for (key, k, v) in &entries {
         let (k, v) = (*k, *v);
         let f = format!("{name}.{key}");
@@ -881,27 +882,10 @@ fn service(
             }
             "ports" => {
                 s.ports = ports(cx, v, &f, port_sites);
-                if !s.ports.is_empty() {
-                    cx.warn(k.pos, format!("{f}: ports are not published yet (that comes with bridge networking); with network_mode: host the service listens on the host directly"));
-                }
+                ports_key = Some(k.pos);
             }
-            "extra_hosts" => {
-                s.extra_hosts = extra_hosts(cx, v, &f);
-                if !s.extra_hosts.is_empty() {
-                    cx.warn(
-                        k.pos,
-                        format!(
-                            "{f}: extra_hosts are not written to /etc/hosts yet (that comes with bridge networking)"
-                        ),
-                    );
-                }
-            }
-            "dns" => {
-                s.dns = dns(cx, v, &f);
-                if !s.dns.is_empty() {
-                    cx.warn(k.pos, format!("{f}: dns is not applied yet (that comes with bridge networking); containers use the host's resolver"));
-                }
-            }
+            "extra_hosts" => s.extra_hosts = extra_hosts(cx, v, &f),
+            "dns" => s.dns = dns(cx, v, &f),
             "pull_policy" => {
                 if let Some(p) = cx.string(v, &f) {
                     s.pull_policy = match p.as_str() {
@@ -935,6 +919,13 @@ fn service(
                 cx.err(key.pos, format!("{what} has no image:"));
             }
             return None;
+        }
+    }
+    if let (Some(pos), false) = (ports_key, s.ports.is_empty()) {
+        match s.network_mode {
+            NetworkMode::Bridge => {}
+            NetworkMode::Host => cx.warn(pos, format!("{name}.ports: not published with network_mode: host (the service listens on the host's ports itself); remove ports or use network_mode: bridge")),
+            NetworkMode::None => cx.warn(pos, format!("{name}.ports: not published with network_mode: none (the service has no network); remove ports or use network_mode: bridge")),
         }
     }
     if let Some((p, pos)) = deploy_restart {

@@ -382,15 +382,21 @@ fn svc_ports(ports_yaml: &str) -> Report {
 }
 
 #[test]
-fn ports_short_syntax_is_typed_with_one_warning() {
+fn ports_short_syntax_is_typed() {
     use Protocol::*;
-    let r = has(
+    // Ignored (one warning per service, not per port) where the service is not on the bridge.
+    for (mode, why) in [("host", "listens on the host's ports itself"), ("none", "has no network")] {
+        let r = has(
+            &format!("services:\n  a:\n    image: a\n    network_mode: {mode}\n    ports: [\"80\", \"81\"]\n"),
+            "5:5: warning: ",
+            why,
+        );
+        assert_eq!((r.warnings(), r.errors()), (1, 0), "{:?}", lines(&r));
+    }
+    let r = report(
         "services:\n  a:\n    image: a\n    ports:\n      - 80\n      - \"8080:80\"\n      - 8081:81\n      - \"127.0.0.1:8082:80\"\n      - \"8083:53/udp\"\n      - \"9000-9002:9000-9002\"\n      - \"127.0.0.1::80\"\n      - \"[::1]:8084:80\"\n      - \"[::1]::80/udp\"\n      - \"8000-8010:80\"\n      - \"53/UDP\"\n",
-        "4:5: warning: ",
-        "not published yet",
     );
-    assert_eq!(r.warnings(), 1, "one warning per service, not per port: {:?}", lines(&r));
-    assert_eq!(r.errors(), 0, "{:?}", lines(&r));
+    assert!(r.diagnostics.is_empty(), "published on the bridge, nothing to say: {:?}", lines(&r));
     let got = &r.manifest.unwrap().services["a"].ports;
     assert_eq!(
         got,
@@ -446,7 +452,7 @@ fn ports_long_syntax() {
     let (m, warnings) = no_errors(
         "services:\n  a:\n    image: a\n    ports:\n      - {target: 80, published: 8080, host_ip: 127.0.0.1, protocol: tcp, mode: host}\n      - {target: 53, published: \"5353\", protocol: udp, mode: ingress, name: dns, app_protocol: dns}\n      - {target: 90, published: \"9090-9091\"}\n      - {target: 443}\n      - {target: \"7000-7001\", published: 8000-8001, host_ip: \"::1\"}\n      - {target: 22, published: 2222, host_ip: \"[fd00::1]\", x-note: hi}\n",
     );
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(
         m.services["a"].ports,
         [
@@ -570,10 +576,8 @@ fn extra_hosts_and_dns() {
     assert_eq!(hosts, pairs(&[("db", "10.0.0.5"), ("multi", "10.0.0.6"), ("multi", "fd00::6")]));
     assert_eq!(m.services["a"].dns, ["1.1.1.1".parse::<std::net::IpAddr>().unwrap()]);
     assert_eq!(m.services["b"].dns, ["9.9.9.9".parse::<std::net::IpAddr>().unwrap(), "2620:fe::fe".parse().unwrap()]);
-    // Not applied yet: one warning per key and service.
-    assert_eq!(warnings.len(), 4, "{warnings:?}");
-    assert!(warnings.iter().any(|w| w.starts_with("4:5: warning: ") && w.contains("extra_hosts")));
-    assert!(warnings.iter().any(|w| w.starts_with("5:5: warning: ") && w.contains("dns is not applied yet")));
+    // Applied on the bridge: nothing to warn about.
+    assert!(warnings.is_empty(), "{warnings:?}");
     // Defaults: none.
     let m = clean("services:\n  a:\n    image: a\n");
     assert!(m.services["a"].extra_hosts.is_empty() && m.services["a"].dns.is_empty());

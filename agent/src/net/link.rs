@@ -85,6 +85,44 @@ pub async fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<
     set_up(h, index).await.with_context(|| format!("set bridge {name} up"))
 }
 
+/// The IPv4 addresses of this namespace's interfaces other than `except` whose network
+/// overlaps `network/prefix`: `(interface, address, prefix)`. A bridge subnet that overlaps one
+/// would take that network's traffic away from the host (or lose its own).
+pub async fn overlapping_addresses(network: Ipv4Addr, prefix: u8, except: &str) -> Result<Vec<(String, Ipv4Addr, u8)>> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let conn = Conn::here()?;
+    let h = &conn.handle;
+    let mut names = std::collections::HashMap::new();
+    let mut links = h.link().get().execute();
+    while let Some(l) = links.try_next().await.context("list network interfaces")? {
+        let name = l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        });
+        names.insert(l.header.index, name.unwrap_or_default());
+    }
+    let ours = super::ipam::Subnet::new(network, prefix)?;
+    let mut found = Vec::new();
+    let mut addrs = h.address().get().execute();
+    while let Some(msg) = addrs.try_next().await.context("list addresses")? {
+        let name = names.get(&msg.header.index).cloned().unwrap_or_default();
+        if name == except || name == "lo" {
+            continue;
+        }
+        for a in &msg.attributes {
+            let AddressAttribute::Address(IpAddr::V4(addr)) = a else { continue };
+            let p = msg.header.prefix_len.min(32);
+            // Two networks overlap when they agree on the bits of the shorter prefix.
+            let shorter = p.min(ours.prefix());
+            let mask = if shorter == 0 { 0 } else { u32::MAX << (32 - u32::from(shorter)) };
+            if u32::from(*addr) & mask == u32::from(ours.network()) & mask {
+                found.push((name.clone(), *addr, p));
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Deletes the bridge `name` (its ports are released, not deleted). Absent is fine.
 pub async fn remove_bridge(name: &str) -> Result<()> {
     check_ifname(name)?;

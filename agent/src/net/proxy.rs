@@ -1,4 +1,4 @@
-//! The in-agent L4 proxy for published ports (issue 5), not wired into the agent yet.
+//! The in-agent L4 proxy for published ports; the agent drives it from `daemon::ports`.
 //!
 //! One [`PortProxy`] serves one published host `address:port` over TCP, UDP or both, and
 //! spreads clients round-robin over a list of backend addresses that the agent publishes
@@ -102,10 +102,20 @@ impl PortProxy {
     /// Binds `addr` for `proto` and starts serving. With port 0 and [`Proto::Both`], UDP gets
     /// the port the kernel chose for TCP. Must be called inside a tokio runtime.
     pub async fn bind(addr: SocketAddr, proto: Proto, backends: Backends, limits: Limits) -> Result<PortProxy> {
+        PortProxy::bind_now(addr, proto, backends, limits)
+    }
+
+    /// [`PortProxy::bind`] without an `.await`, for the agent's reconcile loop (binding a
+    /// socket address never blocks). Must be called inside a tokio runtime (it spawns the
+    /// serving tasks). The TCP listener has `SO_REUSEADDR` (Rust's std sets it), so a restarted
+    /// agent binds its ports again while old connections linger in TIME_WAIT.
+    pub fn bind_now(addr: SocketAddr, proto: Proto, backends: Backends, limits: Limits) -> Result<PortProxy> {
         let mut proxy = PortProxy { tcp: None, udp: None, tasks: Vec::new() };
         let mut udp_addr = addr;
         if matches!(proto, Proto::Tcp | Proto::Both) {
-            let listener = TcpListener::bind(addr).await.map_err(|e| bind_error(addr, "tcp", e))?;
+            let std_listener = std::net::TcpListener::bind(addr).map_err(|e| bind_error(addr, "tcp", e))?;
+            std_listener.set_nonblocking(true).map_err(|e| bind_error(addr, "tcp", e))?;
+            let listener = TcpListener::from_std(std_listener).map_err(|e| bind_error(addr, "tcp", e))?;
             let local = listener.local_addr().map_err(|e| bind_error(addr, "tcp", e))?;
             udp_addr = local;
             proxy.tcp = Some(local);
@@ -119,7 +129,9 @@ impl PortProxy {
         }
         if matches!(proto, Proto::Udp | Proto::Both) {
             // On an error here `proxy` is dropped, which ends the TCP listener again.
-            let socket = UdpSocket::bind(udp_addr).await.map_err(|e| bind_error(udp_addr, "udp", e))?;
+            let std_socket = std::net::UdpSocket::bind(udp_addr).map_err(|e| bind_error(udp_addr, "udp", e))?;
+            std_socket.set_nonblocking(true).map_err(|e| bind_error(udp_addr, "udp", e))?;
+            let socket = UdpSocket::from_std(std_socket).map_err(|e| bind_error(udp_addr, "udp", e))?;
             proxy.udp = Some(socket.local_addr().map_err(|e| bind_error(udp_addr, "udp", e))?);
             let udp = Udp {
                 socket: Arc::new(socket),

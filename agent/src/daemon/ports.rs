@@ -1,0 +1,332 @@
+//! Published ports (`ports:` of bridged services): one [`PortProxy`] per host port and
+//! protocol, fed with the addresses of the service's replicas that may take traffic.
+//!
+//! The reconcile loop calls [`Ports::sync`] after every change. It
+//! * expands the manifest's mappings into host ports (`"9000-9002:9000-9002"` is three,
+//!   `"80"` is one chosen by the kernel, `"8000-8010:80"` is the first free one of the range);
+//! * stops the proxies of mappings that are gone and binds the new ones; a bind that fails
+//!   (the port is in use, the address is not on this host) is an error on that port, shown in
+//!   the service's status, and retried with back-off (0.25 s doubling to 5 s) — the service's
+//!   replicas run meanwhile, and every other port is unaffected;
+//! * hands each proxy the list of backends: the replicas of the service that are running, have
+//!   an address on the bridge and are healthy (or have no health check). A replica that stops
+//!   or turns unhealthy leaves the list in the same pass of the loop that decides it, before
+//!   its stop signal is sent; a replica added by scaling joins it when it passes its first
+//!   check.
+//!
+//! Host ports the kernel chose are remembered in `<run>/ports.json` (temp + fsync + rename),
+//! so a restarted agent binds the same ones again; after a reboot new ones are chosen.
+//!
+//! The proxies live in the agent: when the agent exits or dies, the published ports close
+//! with it, and connections in flight through them are cut (connections straight to a
+//! container's address and outbound NAT are the kernel's and are not). The next agent binds
+//! them again as soon as it has adopted the replicas. See ARCHITECTURE.md for why a proxy and
+//! not DNAT.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::status::PortStatus;
+use crate::manifest::{Manifest, NetworkMode, PortMapping, PortRange, Protocol};
+use crate::net::proxy::{Limits, PortProxy, Proto};
+
+/// One host port (or range to choose from) of one service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortKey {
+    pub service: String,
+    pub host_ip: Option<IpAddr>,
+    /// The host port, or the range to pick one from; `None`: the kernel chooses.
+    pub published: Option<PortRange>,
+    pub target: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for PortKey {
+    /// Compose's short syntax of this one port: `127.0.0.1:8080:80/tcp`, `80/udp`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host_ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(ip) => write!(f, "{ip}:")?,
+            None => {}
+        }
+        match (self.published, self.host_ip) {
+            (Some(p), _) => write!(f, "{p}:")?,
+            (None, Some(_)) => write!(f, ":")?,
+            (None, None) => {}
+        }
+        write!(f, "{}/{}", self.target, self.protocol)
+    }
+}
+
+impl PortKey {
+    /// The key `<run>/ports.json` remembers a chosen port under.
+    fn memo_key(&self) -> String {
+        format!("{}/{}", self.service, self)
+    }
+}
+
+/// The host ports of `m`'s mapping `p` of service `service`.
+pub fn expand(service: &str, p: &PortMapping) -> Vec<PortKey> {
+    let key = |published: Option<PortRange>, target: u16| PortKey {
+        service: service.to_string(),
+        host_ip: p.host_ip,
+        published,
+        target,
+        protocol: p.protocol,
+    };
+    match p.published {
+        Some(pubr) if pubr.len() == p.target.len() => {
+            (0..pubr.len() as u16).map(|i| key(Some(PortRange::single(pubr.start + i)), p.target.start + i)).collect()
+        }
+        // A single container port from a host range (validated: the target is one port).
+        Some(pubr) => vec![key(Some(pubr), p.target.start)],
+        None => (p.target.start..=p.target.end).map(|t| key(None, t)).collect(),
+    }
+}
+
+struct Entry {
+    proxy: Option<PortProxy>,
+    bound: Option<SocketAddr>,
+    backends: watch::Sender<Vec<SocketAddr>>,
+    error: Option<String>,
+    failures: u32,
+    retry_at: Instant,
+}
+
+/// The published ports of the agent.
+pub struct Ports {
+    entries: BTreeMap<PortKey, Entry>,
+    memo_path: PathBuf,
+    memo: BTreeMap<String, u16>,
+    limits: Limits,
+}
+
+/// Why a mapping of a service is not published at all (not retried).
+pub enum Unpublished {
+    /// `--no-bridge`.
+    BridgeDisabled,
+}
+
+impl Ports {
+    /// `run` is the agent's run directory (`<run>/ports.json`).
+    pub fn new(run: &Path) -> Ports {
+        let memo_path = run.join("ports.json");
+        let memo = std::fs::read(&memo_path).ok().and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default();
+        Ports { entries: BTreeMap::new(), memo_path, memo, limits: Limits::default() }
+    }
+
+    /// Brings the proxies in line with `m` and the backends with `backends(service)`, which
+    /// gives the addresses (no port) of the replicas that may take traffic now. Must run inside
+    /// the tokio runtime.
+    pub fn sync(
+        &mut self,
+        m: &Manifest,
+        bridge_disabled: bool,
+        mut backends: impl FnMut(&str) -> Vec<Ipv4Addr>,
+        log: impl Fn(&str),
+    ) {
+        let mut wanted: Vec<PortKey> = Vec::new();
+        for svc in m.services.values() {
+            if svc.network_mode != NetworkMode::Bridge {
+                continue; // the manifest warns: host and none publish nothing
+            }
+            for p in &svc.ports {
+                wanted.extend(expand(&svc.name, p));
+            }
+        }
+        // Stop what is no longer wanted.
+        let gone: Vec<PortKey> = self.entries.keys().filter(|k| !wanted.contains(k)).cloned().collect();
+        for k in gone {
+            if let Some(e) = self.entries.remove(&k) {
+                if let Some(addr) = e.bound {
+                    log(&format!("{}: stopped publishing {k} (was {addr})", k.service));
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut memo_changed = false;
+        for k in wanted {
+            let e = self.entries.entry(k.clone()).or_insert_with(|| Entry {
+                proxy: None,
+                bound: None,
+                backends: watch::channel(Vec::new()).0,
+                error: None,
+                failures: 0,
+                retry_at: now,
+            });
+            if bridge_disabled {
+                e.error = Some("not published: the agent runs with --no-bridge".into());
+                continue;
+            }
+            let list: Vec<SocketAddr> =
+                backends(&k.service).into_iter().map(|a| SocketAddr::new(a.into(), k.target)).collect();
+            e.backends.send_if_modified(|cur| {
+                if *cur == list {
+                    return false;
+                }
+                *cur = list;
+                true
+            });
+            if e.proxy.is_some() || e.retry_at > now {
+                continue;
+            }
+            match bind(&k, self.memo.get(&k.memo_key()).copied(), e.backends.subscribe(), &self.limits) {
+                Ok(proxy) => {
+                    let addr = proxy.tcp_addr().or(proxy.udp_addr());
+                    if let Some(addr) = addr {
+                        log(&format!("{}: publishing {k} on {addr}", k.service));
+                        if k.published.is_none_or(|r| r.len() > 1) && self.memo.get(&k.memo_key()) != Some(&addr.port())
+                        {
+                            self.memo.insert(k.memo_key(), addr.port());
+                            memo_changed = true;
+                        }
+                    }
+                    e.proxy = Some(proxy);
+                    e.bound = addr;
+                    e.error = None;
+                    e.failures = 0;
+                }
+                Err(err) => {
+                    let msg = format!("{err}");
+                    if e.error.as_deref() != Some(msg.as_str()) {
+                        log(&format!("{}: cannot publish {k}: {msg} (retrying)", k.service));
+                    }
+                    e.error = Some(msg);
+                    e.failures = e.failures.saturating_add(1);
+                    let delay = Duration::from_millis(250u64.saturating_mul(1 << e.failures.min(5)) / 2);
+                    e.retry_at = now + delay.min(Duration::from_secs(5));
+                }
+            }
+        }
+        // Forget chosen ports of mappings that are gone for good (their service was removed).
+        let before = self.memo.len();
+        let services: Vec<&String> = m.services.keys().collect();
+        self.memo.retain(|key, _| services.iter().any(|s| key.starts_with(&format!("{s}/"))));
+        if memo_changed || self.memo.len() != before {
+            self.save_memo(&log);
+        }
+    }
+
+    /// When a failed bind is to be tried again, if any.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.entries.values().filter(|e| e.proxy.is_none() && e.error.is_some()).map(|e| e.retry_at).min()
+    }
+
+    /// The status of `service`'s published ports.
+    pub fn status(&self, service: &str) -> Vec<PortStatus> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| k.service == service)
+            .map(|(k, e)| PortStatus {
+                mapping: k.to_string(),
+                protocol: k.protocol.to_string(),
+                host_ip: e.bound.map(|a| a.ip().to_string()).or(k.host_ip.map(|ip| ip.to_string())),
+                host_port: e.bound.map(|a| a.port()),
+                target: k.target,
+                backends: e.backends.borrow().len() as u32,
+                error: e.error.clone(),
+            })
+            .collect()
+    }
+
+    fn save_memo(&self, log: &impl Fn(&str)) {
+        let Some(dir) = self.memo_path.parent() else { return };
+        let res = serde_json::to_vec_pretty(&self.memo)
+            .map_err(io::Error::other)
+            .and_then(|data| skiff_images::fsutil::write_atomic(dir, &self.memo_path, &data));
+        if let Err(e) = res {
+            log(&format!("writing {}: {e}", self.memo_path.display()));
+        }
+    }
+}
+
+/// Binds the proxy of `k`: the remembered port first (for a chosen one), then the range in
+/// order, or port 0. Without a host address, `[::]` (both families on Linux) and 0.0.0.0 where
+/// the host has no IPv6.
+fn bind(
+    k: &PortKey,
+    remembered: Option<u16>,
+    backends: watch::Receiver<Vec<SocketAddr>>,
+    limits: &Limits,
+) -> anyhow::Result<PortProxy> {
+    let proto = match k.protocol {
+        Protocol::Tcp => Proto::Tcp,
+        Protocol::Udp => Proto::Udp,
+    };
+    let mut candidates: Vec<u16> = Vec::new();
+    match k.published {
+        Some(r) if r.len() == 1 => candidates.push(r.start),
+        Some(r) => {
+            candidates.extend(remembered.filter(|p| (r.start..=r.end).contains(p)));
+            candidates.extend(r.start..=r.end);
+        }
+        None => {
+            candidates.extend(remembered);
+            candidates.push(0);
+        }
+    }
+    let mut first_err = None;
+    for port in candidates {
+        let res = match k.host_ip {
+            Some(ip) => PortProxy::bind_now(SocketAddr::new(ip, port), proto, backends.clone(), limits.clone()),
+            None => match PortProxy::bind_now(
+                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
+                proto,
+                backends.clone(),
+                limits.clone(),
+            ) {
+                Err(e) if no_ipv6(&e) => PortProxy::bind_now(
+                    SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+                    proto,
+                    backends.clone(),
+                    limits.clone(),
+                ),
+                r => r,
+            },
+        };
+        match res {
+            Ok(p) => return Ok(p),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_err.unwrap_or_else(|| anyhow::anyhow!("no host port to try")))
+}
+
+/// Whether a bind failed because the host has no IPv6 (then 0.0.0.0 is tried).
+fn no_ipv6(e: &anyhow::Error) -> bool {
+    e.chain().filter_map(|c| c.downcast_ref::<io::Error>()).any(|io| {
+        matches!(io.raw_os_error(), Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(s: &str) -> PortMapping {
+        crate::manifest::network::parse_port(s).unwrap()
+    }
+
+    #[test]
+    fn mappings_expand_to_host_ports() {
+        let keys = expand("web", &mapping("9000-9002:8000-8002"));
+        let shown: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        assert_eq!(shown, ["9000:8000/tcp", "9001:8001/tcp", "9002:8002/tcp"]);
+        let keys = expand("web", &mapping("127.0.0.1::80/udp"));
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].to_string(), "127.0.0.1::80/udp");
+        assert_eq!(keys[0].published, None);
+        let keys = expand("web", &mapping("8000-8010:80"));
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].published, Some(PortRange { start: 8000, end: 8010 }));
+        assert_eq!(expand("web", &mapping("80-81")).len(), 2);
+    }
+}

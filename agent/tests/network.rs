@@ -1,0 +1,489 @@
+//! End-to-end tests of the agent's bridge networking (issue 5): addresses, names, outbound
+//! NAT, published ports.
+//!
+//! Every test creates a network namespace of its own and runs the agent inside it
+//! (`nsenter --net=`; the mount namespace stays the host's, so the test sees the agent's
+//! mounts and `skiff down` works as usual). The bridge, the veths, the NAT table and the
+//! published ports live there; every request the test makes is sent from a thread that joined
+//! that namespace ([`TestNetns::enter`]), to its loopback or to addresses on the bridge the
+//! agent made there. Nothing reaches the host's network.
+//!
+//! Timing: health checks run every few hundred ms so the file runs in about a minute or two;
+//! no assertion depends on how fast the machine is.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_tests::agent::{all_running, pids, replica, service, Agent, WAIT};
+use skiff_tests::netns::{http_get, TestNetns};
+use skiff_tests::registry::{http_request, Registry, BUSYBOX_OCI};
+use skiff_tests::skip;
+
+const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+fn image() -> String {
+    Registry::shared().image(BUSYBOX_OCI)
+}
+
+/// The namespace, and an agent with the test image pulled (the test registry listens on the
+/// host's loopback, out of the namespace's reach) that will run inside it with its bridge.
+/// `None` (the test is skipped) when a tool is missing.
+fn setup() -> Option<(TestNetns, Agent)> {
+    for tool in ["ip", "nsenter", "nft"] {
+        if skiff_tests::which(tool).is_none() {
+            skip(&format!("{tool} is not installed"));
+            return None;
+        }
+    }
+    let Some(ns) = TestNetns::new() else {
+        skip("ip netns add failed");
+        return None;
+    };
+    let mut a = Agent::new(SKIFF);
+    let out = a.skiff(&["pull", &image()]);
+    assert!(out.success(), "{out}");
+    a.wrap(["nsenter", ns.nsenter_arg().as_str()]).with_bridge();
+    Some((ns, a))
+}
+
+/// `GET /v1/status` from inside the namespace (the agent's endpoint is on its loopback).
+fn status(ns: &TestNetns, a: &Agent) -> Value {
+    let listen = a.listen();
+    let r = ns.enter(move || http_request(&listen, "GET", "/v1/status", &[], b""));
+    match r {
+        Ok(r) if r.status == 200 => serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+/// Waits until the status satisfies `cond`; the last status.
+#[track_caller]
+fn wait_status(ns: &TestNetns, a: &Agent, what: &str, mut cond: impl FnMut(&Value) -> bool) -> Value {
+    let mut st = Value::Null;
+    let mut ok = false;
+    let start = std::time::Instant::now();
+    while start.elapsed() < WAIT {
+        st = status(ns, a);
+        if st.is_object() && cond(&st) {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "timed out waiting for {what}; status:\n{st:#}\n{}", a.log_tail());
+    st
+}
+
+fn address(st: &Value, id: &str) -> Ipv4Addr {
+    let s = replica(st, id)["address"].as_str().unwrap_or_else(|| panic!("{id} has no address: {st:#}")).to_string();
+    s.parse().unwrap_or_else(|e| panic!("{id} address {s:?}: {e}"))
+}
+
+/// The status of `service`'s published port whose mapping is `mapping` (`8080:80/tcp`); Null
+/// when it has none.
+fn port<'a>(st: &'a Value, service_name: &str, mapping: &str) -> &'a Value {
+    service(st, service_name)["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["mapping"] == mapping))
+        .unwrap_or(&Value::Null)
+}
+
+/// Whether every replica of `name` is running and healthy.
+fn all_healthy(st: &Value, name: &str, n: usize) -> bool {
+    all_running(st, name, n)
+        && service(st, name)["replicas"].as_array().is_some_and(|rs| rs.iter().all(|r| r["health"] == "healthy"))
+}
+
+/// Answers by replica, and failures.
+type Answers = (BTreeMap<String, usize>, Vec<String>);
+
+/// `n` requests to `addr` from inside the namespace: how many each replica answered, and the
+/// failures.
+fn spread(ns: &TestNetns, addr: SocketAddr, n: usize) -> Answers {
+    ns.enter(move || {
+        let mut by = BTreeMap::new();
+        let mut errors = Vec::new();
+        for _ in 0..n {
+            match http_get(addr) {
+                Ok(body) => *by.entry(body).or_insert(0) += 1,
+                Err(e) => errors.push(e),
+            }
+        }
+        (by, errors)
+    })
+}
+
+/// A web service: busybox httpd serving its hostname (= its replica id), healthy when it
+/// answers.
+fn web(replicas: u32, ports: &str, health: &str) -> String {
+    format!(
+        r#"  web:
+    image: {img}
+    user: root
+    command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: {health}
+      interval: 400ms
+      timeout: 2s
+      retries: 2
+    ports: {ports}
+    deploy:
+      replicas: {replicas}
+"#,
+        img = image()
+    )
+}
+
+/// The health check of [`web`]: its own page over loopback.
+const SERVES: &str =
+    r#"["CMD-SHELL", "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 127.0.0.1 80 | grep -qx $$(hostname)"]"#;
+
+/// `skiff down` (the fixture checks that no container, mount or process is left), then: no
+/// veth, no bridge, no NAT table in the namespace, no namespace file of a replica left.
+#[track_caller]
+fn down_leaves_no_network(ns: &TestNetns, a: &mut Agent, bridge: &str) {
+    a.down();
+    skiff_tests::wait_until("the veths to go", WAIT, || {
+        let (ok, out) = ns.run(&["ip", "-o", "link", "show", "type", "veth"]);
+        ok && out.trim().is_empty()
+    });
+    assert!(!ns.run(&["ip", "link", "show", bridge]).0, "skiff down removed the bridge {bridge}");
+    let (ok, tables) = ns.run(&["nft", "list", "tables"]);
+    assert!(ok && !tables.contains("skiff"), "skiff down removed the NAT table: {tables}");
+    let left: Vec<String> = std::fs::read_dir(a.run_dir().join("netns"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "skiff down left network namespaces: {left:?}");
+    assert!(!a.root().join("network").join("bridge.json").exists(), "the bridge record is gone");
+    let ipam = a.root().join("network").join("ipam");
+    let addrs: Vec<String> = std::fs::read_dir(&ipam)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert!(addrs.is_empty(), "skiff down released every address: {addrs:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Bridged replicas (compose's default network mode) get distinct addresses on the manifest's
+/// bridge subnet, reach each other by service name through /etc/hosts (rewritten in place in
+/// running containers when a replica comes), and reach the outside through the NAT table.
+#[test]
+fn bridged_replicas_get_addresses_and_reach_each_other_by_service_name() {
+    const BRIDGE: &str = "sktest0";
+    let on_host =
+        || std::process::Command::new("ip").args(["link", "show", BRIDGE]).output().is_ok_and(|o| o.status.success());
+    assert!(!on_host(), "the host has a link {BRIDGE} already: this test would not tell whether it made it");
+    let Some((ns, mut a)) = setup() else { return };
+    let img = image();
+    let manifest = |web_replicas: u32| {
+        format!(
+            r#"x-skiff:
+  bridge: {BRIDGE}
+  subnet: 10.123.0.0/24
+services:
+  web:
+    image: {img}
+    user: root
+    command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"]
+    stop_grace_period: 1s
+    deploy:
+      replicas: {web_replicas}
+  client:
+    image: {img}
+    command: ["sleep", "1000"]
+    stop_grace_period: 1s
+    extra_hosts: ["db.example:192.0.2.7"]
+    dns: [192.0.2.53]
+"#
+        )
+    };
+    a.write_manifest(&manifest(2));
+    a.spawn();
+    let mut st = wait_status(&ns, &a, "web (2) and client running", |st| {
+        all_running(st, "web", 2) && all_running(st, "client", 1)
+    });
+    let mut seen = BTreeSet::new();
+    for id in ["web-1", "web-2", "client-1"] {
+        let addr = address(&st, id);
+        let o = addr.octets();
+        assert_eq!(o[..3], [10, 123, 0], "{id} {addr} is in 10.123.0.0/24");
+        assert!(o[3] >= 2 && o[3] < 255, "{id} {addr}: not the network, gateway or broadcast address");
+        assert!(seen.insert(addr), "{id} {addr}: addresses are distinct: {seen:?}");
+        // The container's eth0 has it, and its default route is the bridge.
+        let out = a.rt(&["exec", id, "ip", "-o", "-4", "addr", "show", "eth0"]);
+        assert!(out.success() && out.stdout.contains(&format!("{addr}/24")), "{id}: {out}");
+        let out = a.rt(&["exec", id, "ip", "route"]);
+        assert!(out.stdout.contains("default via 10.123.0.1"), "{id}: {out}");
+    }
+
+    // `client` reaches `web` by its service name (/etc/hosts) over the bridge. (nc, not wget:
+    // the static busybox wget of the test image segfaults in a bare root filesystem.)
+    let mut got = String::new();
+    skiff_tests::wait_until("client to fetch http://web/", WAIT, || {
+        let get = r#"printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 web 80"#;
+        let out = a.rt(&["exec", "client-1", "sh", "-c", get]);
+        got = out.stdout.split_once("\r\n\r\n").map(|(_, body)| body.trim().to_string()).unwrap_or_default();
+        out.success() && !got.is_empty()
+    });
+    assert!(got == "web-1" || got == "web-2", "the page of a web replica, got {got:?}");
+    let hosts = a.rt(&["exec", "client-1", "cat", "/etc/hosts"]).stdout;
+    for id in ["web-1", "web-2"] {
+        assert!(hosts.contains(&format!("{}\tweb\n", address(&st, id))), "{id} listed as web:\n{hosts}");
+    }
+    assert!(hosts.contains("192.0.2.7\tdb.example\n"), "extra_hosts:\n{hosts}");
+    assert!(hosts.contains(&format!("{}\tclient-1", address(&st, "client-1"))), "its own name:\n{hosts}");
+    let resolv = a.rt(&["exec", "client-1", "cat", "/etc/resolv.conf"]).stdout;
+    assert!(resolv.contains("nameserver 192.0.2.53"), "dns:\n{resolv}");
+
+    // Outbound: a second namespace of the test's ("the outside", 192.0.2.2) joined to the
+    // agent's by a veth pair, with no route back to the bridge subnet: the client's connection
+    // only works masqueraded, and arrives from the agent's namespace's address.
+    let Some(outside) = TestNetns::new() else { panic!("ip netns add failed") };
+    let link = format!("ip -n {} link add skout0 type veth peer name skout1 netns {}", ns.name(), outside.name());
+    assert!(std::process::Command::new("sh").args(["-c", &link]).status().is_ok_and(|s| s.success()), "{link}");
+    assert!(ns.run(&["ip", "addr", "add", "192.0.2.1/24", "dev", "skout0"]).0);
+    assert!(ns.run(&["ip", "link", "set", "skout0", "up"]).0);
+    assert!(outside.run(&["ip", "addr", "add", "192.0.2.2/24", "dev", "skout1"]).0);
+    assert!(outside.run(&["ip", "link", "set", "skout1", "up"]).0);
+    let listener = outside.enter(|| std::net::TcpListener::bind("192.0.2.2:9999").expect("bind 192.0.2.2:9999"));
+    let accept = std::thread::spawn(move || listener.accept().map(|(_, peer)| peer));
+    let out = a.rt(&["exec", "client-1", "sh", "-c", "echo hi | nc -w 3 192.0.2.2 9999"]);
+    assert!(out.success(), "client reaches an address outside the bridge: {out}");
+    let peer = accept.join().expect("accept thread").expect("accept");
+    assert_eq!(peer.ip().to_string(), "192.0.2.1", "masqueraded to the agent's namespace's address");
+    assert!(ns.run(&["nft", "list", "table", "ip", "skiff"]).1.contains("masquerade"));
+    assert_eq!(ns.run(&["cat", "/proc/sys/net/ipv4/ip_forward"]).1.trim(), "1");
+    drop(outside);
+
+    // A third web replica: the running client's /etc/hosts is rewritten in place.
+    a.write_manifest(&manifest(3));
+    st = wait_status(&ns, &a, "web-3 running", |st| all_running(st, "web", 3));
+    let w3 = address(&st, "web-3");
+    assert!(!seen.contains(&w3), "web-3 {w3} has an address of its own: {seen:?}");
+    skiff_tests::wait_until("client's /etc/hosts to list web-3", WAIT, || {
+        a.rt(&["exec", "client-1", "cat", "/etc/hosts"]).stdout.contains(&format!("{w3}\tweb\n"))
+    });
+    assert!(!on_host(), "the host's namespace has no {BRIDGE}");
+    down_leaves_no_network(&ns, &mut a, BRIDGE);
+}
+
+/// Two replicas behind one published port both take connections, round-robin; a container
+/// port alone gets a host port chosen by the kernel, shown in status. After the agent is
+/// SIGKILLed and started again, the replicas run on (same pids, same addresses), and the
+/// ports come back, the chosen one on the same host port.
+#[test]
+fn a_published_port_spreads_over_replicas_and_comes_back_after_agent_sigkill() {
+    let Some((ns, mut a)) = setup() else { return };
+    a.write_manifest(&format!(
+        "x-skiff:\n  bridge: sktest1\n  subnet: 10.123.1.0/24\nservices:\n{}",
+        web(2, r#"["8080:80", "127.0.0.1::80", "9000-9001:80-81"]"#, SERVES)
+    ));
+    a.spawn();
+    let st = wait_status(&ns, &a, "web (2) healthy behind 8080 and the chosen port", |st| {
+        all_healthy(st, "web", 2)
+            && port(st, "web", "8080:80/tcp")["backends"] == 2
+            && port(st, "web", "127.0.0.1::80/tcp")["backends"] == 2
+    });
+    let p = port(&st, "web", "8080:80/tcp");
+    assert_eq!(p["host_port"], 8080, "{p}");
+    assert!(p.get("error").is_none(), "{p}");
+    let (by, errors) = spread(&ns, "127.0.0.1:8080".parse().unwrap(), 20);
+    assert!(errors.is_empty(), "every request through 8080 answered: {errors:?}");
+    assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["web-1", "web-2"], "both replicas answered: {by:?}");
+    assert!(by.values().all(|n| *n == 10), "round-robin: {by:?}");
+    // The range: 9000 → 80 (served), 9001 → 81 (nothing listens there: closed, not hung).
+    assert_eq!(port(&st, "web", "9000:80/tcp")["host_port"], 9000);
+    assert_eq!(port(&st, "web", "9001:81/tcp")["host_port"], 9001);
+    let (by9000, _) = spread(&ns, "127.0.0.1:9000".parse().unwrap(), 2);
+    assert_eq!(by9000.values().sum::<usize>(), 2, "{by9000:?}");
+    let (_, errors9001) = spread(&ns, "127.0.0.1:9001".parse().unwrap(), 1);
+    assert_eq!(errors9001.len(), 1, "port 81 has no server");
+    // The chosen port.
+    let chosen = port(&st, "web", "127.0.0.1::80/tcp");
+    assert_eq!(chosen["host_ip"], "127.0.0.1", "{chosen}");
+    let chosen_port = chosen["host_port"].as_u64().unwrap_or_else(|| panic!("no host port chosen: {chosen}")) as u16;
+    let (by, errors) = spread(&ns, SocketAddr::from(([127, 0, 0, 1], chosen_port)), 4);
+    assert!(errors.is_empty() && by.values().sum::<usize>() == 4, "{by:?} {errors:?}");
+    let before_pids = pids(&st, "web");
+    let before_addrs: Vec<Ipv4Addr> = ["web-1", "web-2"].iter().map(|id| address(&st, id)).collect();
+
+    // SIGKILL: the proxies die with the agent; the containers do not.
+    a.stop_with(libc::SIGKILL);
+    a.spawn();
+    let st = wait_status(&ns, &a, "the ports back with both replicas", |st| {
+        all_healthy(st, "web", 2)
+            && port(st, "web", "8080:80/tcp")["backends"] == 2
+            && port(st, "web", "127.0.0.1::80/tcp")["backends"] == 2
+    });
+    assert_eq!(pids(&st, "web"), before_pids, "adopted, not restarted");
+    let after_addrs: Vec<Ipv4Addr> = ["web-1", "web-2"].iter().map(|id| address(&st, id)).collect();
+    assert_eq!(after_addrs, before_addrs, "same addresses");
+    assert_eq!(port(&st, "web", "127.0.0.1::80/tcp")["host_port"], chosen_port, "the chosen port is kept");
+    let (by, errors) = spread(&ns, "127.0.0.1:8080".parse().unwrap(), 10);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(by.len(), 2, "both replicas answer after the restart: {by:?}");
+
+    // A third replica after the restart gets an address of its own (no duplicate).
+    a.write_manifest(&format!(
+        "x-skiff:\n  bridge: sktest1\n  subnet: 10.123.1.0/24\nservices:\n{}",
+        web(3, r#"["8080:80", "127.0.0.1::80", "9000-9001:80-81"]"#, SERVES)
+    ));
+    let st = wait_status(&ns, &a, "web-3 healthy", |st| all_healthy(st, "web", 3));
+    assert!(!before_addrs.contains(&address(&st, "web-3")), "web-3 has an address of its own");
+    down_leaves_no_network(&ns, &mut a, "sktest1");
+}
+
+/// A replica that fails its health check never gets a connection through the published port,
+/// although it runs and serves on its own address.
+#[test]
+fn an_unhealthy_replica_gets_no_traffic() {
+    let Some((ns, mut a)) = setup() else { return };
+    // Healthy only in web-1 (web-2 is replaced after its failed checks, and again...).
+    let only_web1 = r#"["CMD-SHELL", "test $$(hostname) = web-1"]"#;
+    a.write_manifest(&format!(
+        "x-skiff:\n  bridge: sktest2\n  subnet: 10.123.2.0/24\nservices:\n{}",
+        web(2, r#"["8080:80"]"#, only_web1)
+    ));
+    a.spawn();
+    wait_status(&ns, &a, "web-1 healthy and web-2 running", |st| {
+        replica(st, "web-1")["health"] == "healthy" && replica(st, "web-2")["state"] == "running"
+    });
+    // web-2 serves when asked directly: it would take traffic if it were sent any.
+    let mut direct = Err(String::new());
+    skiff_tests::wait_until("web-2 to answer on its own address", WAIT, || {
+        let st = status(&ns, &a);
+        let Some(addr) = st.is_object().then(|| replica(&st, "web-2")["address"].as_str().map(String::from)).flatten()
+        else {
+            return false;
+        };
+        let Ok(ip) = addr.parse::<Ipv4Addr>() else { return false };
+        direct = ns.enter(move || http_get(SocketAddr::from((ip, 80))));
+        direct.is_ok()
+    });
+    assert_eq!(direct.as_deref(), Ok("web-2"));
+    let (by, errors) = spread(&ns, "127.0.0.1:8080".parse().unwrap(), 30);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["web-1"], "only the healthy replica answers: {by:?}");
+    let st = status(&ns, &a);
+    assert_eq!(port(&st, "web", "8080:80/tcp")["backends"], 1, "{st:#}");
+    assert_ne!(replica(&st, "web-2")["health"], "healthy");
+    down_leaves_no_network(&ns, &mut a, "sktest2");
+}
+
+/// Scaling 1 → 3 → 1 while a client loops over the published port: once the first replica is
+/// healthy, no request fails — new replicas take traffic once healthy, leaving ones stop
+/// getting it before they are stopped.
+#[test]
+fn scaling_while_a_client_loops_never_fails_a_request() {
+    let Some((ns, mut a)) = setup() else { return };
+    let manifest = |n: u32| {
+        format!("x-skiff:\n  bridge: sktest3\n  subnet: 10.123.3.0/24\nservices:\n{}", web(n, r#"["8080:80"]"#, SERVES))
+    };
+    a.write_manifest(&manifest(1));
+    a.spawn();
+    wait_status(&ns, &a, "web-1 healthy behind 8080", |st| {
+        all_healthy(st, "web", 1) && port(st, "web", "8080:80/tcp")["backends"] == 1
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<Answers>> = Arc::default();
+    let client = {
+        let (stop, seen) = (stop.clone(), seen.clone());
+        ns.spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let r = http_get("127.0.0.1:8080".parse().unwrap());
+                let mut s = seen.lock().unwrap();
+                match r {
+                    Ok(body) => *s.0.entry(body).or_insert(0) += 1,
+                    Err(e) => s.1.push(e),
+                }
+                drop(s);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let answered_by = |id: &str| seen.lock().unwrap().0.get(id).copied().unwrap_or(0);
+    a.write_manifest(&manifest(3));
+    wait_status(&ns, &a, "3 healthy replicas behind 8080", |st| {
+        all_healthy(st, "web", 3) && port(st, "web", "8080:80/tcp")["backends"] == 3
+    });
+    skiff_tests::wait_until("every replica to answer the client", WAIT, || {
+        ["web-1", "web-2", "web-3"].iter().all(|id| answered_by(id) > 0)
+    });
+    a.write_manifest(&manifest(1));
+    wait_status(&ns, &a, "only web-1 left", |st| {
+        service(st, "web")["replicas"].as_array().is_some_and(|r| r.len() == 1)
+            && port(st, "web", "8080:80/tcp")["backends"] == 1
+    });
+    let after = answered_by("web-1");
+    skiff_tests::wait_until("more answers from web-1", WAIT, || answered_by("web-1") > after + 20);
+    stop.store(true, Ordering::SeqCst);
+    client.join().expect("client thread");
+    let (by, errors) = seen.lock().unwrap().clone();
+    assert!(
+        errors.is_empty(),
+        "{} failed requests (of {}): {:?}",
+        errors.len(),
+        by.values().sum::<usize>(),
+        &errors[..errors.len().min(5)]
+    );
+    down_leaves_no_network(&ns, &mut a, "sktest3");
+}
+
+/// A host port already in use is an error on that port of that service (in status), the rest
+/// runs and is published; once the port is free it is published (retried). A bridge subnet
+/// that overlaps a network of the host is an error on the bridged service, which creates
+/// nothing, and services on other network modes run.
+#[test]
+fn a_busy_host_port_and_an_overlapping_subnet_are_errors_on_their_service_only() {
+    let Some((ns, mut a)) = setup() else { return };
+    let squatter = ns.enter(|| std::net::TcpListener::bind("0.0.0.0:8090").expect("bind 0.0.0.0:8090"));
+    let other = web(1, r#"["8091:80"]"#, SERVES).replace("  web:", "  other:");
+    a.write_manifest(&format!(
+        "x-skiff:\n  bridge: sktest4\n  subnet: 10.123.4.0/24\nservices:\n{}{other}",
+        web(1, r#"["8090:80"]"#, SERVES)
+    ));
+    a.spawn();
+    let st = wait_status(&ns, &a, "8090 in error and 8091 published", |st| {
+        port(st, "web", "8090:80/tcp").get("error").is_some() && port(st, "other", "8091:80/tcp")["backends"] == 1
+    });
+    let err = port(&st, "web", "8090:80/tcp")["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("host port 8090/tcp is already in use"), "{err}");
+    let (by, errors) = spread(&ns, "127.0.0.1:8091".parse().unwrap(), 2);
+    assert!(errors.is_empty() && by.contains_key("other-1"), "{by:?} {errors:?}");
+    drop(squatter);
+    wait_status(&ns, &a, "8090 published once free", |st| {
+        port(st, "web", "8090:80/tcp").get("error").is_none() && port(st, "web", "8090:80/tcp")["backends"] == 1
+    });
+    let (by, errors) = spread(&ns, "127.0.0.1:8090".parse().unwrap(), 2);
+    assert!(errors.is_empty() && by.contains_key("web-1"), "{by:?} {errors:?}");
+    down_leaves_no_network(&ns, &mut a, "sktest4");
+
+    // An overlapping subnet: another interface of the namespace (a veth: this kernel may lack
+    // the dummy driver) has 10.123.5.7/16.
+    assert!(ns.run(&["ip", "link", "add", "skother0", "type", "veth", "peer", "name", "skother1"]).0);
+    assert!(ns.run(&["ip", "addr", "add", "10.123.5.7/16", "dev", "skother0"]).0);
+    a.write_manifest(&format!(
+        "x-skiff:\n  bridge: sktest5\n  subnet: 10.123.6.0/24\nservices:\n{}  alone:\n    image: {}\n    command: [\"sleep\", \"1000\"]\n    stop_grace_period: 1s\n    network_mode: none\n",
+        web(1, r#"["8092:80"]"#, SERVES),
+        image()
+    ));
+    a.spawn();
+    let st = wait_status(&ns, &a, "web failing with the overlap, alone running", |st| {
+        all_running(st, "alone", 1) && replica(st, "web-1")["message"].as_str().is_some_and(|m| m.contains("overlaps"))
+    });
+    let msg = replica(&st, "web-1")["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("10.123.6.0/24 overlaps 10.123.5.7/16 on skother0") && msg.contains("x-skiff"), "{msg}");
+    assert!(!ns.run(&["ip", "link", "show", "sktest5"]).0, "no bridge was made");
+    assert!(!ns.run(&["nft", "list", "tables"]).1.contains("skiff"), "no NAT table was made");
+    a.down();
+}
