@@ -466,6 +466,18 @@ fn a_busy_host_port_and_an_overlapping_subnet_are_errors_on_their_service_only()
     });
     let (by, errors) = spread(&ns, "127.0.0.1:8090".parse().unwrap(), 2);
     assert!(errors.is_empty() && by.contains_key("web-1"), "{by:?} {errors:?}");
+
+    // No bridged service left: the agent removes the bridge and the NAT table itself.
+    a.write_manifest(&format!(
+        "services:\n  alone:\n    image: {}\n    command: [\"sleep\", \"1000\"]\n    stop_grace_period: 1s\n    network_mode: none\n",
+        image()
+    ));
+    wait_status(&ns, &a, "only alone running", |st| {
+        all_running(st, "alone", 1) && service(st, "web").is_null() && service(st, "other").is_null()
+    });
+    skiff_tests::wait_until("the bridge and the NAT table to go", WAIT, || {
+        !ns.run(&["ip", "link", "show", "sktest4"]).0 && !ns.run(&["nft", "list", "tables"]).1.contains("skiff")
+    });
     down_leaves_no_network(&ns, &mut a, "sktest4");
 
     // An overlapping subnet: another interface of the namespace (a veth: this kernel may lack

@@ -237,6 +237,19 @@ pub fn metrics(status: &Status, stats: impl Fn(i32) -> Option<cgstats::Stats>) -
     for s in services {
         sample(&mut out, "skiff_service_replicas_healthy", &[("service", &s.name)], s.healthy_replicas as f64);
     }
+    family(
+        &mut out,
+        "skiff_port_backends",
+        "gauge",
+        "Replicas a published port sends connections to (0: it is not published, or none is healthy).",
+    );
+    for s in services {
+        for p in &s.ports {
+            let labels = [("service", s.name.as_str()), ("port", p.mapping.as_str())];
+            let n = if p.error.is_some() { 0.0 } else { p.backends as f64 };
+            sample(&mut out, "skiff_port_backends", &labels, n);
+        }
+    }
     family(&mut out, "skiff_container_restarts_total", "counter", "Restarts of the replica.");
     for s in services {
         for r in &s.replicas {
@@ -432,7 +445,15 @@ mod tests {
                     healthy_replicas: 1,
                     warnings: vec![],
                     replicas: vec![replica("web-1", Some(4242), 0), replica("web-2", None, 3)],
-                    ports: vec![],
+                    ports: vec![crate::daemon::status::PortStatus {
+                        mapping: "8080:80/tcp".into(),
+                        protocol: "tcp".into(),
+                        host_ip: Some("::".into()),
+                        host_port: Some(8080),
+                        target: 80,
+                        backends: 1,
+                        error: None,
+                    }],
                 },
                 ServiceStatus {
                     name: "we\"ird\\name\nx".into(),
@@ -621,6 +642,7 @@ mod tests {
         assert_eq!(value("skiff_service_replicas_desired", &[("service", "web")]), Some(2.0));
         assert_eq!(value("skiff_service_replicas_running", &[("service", "web")]), Some(1.0));
         assert_eq!(value("skiff_service_replicas_healthy", &[("service", "web")]), Some(1.0));
+        assert_eq!(value("skiff_port_backends", &[("service", "web"), ("port", "8080:80/tcp")]), Some(1.0));
         assert_eq!(value("skiff_service_replicas_desired", &[("service", weird)]), Some(1.0));
         let web2 = [("service", "web"), ("replica", "web-2")];
         let web1 = [("service", "web"), ("replica", "web-1")];
@@ -638,6 +660,7 @@ mod tests {
             "skiff_service_replicas_desired gauge",
             "skiff_service_replicas_running gauge",
             "skiff_service_replicas_healthy gauge",
+            "skiff_port_backends gauge",
             "skiff_container_restarts_total counter",
             "skiff_container_memory_bytes gauge",
             "skiff_container_cpu_seconds_total counter",

@@ -215,7 +215,7 @@ impl Ports {
 
     /// When a failed bind is to be tried again, if any.
     pub fn next_retry(&self) -> Option<Instant> {
-        self.entries.values().filter(|e| e.proxy.is_none() && e.error.is_some()).map(|e| e.retry_at).min()
+        self.entries.values().filter(|e| e.proxy.is_none() && e.failures > 0).map(|e| e.retry_at).min()
     }
 
     /// The status of `service`'s published ports.

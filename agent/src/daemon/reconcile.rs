@@ -735,11 +735,14 @@ impl Agent {
         if wanted || left {
             return;
         }
+        // Taken here, not in the task: a bridged start that comes next waits for the teardown
+        // (and sets everything up again) instead of racing it. Busy (a setup runs): next pass.
+        let Ok(setup) = self.setup_lock.clone().try_lock_owned() else { return };
         self.bridge_maybe_up = false;
         self.net = None;
-        let (paths, lock) = (self.paths.clone(), self.setup_lock.clone());
+        let paths = self.paths.clone();
         tokio::spawn(async move {
-            let _setup = lock.lock().await;
+            let _setup = setup;
             let res = tokio::task::spawn_blocking(move || network::teardown(&paths, None))
                 .await
                 .map_err(|e| anyhow!("{e}"))

@@ -71,6 +71,7 @@ pub async fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<
                 .add(LinkBridge::new(name).build())
                 .execute()
                 .await
+                .map_err(|e| missing_driver(e, "bridge", "CONFIG_BRIDGE", "bridge"))
                 .with_context(|| format!("create bridge {name}"))?;
             find_link(h, name).await?.ok_or_else(|| anyhow!("bridge {name} vanished after its creation"))?
         }
@@ -166,9 +167,9 @@ pub async fn attach(
     let peer =
         LinkMessageBuilder::<LinkUnspec>::new().name(CONTAINER_IFNAME.to_string()).setns_by_fd(ns.as_raw_fd()).build();
     let pair = LinkVeth::new(ifname_host, CONTAINER_IFNAME).set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).build();
-    h.link().add(pair).execute().await.with_context(|| {
-        format!("create veth {ifname_host} with its peer {CONTAINER_IFNAME} in {}", netns_path.display())
-    })?;
+    h.link().add(pair).execute().await.map_err(|e| missing_driver(e, "veth", "CONFIG_VETH", "veth")).with_context(
+        || format!("create veth {ifname_host} with its peer {CONTAINER_IFNAME} in {}", netns_path.display()),
+    )?;
 
     let res = async {
         let host_index = find_link(h, ifname_host)
@@ -320,6 +321,19 @@ fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
         }),
         _ => None,
     })
+}
+
+/// A link creation error, explained when the kernel has no driver for the link kind
+/// (EOPNOTSUPP: "Unknown device type", as `ip link add` says).
+fn missing_driver(e: rtnetlink::Error, kind: &str, config: &str, module: &str) -> anyhow::Error {
+    if errno(&e) == Some(libc::EOPNOTSUPP) {
+        anyhow!(
+            "the kernel has no {kind} network driver: enable {config} or load its module (modprobe {module}); \
+             netlink said: {e}"
+        )
+    } else {
+        anyhow::Error::new(e)
+    }
 }
 
 /// The errno of a netlink error answer.
