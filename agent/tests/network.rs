@@ -33,6 +33,11 @@ fn image() -> String {
 /// host's loopback, out of the namespace's reach) that will run inside it with its bridge.
 /// `None` (the test is skipped) when a tool is missing.
 fn setup() -> Option<(TestNetns, Agent)> {
+    setup_with_env(&[])
+}
+
+/// [`setup`], the agent started with `env` (`NAME=VALUE`) added to its environment.
+fn setup_with_env(env: &[&str]) -> Option<(TestNetns, Agent)> {
     for tool in ["ip", "nsenter", "nft"] {
         if skiff_tests::which(tool).is_none() {
             skip(&format!("{tool} is not installed"));
@@ -46,7 +51,10 @@ fn setup() -> Option<(TestNetns, Agent)> {
     let mut a = Agent::new(SKIFF);
     let out = a.skiff(&["pull", &image()]);
     assert!(out.success(), "{out}");
-    a.wrap(["nsenter", ns.nsenter_arg().as_str()]).with_bridge();
+    let mut prefix: Vec<String> = vec!["env".into()];
+    prefix.extend(env.iter().map(|e| e.to_string()));
+    prefix.extend(["nsenter".to_string(), ns.nsenter_arg()]);
+    a.wrap(prefix).with_bridge();
     Some((ns, a))
 }
 
@@ -385,15 +393,16 @@ fn an_unhealthy_replica_gets_no_traffic() {
 /// getting it before they are stopped.
 #[test]
 fn scaling_while_a_client_loops_never_fails_a_request() {
-    let Some((ns, mut a)) = setup() else { return };
-    let manifest = |n: u32| {
-        format!("x-skiff:\n  bridge: sktest3\n  subnet: 10.123.3.0/24\nservices:\n{}", web(n, r#"["8080:80"]"#, SERVES))
-    };
+    // The bridge from the agent's environment (SKIFF_BRIDGE, SKIFF_SUBNET: --bridge, --subnet).
+    let Some((ns, mut a)) = setup_with_env(&["SKIFF_BRIDGE=sktest3", "SKIFF_SUBNET=10.123.3.0/24"]) else { return };
+    let manifest = |n: u32| format!("services:\n{}", web(n, r#"["8080:80"]"#, SERVES));
     a.write_manifest(&manifest(1));
     a.spawn();
-    wait_status(&ns, &a, "web-1 healthy behind 8080", |st| {
+    let st = wait_status(&ns, &a, "web-1 healthy behind 8080", |st| {
         all_healthy(st, "web", 1) && port(st, "web", "8080:80/tcp")["backends"] == 1
     });
+    assert!(address(&st, "web-1").to_string().starts_with("10.123.3."), "{st:#}");
+    assert!(ns.run(&["ip", "link", "show", "sktest3"]).0, "the bridge of SKIFF_BRIDGE");
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Arc<Mutex<Answers>> = Arc::default();
     let client = {

@@ -21,6 +21,26 @@ pub struct AgentArgs {
     /// services get a network namespace with loopback only, like `none` (dockerd's --bridge=none)
     #[arg(long, env = "SKIFF_NO_BRIDGE", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_bridge: bool,
+    /// The bridge of `network_mode: bridge` services, unless the manifest's `x-skiff: bridge` says
+    #[arg(long, env = "SKIFF_BRIDGE", default_value = crate::manifest::network::DEFAULT_BRIDGE, value_name = "NAME",
+          value_parser = parse_bridge)]
+    pub bridge: String,
+    /// Its IPv4 subnet (the gateway is its first address), unless `x-skiff: subnet` says
+    #[arg(long, env = "SKIFF_SUBNET", default_value = crate::net::ipam::DEFAULT_SUBNET, value_name = "CIDR",
+          value_parser = parse_subnet)]
+    pub subnet: String,
+}
+
+fn parse_bridge(s: &str) -> Result<String, String> {
+    if crate::manifest::network::valid_interface_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("`{s}` is not an interface name (1-15 characters of letters, digits, '_', '.', '-')"))
+    }
+}
+
+fn parse_subnet(s: &str) -> Result<String, String> {
+    s.trim().parse::<crate::net::ipam::Subnet>().map(|n| n.to_string()).map_err(|e| format!("{e:#}"))
 }
 
 pub fn agent(root: &Path, a: AgentArgs) -> Result<i32> {
@@ -28,5 +48,12 @@ pub fn agent(root: &Path, a: AgentArgs) -> Result<i32> {
     let root = if root.is_absolute() { root.to_path_buf() } else { std::env::current_dir()?.join(root) };
     let manifest =
         if a.manifest.is_absolute() { a.manifest.clone() } else { std::env::current_dir()?.join(&a.manifest) };
-    crate::daemon::run(crate::daemon::Options { root, manifest, listen: a.listen, runtime, no_bridge: a.no_bridge })
+    crate::daemon::run(crate::daemon::Options {
+        root,
+        manifest,
+        listen: a.listen,
+        runtime,
+        no_bridge: a.no_bridge,
+        network: crate::manifest::NetworkSettings { bridge: a.bridge, subnet: a.subnet },
+    })
 }

@@ -49,6 +49,8 @@ pub struct Options {
     pub runtime: PathBuf,
     /// `--no-bridge`: bridge-mode services get loopback only.
     pub no_bridge: bool,
+    /// `--bridge`, `--subnet`: the bridge network where the manifest's `x-skiff` says nothing.
+    pub network: crate::manifest::NetworkSettings,
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Containers keep running when it returns.
@@ -99,6 +101,7 @@ async fn main_loop(o: Options, paths: Paths) -> Result<i32> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let runtime = Runtime::new(o.runtime.clone(), paths.runtime_root());
     let mut agent = Agent::new(paths.clone(), runtime, o.manifest.clone(), tx.clone(), snap_tx)?;
+    agent.set_network_defaults(o.network.clone());
     if o.no_bridge {
         log("--no-bridge: bridge-mode services get a network namespace with loopback only");
         agent.disable_bridge();

@@ -37,7 +37,7 @@ use super::ports::Ports;
 use super::replica::{self, Prepared, ReplicaRecord, Started};
 use super::status::{Health, ManifestStatus, ReplicaState, ReplicaStatus, ServiceStatus, Snapshot, Status};
 use super::{health, proc};
-use crate::manifest::{self, DependsCondition, Manifest, NetworkMode, PullPolicy, Service};
+use crate::manifest::{self, DependsCondition, Manifest, NetworkMode, NetworkSettings, PullPolicy, Service};
 use crate::supervise::restart::{Decision, ExitKind, RestartState, RestartTracker};
 
 /// What the loop reacts to.
@@ -181,6 +181,8 @@ pub struct Agent {
     net: Option<Arc<BridgeNet>>,
     /// `--no-bridge`: never set up the bridge network.
     bridge_disabled: bool,
+    /// `--bridge`, `--subnet`: where the manifest's `x-skiff` says nothing.
+    network_defaults: NetworkSettings,
     /// The published ports' proxies.
     ports: Ports,
     /// Held while the bridge and its NAT rules are set up or torn down.
@@ -216,10 +218,16 @@ impl Agent {
             snapshots,
             net: None,
             bridge_disabled: false,
+            network_defaults: NetworkSettings::default(),
             setup_lock: SetupLock::default(),
             bridge_maybe_up: network::record_path(&paths).exists(),
             paths,
         })
+    }
+
+    /// `--bridge`, `--subnet`.
+    pub fn set_network_defaults(&mut self, n: NetworkSettings) {
+        self.network_defaults = n;
     }
 
     /// `--no-bridge`: bridge-mode services get loopback only (the host's networking is untouched).
@@ -898,10 +906,11 @@ impl Agent {
     /// The bridge network of the manifest's `x-skiff` settings (opened on first use; a changed
     /// setting opens the new one: replicas connected to the old bridge keep it until replaced).
     fn bridge_net(&mut self, m: &Manifest) -> Result<Arc<BridgeNet>> {
-        if let Some(n) = self.net.as_ref().filter(|n| n.is(&m.network)) {
+        let settings = m.network.resolve(&self.network_defaults);
+        if let Some(n) = self.net.as_ref().filter(|n| n.is(&settings)) {
             return Ok(n.clone());
         }
-        let n = Arc::new(BridgeNet::open(&self.paths, &m.network, self.setup_lock.clone())?);
+        let n = Arc::new(BridgeNet::open(&self.paths, &settings, self.setup_lock.clone())?);
         self.net = Some(n.clone());
         self.bridge_maybe_up = true;
         Ok(n)

@@ -1666,15 +1666,15 @@ fn dns(cx: &mut Ctx, n: &Node, what: &str) -> Vec<std::net::IpAddr> {
 }
 
 /// `x-skiff:` — `bridge` and `subnet`; other keys warn.
-fn skiff_extension(cx: &mut Ctx, n: &Node) -> NetworkSettings {
-    let mut net = NetworkSettings::default();
+fn skiff_extension(cx: &mut Ctx, n: &Node) -> NetworkOverrides {
+    let mut net = NetworkOverrides::default();
     for (key, k, v) in cx.map(n, "x-skiff").unwrap_or_default() {
         let f = format!("x-skiff.{key}");
         match key.as_str() {
             "bridge" => {
                 if let Some(b) = cx.nonempty_string(v, &f) {
                     if network::valid_interface_name(&b) {
-                        net.bridge = b;
+                        net.bridge = Some(b);
                     } else {
                         cx.err(v.pos, format!("{f}: `{b}` is not an interface name (1-15 characters of letters, digits, '_', '.', '-')"));
                     }
@@ -1683,7 +1683,7 @@ fn skiff_extension(cx: &mut Ctx, n: &Node) -> NetworkSettings {
             "subnet" => {
                 if let Some(s) = cx.nonempty_string(v, &f) {
                     match s.trim().parse::<crate::net::ipam::Subnet>() {
-                        Ok(sub) => net.subnet = sub.to_string(),
+                        Ok(sub) => net.subnet = Some(sub.to_string()),
                         Err(e) => cx.err(v.pos, format!("{f}: {e:#}")),
                     }
                 }

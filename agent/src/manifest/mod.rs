@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use network::{ExtraHost, NetworkSettings, PortMapping, PortRange, Protocol};
+pub use network::{ExtraHost, NetworkOverrides, NetworkSettings, PortMapping, PortRange, Protocol};
 pub use yaml::{Limits, Pos};
 
 /// The default manifest path.
@@ -40,9 +40,10 @@ pub struct Manifest {
     pub services: BTreeMap<String, Service>,
     /// Top-level named volumes by name.
     pub volumes: BTreeMap<String, VolumeDecl>,
-    /// `x-skiff:` (`bridge`, `subnet`): the bridge of `network_mode: bridge` services.
+    /// `x-skiff:` (`bridge`, `subnet`): the bridge of `network_mode: bridge` services, over
+    /// the agent's defaults.
     #[serde(default)]
-    pub network: NetworkSettings,
+    pub network: NetworkOverrides,
 }
 
 /// One service (`services.NAME`), with compose's alternatives already resolved
@@ -86,7 +87,7 @@ pub struct Service {
     pub depends_on: BTreeMap<String, Dependency>,
     pub logging: Logging,
     pub network_mode: NetworkMode,
-    /// `ports:` in order (not published yet: that comes with bridge networking).
+    /// `ports:` in order (published by the agent for bridged services).
     pub ports: Vec<PortMapping>,
     /// `extra_hosts:`, in order, for the container's /etc/hosts.
     #[serde(default)]
@@ -253,7 +254,7 @@ impl Default for Logging {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMode {
-    /// Compose's default; until bridge networking lands the agent decides how to run it.
+    /// Compose's default: an address on the agent's bridge.
     #[default]
     Bridge,
     Host,

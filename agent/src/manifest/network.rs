@@ -25,6 +25,27 @@ impl Default for NetworkSettings {
     }
 }
 
+/// `x-skiff:` as written: what the manifest sets, over the agent's defaults (its `--bridge`
+/// and `--subnet`, else [`NetworkSettings::default`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// Normalised (`10.88.0.0/16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+}
+
+impl NetworkOverrides {
+    /// The settings in force: these over `defaults`.
+    pub fn resolve(&self, defaults: &NetworkSettings) -> NetworkSettings {
+        NetworkSettings {
+            bridge: self.bridge.clone().unwrap_or_else(|| defaults.bridge.clone()),
+            subnet: self.subnet.clone().unwrap_or_else(|| defaults.subnet.clone()),
+        }
+    }
+}
+
 /// TCP or UDP.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -597,17 +597,26 @@ fn extra_hosts_and_dns() {
 
 #[test]
 fn network_settings_under_x_skiff() {
+    let defaults = NetworkSettings::default();
     let m = clean("services:\n  a:\n    image: a\n");
-    assert_eq!(m.network, NetworkSettings { bridge: "skiff0".into(), subnet: "10.88.0.0/16".into() });
+    assert_eq!(
+        m.network.resolve(&defaults),
+        NetworkSettings { bridge: "skiff0".into(), subnet: "10.88.0.0/16".into() }
+    );
     assert_eq!(m.services["a"].network_mode, NetworkMode::Bridge);
+    // The agent's defaults (--bridge, --subnet) apply where x-skiff says nothing.
+    let agent = NetworkSettings { bridge: "edge0".into(), subnet: "10.77.0.0/16".into() };
+    assert_eq!(m.network.resolve(&agent), agent);
     let m = clean("x-skiff:\n  bridge: br-edge.1\n  subnet: 172.30.0.0/24\n  x-later: 1\nx-other: {bridge: ignored}\nservices:\n  a:\n    image: a\n");
-    assert_eq!(m.network, NetworkSettings { bridge: "br-edge.1".into(), subnet: "172.30.0.0/24".into() });
+    let set = NetworkSettings { bridge: "br-edge.1".into(), subnet: "172.30.0.0/24".into() };
+    assert_eq!(m.network.resolve(&defaults), set);
+    assert_eq!(m.network.resolve(&agent), set);
     let m = clean("x-skiff: {subnet: 10.99.0.0/30}\nservices:\n  a:\n    image: a\n");
-    assert_eq!(m.network, NetworkSettings { bridge: "skiff0".into(), subnet: "10.99.0.0/30".into() });
+    assert_eq!(m.network.resolve(&agent), NetworkSettings { bridge: "edge0".into(), subnet: "10.99.0.0/30".into() });
     // An older record without `network` still loads.
     let mut json: serde_json::Value = serde_json::to_value(&m).unwrap();
     json.as_object_mut().unwrap().remove("network");
-    assert_eq!(serde_json::from_value::<Manifest>(json).unwrap().network, NetworkSettings::default());
+    assert_eq!(serde_json::from_value::<Manifest>(json).unwrap().network, NetworkOverrides::default());
     let top = "services:\n  a:\n    image: a\n";
     has(&format!("{top}x-skiff:\n  bridge: a-very-long-bridge\n"), "5:11: error: ", "not an interface name");
     has(&format!("{top}x-skiff:\n  bridge: \"br/0\"\n"), "5:11: error: ", "not an interface name");
