@@ -483,6 +483,31 @@ fn an_unhealthy_replica_is_replaced() {
     a.down();
 }
 
+/// `start_interval`: within the start period, checks run at the short interval until one
+/// passes (so a new replica is healthy, and takes published traffic, in moments), then at
+/// the long one. With an interval of an hour, only start_interval can make it healthy here.
+#[test]
+fn start_interval_checks_often_until_healthy() {
+    let mut a = agent();
+    a.write_manifest(&format!(
+        r#"services:
+  web:
+    image: {}
+    command: ["sh", "-c", "sleep 1; touch /tmp/ok; exec sleep 1000"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: ["CMD", "test", "-f", "/tmp/ok"]
+      interval: 1h
+      start_period: 10m
+      start_interval: 200ms
+"#,
+        image()
+    ));
+    a.start();
+    a.wait_status("web-1 healthy through start_interval", |st| replica(st, "web-1")["health"] == "healthy");
+    a.down();
+}
+
 #[test]
 fn depends_on_orders_start_up() {
     let mut a = agent();

@@ -221,6 +221,8 @@ pub struct ImageHealthcheck {
     pub interval: std::time::Duration,
     pub timeout: std::time::Duration,
     pub start_period: std::time::Duration,
+    /// Between checks during the start period (Docker 25+); zero: `interval`.
+    pub start_interval: std::time::Duration,
     pub retries: u32,
 }
 
@@ -236,6 +238,8 @@ struct RawHealthcheck {
     timeout: Option<i64>,
     #[serde(default)]
     start_period: Option<i64>,
+    #[serde(default)]
+    start_interval: Option<i64>,
     #[serde(default)]
     retries: Option<i64>,
 }
@@ -298,6 +302,7 @@ impl ImageRunConfig {
                     interval: ns(h.interval),
                     timeout: ns(h.timeout),
                     start_period: ns(h.start_period),
+                    start_interval: ns(h.start_interval),
                     retries: h.retries.unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
                 }
             }),

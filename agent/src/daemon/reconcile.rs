@@ -1188,5 +1188,20 @@ mod tests {
         assert_eq!((hc.args[2].as_str(), hc.interval), ("test -e /ready", Duration::from_secs(2)));
         let none = ImageHealthcheck { test: vec!["NONE".into()], ..Default::default() };
         assert!(replica::resolve_healthcheck(&svc("services:\n  web:\n    image: busybox\n"), Some(&none)).is_none());
+        // start_interval: only with a start period; compose's default 5s.
+        assert_eq!(hc.start_interval, Duration::ZERO, "no start period, no start interval");
+        let s = svc("services:\n  web:\n    image: busybox\n    healthcheck:\n      start_period: 1m\n");
+        let hc = replica::resolve_healthcheck(&s, Some(&image)).expect("a check");
+        assert_eq!(hc.start_interval, Duration::from_secs(5));
+        let s = svc("services:\n  web:\n    image: busybox\n    healthcheck:\n      start_period: 1m\n      start_interval: 250ms\n");
+        let hc = replica::resolve_healthcheck(&s, Some(&image)).expect("a check");
+        assert_eq!((hc.start_period, hc.start_interval), (Duration::from_secs(60), Duration::from_millis(250)));
+        let timed = ImageHealthcheck {
+            start_period: Duration::from_secs(10),
+            start_interval: Duration::from_secs(1),
+            ..image.clone()
+        };
+        let hc = replica::resolve_healthcheck(&svc("services:\n  web:\n    image: busybox\n"), Some(&timed)).unwrap();
+        assert_eq!(hc.start_interval, Duration::from_secs(1), "the image's StartInterval");
     }
 }

@@ -61,6 +61,9 @@ pub struct HealthCheck {
     pub timeout: Duration,
     pub retries: u32,
     pub start_period: Duration,
+    /// Between checks during the start period until the first success (zero: `interval`).
+    #[serde(default)]
+    pub start_interval: Duration,
 }
 
 /// Docker's test form: `["CMD", args...]`, `["CMD-SHELL", cmd]`; `None` for `["NONE"]`, empty
@@ -95,6 +98,12 @@ pub fn resolve_healthcheck(svc: &Service, image: Option<&ImageHealthcheck>) -> O
                 timeout: h.timeout,
                 retries: h.retries,
                 start_period: h.start_period,
+                // Compose: 5s by default, and only where there is a start period.
+                start_interval: if h.start_period.is_zero() {
+                    Duration::ZERO
+                } else {
+                    h.start_interval.unwrap_or(Duration::from_secs(5))
+                },
             })
         }
         None => {
@@ -106,6 +115,7 @@ pub fn resolve_healthcheck(svc: &Service, image: Option<&ImageHealthcheck>) -> O
                 timeout: or(h.timeout, 30),
                 retries: if h.retries == 0 { 3 } else { h.retries },
                 start_period: h.start_period,
+                start_interval: if h.start_period.is_zero() { Duration::ZERO } else { or(h.start_interval, 5) },
             })
         }
     }

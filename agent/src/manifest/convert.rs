@@ -1137,10 +1137,7 @@ fn healthcheck(cx: &mut Ctx, n: &Node, what: &str) -> Option<Healthcheck> {
             "interval" => h.interval = cx.duration(v, &f).unwrap_or(h.interval),
             "timeout" => h.timeout = cx.duration(v, &f).unwrap_or(h.timeout),
             "start_period" => h.start_period = cx.duration(v, &f).unwrap_or(h.start_period),
-            "start_interval" => {
-                cx.duration(v, &f);
-                cx.warn(k.pos, format!("{f}: start_interval is not supported yet (interval applies); ignored"));
-            }
+            "start_interval" => h.start_interval = cx.duration(v, &f).or(h.start_interval),
             "retries" => h.retries = cx.u32(v, &f).unwrap_or(h.retries),
             "disable" => h.disabled = cx.bool(v, &f).unwrap_or(false),
             x if x.starts_with("x-") => {}

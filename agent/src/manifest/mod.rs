@@ -164,6 +164,9 @@ pub struct Healthcheck {
     pub timeout: Duration,
     pub retries: u32,
     pub start_period: Duration,
+    /// Between checks during the start period (compose's default: 5s once a start_period is set).
+    #[serde(default)]
+    pub start_interval: Option<Duration>,
 }
 
 impl Default for Healthcheck {
@@ -175,6 +178,7 @@ impl Default for Healthcheck {
             timeout: Duration::from_secs(30),
             retries: 3,
             start_period: Duration::ZERO,
+            start_interval: None,
         }
     }
 }
