@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 pub use serde_json::{json, Value};
 
 pub mod agent;
+pub mod engines;
 pub mod registry;
 
 /// Upper bound for any single runtime command. Only there to turn a hang into a failure;
