@@ -15,8 +15,10 @@ fn through_a_terminal(dir: &Path, argv: &[String], ready: &str, keys: &str) -> (
     if which("tmux").is_none() {
         panic!("tmux is not installed: hack/setup installs it");
     }
-    let sock = dir.join("tmux.sock");
-    let exit = dir.join("tty-exit");
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let sock = dir.join(format!("tmux{n}.sock"));
+    let exit = dir.join(format!("tty-exit{n}"));
     let shell_cmd = format!("{}; echo $? > {}; sleep 600", argv.join(" "), exit.display());
     let tmux = |args: &[&str]| -> Out {
         let mut c = Command::new("tmux");
@@ -111,6 +113,16 @@ fn podman_run_it_through_a_terminal() {
     assert!(lines.iter().any(|l| l.starts_with("/dev/pts/")), "a pty inside: {screen}");
     assert!(lines.contains(&"40 120"), "the terminal's size: {screen}");
     assert!(lines.contains(&"42"), "{screen}");
+
+    // exec -it into a running container: `exec --tty --console-socket`.
+    pm.run(&["-d", "--name", "bg", IMAGE, "sleep", "1000"]).ok();
+    let mut argv = pm.argv();
+    argv.extend(["exec", "-it", "bg", "sh"].map(String::from));
+    let (screen, code) = through_a_terminal(pm.dir.path(), &argv, "built-in shell", "tty; stty size; exit 3");
+    assert_eq!(code, "3", "{screen}");
+    let lines: Vec<&str> = screen.lines().map(str::trim_end).collect();
+    assert!(lines.iter().any(|l| l.starts_with("/dev/pts/")) && lines.contains(&"40 120"), "{screen}");
+    pm.cmd(&["rm", "--force", "--time", "0", "bg"]).ok();
 }
 
 #[test]
