@@ -157,10 +157,7 @@ skiff = ["{}"]
     /// The container's cgroup directory in the v1 hierarchy of `ctrl` (or cgroup2).
     pub fn cgroup_dir(&self, ctrl: &str, name: &str) -> Option<PathBuf> {
         let id = self.cmd(&["inspect", "-f", "{{.Id}}", name]).ok().stdout.trim().to_string();
-        let m = crate::cgroup_v1(ctrl).or_else(|| {
-            crate::cgroup_mounts().into_iter().find(|m| m.v2 && m.mount_point == Path::new("/sys/fs/cgroup"))
-        })?;
-        Some(crate::cgroup_dir(&m, &format!("{}/libpod-{id}", self.cgroup_parent)))
+        crate::controller_dir(ctrl, &format!("{}/libpod-{id}", self.cgroup_parent))
     }
 }
 
@@ -272,10 +269,7 @@ state = "{d}/state"
 
     /// The host cgroup directory of container `id` in the v1 hierarchy of `ctrl` (or cgroup2).
     pub fn cgroup_dir(&self, ctrl: &str, id: &str) -> Option<PathBuf> {
-        let m = crate::cgroup_v1(ctrl).or_else(|| {
-            crate::cgroup_mounts().into_iter().find(|m| m.v2 && m.mount_point == Path::new("/sys/fs/cgroup"))
-        })?;
-        Some(crate::cgroup_dir(&m, &format!("/{}/{id}", self.ns)))
+        crate::controller_dir(ctrl, &format!("/{}/{id}", self.ns))
     }
 
     pub fn log(&self) -> String {

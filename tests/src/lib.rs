@@ -1165,6 +1165,14 @@ pub fn cgroup_v1(controller: &str) -> Option<CgroupMount> {
     cgroup_mounts().into_iter().find(|m| !m.v2 && m.controllers.iter().any(|c| c == controller))
 }
 
+/// The directory of cgroupsPath `path` where `ctrl`'s files are: its v1 hierarchy, else the
+/// cgroup2 mount of a pure v2 host. None when neither has it mounted.
+pub fn controller_dir(ctrl: &str, path: &str) -> Option<PathBuf> {
+    cgroup_v1(ctrl)
+        .or_else(|| cgroup_mounts().into_iter().find(|m| m.v2 && m.mount_point == Path::new("/sys/fs/cgroup")))
+        .map(|m| cgroup_dir(&m, path))
+}
+
 /// Where a cgroupsPath lands in a hierarchy: absolute paths from the hierarchy's root,
 /// relative ones below this process's own cgroup (as runc does).
 pub fn cgroup_dir(m: &CgroupMount, cgroups_path: &str) -> PathBuf {

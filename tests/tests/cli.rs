@@ -541,14 +541,6 @@ fn preserve_fds_passes_extra_fds_through() {
     assert!(!out.stdout.contains("fd4-leaked"), "only --preserve-fds fds are passed: {out}");
 }
 
-/// The v1 hierarchy holding `ctrl`, or the cgroup2 mount on a pure v2 host: the
-/// container's cgroup directory there, for reading a limit file from the host.
-fn host_cgroup_dir(ctrl: &str, path: &str) -> Option<std::path::PathBuf> {
-    cgroup_v1(ctrl)
-        .or_else(|| cgroup_mounts().into_iter().find(|m| m.v2 && m.mount_point == Path::new("/sys/fs/cgroup")))
-        .map(|m| cgroup_dir(&m, path))
-}
-
 #[test]
 fn pause_and_resume_freeze_and_thaw_every_process() {
     let rt = Runtime::new();
@@ -572,7 +564,7 @@ fn pause_and_resume_freeze_and_thaw_every_process() {
     // Every process of the cgroup is frozen: the kernel says so for each.
     let pids: Vec<i64> = serde_json::from_str(&rt.cmd(&["ps", "--format", "json", &id]).ok().stdout).unwrap();
     assert!(pids.len() >= 2, "init and child: {pids:?}");
-    if let Some(dir) = host_cgroup_dir("freezer", &path) {
+    if let Some(dir) = controller_dir("freezer", &path) {
         let f = if dir.join("freezer.state").exists() { "freezer.state" } else { "cgroup.freeze" };
         let v = read(dir.join(f));
         assert!(matches!(v.trim(), "FROZEN" | "1"), "{}: {v}", dir.join(f).display());
@@ -595,7 +587,7 @@ fn pause_and_resume_freeze_and_thaw_every_process() {
 
 #[test]
 fn update_changes_the_limits_of_a_running_container() {
-    let Some(mem) = host_cgroup_dir("memory", "/probe") else {
+    let Some(mem) = controller_dir("memory", "/probe") else {
         skip("no memory cgroup controller on this host");
         return;
     };
@@ -609,7 +601,7 @@ fn update_changes_the_limits_of_a_running_container() {
         .set("/linux/resources", json!({"memory": {"limit": 67108864}, "pids": {"limit": 100}}))
         .args(SLEEP);
     rt.create_start(&b, &id);
-    let file = |ctrl: &str, v1: &str, v2f: &str| host_cgroup_dir(ctrl, &path).unwrap().join(if v2 { v2f } else { v1 });
+    let file = |ctrl: &str, v1: &str, v2f: &str| controller_dir(ctrl, &path).unwrap().join(if v2 { v2f } else { v1 });
     let mem_file = file("memory", "memory.limit_in_bytes", "memory.max");
     let pids_file = file("pids", "pids.max", "pids.max");
     assert_eq!(read(&mem_file).trim(), "67108864");
