@@ -1077,6 +1077,25 @@ impl Cgroup {
         self.manager()?.freeze(state).map_err(|e| self.lib_err(what, e))
     }
 
+    /// True when the cgroup is frozen (v1 `freezer.state` FROZEN or FREEZING, v2
+    /// `cgroup.freeze` 1). False when there is no freezer or no such cgroup. Two small
+    /// reads, no libcgroups manager: `state` calls this for every running container.
+    pub fn frozen(&self) -> bool {
+        for (h, dir) in self.dirs() {
+            match (&h.kind, self.layout.mode) {
+                (HierKind::V1("freezer"), _) => {
+                    let s = fs::read_to_string(dir.join("freezer.state")).unwrap_or_default();
+                    return matches!(s.trim(), "FROZEN" | "FREEZING");
+                }
+                (HierKind::Unified, Mode::Unified) => {
+                    return fs::read_to_string(dir.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1");
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+
     /// Removes the cgroup (all hierarchies, nested cgroups included), killing any process
     /// still in it and retrying briefly while the kernel reports it busy. Idempotent.
     pub fn remove(&self) -> Result<(), CgroupError> {

@@ -440,7 +440,9 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     let mut saved = Saved::load(root, id)?;
     match saved.status(root) {
         Status::Created => {}
-        Status::Running => return Err(Error::msg(format!("cannot start container {id}: it is already running"))),
+        Status::Running | Status::Paused => {
+            return Err(Error::msg(format!("cannot start container {id}: it is already running")))
+        }
         Status::Stopped | Status::Creating => {
             return Err(Error::msg(format!(
                 "cannot start container {id}: it has stopped (delete it and create it again)"
@@ -538,12 +540,103 @@ pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
             // SAFETY: kill(2) with a pid and a signal number (real-time ones included).
             unsafe { libc::kill(p, sig) };
         }
-        return Ok(());
+    } else {
+        match pidfd_of(saved.pid, saved.start_time) {
+            Some(fd) => signal_pidfd(&fd, sig).ctx(|| format!("signal container {id}"))?,
+            None => return Err(Error::msg(format!("container {id} is not running"))),
+        }
     }
-    match pidfd_of(saved.pid, saved.start_time) {
-        Some(fd) => signal_pidfd(&fd, sig).ctx(|| format!("signal container {id}")),
-        None => Err(Error::msg(format!("container {id} is not running"))),
+    // A frozen process cannot act on SIGKILL: thaw it so that it dies (as runc does).
+    if status == Status::Paused && sig == libc::SIGKILL {
+        Cgroup::new(&saved.cgroup_path)?.freeze(false)?;
     }
+    Ok(())
+}
+
+/// `pause ID`: freezes every process of a running container (v1 freezer, v2 cgroup.freeze).
+pub fn pause(root: &Path, id: &str) -> Result<()> {
+    let saved = Saved::load(root, id)?;
+    match saved.status(root) {
+        Status::Running => {}
+        Status::Paused => return Err(Error::msg(format!("cannot pause container {id}: it is already paused"))),
+        st => return Err(Error::msg(format!("cannot pause container {id}: it is {}, not running", st.as_str()))),
+    }
+    Cgroup::new(&saved.cgroup_path)?.freeze(true).map_err(|e| Error::msg(format!("pause container {id}: {e}")))
+}
+
+/// `resume ID`: thaws a paused container.
+pub fn resume(root: &Path, id: &str) -> Result<()> {
+    let saved = Saved::load(root, id)?;
+    match saved.status(root) {
+        Status::Paused => {}
+        st => return Err(Error::msg(format!("cannot resume container {id}: it is {}, not paused", st.as_str()))),
+    }
+    Cgroup::new(&saved.cgroup_path)?.freeze(false).map_err(|e| Error::msg(format!("resume container {id}: {e}")))
+}
+
+/// `update [--resources FILE|-] [flags] ID`: changes the limits of a live container.
+/// `changes` holds the new values (only memory, cpu, pids, blockIO, hugepageLimits are
+/// taken; devices cannot change after create); they are merged into the container's
+/// resources, applied, and saved in its state so `state` and a later update see them.
+pub fn update(root: &Path, id: &str, changes: &oci_spec::runtime::LinuxResources) -> Result<()> {
+    use oci_spec::runtime::LinuxResources;
+    let mut saved = Saved::load(root, id)?;
+    if saved.status(root) == Status::Stopped {
+        return Err(Error::msg(format!("cannot update container {id}: it is not running")));
+    }
+    if changes.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(Error::msg("update: devices cannot be changed on a live container: re-create it"));
+    }
+    let mut linux = saved.config.linux().clone().unwrap_or_default();
+    let mut merged = linux.resources().clone().unwrap_or_default();
+    // What is applied: the changed controllers only (re-applying devices would reset
+    // the device rules of a running container for a moment).
+    let mut apply = LinuxResources::default();
+    if let Some(m) = changes.memory() {
+        let mut cur = (*merged.memory()).unwrap_or_default();
+        macro_rules! take {
+            ($($get:ident => $set:ident),*) => { $( if let Some(v) = m.$get() { cur.$set(Some(v)); } )* };
+        }
+        take!(limit => set_limit, reservation => set_reservation, swap => set_swap, kernel => set_kernel,
+            kernel_tcp => set_kernel_tcp, swappiness => set_swappiness, disable_oom_killer => set_disable_oom_killer,
+            use_hierarchy => set_use_hierarchy, check_before_update => set_check_before_update);
+        merged.set_memory(Some(cur));
+        apply.set_memory(Some(cur));
+    }
+    if let Some(c) = changes.cpu() {
+        let mut cur = merged.cpu().clone().unwrap_or_default();
+        macro_rules! take {
+            ($($get:ident => $set:ident),*) => { $( if let Some(v) = c.$get() { cur.$set(Some(v)); } )* };
+        }
+        take!(shares => set_shares, quota => set_quota, burst => set_burst, period => set_period,
+            realtime_runtime => set_realtime_runtime, realtime_period => set_realtime_period, idle => set_idle);
+        if let Some(v) = c.cpus() {
+            cur.set_cpus(Some(v.clone()));
+        }
+        if let Some(v) = c.mems() {
+            cur.set_mems(Some(v.clone()));
+        }
+        merged.set_cpu(Some(cur.clone()));
+        apply.set_cpu(Some(cur));
+    }
+    if let Some(p) = changes.pids() {
+        merged.set_pids(Some(*p));
+        apply.set_pids(Some(*p));
+    }
+    if let Some(b) = changes.block_io() {
+        merged.set_block_io(Some(b.clone()));
+        apply.set_block_io(Some(b.clone()));
+    }
+    if let Some(h) = changes.hugepage_limits() {
+        merged.set_hugepage_limits(Some(h.clone()));
+        apply.set_hugepage_limits(Some(h.clone()));
+    }
+    let cg = Cgroup::new(&saved.cgroup_path)?;
+    cg.check(Some(&apply))?;
+    cg.apply_limits(Some(&apply)).map_err(|e| Error::msg(format!("update container {id}: {e}")))?;
+    linux.set_resources(Some(merged));
+    saved.config.set_linux(Some(linux));
+    saved.save(root)
 }
 
 /// `delete [--force] ID`.
@@ -572,7 +665,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Err(e) => return Err(e),
     };
     let status = saved.status(root);
-    if status == Status::Running && !force {
+    if matches!(status, Status::Running | Status::Paused) && !force {
         return Err(Error::msg(format!(
             "cannot delete container {id} that is not stopped: it is running (stop it with kill, or use delete --force)"
         )));
@@ -583,6 +676,9 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
             let _ = signal_pidfd(&fd, libc::SIGKILL);
             for p in cg.pids().unwrap_or_default() {
                 let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            if status == Status::Paused {
+                cg.freeze(false)?;
             }
             if !wait_pidfd(&fd, Duration::from_secs(10)) {
                 return Err(Error::msg(format!("container {id}: the init did not die after SIGKILL")));

@@ -605,8 +605,9 @@ fn make_mountpoint(dest: &Path, dir: bool) -> Result<()> {
 }
 
 /// `type: cgroup` in the spec: on cgroup v2 the cgroup2 filesystem; on v1 and hybrid
-/// hosts a tmpfs with one mount per hierarchy, as runc does. Inside a cgroup
-/// namespace each mount shows the container's own cgroup as its root.
+/// hosts a tmpfs with one mount per hierarchy, as runc does. Each shows the container's
+/// own cgroup as its root: by itself inside a cgroup namespace, else by a bind mount of
+/// that directory over the hierarchy (podman on v1 and containerd use the host's namespace).
 fn mount_cgroup(dest: &Path, o: &MountOpts, want_v2: bool) -> Result<()> {
     make_mountpoint(dest, true)?;
     let base = o.flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME);
@@ -614,9 +615,34 @@ fn mount_cgroup(dest: &Path, o: &MountOpts, want_v2: bool) -> Result<()> {
     let unified = nix::sys::statfs::statfs("/sys/fs/cgroup")
         .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
         .unwrap_or(false);
+    // Our own cgroup in each hierarchy: "/" inside a cgroup namespace, the full path
+    // without one (then we bind that directory, as runc does, so that the container sees
+    // its own limits, not the host's root).
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let own_path = |controllers: &[&str]| -> Option<String> {
+        own.lines().find_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_, ctrls, path) = (it.next()?, it.next()?, it.next()?);
+            let matches = if controllers.is_empty() {
+                ctrls.is_empty()
+            } else {
+                !ctrls.is_empty() && ctrls.split(',').all(|c| controllers.contains(&c))
+            };
+            (matches && path != "/").then(|| path.to_string())
+        })
+    };
+    let narrow = |sub: &Path, path: Option<String>| -> Result<()> {
+        let Some(path) = path else { return Ok(()) };
+        let src = sub.join(path.trim_start_matches('/'));
+        mount(Some(&src), sub, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .ctx(|| format!("bind the container's cgroup {path} on {}", sub.display()))?;
+        mount(None::<&str>, sub, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | base | ro, None::<&str>)
+            .ctx(|| format!("remount {}", sub.display()))
+    };
     if unified || want_v2 {
-        return mount(Some("cgroup2"), dest, Some("cgroup2"), base | ro, None::<&str>)
-            .ctx(|| format!("mount cgroup2 on {}", dest.display()));
+        mount(Some("cgroup2"), dest, Some("cgroup2"), base | ro, None::<&str>)
+            .ctx(|| format!("mount cgroup2 on {}", dest.display()))?;
+        return narrow(dest, own_path(&[]));
     }
     mount(Some("tmpfs"), dest, Some("tmpfs"), base, Some("mode=755"))
         .ctx(|| format!("mount tmpfs on {}", dest.display()))?;
@@ -634,15 +660,16 @@ fn mount_cgroup(dest: &Path, o: &MountOpts, want_v2: bool) -> Result<()> {
         }
         let sub = dest.join(name);
         fs::create_dir_all(&sub).ctx(|| format!("create {}", sub.display()))?;
-        let r = match fstype {
+        let data: Vec<&str> = superopts.split(',').filter(|s| *s != "rw" && *s != "ro").collect();
+        let (r, path) = match fstype {
             "cgroup" => {
-                let data: Vec<&str> = superopts.split(',').filter(|s| *s != "rw" && *s != "ro").collect();
-                mount(Some("cgroup"), &sub, Some("cgroup"), base | ro, Some(data.join(",").as_str()))
+                (mount(Some("cgroup"), &sub, Some("cgroup"), base | ro, Some(data.join(",").as_str())), own_path(&data))
             }
-            "cgroup2" => mount(Some("cgroup2"), &sub, Some("cgroup2"), base | ro, None::<&str>),
+            "cgroup2" => (mount(Some("cgroup2"), &sub, Some("cgroup2"), base | ro, None::<&str>), own_path(&[])),
             _ => continue,
         };
         r.ctx(|| format!("mount cgroup {name} on {}", sub.display()))?;
+        narrow(&sub, path)?;
     }
     if !ro.is_empty() {
         mount(None::<&str>, dest, None::<&str>, MsFlags::MS_REMOUNT | base | ro, Some("mode=755"))

@@ -134,6 +134,140 @@ enum Cmd {
     },
     /// Print what this runtime supports (runtime-spec features JSON)
     Features,
+    /// Freeze every process of a running container
+    Pause { id: String },
+    /// Thaw a paused container
+    Resume { id: String },
+    /// Change the resource limits of a live container
+    Update {
+        #[command(flatten)]
+        u: UpdateArgs,
+        id: String,
+    },
+}
+
+/// `update`'s flags: runc's. `--resources` takes an OCI LinuxResources JSON (`-`: stdin),
+/// which is what containerd's shim sends; the other flags override fields of it.
+#[derive(clap::Args)]
+struct UpdateArgs {
+    /// LinuxResources JSON file, or - for stdin
+    #[arg(short, long)]
+    resources: Option<PathBuf>,
+    /// Memory limit in bytes (k, m, g suffixes); -1 for none
+    #[arg(short, long, allow_hyphen_values = true)]
+    memory: Option<String>,
+    /// Memory plus swap limit in bytes (k, m, g suffixes); -1 for none
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
+    memory_swap: Option<String>,
+    /// Memory soft limit in bytes (k, m, g suffixes)
+    #[arg(long = "memory-reservation", allow_hyphen_values = true)]
+    memory_reservation: Option<String>,
+    /// CPU shares (relative weight)
+    #[arg(long = "cpu-shares")]
+    cpu_shares: Option<u64>,
+    /// CPU CFS quota in microseconds per period; -1 for none
+    #[arg(long = "cpu-quota", allow_hyphen_values = true)]
+    cpu_quota: Option<i64>,
+    /// CPU CFS period in microseconds
+    #[arg(long = "cpu-period")]
+    cpu_period: Option<u64>,
+    /// CPUs the container may use (0-3, 0,1)
+    #[arg(long = "cpuset-cpus")]
+    cpuset_cpus: Option<String>,
+    /// Memory nodes the container may use
+    #[arg(long = "cpuset-mems")]
+    cpuset_mems: Option<String>,
+    /// Maximum number of processes; -1 for none
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
+}
+
+impl UpdateArgs {
+    fn resources(self) -> Result<oci_spec::runtime::LinuxResources, Error> {
+        use oci_spec::runtime::{LinuxPids, LinuxResources};
+        let mut r: LinuxResources = match &self.resources {
+            None => LinuxResources::default(),
+            Some(p) => {
+                let (what, data) = if p.as_os_str() == "-" {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                        .map_err(|e| Error::Io { what: "read --resources from stdin".into(), source: e })?;
+                    ("stdin".to_string(), buf)
+                } else {
+                    let d =
+                        std::fs::read(p).map_err(|e| Error::Io { what: format!("read {}", p.display()), source: e })?;
+                    (p.display().to_string(), d)
+                };
+                serde_json::from_slice(&data).map_err(|e| {
+                    Error::msg(format!("--resources {what}:{}:{}: invalid linux resources: {e}", e.line(), e.column()))
+                })?
+            }
+        };
+        if self.memory.is_some() || self.memory_swap.is_some() || self.memory_reservation.is_some() {
+            let mut m = (*r.memory()).unwrap_or_default();
+            if let Some(v) = &self.memory {
+                m.set_limit(Some(bytes("--memory", v)?));
+            }
+            if let Some(v) = &self.memory_swap {
+                m.set_swap(Some(bytes("--memory-swap", v)?));
+            }
+            if let Some(v) = &self.memory_reservation {
+                m.set_reservation(Some(bytes("--memory-reservation", v)?));
+            }
+            r.set_memory(Some(m));
+        }
+        if self.cpu_shares.is_some()
+            || self.cpu_quota.is_some()
+            || self.cpu_period.is_some()
+            || self.cpuset_cpus.is_some()
+            || self.cpuset_mems.is_some()
+        {
+            let mut c = r.cpu().clone().unwrap_or_default();
+            if let Some(v) = self.cpu_shares {
+                c.set_shares(Some(v));
+            }
+            if let Some(v) = self.cpu_quota {
+                c.set_quota(Some(v));
+            }
+            if let Some(v) = self.cpu_period {
+                c.set_period(Some(v));
+            }
+            if let Some(v) = self.cpuset_cpus {
+                c.set_cpus(Some(v));
+            }
+            if let Some(v) = self.cpuset_mems {
+                c.set_mems(Some(v));
+            }
+            r.set_cpu(Some(c));
+        }
+        if let Some(v) = self.pids_limit {
+            let mut p = LinuxPids::default();
+            p.set_limit(v);
+            r.set_pids(Some(p));
+        }
+        Ok(r)
+    }
+}
+
+/// "67108864", "64m", "1g", "-1" (no limit) as bytes.
+fn bytes(flag: &str, v: &str) -> Result<i64, Error> {
+    let bad = || Error::msg(format!("{flag} {v:?}: use a number of bytes, optionally with k, m or g (or -1)"));
+    if v == "-1" {
+        return Ok(-1);
+    }
+    let t = v.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, 'k')) => (&t[..i], 1i64 << 10),
+        Some((i, 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    if n < 0 {
+        return Err(bad());
+    }
+    n.checked_mul(mul).ok_or_else(bad)
 }
 
 #[derive(clap::Args)]
@@ -172,6 +306,9 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
+            if e.use_stderr() {
+                log_early_error(&e.to_string());
+            }
             return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
         }
     };
@@ -190,6 +327,35 @@ fn main() -> ExitCode {
             log::log(Level::Error, &msg);
             eprintln!("skiff-runtime: {msg}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// A command line clap refused: still honour `--log FILE` / `--log-format json` when
+/// they can be picked out of it, because containerd and podman read the error from there.
+fn log_early_error(msg: &str) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut file = None;
+    let mut fmt = Format::Text;
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let (key, inline) = match a.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (a.as_str(), None),
+        };
+        let val = || inline.clone().or_else(|| args.get(i + 1).cloned());
+        match key {
+            "--log" => file = val(),
+            "--log-format" if val().as_deref() == Some("json") => fmt = Format::Json,
+            _ => {}
+        }
+        i += if inline.is_none() && (key == "--log" || key == "--log-format") { 2 } else { 1 };
+    }
+    if let Some(f) = file {
+        if log::init(Some(std::path::Path::new(&f)), fmt, false).is_ok() {
+            let first = msg.lines().find(|l| !l.trim().is_empty()).unwrap_or(msg);
+            log::log(Level::Error, first.trim().trim_start_matches("error: "));
         }
     }
 }
@@ -259,6 +425,9 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
         Cmd::List { format, quiet } => commands::list(&root, format == ListFormat::Json, quiet).map(|_| 0),
         Cmd::Ps { format, id, ps_args } => commands::ps(&root, &id, format == ListFormat::Json, &ps_args).map(|_| 0),
         Cmd::Features => commands::features().map(|_| 0),
+        Cmd::Pause { id } => container::pause(&root, &id).map(|_| 0),
+        Cmd::Resume { id } => container::resume(&root, &id).map(|_| 0),
+        Cmd::Update { u, id } => container::update(&root, &id, &u.resources()?).map(|_| 0),
     }
 }
 

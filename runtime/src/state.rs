@@ -22,6 +22,8 @@ pub enum Status {
     Creating,
     Created,
     Running,
+    /// Running, with every process frozen by `pause` (derived from the freezer).
+    Paused,
     Stopped,
 }
 
@@ -31,6 +33,7 @@ impl Status {
             Status::Creating => "creating",
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -127,12 +130,15 @@ impl Saved {
         write_atomic(&d.join("state.json"), &data, false)
     }
 
-    /// The live status. `Stopped` when the init is gone, a zombie, or a different process.
+    /// The live status. `Stopped` when the init is gone, a zombie, or a different process;
+    /// `Paused` while the cgroup's freezer holds it (as runc, derived rather than recorded).
     pub fn status(&self, root: &Path) -> Status {
         match proc_start_time(self.pid) {
             Some((t, state)) if t == self.start_time && state != 'Z' && state != 'X' => {
                 if !self.started && dir(root, &self.id).join(START_SOCK).exists() {
                     Status::Created
+                } else if crate::cgroups::Cgroup::new(&self.cgroup_path).is_ok_and(|c| c.frozen()) {
+                    Status::Paused
                 } else {
                     Status::Running
                 }

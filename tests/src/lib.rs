@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 pub use serde_json::{json, Value};
 
 pub mod agent;
+pub mod engines;
 pub mod netns;
 pub mod registry;
 
@@ -1163,6 +1164,14 @@ pub fn cgroup_mounts() -> Vec<CgroupMount> {
 /// The v1 hierarchy holding `controller`, if mounted.
 pub fn cgroup_v1(controller: &str) -> Option<CgroupMount> {
     cgroup_mounts().into_iter().find(|m| !m.v2 && m.controllers.iter().any(|c| c == controller))
+}
+
+/// The directory of cgroupsPath `path` where `ctrl`'s files are: its v1 hierarchy, else the
+/// cgroup2 mount of a pure v2 host. None when neither has it mounted.
+pub fn controller_dir(ctrl: &str, path: &str) -> Option<PathBuf> {
+    cgroup_v1(ctrl)
+        .or_else(|| cgroup_mounts().into_iter().find(|m| m.v2 && m.mount_point == Path::new("/sys/fs/cgroup")))
+        .map(|m| cgroup_dir(&m, path))
 }
 
 /// Where a cgroupsPath lands in a hierarchy: absolute paths from the hierarchy's root,

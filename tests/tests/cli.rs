@@ -540,3 +540,153 @@ fn preserve_fds_passes_extra_fds_through() {
     assert_eq!(read(&out3), "via-fd3\n");
     assert!(!out.stdout.contains("fd4-leaked"), "only --preserve-fds fds are passed: {out}");
 }
+
+#[test]
+fn pause_and_resume_freeze_and_thaw_every_process() {
+    let rt = Runtime::new();
+    let id = rt.id("pause");
+    let path = format!("/{id}");
+    rt.cleanup_cgroup(&path);
+    let mut b = Bundle::new();
+    // The init and a child both count; both must freeze.
+    b.set("/linux/cgroupsPath", json!(path))
+        .set("/root/readonly", json!(false))
+        .sh("(while :; do echo c >> /tmp/child; sleep 0.01; done) & while :; do echo i >> /tmp/init; sleep 0.01; done");
+    rt.create_start(&b, &id);
+    let pid = rt.pid(&id);
+    let count = |f: &str| read(format!("/proc/{pid}/root/tmp/{f}")).lines().count();
+    wait_until("the container to write", TIMEOUT, || count("init") > 0 && count("child") > 0);
+
+    rt.cmd(&["pause", &id]).ok();
+    assert_eq!(rt.status(&id).as_deref(), Some("paused"));
+    let list: Vec<Value> = serde_json::from_str(&rt.cmd(&["list", "--format", "json"]).ok().stdout).unwrap();
+    assert!(list.iter().any(|c| c["id"] == id.as_str() && c["status"] == "paused"), "{list:?}");
+    // Every process of the cgroup is frozen: the kernel says so for each.
+    let pids: Vec<i64> = serde_json::from_str(&rt.cmd(&["ps", "--format", "json", &id]).ok().stdout).unwrap();
+    assert!(pids.len() >= 2, "init and child: {pids:?}");
+    if let Some(dir) = controller_dir("freezer", &path) {
+        let f = if dir.join("freezer.state").exists() { "freezer.state" } else { "cgroup.freeze" };
+        let v = read(dir.join(f));
+        assert!(matches!(v.trim(), "FROZEN" | "1"), "{}: {v}", dir.join(f).display());
+    }
+    rt.cmd(&["pause", &id]).fails().error_mentions(&["paused"]);
+    rt.cmd(&["start", &id]).fails();
+
+    rt.cmd(&["resume", &id]).ok();
+    assert_eq!(rt.status(&id).as_deref(), Some("running"));
+    let (i, c) = (count("init"), count("child"));
+    wait_until("both processes to write again after resume", TIMEOUT, || count("init") > i && count("child") > c);
+    rt.cmd(&["resume", &id]).fails().error_mentions(&["not paused"]);
+
+    // A paused container can still be killed and deleted (its processes are thawed to die).
+    rt.cmd(&["pause", &id]).ok();
+    rt.delete_force(&id).ok();
+    assert!(!alive(pid), "the init of a force-deleted paused container is gone");
+    rt.cmd(&["pause", &id]).fails().error_mentions(&["not exist"]);
+}
+
+#[test]
+fn update_changes_the_limits_of_a_running_container() {
+    let Some(mem) = controller_dir("memory", "/probe") else {
+        skip("no memory cgroup controller on this host");
+        return;
+    };
+    let v2 = mem.join("..").join("cgroup.controllers").exists() && cgroup_v1("memory").is_none();
+    let rt = Runtime::new();
+    let id = rt.id("update");
+    let path = format!("/{id}");
+    rt.cleanup_cgroup(&path);
+    let mut b = Bundle::new();
+    b.set("/linux/cgroupsPath", json!(path))
+        .set("/linux/resources", json!({"memory": {"limit": 67108864}, "pids": {"limit": 100}}))
+        .args(SLEEP);
+    rt.create_start(&b, &id);
+    let file = |ctrl: &str, v1: &str, v2f: &str| controller_dir(ctrl, &path).unwrap().join(if v2 { v2f } else { v1 });
+    let mem_file = file("memory", "memory.limit_in_bytes", "memory.max");
+    let pids_file = file("pids", "pids.max", "pids.max");
+    assert_eq!(read(&mem_file).trim(), "67108864");
+
+    // containerd's shim: `update --resources -` with LinuxResources JSON on stdin.
+    let res = Scratch::new("update");
+    let json = res.join("r.json");
+    fs::write(&json, r#"{"memory":{"limit":33554432},"pids":{"limit":50}}"#).unwrap();
+    rt.cmd_with(&["update", "--resources", "-", &id], |c| {
+        c.stdin(fs::File::open(&json).unwrap());
+    })
+    .ok();
+    assert_eq!(read(&mem_file).trim(), "33554432");
+    assert_eq!(read(&pids_file).trim(), "50");
+    // A file, and runc's flags.
+    rt.cmd(&["update", "--resources", json.to_str().unwrap(), "--memory", "48m", "--pids-limit", "70", &id]).ok();
+    assert_eq!(read(&mem_file).trim(), (48u64 << 20).to_string());
+    assert_eq!(read(&pids_file).trim(), "70");
+
+    // Bad input: one clear error, nothing changed.
+    fs::write(&json, r#"{"memory":{"limit":"lots"}}"#).unwrap();
+    rt.cmd(&["update", "--resources", json.to_str().unwrap(), &id]).fails().error_mentions(&["resources"]);
+    rt.cmd(&["update", "--memory", "12 parsecs", &id]).fails().error_mentions(&["--memory"]);
+    assert_eq!(read(&mem_file).trim(), (48u64 << 20).to_string());
+    rt.cmd(&["update", "--memory", "32m", &rt.id("gone")]).fails().error_mentions(&["not exist"]);
+}
+
+#[test]
+fn every_error_is_the_last_json_line_of_the_log() {
+    // containerd and podman read a failed command's error from --log (json).
+    let rt = Runtime::new();
+    let dir = Scratch::new("logerr");
+    let log = dir.join("log.json");
+    let l = log.to_str().unwrap();
+    let missing = rt.id("nolog");
+    let last_error = || -> String {
+        let text = read(&log);
+        let last = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+        let v: Value =
+            serde_json::from_str(&last).unwrap_or_else(|e| panic!("last log line is not JSON ({e}): {text}"));
+        assert_eq!(v["level"], "error", "{text}");
+        v["msg"].as_str().unwrap_or("").to_string()
+    };
+    for cmd in [
+        vec!["start", missing.as_str()],
+        vec!["kill", missing.as_str(), "KILL"],
+        vec!["delete", missing.as_str()],
+        vec!["pause", missing.as_str()],
+        vec!["resume", missing.as_str()],
+        vec!["update", "--memory", "1m", missing.as_str()],
+        vec!["exec", missing.as_str(), "true"],
+        vec!["ps", missing.as_str()],
+    ] {
+        let mut args = vec!["--log", l, "--log-format", "json"];
+        args.extend(&cmd);
+        rt.cmd(&args).fails();
+        assert!(last_error().contains("not exist"), "{cmd:?}: {}", read(&log));
+    }
+    // A bundle that cannot be created: the reason is in the log, as for runc.
+    let mut b = Bundle::new();
+    b.args(&["/no/such/binary"]);
+    b.save();
+    let id = rt.id("badexec");
+    rt.cmd(&["--log", l, "--log-format", "json", "create", "--bundle", b.path().to_str().unwrap(), &id]).fails();
+    assert!(last_error().contains("/no/such/binary"), "{}", read(&log));
+    if skiff_part("a command line clap refuses is logged too") {
+        rt.cmd(&["--log", l, "--log-format", "json", "frobnicate", &id]).fails();
+        assert!(last_error().contains("frobnicate"), "{}", read(&log));
+    }
+}
+
+#[test]
+fn features_describes_the_runtime() {
+    let out = Runtime::new().cmd(&["features"]).ok();
+    let f: Value = serde_json::from_str(&out.stdout).expect("features prints JSON");
+    let has = |ptr: &str, v: &str| f.pointer(ptr).and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == v));
+    assert!(f["ociVersionMin"].is_string() && f["ociVersionMax"].is_string(), "{f}");
+    for h in ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"] {
+        assert!(has("/hooks", h), "hook {h}: {f}");
+    }
+    for ns in ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"] {
+        assert!(has("/linux/namespaces", ns), "namespace {ns}: {f}");
+    }
+    assert!(has("/linux/capabilities", "CAP_SYS_ADMIN") && has("/mountOptions", "rbind"), "{f}");
+    assert_eq!(f.pointer("/linux/seccomp/enabled"), Some(&json!(true)), "{f}");
+    assert!(has("/linux/seccomp/actions", "SCMP_ACT_ERRNO") && has("/linux/seccomp/archs", "SCMP_ARCH_X86_64"), "{f}");
+    assert!(f.pointer("/linux/cgroup/v1").is_some() && f.pointer("/linux/cgroup/v2").is_some(), "{f}");
+}
