@@ -17,6 +17,9 @@
 //! Host ports the kernel chose are remembered in `<run>/ports.json` (temp + fsync + rename),
 //! so a restarted agent binds the same ones again; after a reboot new ones are chosen.
 //!
+//! The proxies run on a thread of their own (a current-thread tokio runtime): the reconcile
+//! loop's work never delays a connection; the backend lists cross over in watch channels.
+//!
 //! The proxies live in the agent: when the agent exits or dies, the published ports close
 //! with it, and connections in flight through them are cut (connections straight to a
 //! container's address and outbound NAT are the kernel's and are not). The next agent binds
@@ -48,19 +51,20 @@ pub struct PortKey {
 }
 
 impl fmt::Display for PortKey {
-    /// Compose's short syntax of this one port: `127.0.0.1:8080:80/tcp`, `80/udp`.
+    /// Compose's short syntax of this one port, protocol always shown: `127.0.0.1:8080:80/tcp`,
+    /// `80/udp`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.host_ip {
-            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
-            Some(ip) => write!(f, "{ip}:")?,
-            None => {}
+        let m = PortMapping {
+            target: PortRange::single(self.target),
+            published: self.published,
+            host_ip: self.host_ip,
+            protocol: self.protocol,
+        };
+        write!(f, "{m}")?;
+        if self.protocol == Protocol::Tcp {
+            f.write_str("/tcp")?; // the mapping leaves the default out
         }
-        match (self.published, self.host_ip) {
-            (Some(p), _) => write!(f, "{p}:")?,
-            (None, Some(_)) => write!(f, ":")?,
-            (None, None) => {}
-        }
-        write!(f, "{}/{}", self.target, self.protocol)
+        Ok(())
     }
 }
 
@@ -105,6 +109,21 @@ pub struct Ports {
     memo_path: PathBuf,
     memo: BTreeMap<String, u16>,
     limits: Limits,
+    /// The runtime the proxies run on: a thread of their own, so that nothing the reconcile
+    /// loop does (an fsync of a record under heavy disk load, a burst of events) ever holds
+    /// up a connection. `None` (the thread could not be started): the caller's runtime.
+    rt: Option<tokio::runtime::Handle>,
+}
+
+/// A current-thread runtime on a thread of its own (`skiff-proxy`), for the proxies.
+fn proxy_runtime() -> io::Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("skiff-proxy".into())
+        .stack_size(256 << 10)
+        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
 }
 
 /// Why a mapping of a service is not published at all (not retried).
@@ -118,12 +137,18 @@ impl Ports {
     pub fn new(run: &Path) -> Ports {
         let memo_path = run.join("ports.json");
         let memo = std::fs::read(&memo_path).ok().and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default();
-        Ports { entries: BTreeMap::new(), memo_path, memo, limits: Limits::default() }
+        let rt = match proxy_runtime() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                super::reconcile::log(&format!("starting the proxy thread: {e}; proxies run on the agent's thread"));
+                None
+            }
+        };
+        Ports { entries: BTreeMap::new(), memo_path, memo, limits: Limits::default(), rt }
     }
 
     /// Brings the proxies in line with `m` and the backends with `backends(service)`, which
-    /// gives the addresses (no port) of the replicas that may take traffic now. Must run inside
-    /// the tokio runtime.
+    /// gives the addresses (no port) of the replicas that may take traffic now.
     pub fn sync(
         &mut self,
         m: &Manifest,
@@ -176,6 +201,8 @@ impl Ports {
             if e.proxy.is_some() || e.retry_at > now {
                 continue;
             }
+            // The proxy's sockets and tasks go to the proxy runtime.
+            let _rt = self.rt.as_ref().map(|h| h.enter());
             match bind(&k, self.memo.get(&k.memo_key()).copied(), e.backends.subscribe(), &self.limits) {
                 Ok(proxy) => {
                     let addr = proxy.tcp_addr().or(proxy.udp_addr());
