@@ -527,13 +527,19 @@ fn wait_pidfd(fd: &OwnedFd, timeout: Duration) -> bool {
     }
 }
 
-/// `kill [--all] ID SIGNAL`.
+/// The error of signalling a container whose init has exited. It has runc's words
+/// ("container not running"): containerd's shim matches them to tell an already
+/// finished process from a failed kill.
+fn not_running(id: &str) -> Error {
+    Error::msg(format!("cannot signal container {id}: container not running"))
+}
+
+/// `kill [--all] ID SIGNAL`. With `--all` every process left in the container's cgroup is
+/// signalled, also after its init has exited (as runc does: containerd's shim kills with
+/// `--all` when it cleans up a stopped task and takes an error as a failed cleanup).
 pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
     let saved = Saved::load(root, id)?;
     let status = saved.status(root);
-    if status == Status::Stopped {
-        return Err(Error::msg(format!("container {id} is not running")));
-    }
     if all {
         let cg = Cgroup::new(&saved.cgroup_path)?;
         for p in cg.pids()? {
@@ -541,9 +547,12 @@ pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
             unsafe { libc::kill(p, sig) };
         }
     } else {
+        if status == Status::Stopped {
+            return Err(not_running(id));
+        }
         match pidfd_of(saved.pid, saved.start_time) {
             Some(fd) => signal_pidfd(&fd, sig).ctx(|| format!("signal container {id}"))?,
-            None => return Err(Error::msg(format!("container {id} is not running"))),
+            None => return Err(not_running(id)),
         }
     }
     // A frozen process cannot act on SIGKILL: thaw it so that it dies (as runc does).
