@@ -151,6 +151,19 @@ fn web(replicas: u32, ports: &str, health: &str) -> String {
 const SERVES: &str =
     r#"["CMD-SHELL", "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 127.0.0.1 80 | grep -qx $$(hostname)"]"#;
 
+/// A second namespace of the test's, "another machine" at 192.0.2.2, joined by a veth pair to
+/// the agent's namespace (192.0.2.1 there), with no route to the bridge subnet.
+fn outside_of(ns: &TestNetns) -> TestNetns {
+    let Some(outside) = TestNetns::new() else { panic!("ip netns add failed") };
+    let link = format!("ip -n {} link add skout0 type veth peer name skout1 netns {}", ns.name(), outside.name());
+    assert!(std::process::Command::new("sh").args(["-c", &link]).status().is_ok_and(|s| s.success()), "{link}");
+    assert!(ns.run(&["ip", "addr", "add", "192.0.2.1/24", "dev", "skout0"]).0);
+    assert!(ns.run(&["ip", "link", "set", "skout0", "up"]).0);
+    assert!(outside.run(&["ip", "addr", "add", "192.0.2.2/24", "dev", "skout1"]).0);
+    assert!(outside.run(&["ip", "link", "set", "skout1", "up"]).0);
+    outside
+}
+
 /// `skiff down` (the fixture checks that no container, mount or process is left), then: no
 /// veth, no bridge, no NAT table in the namespace, no namespace file of a replica left.
 #[track_caller]
@@ -256,13 +269,7 @@ services:
     // Outbound: a second namespace of the test's ("the outside", 192.0.2.2) joined to the
     // agent's by a veth pair, with no route back to the bridge subnet: the client's connection
     // only works masqueraded, and arrives from the agent's namespace's address.
-    let Some(outside) = TestNetns::new() else { panic!("ip netns add failed") };
-    let link = format!("ip -n {} link add skout0 type veth peer name skout1 netns {}", ns.name(), outside.name());
-    assert!(std::process::Command::new("sh").args(["-c", &link]).status().is_ok_and(|s| s.success()), "{link}");
-    assert!(ns.run(&["ip", "addr", "add", "192.0.2.1/24", "dev", "skout0"]).0);
-    assert!(ns.run(&["ip", "link", "set", "skout0", "up"]).0);
-    assert!(outside.run(&["ip", "addr", "add", "192.0.2.2/24", "dev", "skout1"]).0);
-    assert!(outside.run(&["ip", "link", "set", "skout1", "up"]).0);
+    let outside = outside_of(&ns);
     let listener = outside.enter(|| std::net::TcpListener::bind("192.0.2.2:9999").expect("bind 192.0.2.2:9999"));
     let accept = std::thread::spawn(move || listener.accept().map(|(_, peer)| peer));
     let out = a.rt(&["exec", "client-1", "sh", "-c", "echo hi | nc -w 3 192.0.2.2 9999"]);
@@ -403,13 +410,20 @@ fn scaling_while_a_client_loops_never_fails_a_request() {
     });
     assert!(address(&st, "web-1").to_string().starts_with("10.123.3."), "{st:#}");
     assert!(ns.run(&["ip", "link", "show", "sktest3"]).0, "the bridge of SKIFF_BRIDGE");
+    // Two clients loop: one on the host's loopback (the proxy), one from another machine
+    // (the kernel's DNAT rules); the rules for web-1 go in in the background.
+    let outside = outside_of(&ns);
+    skiff_tests::wait_until("the DNAT rule for 8080", WAIT, || {
+        ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1.contains("tcp dport 8080 dnat")
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Arc<Mutex<Answers>> = Arc::default();
-    let client = {
-        let (stop, seen) = (stop.clone(), seen.clone());
+    let seen_outside: Arc<Mutex<Answers>> = Arc::default();
+    let client = |ns: &TestNetns, addr: &str, seen: &Arc<Mutex<Answers>>| {
+        let (stop, seen, addr) = (stop.clone(), seen.clone(), addr.parse::<SocketAddr>().unwrap());
         ns.spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                let r = http_get("127.0.0.1:8080".parse().unwrap());
+                let r = http_get(addr);
                 let mut s = seen.lock().unwrap();
                 match r {
                     Ok(body) => *s.0.entry(body).or_insert(0) += 1,
@@ -420,7 +434,11 @@ fn scaling_while_a_client_loops_never_fails_a_request() {
             }
         })
     };
-    let answered_by = |id: &str| seen.lock().unwrap().0.get(id).copied().unwrap_or(0);
+    let clients = [client(&ns, "127.0.0.1:8080", &seen), client(&outside, "192.0.2.1:8080", &seen_outside)];
+    let answered_by = |id: &str| {
+        let n = |s: &Arc<Mutex<Answers>>| s.lock().unwrap().0.get(id).copied().unwrap_or(0);
+        n(&seen).min(n(&seen_outside))
+    };
     a.write_manifest(&manifest(3));
     wait_status(&ns, &a, "3 healthy replicas behind 8080", |st| {
         all_healthy(st, "web", 3) && port(st, "web", "8080:80/tcp")["backends"] == 3
@@ -436,15 +454,20 @@ fn scaling_while_a_client_loops_never_fails_a_request() {
     let after = answered_by("web-1");
     skiff_tests::wait_until("more answers from web-1", WAIT, || answered_by("web-1") > after + 20);
     stop.store(true, Ordering::SeqCst);
-    client.join().expect("client thread");
-    let (by, errors) = seen.lock().unwrap().clone();
-    assert!(
-        errors.is_empty(),
-        "{} failed requests (of {}): {:?}",
-        errors.len(),
-        by.values().sum::<usize>(),
-        &errors[..errors.len().min(5)]
-    );
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    for (what, seen) in [("loopback", &seen), ("another machine", &seen_outside)] {
+        let (by, errors) = seen.lock().unwrap().clone();
+        let n = by.values().sum::<usize>();
+        assert!(
+            errors.is_empty(),
+            "{what}: {} failed requests (of {n}): {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+    }
+    drop(outside);
     down_leaves_no_network(&ns, &mut a, "sktest3");
 }
 
@@ -507,4 +530,89 @@ fn a_busy_host_port_and_an_overlapping_subnet_are_errors_on_their_service_only()
     assert!(!ns.run(&["ip", "link", "show", "sktest5"]).0, "no bridge was made");
     assert!(!ns.run(&["nft", "list", "tables"]).1.contains("skiff"), "no NAT table was made");
     a.down();
+}
+
+/// From another machine (a second namespace of the test's, joined by a veth), a published
+/// port is served by the kernel: DNAT round-robin over the healthy replicas, kept in line by
+/// the agent. So it keeps working while the agent is frozen or dead, and a connection
+/// established through it survives an agent SIGKILL and restart.
+#[test]
+fn from_another_machine_published_ports_go_through_the_kernel_and_outlive_the_agent() {
+    let Some((ns, mut a)) = setup() else { return };
+    let outside = outside_of(&ns);
+    // web-3 never passes its check: it must never get a connection.
+    let not_web3 = r#"["CMD-SHELL", "test $$(hostname) != web-3"]"#;
+    a.write_manifest(&format!(
+        r#"x-skiff:
+  bridge: sktest6
+  subnet: 10.123.7.0/24
+services:
+{}  echo:
+    image: {}
+    user: root
+    command: ["nc", "-ll", "-p", "7", "-e", "cat"]
+    ports: ["7007:7"]
+    stop_grace_period: 1s
+"#,
+        web(3, r#"["8080:80"]"#, not_web3),
+        image()
+    ));
+    a.spawn();
+    wait_status(&ns, &a, "web-1, web-2 healthy behind 8080 and echo behind 7007", |st| {
+        port(st, "web", "8080:80/tcp")["backends"] == 2 && port(st, "echo", "7007:7/tcp")["backends"] == 1
+    });
+    // The rules go in in the background.
+    skiff_tests::wait_until("the DNAT rules for 8080 (2 backends) and 7007", WAIT, || {
+        let t = ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1;
+        t.contains("tcp dport 8080 dnat to numgen inc mod 2") && t.contains("tcp dport 7007 dnat")
+    });
+    let from_outside = |n: usize| -> Answers {
+        outside.enter(move || {
+            let mut by = BTreeMap::new();
+            let mut errors = Vec::new();
+            for _ in 0..n {
+                match http_get("192.0.2.1:8080".parse().unwrap()) {
+                    Ok(body) => *by.entry(body).or_insert(0) += 1,
+                    Err(e) => errors.push(e),
+                }
+            }
+            (by, errors)
+        })
+    };
+    let (by, errors) = from_outside(20);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["web-1", "web-2"], "healthy replicas only: {by:?}");
+    assert!(by.values().all(|n| *n == 10), "round-robin: {by:?}");
+
+    // A connection through the published port, established now.
+    use std::io::{BufRead, BufReader, Write};
+    let conn = outside.enter(|| std::net::TcpStream::connect("192.0.2.1:7007").expect("connect to 192.0.2.1:7007"));
+    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut echo = |word: &str| -> String {
+        (&conn).write_all(format!("{word}\n").as_bytes()).expect("write to the echo server");
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read the echo");
+        line
+    };
+    assert_eq!(echo("before"), "before\n");
+
+    // The agent frozen: its proxy cannot answer, the kernel still does.
+    a.signal(libc::SIGSTOP);
+    let (by, errors) = from_outside(10);
+    assert!(errors.is_empty() && by.values().sum::<usize>() == 10, "served with the agent frozen: {by:?} {errors:?}");
+    // Killed (while frozen) and started again: the established connection carries on.
+    a.stop_with(libc::SIGKILL);
+    assert_eq!(echo("agent-dead"), "agent-dead\n");
+    a.spawn();
+    wait_status(&ns, &a, "the ports back", |st| {
+        port(st, "web", "8080:80/tcp")["backends"] == 2 && port(st, "echo", "7007:7/tcp")["backends"] == 1
+    });
+    assert_eq!(echo("agent-back"), "agent-back\n");
+    let (by, errors) = from_outside(10);
+    assert!(errors.is_empty() && !by.contains_key("web-3"), "{by:?} {errors:?}");
+    drop(reader);
+    drop(conn);
+    drop(outside); // its end of the pair goes with it, and so the pair
+    down_leaves_no_network(&ns, &mut a, "sktest6");
 }

@@ -293,7 +293,8 @@ pub fn disconnect(paths: &Paths, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deletes the NAT table and the bridge recorded in `<root>/network/bridge.json`, then the
+/// Deletes the NAT table, the published ports' DNAT table and the bridge recorded in
+/// `<root>/network/bridge.json`, then the
 /// record; nothing recorded is nothing to do. Returns the bridge removed. `ip_forward` is left
 /// as it is (other software may rely on it). The caller makes sure no bridged replica is left.
 ///
@@ -337,6 +338,7 @@ pub fn teardown(paths: &Paths, netns: Option<&fs::File>) -> Result<Option<String
             }
             // `nft` runs as a child of this thread: it inherits the namespace.
             nat.remove()?;
+            nft::apply_ports(&[], None)?; // the published ports' DNAT table, if any
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -31,12 +31,15 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::status::PortStatus;
 use crate::manifest::{Manifest, NetworkMode, PortMapping, PortRange, Protocol};
+use crate::net::nft;
 use crate::net::proxy::{Limits, PortProxy, Proto};
 
 /// One host port (or range to choose from) of one service.
@@ -113,6 +116,38 @@ pub struct Ports {
     /// loop does (an fsync of a record under heavy disk load, a burst of events) ever holds
     /// up a connection. `None` (the thread could not be started): the caller's runtime.
     rt: Option<tokio::runtime::Handle>,
+    /// The kernel fast path ([`nft::PORTS_TABLE`]).
+    dnat: Dnat,
+}
+
+/// The DNAT rules of the published ports, applied in the background (an `nft` run each time
+/// the set changes), newest wins.
+struct Dnat {
+    /// The rules last asked for; `None`: nothing asked yet (and a stale table may exist only
+    /// when `stale` says so).
+    wanted: Option<Vec<nft::PortDnat>>,
+    stale: bool,
+    /// Generation of the rules last asked for, and of those applied (or given up on).
+    asked: Arc<AtomicU64>,
+    applied: watch::Sender<u64>,
+    /// One apply at a time; the last error, logged once.
+    lock: Arc<Mutex<Option<String>>>,
+}
+
+/// What a stop waits for before it signals the replica: the rules without it applied.
+#[derive(Clone)]
+pub struct DnatBarrier {
+    asked: Arc<AtomicU64>,
+    applied: watch::Receiver<u64>,
+}
+
+impl DnatBarrier {
+    /// Waits (at most `limit`) until the rules asked for by now are in the kernel, so that no
+    /// new connection is steered to a replica about to be stopped.
+    pub async fn wait(mut self, limit: Duration) {
+        let want = self.asked.load(Ordering::SeqCst);
+        let _ = tokio::time::timeout(limit, self.applied.wait_for(|a| *a >= want)).await;
+    }
 }
 
 /// A current-thread runtime on a thread of its own (`skiff-proxy`), for the proxies.
@@ -133,8 +168,9 @@ pub enum Unpublished {
 }
 
 impl Ports {
-    /// `run` is the agent's run directory (`<run>/ports.json`).
-    pub fn new(run: &Path) -> Ports {
+    /// `run` is the agent's run directory (`<run>/ports.json`); `stale_rules`: an earlier agent
+    /// may have left DNAT rules (it had a bridge), to be replaced or removed at the first sync.
+    pub fn new(run: &Path, stale_rules: bool) -> Ports {
         let memo_path = run.join("ports.json");
         let memo = std::fs::read(&memo_path).ok().and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default();
         let rt = match proxy_runtime() {
@@ -144,7 +180,14 @@ impl Ports {
                 None
             }
         };
-        Ports { entries: BTreeMap::new(), memo_path, memo, limits: Limits::default(), rt }
+        let dnat = Dnat {
+            wanted: None,
+            stale: stale_rules,
+            asked: Arc::new(AtomicU64::new(0)),
+            applied: watch::channel(0).0,
+            lock: Arc::new(Mutex::new(None)),
+        };
+        Ports { entries: BTreeMap::new(), memo_path, memo, limits: Limits::default(), rt, dnat }
     }
 
     /// Brings the proxies in line with `m` and the backends with `backends(service)`, which
@@ -231,6 +274,7 @@ impl Ports {
                 }
             }
         }
+        self.sync_dnat(bridge_disabled);
         // Forget chosen ports of mappings that are gone for good (their service was removed).
         let before = self.memo.len();
         let services: Vec<&String> = m.services.keys().collect();
@@ -238,6 +282,86 @@ impl Ports {
         if memo_changed || self.memo.len() != before {
             self.save_memo(&log);
         }
+    }
+
+    /// The kernel fast path: a DNAT rule per published IPv4 port that this agent has bound (a
+    /// port it could not bind belongs to someone else: no rule may steal its traffic) and that
+    /// has backends; applied in the background when the set changes.
+    fn sync_dnat(&mut self, bridge_disabled: bool) {
+        if bridge_disabled {
+            return;
+        }
+        let mut rules = Vec::new();
+        for (k, e) in &self.entries {
+            let (Some(_), Some(bound)) = (&e.proxy, e.bound) else { continue };
+            let host_ip = match k.host_ip {
+                None => None,
+                Some(ip) if ip.is_unspecified() => None, // [::] is dual-stack: IPv4 too
+                Some(IpAddr::V4(ip)) if !ip.is_loopback() => Some(ip),
+                Some(_) => continue, // loopback and IPv6: the proxy's
+            };
+            let backends: Vec<Ipv4Addr> = e
+                .backends
+                .borrow()
+                .iter()
+                .filter_map(|a| match a.ip() {
+                    IpAddr::V4(ip) => Some(ip),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            if backends.is_empty() {
+                continue;
+            }
+            let protocol = match k.protocol {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+            };
+            rules.push(nft::PortDnat { protocol, host_ip, port: bound.port(), target: k.target, backends });
+        }
+        let d = &mut self.dnat;
+        let unchanged = match &d.wanted {
+            Some(w) => *w == rules,
+            None => rules.is_empty() && !d.stale,
+        };
+        if unchanged {
+            return;
+        }
+        d.wanted = Some(rules.clone());
+        let gen = d.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let (asked, applied, lock) = (d.asked.clone(), d.applied.clone(), d.lock.clone());
+        let work = move || {
+            let mut last_error = lock.lock().unwrap_or_else(|e| e.into_inner());
+            if asked.load(Ordering::SeqCst) == gen {
+                match nft::apply_ports(&rules, None) {
+                    Ok(()) => *last_error = None,
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        if last_error.as_deref() != Some(msg.as_str()) {
+                            super::reconcile::log(&format!(
+                                "published ports: {msg}; they are served by the proxy alone"
+                            ));
+                        }
+                        *last_error = Some(msg);
+                    }
+                }
+            } // else a newer set follows and applies
+            applied.send_if_modified(|a| {
+                let newer = *a < gen;
+                if newer {
+                    *a = gen;
+                }
+                newer
+            });
+        };
+        match &self.rt {
+            Some(h) => drop(h.spawn_blocking(work)),
+            None => drop(tokio::task::spawn_blocking(work)),
+        }
+    }
+
+    /// What a stop waits for before it signals a replica (see [`DnatBarrier::wait`]).
+    pub fn dnat_barrier(&self) -> DnatBarrier {
+        DnatBarrier { asked: self.dnat.asked.clone(), applied: self.dnat.applied.subscribe() }
     }
 
     /// When a failed bind is to be tried again, if any.

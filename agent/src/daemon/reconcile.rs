@@ -202,7 +202,7 @@ impl Agent {
     ) -> Result<Agent> {
         let store = Store::open(&paths.root)?;
         Ok(Agent {
-            ports: Ports::new(&paths.run),
+            ports: Ports::new(&paths.run, network::record_path(&paths).exists()),
             rt,
             store,
             client: None,
@@ -617,12 +617,16 @@ impl Agent {
         r.phase = Phase::Stopping;
         r.after_stop = after;
         let (paths, rt, tx) = (self.paths.clone(), self.rt.clone(), self.tx.clone());
+        let barrier = self.ports.dnat_barrier();
         let idc = id.to_string();
         let signal = r.rec.stop_signal.clone();
         let grace = r.rec.spec.stop_timeout();
         let shim = r.rec.shim;
         log(&format!("{id}: stopping ({signal}, grace {}s)", grace.as_secs_f64()));
         let task = tokio::spawn(async move {
+            // Polled after this pass of the loop has taken the replica out of the published
+            // ports' backends: the kernel's DNAT rules without it go in before the signal.
+            barrier.wait(Duration::from_secs(2)).await;
             let mut result = replica::stop(&paths, &rt, &idc, &signal, grace, shim).await.map(|_| ());
             if result.is_ok() && after == AfterStop::Remove {
                 let p = paths.clone();

@@ -182,6 +182,81 @@ fn explain_failure(cmd: &str, stderr: &str) -> String {
     }
 }
 
+/// The table of the published ports' kernel fast path (family `ip`), apart from [`TABLE`]: it
+/// changes whenever a replica joins or leaves a port's backends, the NAT table only at setup.
+pub const PORTS_TABLE: &str = "skiff_ports";
+
+/// One published IPv4 port steered by the kernel: new connections (or UDP flows) to it are
+/// DNATed round-robin (`numgen inc`) to `backends`:`target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortDnat {
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// The host address; `None`: every local address but loopback.
+    pub host_ip: Option<std::net::Ipv4Addr>,
+    pub port: u16,
+    pub target: u16,
+    /// Never empty (a port without backends has no rule: its connections reach the proxy).
+    pub backends: Vec<std::net::Ipv4Addr>,
+}
+
+/// The whole transaction that makes [`PORTS_TABLE`] hold exactly `rules` (or removes it when
+/// there are none):
+/// - `prerouting` (dstnat): connections from other machines to a local address;
+/// - `output` (-100): connections from this host to one of its own non-loopback addresses;
+///   loopback (127.0.0.0/8) is left to the proxy, which listens there: DNAT of loopback needs
+///   `route_localnet`, which would expose the host's loopback services;
+/// - `forward`: DNATed connections are accepted even where another table's forward policy is
+///   drop (`ct status dnat`).
+pub fn ports_ruleset(rules: &[PortDnat]) -> String {
+    let mut out = format!("table ip {PORTS_TABLE}\ndelete table ip {PORTS_TABLE}\n");
+    if rules.is_empty() {
+        return out;
+    }
+    let mut pre = String::new();
+    let mut local = String::new();
+    for r in rules {
+        let map: Vec<String> = r.backends.iter().enumerate().map(|(i, a)| format!("{i} : {a}")).collect();
+        let dnat = format!(
+            "{} dport {} dnat to numgen inc mod {} map {{ {} }} : {}",
+            r.protocol,
+            r.port,
+            r.backends.len(),
+            map.join(", "),
+            r.target
+        );
+        match r.host_ip {
+            Some(ip) => {
+                pre.push_str(&format!("\t\tip daddr {ip} {dnat}\n"));
+                local.push_str(&format!("\t\tip daddr {ip} {dnat}\n"));
+            }
+            None => {
+                pre.push_str(&format!("\t\tfib daddr type local {dnat}\n"));
+                local.push_str(&format!("\t\tip daddr != 127.0.0.0/8 fib daddr type local {dnat}\n"));
+            }
+        }
+    }
+    out.push_str(&format!(
+        "table ip {PORTS_TABLE} {{\n\
+         \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{pre}\t}}\n\
+         \tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n{local}\t}}\n\
+         \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tct status dnat accept\n\t}}\n\
+         }}\n"
+    ));
+    out
+}
+
+/// Applies [`ports_ruleset`] with `nft` from PATH (in the namespace at `netns`, else ours),
+/// atomically.
+pub fn apply_ports(rules: &[PortDnat], netns: Option<&Path>) -> Result<()> {
+    let script = ports_ruleset(rules);
+    let nft = PathBuf::from("nft");
+    let args = vec!["-f".to_string(), "-".to_string()];
+    in_netns(netns, move || run_nft(&nft, &args, Some(script)))?
+        .map(drop)
+        .context("applying the published ports' DNAT rules")
+}
+
 /// Sets `net.ipv4.ip_forward` (in the namespace at `netns`, else ours) to `on`; returns the
 /// value it had before.
 pub fn set_ip_forward(netns: Option<&Path>, on: bool) -> Result<bool> {
@@ -354,6 +429,42 @@ mod tests {
         nat.remove().expect("remove");
         assert_eq!(nat.list_json().expect("list"), None);
         nat.remove().expect("remove again");
+    }
+
+    #[test]
+    fn published_ports_table_is_replaced_whole_and_removed_when_empty() {
+        let ns = Netns::new("ports");
+        let rule = |port: u16, backends: &[&str]| PortDnat {
+            protocol: "tcp",
+            host_ip: None,
+            port,
+            target: 80,
+            backends: backends.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        let list =
+            || String::from_utf8_lossy(&ns.exec(&["nft", "list", "table", "ip", PORTS_TABLE]).stdout).into_owned();
+        apply_ports(&[rule(8080, &["10.88.0.2", "10.88.0.3"])], Some(&ns.path())).expect("apply");
+        let text = list();
+        assert!(
+            text.contains("tcp dport 8080 dnat to numgen inc mod 2 map { 0 : 10.88.0.2, 1 : 10.88.0.3 }"),
+            "{text}"
+        );
+        assert!(text.contains("ip daddr != 127.0.0.0/8 fib daddr type local"), "loopback is the proxy's: {text}");
+        assert!(text.contains("ct status dnat accept"), "{text}");
+        // Replaced whole: the old port's rule is gone, a host address and UDP are honoured.
+        let udp =
+            PortDnat { protocol: "udp", host_ip: Some("192.0.2.1".parse().unwrap()), ..rule(5353, &["10.88.0.4"]) };
+        apply_ports(&[rule(9090, &["10.88.0.2"]), udp], Some(&ns.path())).expect("apply again");
+        let text = list();
+        assert!(!text.contains("8080") && text.contains("tcp dport 9090"), "{text}");
+        assert!(
+            text.contains("ip daddr 192.0.2.1 udp dport 5353 dnat to numgen inc mod 1 map { 0 : 10.88.0.4 }"),
+            "{text}"
+        );
+        // Nothing to steer: no table at all; and that twice is fine.
+        apply_ports(&[], Some(&ns.path())).expect("remove");
+        apply_ports(&[], Some(&ns.path())).expect("remove again");
+        assert!(!ns.exec(&["nft", "list", "table", "ip", PORTS_TABLE]).status.success());
     }
 
     #[test]
