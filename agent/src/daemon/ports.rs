@@ -20,11 +20,17 @@
 //! The proxies run on a thread of their own (a current-thread tokio runtime): the reconcile
 //! loop's work never delays a connection; the backend lists cross over in watch channels.
 //!
-//! The proxies live in the agent: when the agent exits or dies, the published ports close
-//! with it, and connections in flight through them are cut (connections straight to a
-//! container's address and outbound NAT are the kernel's and are not). The next agent binds
-//! them again as soon as it has adopted the replicas. See ARCHITECTURE.md for why a proxy and
-//! not DNAT.
+//! The kernel fast path: for every IPv4 port the agent has bound (never for a port it could
+//! not bind: that one is someone else's) and that has backends, a DNAT rule in
+//! [`nft::PORTS_TABLE`] steers new connections from other machines (and from this host to
+//! its own non-loopback addresses) round-robin to the same backends, without the agent. The
+//! rules are rewritten in the background when a backend list changes (newest wins); a stop
+//! waits for them ([`DnatBarrier`]) before it signals its replica. Loopback and IPv6 are the
+//! proxy's.
+//!
+//! When the agent exits or dies, the proxies go with it (their connections are cut; the next
+//! agent binds the ports again once it has adopted the replicas); the DNAT rules and the
+//! connections through them stay. See ARCHITECTURE.md for why both.
 
 use std::collections::BTreeMap;
 use std::fmt;
