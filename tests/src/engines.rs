@@ -10,7 +10,7 @@ use std::fs::{self, File};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -231,6 +231,7 @@ impl Containerd {
             fs::create_dir_all(dir.join(d)).unwrap();
         }
         fs::write(dir.join("certs.d/docker.io/hosts.toml"), "server = \"http://127.0.0.1:9\"\n").unwrap();
+        run_containerd_dirs(true);
         let log = File::create(dir.join("containerd.log")).unwrap();
         let child = Command::new("containerd")
             .arg("--config")
@@ -412,6 +413,34 @@ impl Drop for Containerd {
         kill_processes_naming(self.dir.path());
         unmount_under(self.dir.path());
         remove_cgroup(&format!("/{}", self.ns));
+        run_containerd_dirs(false);
+    }
+}
+
+/// containerd 1.6 makes `/run/containerd/{s,fifo,runc}` (shim sockets, ctr's fifos) whatever
+/// its config says. The first fixture to start notes which of them did not exist; when the
+/// last one is dropped, those are removed again if empty (a host's own containerd keeps its
+/// directories: they existed before).
+fn run_containerd_dirs(starting: bool) {
+    static LIVE: Mutex<(usize, Vec<PathBuf>)> = Mutex::new((0, Vec::new()));
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if starting {
+        if live.0 == 0 {
+            let base = Path::new("/run/containerd");
+            live.1 = [base.to_path_buf(), base.join("s"), base.join("fifo"), base.join("runc")]
+                .into_iter()
+                .filter(|d| !d.exists())
+                .collect();
+        }
+        live.0 += 1;
+        return;
+    }
+    live.0 = live.0.saturating_sub(1);
+    if live.0 == 0 {
+        // Deepest first; remove_dir only ever removes an empty directory.
+        for d in std::mem::take(&mut live.1).iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
     }
 }
 
