@@ -601,6 +601,10 @@ services:
     a.signal(libc::SIGSTOP);
     let (by, errors) = from_outside(10);
     assert!(errors.is_empty() && by.values().sum::<usize>() == 10, "served with the agent frozen: {by:?} {errors:?}");
+    // From the agent's own host to its own non-loopback address: the output hook's rule (the
+    // frozen proxy, which also listens there, cannot be what answers).
+    let own = ns.enter(|| http_get("192.0.2.1:8080".parse().unwrap()));
+    assert!(matches!(own.as_deref(), Ok("web-1") | Ok("web-2")), "{own:?}");
     // Killed (while frozen) and started again: the established connection carries on.
     a.stop_with(libc::SIGKILL);
     assert_eq!(echo("agent-dead"), "agent-dead\n");
