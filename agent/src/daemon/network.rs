@@ -43,7 +43,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::paths::Paths;
 use crate::manifest::{NetworkSettings, Service};
 use crate::net::ipam::{Ipam, Subnet};
-use crate::net::{files, link, nft};
+use crate::net::{self, files, link, nft};
 
 /// The bridge network of the agent's bridged replicas.
 #[derive(Debug)]
@@ -264,31 +264,13 @@ pub fn disconnect(paths: &Paths, id: &str) -> Result<()> {
     let mounted = super::netns::is_nsfs(&ns_path);
     match fs::File::open(&ns_path).and_then(|f| if mounted { Ok(f) } else { Err(std::io::ErrorKind::NotFound.into()) })
     {
-        Ok(ns) => std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("joining the network namespace {}", ns_path.display()))?;
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .context("starting a runtime for netlink")?
-                    .block_on(link::detach(link::CONTAINER_IFNAME))
-            })
-            .join()
-            .map_err(|_| anyhow!("the netlink thread panicked"))
-            .and_then(|r| r)
-        })
-        .with_context(|| format!("deleting the veth pair of {id}"))?,
+        Ok(ns) => net::on_thread_in(Some(&ns), || net::block_on_netlink(link::detach(link::CONTAINER_IFNAME))?)
+            .with_context(|| format!("deleting the veth pair of {id} (in {})", ns_path.display()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("opening {}", ns_path.display())),
     }
-    for dir in ipam_dirs(paths) {
-        let Some(subnet) =
-            dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.replace('_', "/").parse::<Subnet>().ok())
-        else {
-            continue;
-        };
-        Ipam::open(&paths.root, subnet)?.release_owner(id).with_context(|| format!("releasing the address of {id}"))?;
+    for ipam in Ipam::open_all(&paths.root)? {
+        ipam.release_owner(id).with_context(|| format!("releasing the address of {id}"))?;
     }
     Ok(())
 }
@@ -330,26 +312,13 @@ pub fn teardown(paths: &Paths, netns: Option<&fs::File>) -> Result<Option<String
     }
     let nat = nft::Nat::new(&rec.bridge, subnet)?;
     let bridge = rec.bridge.clone();
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<()> {
-            if let Some(ns) = netns {
-                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .context("joining the agent's network namespace")?;
-            }
-            // `nft` runs as a child of this thread: it inherits the namespace.
-            nat.remove()?;
-            nft::apply_ports(&[], None)?; // the published ports' DNAT table, if any
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting a runtime for netlink")?
-                .block_on(link::remove_bridge(&bridge))
-                .with_context(|| format!("removing the bridge {bridge}"))
-        })
-        .join()
-        .map_err(|_| anyhow!("the network thread panicked"))
-        .and_then(|r| r)
-    })?;
+    net::on_thread_in(netns, || {
+        // `nft` runs as a child of this thread: it inherits the namespace.
+        nat.remove()?;
+        nft::apply_ports(&[], None)?; // the published ports' DNAT table, if any
+        net::block_on_netlink(link::remove_bridge(&bridge))?.with_context(|| format!("removing the bridge {bridge}"))
+    })
+    .context("in the agent's network namespace")?;
     fs::remove_file(&record).with_context(|| format!("removing {}", record.display()))?;
     if let Some(dir) = record.parent() {
         let _ = fs::File::open(dir).and_then(|d| d.sync_all());
@@ -361,20 +330,10 @@ pub fn teardown(paths: &Paths, netns: Option<&fs::File>) -> Result<Option<String
 /// an agent killed between allocating and recording). Returns how many.
 pub fn release_orphans(paths: &Paths, mut alive: impl FnMut(&str) -> bool) -> Result<usize> {
     let mut n = 0;
-    for dir in ipam_dirs(paths) {
-        let Some(subnet) =
-            dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.replace('_', "/").parse::<Subnet>().ok())
-        else {
-            continue;
-        };
-        n += Ipam::open(&paths.root, subnet)?.retain(&mut alive)?.len();
+    for ipam in Ipam::open_all(&paths.root)? {
+        n += ipam.retain(&mut alive)?.len();
     }
     Ok(n)
-}
-
-fn ipam_dirs(paths: &Paths) -> Vec<PathBuf> {
-    let Ok(rd) = fs::read_dir(paths.root.join("network").join("ipam")) else { return Vec::new() };
-    rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()
 }
 
 #[cfg(test)]

@@ -186,6 +186,11 @@ pub struct Allocation {
     pub owner: Option<String>,
 }
 
+/// `<root>/network/ipam`: a directory per subnet.
+fn ipam_dir(root: &Path) -> PathBuf {
+    root.join("network").join("ipam")
+}
+
 /// The allocations of one subnet under an agent root.
 #[derive(Debug)]
 pub struct Ipam {
@@ -196,7 +201,7 @@ pub struct Ipam {
 impl Ipam {
     /// Opens (creating when needed) `<root>/network/ipam/<subnet>/`.
     pub fn open(root: &Path, subnet: Subnet) -> Result<Ipam> {
-        let ipam_dir = root.join("network").join("ipam");
+        let ipam_dir = ipam_dir(root);
         let dir = ipam_dir.join(subnet.dir_name());
         if !dir.is_dir() {
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -208,6 +213,18 @@ impl Ipam {
         }
         fsutil::remove_stale_writes(&dir);
         Ok(Ipam { subnet, dir })
+    }
+
+    /// Every subnet that has allocations under `root` (directories named by
+    /// [`Subnet::dir_name`]; other names are ignored).
+    pub fn open_all(root: &Path) -> Result<Vec<Ipam>> {
+        let Ok(rd) = fs::read_dir(ipam_dir(root)) else { return Ok(Vec::new()) };
+        let subnets: Vec<Subnet> = rd
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.replace('_', "/").parse().ok()))
+            .collect();
+        subnets.into_iter().map(|s| Ipam::open(root, s)).collect()
     }
 
     /// The subnet.

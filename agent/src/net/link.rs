@@ -126,15 +126,7 @@ pub async fn overlapping_addresses(network: Ipv4Addr, prefix: u8, except: &str) 
 
 /// Deletes the bridge `name` (its ports are released, not deleted). Absent is fine.
 pub async fn remove_bridge(name: &str) -> Result<()> {
-    check_ifname(name)?;
-    let conn = Conn::here()?;
-    if let Some(link) = find_link(&conn.handle, name).await? {
-        if link_kind(&link) != Some(&InfoKind::Bridge) {
-            bail!("network interface {name} is not a bridge; not deleting it");
-        }
-        delete_index(&conn.handle, link.header.index).await.with_context(|| format!("delete bridge {name}"))?;
-    }
-    Ok(())
+    delete_of_kind(name, InfoKind::Bridge, "a bridge", &format!("delete bridge {name}")).await
 }
 
 /// Connects the network namespace mounted at `netns_path` to `bridge`: a veth pair whose host
@@ -197,13 +189,20 @@ pub async fn attach(
 /// Deletes the host side `host_ifname` of a pair (the kernel deletes its peer with it).
 /// Absent is fine.
 pub async fn detach(host_ifname: &str) -> Result<()> {
-    check_ifname(host_ifname)?;
+    delete_of_kind(host_ifname, InfoKind::Veth, "a veth", &format!("delete {host_ifname}")).await
+}
+
+/// Deletes the link `name` of this namespace when it is of `kind` (`what`, for the error);
+/// absent is fine, another kind is an error (never delete what is not ours). `doing` is the
+/// context of a failed delete.
+async fn delete_of_kind(name: &str, kind: InfoKind, what: &str, doing: &str) -> Result<()> {
+    check_ifname(name)?;
     let conn = Conn::here()?;
-    if let Some(link) = find_link(&conn.handle, host_ifname).await? {
-        if link_kind(&link) != Some(&InfoKind::Veth) {
-            bail!("network interface {host_ifname} is not a veth; not deleting it");
+    if let Some(link) = find_link(&conn.handle, name).await? {
+        if link_kind(&link) != Some(&kind) {
+            bail!("network interface {name} is not {what}; not deleting it");
         }
-        delete_index(&conn.handle, link.header.index).await.with_context(|| format!("delete {host_ifname}"))?;
+        delete_index(&conn.handle, link.header.index).await.context(doing.to_string())?;
     }
     Ok(())
 }
