@@ -109,19 +109,23 @@ fn all_healthy(st: &Value, name: &str, n: usize) -> bool {
 /// Answers by replica, and failures.
 type Answers = (BTreeMap<String, usize>, Vec<String>);
 
+/// Counts one answer (a replica's page) or failure.
+fn tally(a: &mut Answers, r: Result<String, String>) {
+    match r {
+        Ok(body) => *a.0.entry(body).or_insert(0) += 1,
+        Err(e) => a.1.push(e),
+    }
+}
+
 /// `n` requests to `addr` from inside the namespace: how many each replica answered, and the
 /// failures.
 fn spread(ns: &TestNetns, addr: SocketAddr, n: usize) -> Answers {
     ns.enter(move || {
-        let mut by = BTreeMap::new();
-        let mut errors = Vec::new();
+        let mut a = Answers::default();
         for _ in 0..n {
-            match http_get(addr) {
-                Ok(body) => *by.entry(body).or_insert(0) += 1,
-                Err(e) => errors.push(e),
-            }
+            tally(&mut a, http_get(addr));
         }
-        (by, errors)
+        a
     })
 }
 
@@ -424,12 +428,7 @@ fn scaling_while_a_client_loops_never_fails_a_request() {
         ns.spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let r = http_get(addr);
-                let mut s = seen.lock().unwrap();
-                match r {
-                    Ok(body) => *s.0.entry(body).or_insert(0) += 1,
-                    Err(e) => s.1.push(e),
-                }
-                drop(s);
+                tally(&mut seen.lock().unwrap(), r);
                 std::thread::sleep(Duration::from_millis(10));
             }
         })
@@ -566,19 +565,7 @@ services:
         let t = ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1;
         t.contains("tcp dport 8080 dnat to numgen inc mod 2") && t.contains("tcp dport 7007 dnat")
     });
-    let from_outside = |n: usize| -> Answers {
-        outside.enter(move || {
-            let mut by = BTreeMap::new();
-            let mut errors = Vec::new();
-            for _ in 0..n {
-                match http_get("192.0.2.1:8080".parse().unwrap()) {
-                    Ok(body) => *by.entry(body).or_insert(0) += 1,
-                    Err(e) => errors.push(e),
-                }
-            }
-            (by, errors)
-        })
-    };
+    let from_outside = |n: usize| spread(&outside, "192.0.2.1:8080".parse().unwrap(), n);
     let (by, errors) = from_outside(20);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["web-1", "web-2"], "healthy replicas only: {by:?}");
