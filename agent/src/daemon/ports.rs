@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::reconcile::log;
 use super::status::PortStatus;
 use crate::manifest::{Manifest, NetworkMode, PortMapping, PortRange, Protocol};
 use crate::net::nft;
@@ -105,11 +106,17 @@ pub fn expand(service: &str, p: &PortMapping) -> Vec<PortKey> {
 
 struct Entry {
     proxy: Option<PortProxy>,
-    bound: Option<SocketAddr>,
     backends: watch::Sender<Vec<SocketAddr>>,
     error: Option<String>,
     failures: u32,
     retry_at: Instant,
+}
+
+impl Entry {
+    /// The address its proxy listens on (the real port when the kernel chose it).
+    fn bound(&self) -> Option<SocketAddr> {
+        self.proxy.as_ref().and_then(|p| p.tcp_addr().or(p.udp_addr()))
+    }
 }
 
 /// The published ports of the agent.
@@ -182,7 +189,7 @@ impl Ports {
         let rt = match proxy_runtime() {
             Ok(h) => Some(h),
             Err(e) => {
-                super::reconcile::log(&format!("starting the proxy thread: {e}; proxies run on the agent's thread"));
+                log(&format!("starting the proxy thread: {e}; proxies run on the agent's thread"));
                 None
             }
         };
@@ -198,13 +205,7 @@ impl Ports {
 
     /// Brings the proxies in line with `m` and the backends with `backends(service)`, which
     /// gives the addresses (no port) of the replicas that may take traffic now.
-    pub fn sync(
-        &mut self,
-        m: &Manifest,
-        bridge_disabled: bool,
-        mut backends: impl FnMut(&str) -> Vec<Ipv4Addr>,
-        log: impl Fn(&str),
-    ) {
+    pub fn sync(&mut self, m: &Manifest, bridge_disabled: bool, mut backends: impl FnMut(&str) -> Vec<Ipv4Addr>) {
         let mut wanted: Vec<PortKey> = Vec::new();
         for svc in m.services.values() {
             if svc.network_mode != NetworkMode::Bridge {
@@ -218,17 +219,17 @@ impl Ports {
         let gone: Vec<PortKey> = self.entries.keys().filter(|k| !wanted.contains(k)).cloned().collect();
         for k in gone {
             if let Some(e) = self.entries.remove(&k) {
-                if let Some(addr) = e.bound {
+                if let Some(addr) = e.bound() {
                     log(&format!("{}: stopped publishing {k} (was {addr})", k.service));
                 }
             }
         }
         let now = Instant::now();
         let mut memo_changed = false;
+        let mut by_service: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
         for k in wanted {
             let e = self.entries.entry(k.clone()).or_insert_with(|| Entry {
                 proxy: None,
-                bound: None,
                 backends: watch::channel(Vec::new()).0,
                 error: None,
                 failures: 0,
@@ -238,8 +239,8 @@ impl Ports {
                 e.error = Some("not published: the agent runs with --no-bridge".into());
                 continue;
             }
-            let list: Vec<SocketAddr> =
-                backends(&k.service).into_iter().map(|a| SocketAddr::new(a.into(), k.target)).collect();
+            let addrs = by_service.entry(k.service.clone()).or_insert_with(|| backends(&k.service));
+            let list: Vec<SocketAddr> = addrs.iter().map(|a| SocketAddr::new((*a).into(), k.target)).collect();
             e.backends.send_if_modified(|cur| {
                 if *cur == list {
                     return false;
@@ -264,7 +265,6 @@ impl Ports {
                         }
                     }
                     e.proxy = Some(proxy);
-                    e.bound = addr;
                     e.error = None;
                     e.failures = 0;
                 }
@@ -283,10 +283,10 @@ impl Ports {
         self.sync_dnat(bridge_disabled);
         // Forget chosen ports of mappings that are gone for good (their service was removed).
         let before = self.memo.len();
-        let services: Vec<&String> = m.services.keys().collect();
-        self.memo.retain(|key, _| services.iter().any(|s| key.starts_with(&format!("{s}/"))));
+        // (Keys are `SERVICE/...`; a service name has no '/'.)
+        self.memo.retain(|key, _| key.split_once('/').is_some_and(|(svc, _)| m.services.contains_key(svc)));
         if memo_changed || self.memo.len() != before {
-            self.save_memo(&log);
+            self.save_memo();
         }
     }
 
@@ -299,7 +299,7 @@ impl Ports {
         }
         let mut rules = Vec::new();
         for (k, e) in &self.entries {
-            let (Some(_), Some(bound)) = (&e.proxy, e.bound) else { continue };
+            let Some(bound) = e.bound() else { continue };
             let host_ip = match k.host_ip {
                 None => None,
                 Some(ip) if ip.is_unspecified() => None, // [::] is dual-stack: IPv4 too
@@ -343,9 +343,7 @@ impl Ports {
                     Err(e) => {
                         let msg = format!("{e:#}");
                         if last_error.as_deref() != Some(msg.as_str()) {
-                            super::reconcile::log(&format!(
-                                "published ports: {msg}; they are served by the proxy alone"
-                            ));
+                            log(&format!("published ports: {msg}; they are served by the proxy alone"));
                         }
                         *last_error = Some(msg);
                     }
@@ -383,8 +381,8 @@ impl Ports {
             .map(|(k, e)| PortStatus {
                 mapping: k.to_string(),
                 protocol: k.protocol.to_string(),
-                host_ip: e.bound.map(|a| a.ip().to_string()).or(k.host_ip.map(|ip| ip.to_string())),
-                host_port: e.bound.map(|a| a.port()),
+                host_ip: e.bound().map(|a| a.ip().to_string()).or(k.host_ip.map(|ip| ip.to_string())),
+                host_port: e.bound().map(|a| a.port()),
                 target: k.target,
                 backends: e.backends.borrow().len() as u32,
                 error: e.error.clone(),
@@ -392,7 +390,7 @@ impl Ports {
             .collect()
     }
 
-    fn save_memo(&self, log: &impl Fn(&str)) {
+    fn save_memo(&self) {
         let Some(dir) = self.memo_path.parent() else { return };
         let res = serde_json::to_vec_pretty(&self.memo)
             .map_err(io::Error::other)

@@ -721,19 +721,14 @@ impl Agent {
     /// Published ports: bound, and fed with the replicas that may take traffic.
     fn sync_ports(&mut self, m: &Manifest) {
         let replicas = &self.replicas;
-        self.ports.sync(
-            m,
-            self.bridge_disabled,
-            |service| {
-                replicas
-                    .values()
-                    .filter(|r| r.rec.service == service && r.phase == Phase::Running)
-                    .filter(|r| r.rec.healthcheck.is_none() || r.health == Health::Healthy)
-                    .filter_map(|r| r.rec.address)
-                    .collect()
-            },
-            log,
-        );
+        self.ports.sync(m, self.bridge_disabled, |service| {
+            replicas
+                .values()
+                .filter(|r| r.rec.service == service && r.phase == Phase::Running)
+                .filter(|r| r.rec.healthcheck.is_none() || r.health == Health::Healthy)
+                .filter_map(|r| r.rec.address)
+                .collect()
+        });
     }
 
     /// The bridge and its NAT rules go when no bridged service is left: no replica on the
