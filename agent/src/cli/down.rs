@@ -42,8 +42,6 @@ pub fn down(root: &Path, a: DownArgs) -> Result<i32> {
     for (id, why) in &bad {
         eprintln!("skiff: warning: containers/{id}: {why}; left alone");
     }
-    let tokio_rt =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     if records.is_empty() {
         eprintln!("nothing runs");
         let net_ok = remove_network(&paths, agent_netns.as_ref(), bad.is_empty());
@@ -51,6 +49,8 @@ pub fn down(root: &Path, a: DownArgs) -> Result<i32> {
     }
     let bin = super::run::find_runtime(a.runtime.as_deref())?;
     let rt = Runtime::new(bin, paths.runtime_root());
+    let tokio_rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     let failed = tokio_rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for rec in records {
