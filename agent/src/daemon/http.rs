@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::cgstats;
-use super::status::{Snapshot, Status};
+use super::status::{ServiceStatus, Snapshot, Status};
 
 /// `/healthz` fails when the reconcile loop has not gone round for this long.
 pub const HEALTH_MAX_TICK_AGE: Duration = Duration::from_secs(30);
@@ -215,27 +215,28 @@ fn one_line(s: &str) -> String {
     s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
+/// One number of a service, for a per-service gauge.
+type ServiceCount = fn(&ServiceStatus) -> u32;
+
 /// The `/metrics` document (Prometheus text format 0.0.4). `stats` reads the cgroup of a pid
 /// ([`cgstats::Cgroups::stats`] in the agent).
 pub fn metrics(status: &Status, stats: impl Fn(i32) -> Option<cgstats::Stats>) -> String {
     let mut out = String::with_capacity(1024);
     let services = &status.services;
-    family(&mut out, "skiff_service_replicas_desired", "gauge", "Replicas of the service the manifest asks for.");
-    for s in services {
-        sample(&mut out, "skiff_service_replicas_desired", &[("service", &s.name)], s.desired_replicas as f64);
-    }
-    family(&mut out, "skiff_service_replicas_running", "gauge", "Replicas of the service that are running.");
-    for s in services {
-        sample(&mut out, "skiff_service_replicas_running", &[("service", &s.name)], s.running_replicas as f64);
-    }
-    family(
-        &mut out,
-        "skiff_service_replicas_healthy",
-        "gauge",
-        "Replicas of the service that pass their health check (or run and have none).",
-    );
-    for s in services {
-        sample(&mut out, "skiff_service_replicas_healthy", &[("service", &s.name)], s.healthy_replicas as f64);
+    let per_service: [(&str, &str, ServiceCount); 3] = [
+        ("skiff_service_replicas_desired", "Replicas of the service the manifest asks for.", |s| s.desired_replicas),
+        ("skiff_service_replicas_running", "Replicas of the service that are running.", |s| s.running_replicas),
+        (
+            "skiff_service_replicas_healthy",
+            "Replicas of the service that pass their health check (or run and have none).",
+            |s| s.healthy_replicas,
+        ),
+    ];
+    for (name, help, value) in per_service {
+        family(&mut out, name, "gauge", help);
+        for s in services {
+            sample(&mut out, name, &[("service", &s.name)], value(s) as f64);
+        }
     }
     family(
         &mut out,
@@ -339,7 +340,7 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::daemon::status::{Health, ManifestStatus, ReplicaState, ReplicaStatus, ServiceStatus};
+    use crate::daemon::status::{Health, ManifestStatus, ReplicaState, ReplicaStatus};
 
     /// A server on 127.0.0.1:0, shut down when dropped.
     struct Server {

@@ -28,7 +28,7 @@ impl Paths {
         self.run.join("runtime")
     }
     pub fn container(&self, id: &str) -> PathBuf {
-        self.root.join("containers").join(id)
+        self.containers().join(id)
     }
     pub fn containers(&self) -> PathBuf {
         self.root.join("containers")
@@ -37,7 +37,7 @@ impl Paths {
         self.root.join("volumes").join(name)
     }
     pub fn logs(&self, id: &str) -> PathBuf {
-        self.root.join("logs").join(id)
+        self.logs_dir().join(id)
     }
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
