@@ -429,14 +429,14 @@ fn bind(
     let mut first_err = None;
     for port in candidates {
         let res = match k.host_ip {
-            Some(ip) => PortProxy::bind_now(SocketAddr::new(ip, port), proto, backends.clone(), limits.clone()),
-            None => match PortProxy::bind_now(
+            Some(ip) => PortProxy::bind(SocketAddr::new(ip, port), proto, backends.clone(), limits.clone()),
+            None => match PortProxy::bind(
                 SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
                 proto,
                 backends.clone(),
                 limits.clone(),
             ) {
-                Err(e) if no_ipv6(&e) => PortProxy::bind_now(
+                Err(e) if no_ipv6(&e) => PortProxy::bind(
                     SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
                     proto,
                     backends.clone(),

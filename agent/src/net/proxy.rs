@@ -100,16 +100,12 @@ impl fmt::Debug for PortProxy {
 
 impl PortProxy {
     /// Binds `addr` for `proto` and starts serving. With port 0 and [`Proto::Both`], UDP gets
-    /// the port the kernel chose for TCP. Must be called inside a tokio runtime.
-    pub async fn bind(addr: SocketAddr, proto: Proto, backends: Backends, limits: Limits) -> Result<PortProxy> {
-        PortProxy::bind_now(addr, proto, backends, limits)
-    }
-
-    /// [`PortProxy::bind`] without an `.await`, for the agent's reconcile loop (binding a
-    /// socket address never blocks). Must be called inside a tokio runtime (it spawns the
-    /// serving tasks). The TCP listener has `SO_REUSEADDR` (Rust's std sets it), so a restarted
-    /// agent binds its ports again while old connections linger in TIME_WAIT.
-    pub fn bind_now(addr: SocketAddr, proto: Proto, backends: Backends, limits: Limits) -> Result<PortProxy> {
+    /// the port the kernel chose for TCP. Must be called inside a tokio runtime (it spawns the
+    /// serving tasks on the current one); binding a socket address never blocks, so the
+    /// agent's reconcile loop calls it directly. The TCP listener has `SO_REUSEADDR` (Rust's
+    /// std sets it), so a restarted agent binds its ports again while old connections linger
+    /// in TIME_WAIT.
+    pub fn bind(addr: SocketAddr, proto: Proto, backends: Backends, limits: Limits) -> Result<PortProxy> {
         let mut proxy = PortProxy { tcp: None, udp: None, tasks: Vec::new() };
         let mut udp_addr = addr;
         if matches!(proto, Proto::Tcp | Proto::Both) {
@@ -444,7 +440,7 @@ mod tests {
 
     async fn proxy(list: Vec<SocketAddr>, limits: Limits) -> (PortProxy, watch::Sender<Vec<SocketAddr>>) {
         let (tx, rx) = watch::channel(list);
-        let p = PortProxy::bind(LOCAL.parse().unwrap(), Proto::Tcp, rx, limits).await.unwrap();
+        let p = PortProxy::bind(LOCAL.parse().unwrap(), Proto::Tcp, rx, limits).unwrap();
         (p, tx)
     }
 
@@ -566,12 +562,12 @@ mod tests {
         let taken = std::net::TcpListener::bind(LOCAL).unwrap();
         let addr = taken.local_addr().unwrap();
         let (_tx, rx) = watch::channel(vec![]);
-        let e = PortProxy::bind(addr, Proto::Tcp, rx.clone(), Limits::default()).await.unwrap_err();
+        let e = PortProxy::bind(addr, Proto::Tcp, rx.clone(), Limits::default()).unwrap_err();
         assert_eq!(e.to_string(), format!("host port {}/tcp is already in use", addr.port()));
 
         let taken = std::net::UdpSocket::bind(LOCAL).unwrap();
         let addr = taken.local_addr().unwrap();
-        let e = PortProxy::bind(addr, Proto::Udp, rx, Limits::default()).await.unwrap_err();
+        let e = PortProxy::bind(addr, Proto::Udp, rx, Limits::default()).unwrap_err();
         assert_eq!(e.to_string(), format!("host port {}/udp is already in use", addr.port()));
     }
 
@@ -613,7 +609,7 @@ mod tests {
         echo(&mut s, "after stop").await;
         // The port is free again.
         let (_tx, rx) = watch::channel(vec![a]);
-        let p = PortProxy::bind(addr, Proto::Tcp, rx, Limits::default()).await.unwrap();
+        let p = PortProxy::bind(addr, Proto::Tcp, rx, Limits::default()).unwrap();
         assert_eq!(connect(p.tcp_addr().unwrap()).await.1, "a");
     }
 
@@ -653,7 +649,7 @@ mod tests {
     async fn udp_sessions_round_robin_and_replies_reach_their_client() {
         let (a, b) = (udp_backend("a").await, udp_backend("b").await);
         let (tx, rx) = watch::channel(vec![a, b]);
-        let p = PortProxy::bind(LOCAL.parse().unwrap(), Proto::Udp, rx, Limits::default()).await.unwrap();
+        let p = PortProxy::bind(LOCAL.parse().unwrap(), Proto::Udp, rx, Limits::default()).unwrap();
         let to = p.udp_addr().unwrap();
         let clients = [udp_client(to).await, udp_client(to).await, udp_client(to).await];
         // Each client's first datagram starts a session on the next backend...
@@ -680,7 +676,7 @@ mod tests {
         let (a, b) = (udp_backend("a").await, udp_backend("b").await);
         let (_tx, rx) = watch::channel(vec![a, b]);
         let limits = Limits { udp_idle: Duration::from_millis(100), ..Limits::default() };
-        let p = PortProxy::bind(LOCAL.parse().unwrap(), Proto::Udp, rx, limits).await.unwrap();
+        let p = PortProxy::bind(LOCAL.parse().unwrap(), Proto::Udp, rx, limits).unwrap();
         let c = udp_client(p.udp_addr().unwrap()).await;
         assert_eq!(ask(&c, "1").await, "a:1");
         // Wait until the session has certainly expired (idle time is a lower bound).
@@ -693,7 +689,7 @@ mod tests {
         let a = udp_backend("a").await;
         let (_tx, rx) = watch::channel(vec![a]);
         let limits = Limits { max_udp_sessions: 1, ..Limits::default() };
-        let p = PortProxy::bind(LOCAL.parse().unwrap(), Proto::Udp, rx, limits).await.unwrap();
+        let p = PortProxy::bind(LOCAL.parse().unwrap(), Proto::Udp, rx, limits).unwrap();
         let to = p.udp_addr().unwrap();
         let (first, second) = (udp_client(to).await, udp_client(to).await);
         assert_eq!(ask(&first, "1").await, "a:1");
@@ -712,7 +708,7 @@ mod tests {
         let udp = udp_backend_on("u", tcp).await;
         assert_eq!(tcp, udp);
         let (_tx, rx) = watch::channel(vec![tcp]);
-        let p = PortProxy::bind(LOCAL.parse().unwrap(), Proto::Both, rx, Limits::default()).await.unwrap();
+        let p = PortProxy::bind(LOCAL.parse().unwrap(), Proto::Both, rx, Limits::default()).unwrap();
         assert_eq!(p.tcp_addr().map(|a| a.port()), p.udp_addr().map(|a| a.port()));
         assert_eq!(connect(p.tcp_addr().unwrap()).await.1, "t");
         assert_eq!(ask(&udp_client(p.udp_addr().unwrap()).await, "x").await, "u:x");
