@@ -601,12 +601,15 @@ pub fn update(root: &Path, id: &str, changes: &oci_spec::runtime::LinuxResources
     // What is applied: the changed controllers only (re-applying devices would reset
     // the device rules of a running container for a moment).
     let mut apply = LinuxResources::default();
+    // Each field `changes` sets, copied onto the current value.
+    macro_rules! take {
+        ($from:ident => $to:ident: $($get:ident => $set:ident),*) => {
+            $( if let Some(v) = $from.$get() { $to.$set(Some(v)); } )*
+        };
+    }
     if let Some(m) = changes.memory() {
         let mut cur = (*merged.memory()).unwrap_or_default();
-        macro_rules! take {
-            ($($get:ident => $set:ident),*) => { $( if let Some(v) = m.$get() { cur.$set(Some(v)); } )* };
-        }
-        take!(limit => set_limit, reservation => set_reservation, swap => set_swap, kernel => set_kernel,
+        take!(m => cur: limit => set_limit, reservation => set_reservation, swap => set_swap, kernel => set_kernel,
             kernel_tcp => set_kernel_tcp, swappiness => set_swappiness, disable_oom_killer => set_disable_oom_killer,
             use_hierarchy => set_use_hierarchy, check_before_update => set_check_before_update);
         merged.set_memory(Some(cur));
@@ -614,10 +617,7 @@ pub fn update(root: &Path, id: &str, changes: &oci_spec::runtime::LinuxResources
     }
     if let Some(c) = changes.cpu() {
         let mut cur = merged.cpu().clone().unwrap_or_default();
-        macro_rules! take {
-            ($($get:ident => $set:ident),*) => { $( if let Some(v) = c.$get() { cur.$set(Some(v)); } )* };
-        }
-        take!(shares => set_shares, quota => set_quota, burst => set_burst, period => set_period,
+        take!(c => cur: shares => set_shares, quota => set_quota, burst => set_burst, period => set_period,
             realtime_runtime => set_realtime_runtime, realtime_period => set_realtime_period, idle => set_idle);
         if let Some(v) = c.cpus() {
             cur.set_cpus(Some(v.clone()));
