@@ -1163,9 +1163,14 @@ fn a_kernel_without_the_memory_controller_runs_the_service_without_the_limit_and
 
     // `skiff down` from this (the host's) mount namespace stops everything: afterwards no
     // process is left in the agents' namespaces (so their private mounts are gone with them),
-    // no cgroup of the roots, nothing mounted under the scratch dirs.
+    // no cgroup of the roots, nothing mounted under the scratch dirs. The namespace is held
+    // open while it is searched: once its last process is gone the kernel frees its inode
+    // number, and the next mount namespace made (a container of a test running beside this
+    // one) may get the same number, and so the same `mnt:[N]` name.
     for a in [&mut control, &mut nomem] {
-        let ns = std::fs::read_link(format!("/proc/{}/ns/mnt", a.pid())).expect("the agent's mount namespace");
+        let path = format!("/proc/{}/ns/mnt", a.pid());
+        let _held = std::fs::File::open(&path).expect("open the agent's mount namespace");
+        let ns = std::fs::read_link(&path).expect("the agent's mount namespace");
         a.down();
         let left: Vec<i32> = skiff_tests::processes()
             .into_iter()
