@@ -607,3 +607,119 @@ services:
     drop(outside); // its end of the pair goes with it, and so the pair
     down_leaves_no_network(&ns, &mut a, "sktest6");
 }
+
+/// One datagram to `addr` from a new socket (so a new flow: a new proxy session, a new
+/// conntrack entry), from the calling thread's namespace; the answering replica's name, after
+/// checking that the payload came back.
+fn udp_ask(addr: SocketAddr, payload: &str) -> Result<String, String> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    socket.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| format!("timeout: {e}"))?;
+    socket.send_to(payload.as_bytes(), addr).map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = socket.recv_from(&mut buf).map_err(|e| format!("no answer from {addr}: {e}"))?;
+    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+    match reply.split_once(' ') {
+        Some((name, echoed)) if echoed == payload && from == addr => Ok(name.to_string()),
+        _ => Err(format!("{addr} answered {reply:?} from {from}")),
+    }
+}
+
+/// `n` datagrams to `addr`, each from a new socket, from inside `ns`: how many each replica
+/// answered, and the failures.
+fn udp_spread(ns: &TestNetns, addr: SocketAddr, n: usize) -> Answers {
+    ns.enter(move || {
+        let mut a = Answers::default();
+        for i in 0..n {
+            tally(&mut a, udp_ask(addr, &format!("ping-{i}")));
+        }
+        a
+    })
+}
+
+/// Builds tests/fixtures/udp-hostname.rs, statically linked so that it runs in the busybox
+/// test image, into `dir`.
+fn udp_server(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/udp-hostname.rs");
+    let out = dir.join("udp-hostname");
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let built = std::process::Command::new(&rustc)
+        .args(["--edition", "2021", "-C", "opt-level=1", "-C", "target-feature=+crt-static", "-o"])
+        .arg(&out)
+        .arg(src)
+        .output()
+        .unwrap_or_else(|e| panic!("running {rustc:?} (to build {src}): {e}"));
+    assert!(built.status.success(), "building {src}: {}", String::from_utf8_lossy(&built.stderr));
+    out
+}
+
+/// A published UDP port: every new flow goes to the next replica, over both paths (the
+/// proxy on loopback, the kernel's DNAT from another machine), and a replica scaled away gets
+/// none afterwards.
+#[test]
+fn a_published_udp_port_spreads_flows_over_replicas_on_both_paths() {
+    let Some((ns, mut a)) = setup() else { return };
+    let outside = outside_of(&ns);
+    let server = udp_server(a.dir());
+    let manifest = |replicas: u32| {
+        format!(
+            r#"x-skiff:
+  bridge: sktest7
+  subnet: 10.123.8.0/24
+services:
+  names:
+    image: {img}
+    user: root
+    command: ["/udp-hostname", "53"]
+    volumes: ["{server}:/udp-hostname:ro"]
+    ports: ["5353:53/udp"]
+    stop_grace_period: 1s
+    deploy:
+      replicas: {replicas}
+"#,
+            img = image(),
+            server = server.display()
+        )
+    };
+    a.write_manifest(&manifest(2));
+    a.spawn();
+    let st = wait_status(&ns, &a, "names (2) behind 5353/udp", |st| port(st, "names", "5353:53/udp")["backends"] == 2);
+    assert_eq!(port(&st, "names", "5353:53/udp")["host_port"], 5353);
+    // No health check: a replica is a backend once it runs, maybe before its server has bound
+    // its socket. Each is asked on its own address until it answers.
+    for id in ["names-1", "names-2"] {
+        let direct = SocketAddr::new(address(&st, id).into(), 53);
+        skiff_tests::wait_until(&format!("{id} to answer on {direct}"), WAIT, || {
+            ns.enter(move || udp_ask(direct, "ready")).as_deref() == Ok(id)
+        });
+    }
+
+    // Loopback: the agent's proxy, a session per client socket, round-robin.
+    let (by, errors) = udp_spread(&ns, "127.0.0.1:5353".parse().unwrap(), 20);
+    assert!(errors.is_empty(), "every datagram through 127.0.0.1:5353 answered: {errors:?}");
+    assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["names-1", "names-2"], "{by:?}");
+    assert!(by.values().all(|n| *n == 10), "round-robin over the proxy: {by:?}");
+    // From another machine: the kernel's rules.
+    skiff_tests::wait_until("the DNAT rule for 5353/udp (2 backends)", WAIT, || {
+        ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1.contains("udp dport 5353 dnat to numgen inc mod 2")
+    });
+    let (by, errors) = udp_spread(&outside, "192.0.2.1:5353".parse().unwrap(), 20);
+    assert!(errors.is_empty(), "every datagram through 192.0.2.1:5353 answered: {errors:?}");
+    assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["names-1", "names-2"], "{by:?}");
+    assert!(by.values().all(|n| *n == 10), "round-robin by the kernel: {by:?}");
+
+    // Scaled to one: names-2 gets no new flow on either path.
+    a.write_manifest(&manifest(1));
+    wait_status(&ns, &a, "names-2 gone", |st| {
+        all_running(st, "names", 1) && port(st, "names", "5353:53/udp")["backends"] == 1
+    });
+    skiff_tests::wait_until("the DNAT rule for 5353/udp (1 backend)", WAIT, || {
+        ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1.contains("udp dport 5353 dnat to numgen inc mod 1")
+    });
+    for (from, addr) in [(&ns, "127.0.0.1:5353"), (&outside, "192.0.2.1:5353")] {
+        let (by, errors) = udp_spread(from, addr.parse().unwrap(), 10);
+        assert!(errors.is_empty(), "{addr}: {errors:?}");
+        assert_eq!(by.get("names-1"), Some(&10), "{addr}: only names-1 is left: {by:?}");
+    }
+    drop(outside);
+    down_leaves_no_network(&ns, &mut a, "sktest7");
+}
