@@ -723,3 +723,85 @@ services:
     drop(outside);
     down_leaves_no_network(&ns, &mut a, "sktest7");
 }
+
+/// A power cut: the agent, the containers and their shims die, the run state (a tmpfs) and
+/// the mounts are gone, and the machine's network comes back empty: no bridge, no veth, no
+/// nftables table. The next agent makes the bridge and the NAT table again, gives each
+/// replica the address it had (the root, where addresses are recorded, is on disk), and
+/// publishes the port again: nothing stale in the way, nothing doubled.
+#[test]
+fn after_a_power_cut_the_network_comes_back_as_it_was() {
+    let Some((ns, mut a)) = setup() else { return };
+    let img = image();
+    a.write_manifest(&format!(
+        r#"x-skiff:
+  bridge: sktest8
+  subnet: 10.123.9.0/24
+services:
+{}  client:
+    image: {img}
+    command: ["sleep", "1000"]
+    stop_grace_period: 1s
+"#,
+        web(2, r#"["8080:80"]"#, SERVES)
+    ));
+    a.spawn();
+    let ids = ["client-1", "web-1", "web-2"];
+    let st = wait_status(&ns, &a, "web (2) healthy behind 8080, client running", |st| {
+        port(st, "web", "8080:80/tcp")["backends"] == 2 && all_running(st, "client", 1)
+    });
+    let before: Vec<Ipv4Addr> = ids.iter().map(|id| address(&st, id)).collect();
+    let old: Vec<i32> = ids.iter().map(|id| replica(&st, id)["pid"].as_i64().unwrap_or(0) as i32).collect();
+    let (by, errors) = spread(&ns, "127.0.0.1:8080".parse().unwrap(), 4);
+    assert!(errors.is_empty() && by.len() == 2, "{by:?} {errors:?}");
+
+    // The power cut.
+    let shims = a.shim_pids();
+    a.stop_with(libc::SIGKILL);
+    let dead: Vec<i32> = old.iter().copied().filter(|p| *p > 0).chain(shims.values().copied()).collect();
+    for p in &dead {
+        if skiff_tests::agent::is_shim_of(*p, &a.root()) || old.contains(p) {
+            skiff_tests::agent::kill(*p, libc::SIGKILL);
+        }
+    }
+    for p in dead {
+        skiff_tests::wait_until(&format!("process {p} to die"), WAIT, || !skiff_tests::agent::alive(p));
+    }
+    skiff_tests::unmount_under(&a.root().join("containers"));
+    skiff_tests::safe_remove(&a.run_dir());
+    skiff_tests::remove_cgroup(a.cgroup_parent());
+    ns.reboot();
+    assert!(!ns.run(&["ip", "link", "show", "sktest8"]).0, "the bridge went with the power");
+    assert!(a.root().join("network").join("bridge.json").exists(), "the bridge record is on disk");
+
+    a.spawn();
+    let st = wait_status(&ns, &a, "web (2) healthy behind 8080 again, client running", |st| {
+        all_healthy(st, "web", 2) && port(st, "web", "8080:80/tcp")["backends"] == 2 && all_running(st, "client", 1)
+    });
+    let after: Vec<Ipv4Addr> = ids.iter().map(|id| address(&st, id)).collect();
+    assert_eq!(after, before, "each replica has the address it had ({ids:?})");
+    for id in ids {
+        let p = replica(&st, id)["pid"].as_i64().unwrap_or(0) as i32;
+        assert!(!old.contains(&p), "{id}: pid {p} is a new container");
+    }
+    assert!(ns.run(&["ip", "link", "show", "sktest8"]).0, "the bridge is made again");
+    assert!(ns.run(&["nft", "list", "table", "ip", "skiff"]).1.contains("masquerade"), "the NAT table again");
+    let (by, errors) = spread(&ns, "127.0.0.1:8080".parse().unwrap(), 10);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["web-1", "web-2"], "{by:?}");
+    // Names still resolve over the new bridge, and no address is held twice.
+    let get = r#"printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 web 80"#;
+    skiff_tests::wait_until("client to fetch http://web/", WAIT, || {
+        a.rt(&["exec", "client-1", "sh", "-c", get]).stdout.contains("web-")
+    });
+    let held: Vec<String> = std::fs::read_dir(a.root().join("network").join("ipam"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(held.len(), 3, "three addresses held: {held:?}");
+    down_leaves_no_network(&ns, &mut a, "sktest8");
+}

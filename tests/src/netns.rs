@@ -24,6 +24,15 @@ impl TestNetns {
         up.is_ok_and(|s| s.success()).then_some(ns)
     }
 
+    /// The namespace as after a reboot: deleted and made again under the same name, loopback
+    /// up, and nothing else (no link, address, route or nftables table of the old one).
+    pub fn reboot(&self) {
+        let ok = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+        assert!(ok(&["netns", "del", &self.name]), "ip netns del {}", self.name);
+        assert!(ok(&["netns", "add", &self.name]), "ip netns add {}", self.name);
+        assert!(ok(&["-n", &self.name, "link", "set", "lo", "up"]), "ip -n {} link set lo up", self.name);
+    }
+
     /// Its name, for `ip -n NAME` / `ip netns exec NAME`.
     pub fn name(&self) -> &str {
         &self.name
