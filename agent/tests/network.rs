@@ -284,6 +284,46 @@ services:
     assert_eq!(ns.run(&["cat", "/proc/sys/net/ipv4/ip_forward"]).1.trim(), "1");
     drop(outside);
 
+    // The bridge has route_localnet (the host's connections to 127.0.0.1:PORT are DNATed to
+    // replicas through it): a container that routes 127.0.0.1 to the gateway must still not
+    // reach the host's loopback. A datagram needs no answer, so it would be enough to talk to
+    // a loopback-only UDP service of the host; the NAT table's rule drops it, and counts it.
+    let private = ns.enter(|| {
+        let s = std::net::UdpSocket::bind("127.0.0.1:9997").expect("bind 127.0.0.1:9997");
+        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        s
+    });
+    let client_ns = a.run_dir().join("netns").join("client-1");
+    let in_client = |args: &[&str]| {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", client_ns.display()))
+            .args(args)
+            .output()
+            .expect("nsenter");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    in_client(&["ip", "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local"]);
+    in_client(&["ip", "route", "del", "local", "127.0.0.1", "dev", "lo", "table", "local"]);
+    in_client(&["ip", "route", "add", "127.0.0.1/32", "via", "10.123.0.1", "dev", "eth0"]);
+    let ns_file = std::fs::File::open(&client_ns).expect("open client-1's network namespace");
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("join client-1's namespace");
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for _ in 0..3 {
+            s.send_to(b"to the host's loopback", "127.0.0.1:9997").expect("send");
+        }
+    })
+    .join()
+    .expect("sender thread");
+    let mut buf = [0u8; 64];
+    let got = private.recv_from(&mut buf);
+    assert!(got.is_err(), "a container reached the host's loopback: {got:?}");
+    let table = ns.run(&["nft", "list", "table", "ip", "skiff"]).1;
+    assert!(
+        table.contains("ip daddr 127.0.0.0/8 counter packets 3 "),
+        "the datagrams reached the host and were dropped by the NAT table's rule:\n{table}"
+    );
+
     // A third web replica: the running client's /etc/hosts is rewritten in place.
     a.write_manifest(&manifest(3));
     st = wait_status(&ns, &a, "web-3 running", |st| all_running(st, "web", 3));
@@ -316,10 +356,16 @@ fn a_published_port_spreads_over_replicas_and_comes_back_after_agent_sigkill() {
     let p = port(&st, "web", "8080:80/tcp");
     assert_eq!(p["host_port"], 8080, "{p}");
     assert!(p.get("error").is_none(), "{p}");
-    let (by, errors) = spread(&ns, "127.0.0.1:8080".parse().unwrap(), 20);
-    assert!(errors.is_empty(), "every request through 8080 answered: {errors:?}");
-    assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["web-1", "web-2"], "both replicas answered: {by:?}");
-    assert!(by.values().all(|n| *n == 10), "round-robin: {by:?}");
+    // 127.0.0.1 (the kernel's rules, once they are in) and [::1] (the agent's proxy).
+    skiff_tests::wait_until("the DNAT rule for 8080", WAIT, || {
+        ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1.contains("tcp dport 8080 dnat to numgen inc mod 2")
+    });
+    for addr in ["127.0.0.1:8080", "[::1]:8080"] {
+        let (by, errors) = spread(&ns, addr.parse().unwrap(), 20);
+        assert!(errors.is_empty(), "every request through {addr} answered: {errors:?}");
+        assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["web-1", "web-2"], "{addr}: both answered: {by:?}");
+        assert!(by.values().all(|n| *n == 10), "{addr}: round-robin: {by:?}");
+    }
     // The range: 9000 → 80 (served), 9001 → 81 (nothing listens there: closed, not hung).
     assert_eq!(port(&st, "web", "9000:80/tcp")["host_port"], 9000);
     assert_eq!(port(&st, "web", "9001:81/tcp")["host_port"], 9001);
@@ -348,9 +394,11 @@ fn a_published_port_spreads_over_replicas_and_comes_back_after_agent_sigkill() {
     let after_addrs: Vec<Ipv4Addr> = ["web-1", "web-2"].iter().map(|id| address(&st, id)).collect();
     assert_eq!(after_addrs, before_addrs, "same addresses");
     assert_eq!(port(&st, "web", "127.0.0.1::80/tcp")["host_port"], chosen_port, "the chosen port is kept");
-    let (by, errors) = spread(&ns, "127.0.0.1:8080".parse().unwrap(), 10);
-    assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(by.len(), 2, "both replicas answer after the restart: {by:?}");
+    for addr in ["127.0.0.1:8080", "[::1]:8080"] {
+        let (by, errors) = spread(&ns, addr.parse().unwrap(), 10);
+        assert!(errors.is_empty(), "{addr}: {errors:?}");
+        assert_eq!(by.len(), 2, "{addr}: both replicas answer after the restart: {by:?}");
+    }
 
     // A third replica after the restart gets an address of its own (no duplicate).
     a.write_manifest(&format!(
@@ -414,14 +462,16 @@ fn scaling_while_a_client_loops_never_fails_a_request() {
     });
     assert!(address(&st, "web-1").to_string().starts_with("10.123.3."), "{st:#}");
     assert!(ns.run(&["ip", "link", "show", "sktest3"]).0, "the bridge of SKIFF_BRIDGE");
-    // Two clients loop: one on the host's loopback (the proxy), one from another machine
-    // (the kernel's DNAT rules); the rules for web-1 go in in the background.
+    // Three clients loop: two on the host's loopback, over IPv4 (the kernel's DNAT rules,
+    // output hook) and IPv6 (the agent's proxy), and one from another machine (DNAT,
+    // prerouting hook); the rules for web-1 go in in the background.
     let outside = outside_of(&ns);
     skiff_tests::wait_until("the DNAT rule for 8080", WAIT, || {
         ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1.contains("tcp dport 8080 dnat")
     });
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Arc<Mutex<Answers>> = Arc::default();
+    let seen_v6: Arc<Mutex<Answers>> = Arc::default();
     let seen_outside: Arc<Mutex<Answers>> = Arc::default();
     let client = |ns: &TestNetns, addr: &str, seen: &Arc<Mutex<Answers>>| {
         let (stop, seen, addr) = (stop.clone(), seen.clone(), addr.parse::<SocketAddr>().unwrap());
@@ -433,10 +483,14 @@ fn scaling_while_a_client_loops_never_fails_a_request() {
             }
         })
     };
-    let clients = [client(&ns, "127.0.0.1:8080", &seen), client(&outside, "192.0.2.1:8080", &seen_outside)];
+    let clients = [
+        client(&ns, "127.0.0.1:8080", &seen),
+        client(&ns, "[::1]:8080", &seen_v6),
+        client(&outside, "192.0.2.1:8080", &seen_outside),
+    ];
     let answered_by = |id: &str| {
         let n = |s: &Arc<Mutex<Answers>>| s.lock().unwrap().0.get(id).copied().unwrap_or(0);
-        n(&seen).min(n(&seen_outside))
+        n(&seen).min(n(&seen_v6)).min(n(&seen_outside))
     };
     a.write_manifest(&manifest(3));
     wait_status(&ns, &a, "3 healthy replicas behind 8080", |st| {
@@ -456,7 +510,7 @@ fn scaling_while_a_client_loops_never_fails_a_request() {
     for c in clients {
         c.join().expect("client thread");
     }
-    for (what, seen) in [("loopback", &seen), ("another machine", &seen_outside)] {
+    for (what, seen) in [("loopback", &seen), ("IPv6 loopback", &seen_v6), ("another machine", &seen_outside)] {
         let (by, errors) = seen.lock().unwrap().clone();
         let n = by.values().sum::<usize>();
         assert!(
@@ -588,10 +642,12 @@ services:
     a.signal(libc::SIGSTOP);
     let (by, errors) = from_outside(10);
     assert!(errors.is_empty() && by.values().sum::<usize>() == 10, "served with the agent frozen: {by:?} {errors:?}");
-    // From the agent's own host to its own non-loopback address: the output hook's rule (the
-    // frozen proxy, which also listens there, cannot be what answers).
-    let own = ns.enter(|| http_get("192.0.2.1:8080".parse().unwrap()));
-    assert!(matches!(own.as_deref(), Ok("web-1") | Ok("web-2")), "{own:?}");
+    // From the agent's own host to its own addresses, 127.0.0.1 included: the output hook's
+    // rules (the frozen proxy, which also listens there, cannot be what answers).
+    for own in ["192.0.2.1:8080", "127.0.0.1:8080"] {
+        let got = ns.enter(move || http_get(own.parse().unwrap()));
+        assert!(matches!(got.as_deref(), Ok("web-1") | Ok("web-2")), "{own}: {got:?}");
+    }
     // Killed (while frozen) and started again: the established connection carries on.
     a.stop_with(libc::SIGKILL);
     assert_eq!(echo("agent-dead"), "agent-dead\n");
@@ -612,7 +668,8 @@ services:
 /// conntrack entry), from the calling thread's namespace; the answering replica's name, after
 /// checking that the payload came back.
 fn udp_ask(addr: SocketAddr, payload: &str) -> Result<String, String> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    let any: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("an address");
+    let socket = std::net::UdpSocket::bind(any).map_err(|e| format!("bind: {e}"))?;
     socket.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| format!("timeout: {e}"))?;
     socket.send_to(payload.as_bytes(), addr).map_err(|e| format!("send to {addr}: {e}"))?;
     let mut buf = [0u8; 2048];
@@ -653,8 +710,8 @@ fn udp_server(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// A published UDP port: every new flow goes to the next replica, over both paths (the
-/// proxy on loopback, the kernel's DNAT from another machine), and a replica scaled away gets
-/// none afterwards.
+/// proxy on IPv6, the kernel's DNAT on IPv4 from this host and from another machine), and a
+/// replica scaled away gets none afterwards.
 #[test]
 fn a_published_udp_port_spreads_flows_over_replicas_on_both_paths() {
     let Some((ns, mut a)) = setup() else { return };
@@ -693,19 +750,21 @@ services:
         });
     }
 
-    // Loopback: the agent's proxy, a session per client socket, round-robin.
-    let (by, errors) = udp_spread(&ns, "127.0.0.1:5353".parse().unwrap(), 20);
-    assert!(errors.is_empty(), "every datagram through 127.0.0.1:5353 answered: {errors:?}");
+    // IPv6 loopback: the agent's proxy, a session per client socket, round-robin.
+    let (by, errors) = udp_spread(&ns, "[::1]:5353".parse().unwrap(), 20);
+    assert!(errors.is_empty(), "every datagram through [::1]:5353 answered: {errors:?}");
     assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["names-1", "names-2"], "{by:?}");
     assert!(by.values().all(|n| *n == 10), "round-robin over the proxy: {by:?}");
-    // From another machine: the kernel's rules.
+    // IPv4, from this host and from another machine: the kernel's rules.
     skiff_tests::wait_until("the DNAT rule for 5353/udp (2 backends)", WAIT, || {
         ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1.contains("udp dport 5353 dnat to numgen inc mod 2")
     });
-    let (by, errors) = udp_spread(&outside, "192.0.2.1:5353".parse().unwrap(), 20);
-    assert!(errors.is_empty(), "every datagram through 192.0.2.1:5353 answered: {errors:?}");
-    assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["names-1", "names-2"], "{by:?}");
-    assert!(by.values().all(|n| *n == 10), "round-robin by the kernel: {by:?}");
+    for (from, addr) in [(&ns, "127.0.0.1:5353"), (&outside, "192.0.2.1:5353")] {
+        let (by, errors) = udp_spread(from, addr.parse().unwrap(), 20);
+        assert!(errors.is_empty(), "every datagram through {addr} answered: {errors:?}");
+        assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["names-1", "names-2"], "{addr}: {by:?}");
+        assert!(by.values().all(|n| *n == 10), "{addr}: round-robin by the kernel: {by:?}");
+    }
 
     // Scaled to one: names-2 gets no new flow on either path.
     a.write_manifest(&manifest(1));
@@ -715,7 +774,7 @@ services:
     skiff_tests::wait_until("the DNAT rule for 5353/udp (1 backend)", WAIT, || {
         ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1.contains("udp dport 5353 dnat to numgen inc mod 1")
     });
-    for (from, addr) in [(&ns, "127.0.0.1:5353"), (&outside, "192.0.2.1:5353")] {
+    for (from, addr) in [(&ns, "[::1]:5353"), (&ns, "127.0.0.1:5353"), (&outside, "192.0.2.1:5353")] {
         let (by, errors) = udp_spread(from, addr.parse().unwrap(), 10);
         assert!(errors.is_empty(), "{addr}: {errors:?}");
         assert_eq!(by.get("names-1"), Some(&10), "{addr}: only names-1 is left: {by:?}");

@@ -133,6 +133,7 @@ impl BridgeNet {
                         super::reconcile::log("net.ipv4.ip_forward was 0; set it to 1 for the bridge network");
                     }
                     nat.apply().with_context(|| format!("applying the NAT rules of {bridge}"))?;
+                    nft::set_route_localnet(None, &bridge)?;
                     let dir = record.parent().unwrap_or(Path::new("/"));
                     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                     write_atomic(dir, &record, &serde_json::to_vec_pretty(&settings)?)

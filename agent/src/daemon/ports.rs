@@ -22,11 +22,11 @@
 //!
 //! The kernel fast path: for every IPv4 port the agent has bound (never for a port it could
 //! not bind: that one is someone else's) and that has backends, a DNAT rule in
-//! [`nft::PORTS_TABLE`] steers new connections from other machines (and from this host to
-//! its own non-loopback addresses) round-robin to the same backends, without the agent. The
-//! rules are rewritten in the background when a backend list changes (newest wins); a stop
-//! waits for them ([`DnatBarrier`]) before it signals its replica. Loopback and IPv6 are the
-//! proxy's.
+//! [`nft::PORTS_TABLE`] steers new connections from other machines, and from this host to
+//! any of its own addresses, 127.0.0.1 included, round-robin to the same backends, without
+//! the agent. The rules are rewritten in the background when a backend list changes (newest
+//! wins); a stop waits for them ([`DnatBarrier`]) before it signals its replica. The proxy
+//! serves IPv6, and IPv4 until the rules are in (or when they cannot be applied).
 //!
 //! When the agent exits or dies, the proxies go with it (their connections are cut; the next
 //! agent binds the ports again once it has adopted the replicas); the DNAT rules and the
@@ -303,8 +303,8 @@ impl Ports {
             let host_ip = match k.host_ip {
                 None => None,
                 Some(ip) if ip.is_unspecified() => None, // [::] is dual-stack: IPv4 too
-                Some(IpAddr::V4(ip)) if !ip.is_loopback() => Some(ip),
-                Some(_) => continue, // loopback and IPv6: the proxy's
+                Some(IpAddr::V4(ip)) => Some(ip),
+                Some(IpAddr::V6(_)) => continue, // the proxy's
             };
             let backends: Vec<Ipv4Addr> = e
                 .backends

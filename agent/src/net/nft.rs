@@ -18,8 +18,13 @@
 //! Everything lives in `table ip skiff`, so we never touch anyone else's rules and removing
 //! ours is one `delete table`. [`Nat::apply`] sends, in a single transaction:
 //! `table ip skiff` (create if absent) + `delete table ip skiff` + the full table: a
-//! `postrouting` nat chain masquerading `ip saddr SUBNET oifname != BRIDGE`, and a `forward`
-//! filter chain accepting `iifname BRIDGE` and `oifname BRIDGE ct state established,related`.
+//! `postrouting` nat chain masquerading `ip saddr SUBNET oifname != BRIDGE` (outbound) and
+//! `ip saddr 127.0.0.0/8 oifname BRIDGE` (the host's connections to 127.0.0.1 that a published
+//! port's rule sends to a replica), a `prerouting` filter chain at raw priority dropping
+//! `iifname BRIDGE ip daddr 127.0.0.0/8` (the bridge has `route_localnet` for those
+//! connections' answers; nothing from a container may reach the host's loopback through it),
+//! and a `forward` filter chain accepting `iifname BRIDGE` and `oifname BRIDGE ct state
+//! established,related`.
 //! Deleting and re-creating in one transaction (rather than only flushing the rules) also
 //! drops chains a different version of the agent may have left, so the table is exactly
 //! [`Nat::ruleset`] afterwards.
@@ -37,7 +42,8 @@
 //!
 //! - when the first bridged replica is about to start (and at agent start when one exists):
 //!   [`set_ip_forward`]`(None, true)` — it returns the previous value; the agent logs when it
-//!   changed it — then [`Nat::apply`];
+//!   changed it — then [`Nat::apply`], then [`set_route_localnet`] on the bridge (after the
+//!   drop rule is in);
 //! - when the last bridged service goes (and on `skiff down`): [`Nat::remove`]; `ip_forward`
 //!   is left as it is (other software may rely on it).
 //!
@@ -97,9 +103,14 @@ impl Nat {
             "table ip {TABLE}\n\
              delete table ip {TABLE}\n\
              table ip {TABLE} {{\n\
+             \tchain prerouting {{\n\
+             \t\ttype filter hook prerouting priority raw; policy accept;\n\
+             \t\tiifname \"{b}\" ip daddr 127.0.0.0/8 counter drop\n\
+             \t}}\n\
              \tchain postrouting {{\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
              \t\tip saddr {s} oifname != \"{b}\" masquerade\n\
+             \t\tip saddr 127.0.0.0/8 oifname \"{b}\" masquerade\n\
              \t}}\n\
              \tchain forward {{\n\
              \t\ttype filter hook forward priority filter; policy accept;\n\
@@ -192,7 +203,7 @@ pub const PORTS_TABLE: &str = "skiff_ports";
 pub struct PortDnat {
     /// `tcp` or `udp`.
     pub protocol: &'static str,
-    /// The host address; `None`: every local address but loopback.
+    /// The host address (127.0.0.1 included); `None`: every local address.
     pub host_ip: Option<std::net::Ipv4Addr>,
     pub port: u16,
     pub target: u16,
@@ -202,10 +213,13 @@ pub struct PortDnat {
 
 /// The whole transaction that makes [`PORTS_TABLE`] hold exactly `rules` (or removes it when
 /// there are none):
-/// - `prerouting` (dstnat): connections from other machines to a local address;
-/// - `output` (-100): connections from this host to one of its own non-loopback addresses;
-///   loopback (127.0.0.0/8) is left to the proxy, which listens there: DNAT of loopback needs
-///   `route_localnet`, which would expose the host's loopback services;
+/// - `prerouting` (dstnat): connections from other machines to a local address (never to
+///   127.0.0.0/8: such packets from outside are martians, not clients);
+/// - `output` (-100): connections from this host to one of its own addresses, 127.0.0.1
+///   included. Those leave through the bridge with a loopback source, masqueraded there to the
+///   gateway's address by [`TABLE`], which needs `route_localnet` on the bridge
+///   ([`set_route_localnet`]); [`TABLE`] also drops what that would let in (a container's packet
+///   to the host's loopback);
 /// - `forward`: DNATed connections are accepted even where another table's forward policy is
 ///   drop (`ct status dnat`).
 pub fn ports_ruleset(rules: &[PortDnat]) -> String {
@@ -226,13 +240,14 @@ pub fn ports_ruleset(rules: &[PortDnat]) -> String {
             r.target
         );
         match r.host_ip {
+            Some(ip) if ip.is_loopback() => local.push_str(&format!("\t\tip daddr {ip} {dnat}\n")),
             Some(ip) => {
                 pre.push_str(&format!("\t\tip daddr {ip} {dnat}\n"));
                 local.push_str(&format!("\t\tip daddr {ip} {dnat}\n"));
             }
             None => {
-                pre.push_str(&format!("\t\tfib daddr type local {dnat}\n"));
-                local.push_str(&format!("\t\tip daddr != 127.0.0.0/8 fib daddr type local {dnat}\n"));
+                pre.push_str(&format!("\t\tip daddr != 127.0.0.0/8 fib daddr type local {dnat}\n"));
+                local.push_str(&format!("\t\tfib daddr type local {dnat}\n"));
             }
         }
     }
@@ -260,16 +275,31 @@ pub fn apply_ports(rules: &[PortDnat], netns: Option<&Path>) -> Result<()> {
 /// Sets `net.ipv4.ip_forward` (in the namespace at `netns`, else ours) to `on`; returns the
 /// value it had before.
 pub fn set_ip_forward(netns: Option<&Path>, on: bool) -> Result<bool> {
-    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    set_switch(netns, "/proc/sys/net/ipv4/ip_forward".into(), on)
+}
+
+/// Sets `net.ipv4.conf.BRIDGE.route_localnet` (in the namespace at `netns`, else ours) to 1,
+/// so that a connection to the host's 127.0.0.1 that the published ports' rules DNAT to a
+/// replica may leave through the bridge, and its answers come back. Only after [`Nat::apply`]:
+/// its `prerouting` rule drops what route_localnet would otherwise let in, a packet from a
+/// container addressed to the host's loopback.
+pub fn set_route_localnet(netns: Option<&Path>, bridge: &str) -> Result<()> {
+    check_ifname(bridge)?;
+    set_switch(netns, format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"), true).map(drop)
+}
+
+/// Sets the 0/1 sysctl at `path` (in the namespace at `netns`, else ours) to `on`; the value it
+/// had before.
+fn set_switch(netns: Option<&Path>, path: String, on: bool) -> Result<bool> {
     in_netns(netns, move || -> Result<bool> {
-        let old = std::fs::read_to_string(PATH).with_context(|| format!("reading {PATH}"))?;
+        let old = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         let old = match old.trim() {
             "0" => false,
             "1" => true,
-            other => bail!("{PATH} holds {other:?}, not 0 or 1"),
+            other => bail!("{path} holds {other:?}, not 0 or 1"),
         };
         if old != on {
-            std::fs::write(PATH, if on { "1\n" } else { "0\n" }).with_context(|| format!("writing {PATH}"))?;
+            std::fs::write(&path, if on { "1\n" } else { "0\n" }).with_context(|| format!("writing {path}"))?;
         }
         Ok(old)
     })?
@@ -410,6 +440,9 @@ mod tests {
         let text = String::from_utf8_lossy(&ns.exec(&["nft", "list", "table", "ip", TABLE]).stdout).into_owned();
         assert!(text.contains("type nat hook postrouting priority srcnat; policy accept;"), "{text}");
         assert!(text.contains("ip saddr 10.88.0.0/16 oifname != \"skiff0\" masquerade"), "{text}");
+        assert!(text.contains("ip saddr 127.0.0.0/8 oifname \"skiff0\" masquerade"), "{text}");
+        assert!(text.contains("type filter hook prerouting priority raw; policy accept;"), "{text}");
+        assert!(text.contains("iifname \"skiff0\" ip daddr 127.0.0.0/8 counter packets 0 bytes 0 drop"), "{text}");
         assert!(text.contains("type filter hook forward priority filter; policy accept;"), "{text}");
         assert!(text.contains("iifname \"skiff0\" accept"), "{text}");
         assert!(text.contains("oifname \"skiff0\" ct state established,related accept"), "{text}");
@@ -449,7 +482,11 @@ mod tests {
             text.contains("tcp dport 8080 dnat to numgen inc mod 2 map { 0 : 10.88.0.2, 1 : 10.88.0.3 }"),
             "{text}"
         );
-        assert!(text.contains("ip daddr != 127.0.0.0/8 fib daddr type local"), "loopback is the proxy's: {text}");
+        // Every local address: from other machines (never 127.0.0.0/8 from there), and from
+        // this host, loopback included.
+        let (pre, out) = text.split_once("chain output").expect("an output chain");
+        assert!(pre.contains("ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 8080"), "{text}");
+        assert!(out.contains("\t\tfib daddr type local tcp dport 8080"), "{text}");
         assert!(text.contains("ct status dnat accept"), "{text}");
         // Replaced whole: the old port's rule is gone, a host address and UDP are honoured.
         let udp =
@@ -461,10 +498,36 @@ mod tests {
             text.contains("ip daddr 192.0.2.1 udp dport 5353 dnat to numgen inc mod 1 map { 0 : 10.88.0.4 }"),
             "{text}"
         );
+        // A loopback host address: this host's connections only (the output chain).
+        let local = PortDnat { host_ip: Some("127.0.0.1".parse().unwrap()), ..rule(8081, &["10.88.0.5"]) };
+        apply_ports(&[local], Some(&ns.path())).expect("apply loopback");
+        let text = list();
+        let (pre, out) = text.split_once("chain output").expect("an output chain");
+        assert!(!pre.contains("8081"), "{text}");
+        assert!(out.contains("ip daddr 127.0.0.1 tcp dport 8081 dnat to numgen inc mod 1"), "{text}");
         // Nothing to steer: no table at all; and that twice is fine.
         apply_ports(&[], Some(&ns.path())).expect("remove");
         apply_ports(&[], Some(&ns.path())).expect("remove again");
         assert!(!ns.exec(&["nft", "list", "table", "ip", PORTS_TABLE]).status.success());
+    }
+
+    #[test]
+    fn route_localnet_on_a_bridge_in_a_namespace() {
+        let ns = Netns::new("rln");
+        ip(&["-n", &ns.name, "link", "add", "skiff0", "type", "bridge"]);
+        let path = "/proc/sys/net/ipv4/conf/skiff0/route_localnet";
+        let read = || String::from_utf8_lossy(&ns.exec(&["cat", path]).stdout).into_owned();
+        assert_eq!(read().trim(), "0");
+        set_route_localnet(Some(&ns.path()), "skiff0").expect("on");
+        set_route_localnet(Some(&ns.path()), "skiff0").expect("on again");
+        assert_eq!(read().trim(), "1");
+        // Only on the bridge, never for every interface.
+        let all = String::from_utf8_lossy(&ns.exec(&["cat", "/proc/sys/net/ipv4/conf/all/route_localnet"]).stdout)
+            .into_owned();
+        assert_eq!(all.trim(), "0");
+        let err = format!("{:#}", set_route_localnet(Some(&ns.path()), "nosuch0").expect_err("no such link"));
+        assert!(err.contains("nosuch0/route_localnet"), "{err}");
+        assert!(set_route_localnet(Some(&ns.path()), "../../all").is_err(), "a path, not a name");
     }
 
     #[test]
