@@ -864,3 +864,84 @@ services:
     assert_eq!(held.len(), 3, "three addresses held: {held:?}");
     down_leaves_no_network(&ns, &mut a, "sktest8");
 }
+
+/// When the published ports' DNAT rules cannot be applied (here: an `nft` in the agent's PATH
+/// that passes everything to the real one but fails any script for `table ip skiff_ports`
+/// while a flag file exists), the ports are still served, by the agent's proxy, and status
+/// says so on each of them; the rules are tried again, and once they apply the warning goes
+/// and the kernel serves (checked with the agent frozen).
+#[test]
+fn when_the_dnat_rules_cannot_be_applied_the_proxy_serves_and_status_says_so() {
+    let real = skiff_tests::which("nft");
+    let Some(real) = real else {
+        skip("nft is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flag = dir.path().join("fail-skiff_ports");
+    let wrapper = dir.path().join("nft");
+    std::fs::write(
+        &wrapper,
+        format!(
+            r#"#!/bin/sh
+# Fault injection (skiff's network tests): fails scripts for table ip skiff_ports while {flag} exists.
+if [ -e '{flag}' ] && [ "$1" = "-f" ]; then
+  script=$(cat)
+  case "$script" in
+    *skiff_ports*) echo "Error: injected by the test: Could not process rule" >&2; exit 1 ;;
+  esac
+  printf '%s\n' "$script" | exec '{real}' "$@"
+fi
+exec '{real}' "$@"
+"#,
+            flag = flag.display(),
+            real = real.display()
+        ),
+    )
+    .expect("write the nft wrapper");
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::write(&flag, "").expect("flag");
+    let path = format!("PATH={}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let Some((ns, mut a)) = setup_with_env(&[&path]) else { return };
+    a.write_manifest(&format!(
+        "x-skiff:\n  bridge: sktest9\n  subnet: 10.123.10.0/24\nservices:\n{}",
+        web(2, r#"["8080:80"]"#, SERVES)
+    ));
+    a.spawn();
+    let st = wait_status(&ns, &a, "8080 with 2 backends and a warning", |st| {
+        let p = port(st, "web", "8080:80/tcp");
+        p["backends"] == 2 && p["warning"].as_str().is_some_and(|w| w.contains("injected by the test"))
+    });
+    let w = port(&st, "web", "8080:80/tcp")["warning"].as_str().unwrap_or_default().to_string();
+    assert!(w.contains("served by the agent's proxy alone"), "{w}");
+    assert!(port(&st, "web", "8080:80/tcp").get("error").is_none(), "published all the same: {st:#}");
+    let tables = ns.run(&["nft", "list", "tables"]).1;
+    assert!(tables.contains("table ip skiff\n") && !tables.contains("skiff_ports"), "{tables}");
+    let (by, errors) = spread(&ns, "127.0.0.1:8080".parse().unwrap(), 10);
+    assert!(errors.is_empty() && by.len() == 2, "the proxy serves 127.0.0.1 meanwhile: {by:?} {errors:?}");
+    let logged = a.log().lines().filter(|l| l.contains("injected by the test")).count();
+    assert!(logged >= 1, "the failure is logged:\n{}", a.log());
+
+    // The fault goes: the next try (within seconds) applies the rules, the warning goes.
+    std::fs::remove_file(&flag).expect("remove the flag");
+    wait_status(&ns, &a, "the warning gone", |st| {
+        let p = port(st, "web", "8080:80/tcp");
+        p["backends"] == 2 && p.get("warning").is_none()
+    });
+    assert!(ns
+        .run(&["nft", "list", "table", "ip", "skiff_ports"])
+        .1
+        .contains("tcp dport 8080 dnat to numgen inc mod 2"));
+    assert_eq!(
+        a.log().lines().filter(|l| l.contains("injected by the test")).count(),
+        logged,
+        "the same failure is logged once, not at every try:\n{}",
+        a.log()
+    );
+    assert!(a.log().contains("the DNAT rules are applied now"), "{}", a.log());
+    a.signal(libc::SIGSTOP);
+    let got = ns.enter(|| http_get("127.0.0.1:8080".parse().unwrap()));
+    a.signal(libc::SIGCONT);
+    assert!(matches!(got.as_deref(), Ok("web-1") | Ok("web-2")), "the kernel serves now: {got:?}");
+    down_leaves_no_network(&ns, &mut a, "sktest9");
+}

@@ -284,7 +284,9 @@ pub fn render(status: &Status, now: SystemTime) -> String {
                     });
                     let n = p.backends;
                     let to = if n == 1 { "1 replica".to_string() } else { format!("{n} replicas") };
-                    format!("{}: {ip}:{port} -> {}/{} ({to})", s.name, p.target, one_line(&p.protocol))
+                    let warning =
+                        p.warning.as_deref().map(|w| format!("; warning: {}", one_line(w))).unwrap_or_default();
+                    format!("{}: {ip}:{port} -> {}/{} ({to}){warning}", s.name, p.target, one_line(&p.protocol))
                 }
                 (None, None) => format!("{}: {} not published yet", s.name, one_line(&p.mapping)),
             });
@@ -412,6 +414,17 @@ mod tests {
                             target: 80,
                             backends: 1,
                             error: None,
+                            warning: None,
+                        },
+                        PortStatus {
+                            mapping: "127.0.0.1:8443:443/tcp".into(),
+                            protocol: "tcp".into(),
+                            host_ip: Some("127.0.0.1".into()),
+                            host_port: Some(8443),
+                            target: 443,
+                            backends: 1,
+                            error: None,
+                            warning: Some("IPv4 served by the agent's proxy alone (retried): nft failed".into()),
                         },
                         PortStatus {
                             mapping: "127.0.0.1:53:53/udp".into(),
@@ -421,6 +434,7 @@ mod tests {
                             target: 53,
                             backends: 0,
                             error: Some("host port 53/udp is already in use".into()),
+                            warning: None,
                         },
                     ],
                     ..Default::default()
@@ -448,6 +462,7 @@ idle     -        scaled to 0   -          -     -          -         -     -
 
 PORTS
 web: *:8080 -> 80/tcp (1 replica)
+web: 127.0.0.1:8443 -> 443/tcp (1 replica); warning: IPv4 served by the agent's proxy alone (retried): nft failed
 web: 127.0.0.1:53:53/udp not published: host port 53/udp is already in use
 
 web-2: exited with 137; (killed)

@@ -454,6 +454,7 @@ mod tests {
                         target: 80,
                         backends: 1,
                         error: None,
+                        warning: None,
                     }],
                 },
                 ServiceStatus {

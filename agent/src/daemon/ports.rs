@@ -79,6 +79,19 @@ impl fmt::Display for PortKey {
 }
 
 impl PortKey {
+    /// Whether the kernel's rules serve this port, and for which address: `Some(None)`
+    /// every local IPv4 address (no address, or `[::]`/0.0.0.0, which take IPv4 too),
+    /// `Some(Some(ip))` that IPv4 address (127.0.0.1 included); `None` for an IPv6 address,
+    /// which only the proxy serves.
+    fn kernel_host_ip(&self) -> Option<Option<Ipv4Addr>> {
+        match self.host_ip {
+            None => Some(None),
+            Some(ip) if ip.is_unspecified() => Some(None),
+            Some(IpAddr::V4(ip)) => Some(Some(ip)),
+            Some(IpAddr::V6(_)) => None,
+        }
+    }
+
     /// The key `<run>/ports.json` remembers a chosen port under.
     fn memo_key(&self) -> String {
         format!("{}/{}", self.service, self)
@@ -143,9 +156,22 @@ struct Dnat {
     /// Generation of the rules last asked for, and of those applied (or given up on).
     asked: Arc<AtomicU64>,
     applied: watch::Sender<u64>,
-    /// One apply at a time; the last error, logged once.
-    lock: Arc<Mutex<Option<String>>>,
+    /// One apply at a time.
+    lock: Arc<Mutex<()>>,
+    /// Why the last apply failed, and when to try again; `None` after a success.
+    failure: Arc<Mutex<Option<DnatFailure>>>,
 }
+
+/// A failed apply of the DNAT rules: its message (shown on every port it concerns, logged
+/// once) and when the same rules are to be tried again.
+#[derive(Clone, Debug)]
+struct DnatFailure {
+    error: String,
+    retry_at: Instant,
+}
+
+/// How long after a failed apply the rules are tried again.
+const DNAT_RETRY: Duration = Duration::from_secs(5);
 
 /// What a stop waits for before it signals the replica: the rules without it applied.
 #[derive(Clone)]
@@ -198,7 +224,8 @@ impl Ports {
             stale: stale_rules,
             asked: Arc::new(AtomicU64::new(0)),
             applied: watch::channel(0).0,
-            lock: Arc::new(Mutex::new(None)),
+            lock: Arc::new(Mutex::new(())),
+            failure: Arc::new(Mutex::new(None)),
         };
         Ports { entries: BTreeMap::new(), memo_path, memo, limits: Limits::default(), rt, dnat }
     }
@@ -300,12 +327,7 @@ impl Ports {
         let mut rules = Vec::new();
         for (k, e) in &self.entries {
             let Some(bound) = e.bound() else { continue };
-            let host_ip = match k.host_ip {
-                None => None,
-                Some(ip) if ip.is_unspecified() => None, // [::] is dual-stack: IPv4 too
-                Some(IpAddr::V4(ip)) => Some(ip),
-                Some(IpAddr::V6(_)) => continue, // the proxy's
-            };
+            let Some(host_ip) = k.kernel_host_ip() else { continue };
             let backends: Vec<Ipv4Addr> = e
                 .backends
                 .borrow()
@@ -329,23 +351,44 @@ impl Ports {
             Some(w) => *w == rules,
             None => rules.is_empty() && !d.stale,
         };
-        if unchanged {
+        // The same rules again only when an apply failed and its retry is due (pushed back
+        // now, so that one run is under way at a time).
+        let retry = {
+            let mut failure = d.failure.lock().unwrap_or_else(|e| e.into_inner());
+            match failure.as_mut() {
+                Some(f) if f.retry_at <= Instant::now() => {
+                    f.retry_at = Instant::now() + DNAT_RETRY;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if unchanged && !retry {
             return;
         }
         d.wanted = Some(rules.clone());
         let gen = d.asked.fetch_add(1, Ordering::SeqCst) + 1;
-        let (asked, applied, lock) = (d.asked.clone(), d.applied.clone(), d.lock.clone());
+        let (asked, applied, lock, failure) = (d.asked.clone(), d.applied.clone(), d.lock.clone(), d.failure.clone());
         let work = move || {
-            let mut last_error = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _one = lock.lock().unwrap_or_else(|e| e.into_inner());
             if asked.load(Ordering::SeqCst) == gen {
-                match nft::apply_ports(&rules, None) {
-                    Ok(()) => *last_error = None,
-                    Err(e) => {
-                        let msg = format!("{e:#}");
-                        if last_error.as_deref() != Some(msg.as_str()) {
-                            log(&format!("published ports: {msg}; they are served by the proxy alone"));
+                let result = nft::apply_ports(&rules, None);
+                let mut failure = failure.lock().unwrap_or_else(|e| e.into_inner());
+                match result {
+                    Ok(()) => {
+                        if failure.take().is_some() {
+                            log("published ports: the DNAT rules are applied now");
                         }
-                        *last_error = Some(msg);
+                    }
+                    Err(e) => {
+                        let error = format!("{e:#}");
+                        if failure.as_ref().is_none_or(|f| f.error != error) {
+                            log(&format!(
+                                "published ports: {error}; IPv4 is served by the agent's proxy alone (retrying every {}s)",
+                                DNAT_RETRY.as_secs()
+                            ));
+                        }
+                        *failure = Some(DnatFailure { error, retry_at: Instant::now() + DNAT_RETRY });
                     }
                 }
             } // else a newer set follows and applies
@@ -368,17 +411,23 @@ impl Ports {
         DnatBarrier { asked: self.dnat.asked.clone(), applied: self.dnat.applied.subscribe() }
     }
 
-    /// When a failed bind is to be tried again, if any.
+    /// When a failed bind, or a failed apply of the DNAT rules, is to be tried again, if any.
     pub fn next_retry(&self) -> Option<Instant> {
-        self.entries.values().filter(|e| e.proxy.is_none() && e.failures > 0).map(|e| e.retry_at).min()
+        let dnat = self.dnat.failure.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|f| f.retry_at);
+        self.entries.values().filter(|e| e.proxy.is_none() && e.failures > 0).map(|e| e.retry_at).chain(dnat).min()
     }
 
     /// The status of `service`'s published ports.
     pub fn status(&self, service: &str) -> Vec<PortStatus> {
+        let dnat_error = self.dnat.failure.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|f| f.error.clone());
         self.entries
             .iter()
             .filter(|(k, _)| k.service == service)
             .map(|(k, e)| PortStatus {
+                warning: dnat_error
+                    .as_ref()
+                    .filter(|_| e.bound().is_some() && k.kernel_host_ip().is_some())
+                    .map(|err| format!("IPv4 served by the agent's proxy alone (retried): {err}")),
                 mapping: k.to_string(),
                 protocol: k.protocol.to_string(),
                 host_ip: e.bound().map(|a| a.ip().to_string()).or(k.host_ip.map(|ip| ip.to_string())),
@@ -483,5 +532,16 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].published, Some(PortRange { start: 8000, end: 8010 }));
         assert_eq!(expand("web", &mapping("80-81")).len(), 2);
+    }
+
+    #[test]
+    fn the_kernel_serves_every_ipv4_address_and_the_proxy_ipv6() {
+        let kernel = |s: &str| expand("web", &mapping(s))[0].kernel_host_ip();
+        assert_eq!(kernel("8080:80"), Some(None));
+        assert_eq!(kernel("0.0.0.0:8080:80"), Some(None));
+        assert_eq!(kernel("[::]:8080:80"), Some(None), "[::] takes IPv4 too");
+        assert_eq!(kernel("127.0.0.1:8080:80"), Some(Some(Ipv4Addr::LOCALHOST)));
+        assert_eq!(kernel("192.0.2.1:8080:80/udp"), Some(Some(Ipv4Addr::new(192, 0, 2, 1))));
+        assert_eq!(kernel("[::1]:8080:80"), None);
     }
 }

@@ -66,6 +66,10 @@ pub struct PortStatus {
     /// Why it is not published (`host port 8080/tcp is already in use`); retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Published, but not as it should be: the kernel's DNAT rules could not be applied, so
+    /// the agent's proxy serves IPv4 too (retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
