@@ -811,6 +811,12 @@ services:
     });
     let before: Vec<Ipv4Addr> = ids.iter().map(|id| address(&st, id)).collect();
     let old: Vec<i32> = ids.iter().map(|id| replica(&st, id)["pid"].as_i64().unwrap_or(0) as i32).collect();
+    let dnat_for_both = || {
+        skiff_tests::wait_until("the DNAT rule for 8080 (2 backends)", WAIT, || {
+            ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1.contains("tcp dport 8080 dnat to numgen inc mod 2")
+        })
+    };
+    dnat_for_both();
     let (by, errors) = spread(&ns, "127.0.0.1:8080".parse().unwrap(), 4);
     assert!(errors.is_empty() && by.len() == 2, "{by:?} {errors:?}");
 
@@ -845,8 +851,15 @@ services:
     }
     assert!(ns.run(&["ip", "link", "show", "sktest8"]).0, "the bridge is made again");
     assert!(ns.run(&["nft", "list", "table", "ip", "skiff"]).1.contains("masquerade"), "the NAT table again");
+    dnat_for_both();
     let (by, errors) = spread(&ns, "127.0.0.1:8080".parse().unwrap(), 10);
-    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        errors.is_empty(),
+        "{errors:?}\n{}\n{:#}\n{}",
+        ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1,
+        status(&ns, &a),
+        a.log_tail()
+    );
     assert_eq!(by.keys().cloned().collect::<Vec<_>>(), ["web-1", "web-2"], "{by:?}");
     // Names still resolve over the new bridge, and no address is held twice.
     let get = r#"printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 web 80"#;
