@@ -958,3 +958,54 @@ exec '{real}' "$@"
     assert!(matches!(got.as_deref(), Ok("web-1") | Ok("web-2")), "the kernel serves now: {got:?}");
     down_leaves_no_network(&ns, &mut a, "sktest9");
 }
+
+/// A firewall reload (`flush ruleset`, as `/etc/nftables.conf` starts with) deletes every
+/// table, the agent's too: it notices at once (nftables notifications) and puts back the NAT
+/// table, with its drop of containers' packets to the host's loopback, and the published
+/// ports' rules, which serve again without the agent (checked frozen). What the agent removes
+/// itself, when no bridged service is left, stays removed.
+#[test]
+fn tables_deleted_by_a_firewall_reload_come_back() {
+    let Some((ns, mut a)) = setup() else { return };
+    let outside = outside_of(&ns);
+    a.write_manifest(&format!(
+        "x-skiff:\n  bridge: sktest10\n  subnet: 10.123.11.0/24\nservices:\n{}",
+        web(2, r#"["8080:80"]"#, SERVES)
+    ));
+    a.spawn();
+    wait_status(&ns, &a, "web (2) behind 8080", |st| port(st, "web", "8080:80/tcp")["backends"] == 2);
+    let tables_whole = || {
+        let nat = ns.run(&["nft", "list", "table", "ip", "skiff"]).1;
+        let ports = ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1;
+        nat.contains("masquerade")
+            && nat.contains("ip daddr 127.0.0.0/8 counter")
+            && ports.contains("tcp dport 8080 dnat to numgen inc mod 2")
+    };
+    skiff_tests::wait_until("the NAT table and the DNAT rule (2 backends)", WAIT, tables_whole);
+
+    let (ok, _) = ns.run(&["nft", "flush", "ruleset"]);
+    assert!(ok, "nft flush ruleset");
+    skiff_tests::wait_until("both tables back", WAIT, tables_whole);
+    let log = a.log();
+    for table in ["table ip skiff (the bridge's NAT) was deleted", "table ip skiff_ports was deleted"] {
+        assert!(log.contains(table), "the agent says what it put back ({table}):\n{log}");
+    }
+    a.signal(libc::SIGSTOP);
+    let (by, errors) = spread(&outside, "192.0.2.1:8080".parse().unwrap(), 10);
+    let own = ns.enter(|| http_get("127.0.0.1:8080".parse().unwrap()));
+    a.signal(libc::SIGCONT);
+    assert!(errors.is_empty() && by.len() == 2, "the kernel serves again: {by:?} {errors:?}");
+    assert!(matches!(own.as_deref(), Ok("web-1") | Ok("web-2")), "127.0.0.1: {own:?}");
+
+    // No bridged service left: the agent removes its tables, and they stay removed.
+    a.write_manifest(&format!(
+        "services:\n  alone:\n    image: {}\n    command: [\"sleep\", \"1000\"]\n    stop_grace_period: 1s\n    network_mode: none\n",
+        image()
+    ));
+    let gone = || !ns.run(&["nft", "list", "tables"]).1.contains("skiff");
+    skiff_tests::wait_until("the tables to go", WAIT, gone);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(gone(), "what the agent removed came back: {}", ns.run(&["nft", "list", "tables"]).1);
+    drop(outside);
+    a.down();
+}

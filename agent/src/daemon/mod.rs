@@ -140,6 +140,9 @@ async fn main_loop(o: Options, paths: Paths) -> Result<i32> {
         let _ = stop_rx.await;
     }));
     tokio::spawn(watch::watch(o.manifest.clone(), tx.clone()));
+    if !o.no_bridge {
+        watch_tables(tx.clone());
+    }
     let _ = notify::notify("READY=1\nSTATUS=reconciling");
 
     let mut hup = signal(SignalKind::hangup())?;
@@ -162,6 +165,35 @@ async fn main_loop(o: Options, paths: Paths) -> Result<i32> {
     let _ = stop_tx.send(());
     log("exiting; the containers keep running (`skiff down` stops them)");
     Ok(0)
+}
+
+/// Tells the loop when someone else deletes our nftables tables ([`crate::net::nftwatch`]).
+fn watch_tables(tx: mpsc::UnboundedSender<Event>) {
+    use crate::net::{nft, nftwatch::TableWatch};
+    let mut w = match TableWatch::open(&[nft::TABLE, nft::PORTS_TABLE]) {
+        Ok(w) => w,
+        Err(e) => {
+            log(&format!(
+                "watching nftables: {e}; tables deleted by someone else (a firewall reload) come back at the next agent start only"
+            ));
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            match w.lost().await {
+                Ok(names) => {
+                    if tx.send(Event::TablesLost(names)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    log(&format!("watching nftables: {e}; stopped"));
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// Whether `pid` is a `skiff agent` process (not a recycled pid).

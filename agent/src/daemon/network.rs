@@ -52,6 +52,8 @@ pub struct BridgeNet {
     pub subnet: Subnet,
     ipam: Ipam,
     ready: tokio::sync::OnceCell<()>,
+    /// Torn down (or about to be): its NAT table is not to be put back.
+    retired: std::sync::atomic::AtomicBool,
     /// Serialises the writes of hosts files (a start's and the refreshes).
     hosts_lock: Mutex<()>,
     setup: SetupLock,
@@ -93,6 +95,7 @@ impl BridgeNet {
             subnet,
             ipam,
             ready: tokio::sync::OnceCell::new(),
+            retired: std::sync::atomic::AtomicBool::new(false),
             hosts_lock: Mutex::new(()),
             setup,
             record: record_path(paths),
@@ -144,6 +147,37 @@ impl BridgeNet {
             })
             .await
             .map(|_| ())
+    }
+
+    /// Marks this network torn down: [`BridgeNet::repair`] leaves it alone from now on.
+    pub fn retire(&self) {
+        self.retired.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Applies the NAT table again (then `ip_forward` and `route_localnet`, which a reload of
+    /// sysctls may have reset too) if it is missing while this network is set up and in use;
+    /// whether it was missing.
+    pub async fn repair(&self) -> Result<bool> {
+        if self.ready.get().is_none() {
+            return Ok(false); // not set up yet: its setup applies everything
+        }
+        let _setup = self.setup.lock().await;
+        if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let nat = nft::Nat::new(&self.bridge, self.subnet)?;
+        let bridge = self.bridge.clone();
+        tokio::task::spawn_blocking(move || -> Result<bool> {
+            if nat.list_json()?.is_some() {
+                return Ok(false);
+            }
+            nft::set_ip_forward(None, true)?;
+            nat.apply().with_context(|| format!("applying the NAT rules of {bridge}"))?;
+            nft::set_route_localnet(None, &bridge)?;
+            Ok(true)
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?
     }
 
     /// Connects replica `id` of `svc`: address, network namespace, veth on the bridge, and its
@@ -314,10 +348,12 @@ pub fn teardown(paths: &Paths, netns: Option<&fs::File>) -> Result<Option<String
     let nat = nft::Nat::new(&rec.bridge, subnet)?;
     let bridge = rec.bridge.clone();
     net::on_thread_in(netns, || {
-        // `nft` runs as a child of this thread: it inherits the namespace.
-        nat.remove()?;
+        // `nft` runs as a child of this thread: it inherits the namespace. The bridge goes
+        // before the NAT table: its route_localnet is never on without the table's drop rule.
         nft::apply_ports(&[], None)?; // the published ports' DNAT table, if any
-        net::block_on_netlink(link::remove_bridge(&bridge))?.with_context(|| format!("removing the bridge {bridge}"))
+        net::block_on_netlink(link::remove_bridge(&bridge))?
+            .with_context(|| format!("removing the bridge {bridge}"))?;
+        nat.remove()
     })
     .context("in the agent's network namespace")?;
     fs::remove_file(&record).with_context(|| format!("removing {}", record.display()))?;

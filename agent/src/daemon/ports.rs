@@ -406,6 +406,18 @@ impl Ports {
         }
     }
 
+    /// The DNAT table was deleted by someone else: the next sync applies the rules again.
+    /// Whether there were rules to lose (the agent's own removal of an empty table is none).
+    pub fn rules_lost(&mut self) -> bool {
+        let d = &mut self.dnat;
+        if d.wanted.as_ref().is_none_or(|w| w.is_empty()) {
+            return false;
+        }
+        d.wanted = None;
+        d.stale = true;
+        true
+    }
+
     /// What a stop waits for before it signals a replica (see [`DnatBarrier::wait`]).
     pub fn dnat_barrier(&self) -> DnatBarrier {
         DnatBarrier { asked: self.dnat.asked.clone(), applied: self.dnat.applied.subscribe() }

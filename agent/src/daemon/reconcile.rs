@@ -70,6 +70,9 @@ pub enum Event {
         ok: bool,
         output: String,
     },
+    /// Someone else deleted these nftables tables of ours (a firewall reload's `flush
+    /// ruleset`): put back what is still wanted.
+    TablesLost(Vec<String>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -401,6 +404,7 @@ impl Agent {
             }
             Event::Stopped { id, gen, result } => self.on_stopped(&id, gen, result),
             Event::Health { id, gen, ok, output } => self.on_health(&id, gen, ok, output),
+            Event::TablesLost(names) => self.on_tables_lost(&names),
         }
         self.reconcile();
     }
@@ -731,6 +735,33 @@ impl Agent {
         });
     }
 
+    /// Tables of ours deleted by someone else: the NAT table is applied again while the bridge
+    /// is in use (in the background, under the setup lock), and the published ports' rules at
+    /// the next sync when there are any. What the agent removed itself is not wanted any more,
+    /// so nothing comes back.
+    fn on_tables_lost(&mut self, names: &[String]) {
+        if names.iter().any(|n| n == crate::net::nft::PORTS_TABLE) && self.ports.rules_lost() {
+            log(&format!(
+                "nftables: table ip {} was deleted by someone else (a firewall reload?); applying it again",
+                crate::net::nft::PORTS_TABLE
+            ));
+        }
+        if names.iter().any(|n| n == crate::net::nft::TABLE) {
+            if let Some(net) = self.net.clone() {
+                tokio::spawn(async move {
+                    match net.repair().await {
+                        Ok(true) => log(&format!(
+                            "nftables: table ip {} (the bridge's NAT) was deleted by someone else (a firewall reload?); applied it again",
+                            crate::net::nft::TABLE
+                        )),
+                        Ok(false) => {}
+                        Err(e) => log(&format!("nftables: putting back the NAT table of the bridge: {e:#}")),
+                    }
+                });
+            }
+        }
+    }
+
     /// The bridge and its NAT rules go when no bridged service is left: no replica on the
     /// bridge (stopping ones included) and no bridged service in the manifest.
     fn teardown_bridge_if_unused(&mut self, m: &Manifest) {
@@ -746,7 +777,9 @@ impl Agent {
         // (and sets everything up again) instead of racing it. Busy (a setup runs): next pass.
         let Ok(setup) = self.setup_lock.clone().try_lock_owned() else { return };
         self.bridge_maybe_up = false;
-        self.net = None;
+        if let Some(net) = self.net.take() {
+            net.retire();
+        }
         let paths = self.paths.clone();
         tokio::spawn(async move {
             let _setup = setup;

@@ -1,5 +1,6 @@
 //! Container networking: address allocation on the bridge subnet ([`ipam`]), outbound NAT,
-//! forwarding and the published ports' DNAT through nftables ([`nft`]), the bridge and each
+//! forwarding and the published ports' DNAT through nftables ([`nft`]; [`nftwatch`] notices
+//! when someone else deletes those tables), the bridge and each
 //! container's veth via netlink ([`link`]), the container's /etc/hosts and /etc/resolv.conf
 //! ([`files`]), and the L4 proxy of published ports ([`proxy`]). `daemon::network` and
 //! `daemon::ports` drive them.
@@ -8,6 +9,7 @@ pub mod files;
 pub mod ipam;
 pub mod link;
 pub mod nft;
+pub mod nftwatch;
 pub mod proxy;
 
 use std::fs::File;
