@@ -185,16 +185,20 @@ fn down_leaves_no_network(ns: &TestNetns, a: &mut Agent, bridge: &str) {
         .unwrap_or_default();
     assert!(left.is_empty(), "skiff down left network namespaces: {left:?}");
     assert!(!a.root().join("network").join("bridge.json").exists(), "the bridge record is gone");
-    let ipam = a.root().join("network").join("ipam");
-    let addrs: Vec<String> = std::fs::read_dir(&ipam)
+    let addrs = held_addresses(a);
+    assert!(addrs.is_empty(), "skiff down released every address: {addrs:?}");
+}
+
+/// The address files under `<root>/network/ipam/<subnet>/` (one per address held).
+fn held_addresses(a: &Agent) -> Vec<String> {
+    std::fs::read_dir(a.root().join("network").join("ipam"))
         .into_iter()
         .flatten()
         .flatten()
         .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| !n.starts_with('.'))
-        .collect();
-    assert!(addrs.is_empty(), "skiff down released every address: {addrs:?}");
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -866,14 +870,7 @@ services:
     skiff_tests::wait_until("client to fetch http://web/", WAIT, || {
         a.rt(&["exec", "client-1", "sh", "-c", get]).stdout.contains("web-")
     });
-    let held: Vec<String> = std::fs::read_dir(a.root().join("network").join("ipam"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
+    let held = held_addresses(&a);
     assert_eq!(held.len(), 3, "three addresses held: {held:?}");
     down_leaves_no_network(&ns, &mut a, "sktest8");
 }
