@@ -168,7 +168,7 @@ impl BridgeNet {
         let nat = nft::Nat::new(&self.bridge, self.subnet)?;
         let bridge = self.bridge.clone();
         tokio::task::spawn_blocking(move || -> Result<bool> {
-            if nat.list_json()?.is_some() {
+            if nat.exists()? {
                 return Ok(false);
             }
             nft::set_ip_forward(None, true)?;

@@ -133,13 +133,21 @@ impl Nat {
         self.nft(&["-f", "-"], Some(script)).map(drop).context("removing the NAT rules of the bridge")
     }
 
+    /// Whether our table exists (asked with `nft list tables ip`, which fails only when nft
+    /// cannot talk to the kernel at all).
+    pub fn exists(&self) -> Result<bool> {
+        let out = self.nft(&["list", "tables", "ip"], None)?;
+        let want = format!("table ip {TABLE}");
+        Ok(out.lines().any(|l| l.trim() == want))
+    }
+
     /// Our table as `nft -j` JSON, or `None` when it does not exist.
     pub fn list_json(&self) -> Result<Option<serde_json::Value>> {
-        match self.nft(&["-j", "list", "table", "ip", TABLE], None) {
-            Ok(out) => Ok(Some(serde_json::from_str(&out).context("parsing nft -j output")?)),
-            Err(e) if e.to_string().contains("No such file or directory") => Ok(None),
-            Err(e) => Err(e),
+        if !self.exists()? {
+            return Ok(None);
         }
+        let out = self.nft(&["-j", "list", "table", "ip", TABLE], None)?;
+        Ok(Some(serde_json::from_str(&out).context("parsing nft -j output")?))
     }
 
     /// Runs nft with `args` (and `stdin`), in our namespace; its stdout.
@@ -432,9 +440,14 @@ mod tests {
         let ns = Netns::new("idem");
         let nat = Nat::new("skiff0", subnet()).expect("nat").in_netns(ns.path());
         assert_eq!(nat.list_json().expect("list"), None, "a fresh namespace has no table");
+        assert!(!nat.exists().expect("exists"));
+        // A table of another name that starts like ours is not ours.
+        assert!(ns.exec(&["nft", "add", "table", "ip", "skiff_ports"]).status.success());
+        assert!(!nat.exists().expect("exists"), "skiff_ports is not skiff");
         nat.remove().expect("removing an absent table is fine");
 
         nat.apply().expect("apply");
+        assert!(nat.exists().expect("exists"));
         let first = nat.list_json().expect("list").expect("table exists");
         // What nft shows is what we asked for.
         let text = String::from_utf8_lossy(&ns.exec(&["nft", "list", "table", "ip", TABLE]).stdout).into_owned();
