@@ -164,7 +164,7 @@ pub fn image_layers(store: &Store, image: &ImageRecord) -> Vec<PathBuf> {
     image.layers.iter().map(|l| store.layer_path(&l.diff_id)).collect()
 }
 
-/// Whether /proc/filesystems lists overlayfs (for diagnostics such as `skiff check`: an overlay
+/// Whether /proc/filesystems lists overlayfs (for diagnostics: an overlay
 /// module not loaded yet is not listed, but a mount loads it, so [`mount_rootfs`] just tries).
 pub fn overlay_listed() -> bool {
     fs::read_to_string("/proc/filesystems")

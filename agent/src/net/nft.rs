@@ -9,9 +9,9 @@
 //! The `nft` tool (Debian `nftables`, a few hundred KiB, present on every distribution that
 //! has nftables) compiles a readable ruleset into exactly those messages, applies it as one
 //! atomic transaction (`nft -f -`: all of it or nothing), and reports errors in words. We call
-//! it only when the bridge is set up or torn down, never per packet or per connection, so a
-//! process start costs nothing that matters. The price: one more package (`hack/setup` and
-//! `skiff check` name it) and text to parse for errors.
+//! it when the bridge is set up or torn down and when a published port's backends change,
+//! never per packet or per connection, so a process start costs nothing that matters. The price: one more package (`hack/setup` and
+//! the error when it is missing name it) and text to parse for errors.
 //!
 //! # The ruleset: one table of our own
 //!
@@ -36,7 +36,7 @@
 //!
 //! Our forward chain's policy is accept; its accept rules do not override another table's
 //! drop at the same hook (e.g. an iptables-nft `FORWARD` policy DROP left by Docker): such a
-//! host needs its own rule for the bridge, which `skiff check` should point out.
+//! host needs its own rule for the bridge (the agent does not detect that yet).
 //!
 //! # What the agent calls when
 //!
