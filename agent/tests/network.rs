@@ -1006,3 +1006,78 @@ fn tables_deleted_by_a_firewall_reload_come_back() {
     drop(outside);
     a.down();
 }
+
+/// Another firewall whose forward chain drops by policy (as Docker's `FORWARD` does) blocks
+/// the bridge whatever the agent's own table accepts: each bridged service shows a warning
+/// that names the chain and the rules that let the bridge through; with those rules in, the
+/// replicas reach other networks, and the warning goes (the agent hears of the change).
+#[test]
+fn a_firewall_that_drops_forwarding_is_a_warning_that_says_what_to_run() {
+    let Some((ns, mut a)) = setup() else { return };
+    let docker_like = "table ip filter {\n\tchain FORWARD {\n\t\ttype filter hook forward priority 0; policy drop;\n\t\toifname \"docker0\" accept\n\t}\n}\n";
+    let mut nft = std::process::Command::new("nsenter")
+        .arg(ns.nsenter_arg())
+        .args(["nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    std::io::Write::write_all(&mut nft.stdin.take().expect("stdin"), docker_like.as_bytes()).expect("write");
+    assert!(nft.wait().expect("nft").success());
+    a.write_manifest(&format!(
+        "x-skiff:\n  bridge: sktest11\n  subnet: 10.123.12.0/24\nservices:\n  client:\n    image: {}\n    command: [\"sleep\", \"1000\"]\n    stop_grace_period: 1s\n",
+        image()
+    ));
+    a.spawn();
+    let warned = |st: &Value| {
+        service(st, "client")["warnings"]
+            .as_array()
+            .and_then(|w| w.iter().filter_map(|w| w.as_str()).find(|w| w.contains("dropped by another firewall")))
+            .map(str::to_string)
+    };
+    let st = wait_status(&ns, &a, "client running with a firewall warning", |st| {
+        all_running(st, "client", 1) && warned(st).is_some()
+    });
+    let w = warned(&st).unwrap_or_default();
+    let rules = [
+        "nft insert rule ip filter FORWARD iifname \"sktest11\" accept",
+        "nft insert rule ip filter FORWARD oifname \"sktest11\" ct state established,related accept",
+        "nft insert rule ip filter FORWARD oifname \"sktest11\" ct status dnat accept",
+    ];
+    assert!(w.contains("table ip filter, chain FORWARD") && rules.iter().all(|r| w.contains(r)), "{w}");
+
+    // The warning is true: the client cannot reach another machine...
+    let outside = outside_of(&ns);
+    let listener = outside.enter(|| std::net::TcpListener::bind("192.0.2.2:9999").expect("bind 192.0.2.2:9999"));
+    let reach = || a.rt(&["exec", "client-1", "sh", "-c", "echo hi | nc -w 2 192.0.2.2 9999"]).success();
+    assert!(!reach(), "the client got through a dropping FORWARD chain");
+    // ...until the rules it names are in; then the warning goes.
+    for r in rules {
+        let args: Vec<&str> = shell_words(r);
+        assert!(ns.run(&args).0, "{r}");
+    }
+    let accept = std::thread::spawn(move || listener.accept().map(|(_, peer)| peer));
+    assert!(reach(), "the client reaches another machine with the rules in");
+    assert_eq!(accept.join().expect("accept").expect("accepted").ip().to_string(), "192.0.2.1");
+    wait_status(&ns, &a, "the firewall warning gone", |st| warned(st).is_none());
+    drop(outside);
+    down_leaves_no_network(&ns, &mut a, "sktest11");
+}
+
+/// `s` split at spaces, with `"quoted"` words kept whole and unquoted (enough for the rules
+/// the warning gives).
+fn shell_words(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        if let Some(q) = rest.strip_prefix('"') {
+            let end = q.find('"').unwrap_or(q.len());
+            out.push(&q[..end]);
+            rest = q.get(end + 1..).unwrap_or("").trim_start();
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            out.push(&rest[..end]);
+            rest = rest[end..].trim_start();
+        }
+    }
+    out
+}

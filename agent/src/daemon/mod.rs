@@ -167,7 +167,8 @@ async fn main_loop(o: Options, paths: Paths) -> Result<i32> {
     Ok(0)
 }
 
-/// Tells the loop when someone else deletes our nftables tables ([`crate::net::nftwatch`]).
+/// Tells the loop of every change of the nftables ruleset, and which of our tables someone
+/// else deleted ([`crate::net::nftwatch`]).
 fn watch_tables(tx: mpsc::UnboundedSender<Event>) {
     use crate::net::{nft, nftwatch::TableWatch};
     let mut w = match TableWatch::open(&[nft::TABLE, nft::PORTS_TABLE]) {
@@ -181,9 +182,9 @@ fn watch_tables(tx: mpsc::UnboundedSender<Event>) {
     };
     tokio::spawn(async move {
         loop {
-            match w.lost().await {
-                Ok(names) => {
-                    if tx.send(Event::TablesLost(names)).is_err() {
+            match w.changed().await {
+                Ok(lost) => {
+                    if tx.send(Event::Nftables { lost }).is_err() {
                         return;
                     }
                 }

@@ -54,6 +54,11 @@ pub struct BridgeNet {
     ready: tokio::sync::OnceCell<()>,
     /// Torn down (or about to be): its NAT table is not to be put back.
     retired: std::sync::atomic::AtomicBool,
+    /// Another firewall drops forwarded traffic (for the bridged services' status); one check
+    /// at a time, and one more when asked meanwhile.
+    firewall: Mutex<Option<String>>,
+    firewall_check: tokio::sync::Mutex<()>,
+    firewall_again: std::sync::atomic::AtomicBool,
     /// Serialises the writes of hosts files (a start's and the refreshes).
     hosts_lock: Mutex<()>,
     setup: SetupLock,
@@ -96,6 +101,9 @@ impl BridgeNet {
             ipam,
             ready: tokio::sync::OnceCell::new(),
             retired: std::sync::atomic::AtomicBool::new(false),
+            firewall: Mutex::new(None),
+            firewall_check: tokio::sync::Mutex::new(()),
+            firewall_again: std::sync::atomic::AtomicBool::new(false),
             hosts_lock: Mutex::new(()),
             setup,
             record: record_path(paths),
@@ -131,7 +139,7 @@ impl BridgeNet {
                     subnet: self.subnet.to_string(),
                     netns: netns_id(Path::new("/proc/self/ns/net"))?,
                 };
-                tokio::task::spawn_blocking(move || -> Result<()> {
+                let warning = tokio::task::spawn_blocking(move || -> Result<Option<String>> {
                     if !nft::set_ip_forward(None, true)? {
                         super::reconcile::log("net.ipv4.ip_forward was 0; set it to 1 for the bridge network");
                     }
@@ -139,14 +147,55 @@ impl BridgeNet {
                     nft::set_route_localnet(None, &bridge)?;
                     let dir = record.parent().unwrap_or(Path::new("/"));
                     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-                    write_atomic(dir, &record, &serde_json::to_vec_pretty(&settings)?)
+                    write_atomic(dir, &record, &serde_json::to_vec_pretty(&settings)?)?;
+                    Ok(firewall_warning(&bridge))
                 })
                 .await
                 .map_err(|e| anyhow!("{e}"))??;
+                if let Some(w) = &warning {
+                    super::reconcile::log(&format!("warning: {w}"));
+                }
+                *self.firewall.lock().unwrap_or_else(|e| e.into_inner()) = warning;
                 Ok::<_, anyhow::Error>(())
             })
             .await
             .map(|_| ())
+    }
+
+    /// Why replicas on this bridge cannot reach other networks, if another firewall drops
+    /// forwarded traffic (as of the last check).
+    pub fn firewall_warning(&self) -> Option<String> {
+        self.firewall.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Checks the ruleset for [`nft::ForwardBlocker`]s (once the bridge is set up); whether
+    /// the warning changed. Asked while a check runs, that check runs once more.
+    pub async fn check_firewall(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.ready.get().is_none() || self.retired.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.firewall_again.store(true, Ordering::SeqCst);
+        let Ok(_one) = self.firewall_check.try_lock() else { return false };
+        let mut changed = false;
+        while self.firewall_again.swap(false, Ordering::SeqCst) {
+            let bridge = self.bridge.clone();
+            let found = tokio::task::spawn_blocking(move || firewall_warning(&bridge)).await;
+            let Ok(found) = found else { break };
+            let mut cur = self.firewall.lock().unwrap_or_else(|e| e.into_inner());
+            if *cur != found {
+                match &found {
+                    Some(w) => super::reconcile::log(&format!("warning: {w}")),
+                    None if cur.is_some() => {
+                        super::reconcile::log("forwarded traffic is no longer dropped by another firewall")
+                    }
+                    None => {}
+                }
+                *cur = found;
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// Marks this network torn down: [`BridgeNet::repair`] leaves it alone from now on.
@@ -361,6 +410,24 @@ pub fn teardown(paths: &Paths, netns: Option<&fs::File>) -> Result<Option<String
         let _ = fs::File::open(dir).and_then(|d| d.sync_all());
     }
     Ok(Some(rec.bridge))
+}
+
+/// The warning for the bridged services when another firewall drops forwarded traffic (see
+/// [`nft::ForwardBlocker`]), with the rules that let the bridge's traffic through; `None` when
+/// none does, or when the ruleset cannot be read (the bridge works or fails on its own then).
+fn firewall_warning(bridge: &str) -> Option<String> {
+    let blockers = nft::forward_blockers(bridge).ok()?;
+    let b = blockers.first()?;
+    let rule = |r: &str| format!("nft insert rule {} {} {} {r}", b.family, b.table, b.chain);
+    Some(format!(
+        "forwarded traffic is dropped by another firewall (table {} {}, chain {}: policy drop, no rule for {bridge};          Docker sets this up): replicas cannot reach other networks, nor other machines them through published ports;          let the bridge through with: {}; {}; {}",
+        b.family,
+        b.table,
+        b.chain,
+        rule(&format!("iifname \"{bridge}\" accept")),
+        rule(&format!("oifname \"{bridge}\" ct state established,related accept")),
+        rule(&format!("oifname \"{bridge}\" ct status dnat accept")),
+    ))
 }
 
 /// Releases the addresses whose owner `alive` does not know (a replica whose record is gone:

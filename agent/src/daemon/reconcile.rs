@@ -70,9 +70,13 @@ pub enum Event {
         ok: bool,
         output: String,
     },
-    /// Someone else deleted these nftables tables of ours (a firewall reload's `flush
-    /// ruleset`): put back what is still wanted.
-    TablesLost(Vec<String>),
+    /// The nftables ruleset changed; `lost`: tables of ours someone else deleted (a firewall
+    /// reload's `flush ruleset`), to be put back while still wanted.
+    Nftables {
+        lost: Vec<String>,
+    },
+    /// The check for firewalls that drop forwarded traffic has a new answer (for status).
+    FirewallChecked,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -404,7 +408,11 @@ impl Agent {
             }
             Event::Stopped { id, gen, result } => self.on_stopped(&id, gen, result),
             Event::Health { id, gen, ok, output } => self.on_health(&id, gen, ok, output),
-            Event::TablesLost(names) => self.on_tables_lost(&names),
+            Event::Nftables { lost } => {
+                self.on_tables_lost(&lost);
+                self.check_firewall();
+            }
+            Event::FirewallChecked => {}
         }
         self.reconcile();
     }
@@ -762,6 +770,18 @@ impl Agent {
         }
     }
 
+    /// Asks the bridge network (in the background) whether another firewall drops forwarded
+    /// traffic; status shows the answer once it changes.
+    fn check_firewall(&self) {
+        let Some(net) = self.net.clone() else { return };
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            if net.check_firewall().await {
+                let _ = tx.send(Event::FirewallChecked);
+            }
+        });
+    }
+
     /// The bridge and its NAT rules go when no bridged service is left: no replica on the
     /// bridge (stopping ones included) and no bridged service in the manifest.
     fn teardown_bridge_if_unused(&mut self, m: &Manifest) {
@@ -1079,7 +1099,14 @@ impl Agent {
                     .iter()
                     .filter(|s| s.state == ReplicaState::Running && matches!(s.health, Health::Healthy | Health::None))
                     .count() as u32,
-                warnings: self.service_warnings.get(name).cloned().unwrap_or_default(),
+                warnings: {
+                    let mut w = self.service_warnings.get(name).cloned().unwrap_or_default();
+                    let bridged = svc.is_some_and(|s| s.network_mode == NetworkMode::Bridge);
+                    if let Some(fw) = self.net.as_ref().filter(|_| bridged).and_then(|n| n.firewall_warning()) {
+                        w.push(fw);
+                    }
+                    w
+                },
                 replicas: statuses,
                 ports: self.ports.status(name),
             });

@@ -280,6 +280,53 @@ pub fn apply_ports(rules: &[PortDnat], netns: Option<&Path>) -> Result<()> {
         .context("applying the published ports' DNAT rules")
 }
 
+/// A base chain of another table that drops forwarded traffic by policy and has no rule that
+/// names our bridge (as Docker's `FORWARD` chain does): our own forward accepts cannot
+/// override it, since every base chain at the hook must accept a packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardBlocker {
+    pub family: String,
+    pub table: String,
+    pub chain: String,
+}
+
+/// The [`ForwardBlocker`]s of this namespace's ruleset for `bridge` (`nft -j list ruleset`).
+pub fn forward_blockers(bridge: &str) -> Result<Vec<ForwardBlocker>> {
+    check_ifname(bridge)?;
+    let out = run_nft(Path::new("nft"), &["-j".into(), "list".into(), "ruleset".into()], None)?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing nft -j list ruleset")?;
+    Ok(blockers_in(&v, bridge))
+}
+
+fn blockers_in(ruleset: &serde_json::Value, bridge: &str) -> Vec<ForwardBlocker> {
+    let items = ruleset["nftables"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let str_of = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let named = format!("\"{bridge}\"");
+    let mut out = Vec::new();
+    for chain in items.iter().filter_map(|i| i.get("chain")) {
+        let b = ForwardBlocker {
+            family: str_of(chain, "family"),
+            table: str_of(chain, "table"),
+            chain: str_of(chain, "name"),
+        };
+        let ours = b.family == "ip" && (b.table == TABLE || b.table == PORTS_TABLE);
+        let ipv4 = matches!(b.family.as_str(), "ip" | "inet");
+        if ours || !ipv4 || chain["hook"] != "forward" || chain["policy"] != "drop" {
+            continue;
+        }
+        let allowed = items.iter().filter_map(|i| i.get("rule")).any(|r| {
+            str_of(r, "family") == b.family
+                && str_of(r, "table") == b.table
+                && str_of(r, "chain") == b.chain
+                && r["expr"].to_string().contains(&named)
+        });
+        if !allowed {
+            out.push(b);
+        }
+    }
+    out
+}
+
 /// Sets `net.ipv4.ip_forward` (in the namespace at `netns`, else ours) to `on`; returns the
 /// value it had before.
 pub fn set_ip_forward(netns: Option<&Path>, on: bool) -> Result<bool> {
@@ -522,6 +569,30 @@ mod tests {
         apply_ports(&[], Some(&ns.path())).expect("remove");
         apply_ports(&[], Some(&ns.path())).expect("remove again");
         assert!(!ns.exec(&["nft", "list", "table", "ip", PORTS_TABLE]).status.success());
+    }
+
+    #[test]
+    fn forward_blockers_are_drop_policies_of_other_tables_that_do_not_name_the_bridge() {
+        let ns = Netns::new("fwdblock");
+        let script = "table ip filter {\n\tchain FORWARD {\n\t\ttype filter hook forward priority 0; policy drop;\n\t\toifname \"docker0\" accept\n\t}\n}\n\
+                      table inet fw {\n\tchain forwarding {\n\t\ttype filter hook forward priority 0; policy drop;\n\t\tiifname \"skiff0\" accept\n\t}\n}\n\
+                      table ip6 v6 {\n\tchain forwarding {\n\t\ttype filter hook forward priority 0; policy drop;\n\t}\n}\n\
+                      table ip open {\n\tchain forwarding {\n\t\ttype filter hook forward priority 0; policy accept;\n\t}\n}\n";
+        let mut c = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        c.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write");
+        assert!(c.wait().expect("wait").success());
+        Nat::new("skiff0", subnet()).expect("nat").in_netns(ns.path()).apply().expect("our own table");
+        let found = in_netns(Some(&ns.path()), || forward_blockers("skiff0")).expect("netns").expect("list");
+        // Only Docker-like `ip filter FORWARD`: `inet fw` names the bridge, ip6 is not IPv4,
+        // `ip open` accepts, and our own table is ours.
+        assert_eq!(found, [ForwardBlocker { family: "ip".into(), table: "filter".into(), chain: "FORWARD".into() }]);
+        let found = in_netns(Some(&ns.path()), || forward_blockers("docker0")).expect("netns").expect("list");
+        assert_eq!(found.len(), 1, "for docker0 it is `inet fw` that blocks: {found:?}");
+        assert_eq!(found[0].table, "fw");
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //! The kernel sends one message per object a transaction creates or deletes, then a
 //! `NEWGEN` message that ends the transaction. The agent's own updates delete and re-create
 //! a table in one transaction (`table T; delete table T; table T {...}`), so what counts is
-//! the end state of each transaction: [`TableWatch::lost`] returns the watched tables (family
-//! `ip`) that a transaction deleted and did not create again. The agent's own removal of a
+//! the end state of each transaction: [`TableWatch::changed`] returns, for each transaction,
+//! the watched tables (family `ip`) that it deleted and did not create again (most often
+//! none: any change of the ruleset is news too, e.g. for the check for firewalls that drop
+//! forwarded traffic). The agent's own removal of a
 //! table (the last bridged service gone, no published port left) shows up the same way; the
 //! caller knows whether it still wants the table. When notifications were lost (the socket's
 //! buffer overflowed), every watched table is reported, for the caller to check.
@@ -66,8 +68,8 @@ impl TableWatch {
         })
     }
 
-    /// Waits for a transaction that leaves watched tables deleted; their names.
-    pub async fn lost(&mut self) -> io::Result<Vec<String>> {
+    /// Waits for the end of a transaction (of anyone's); the watched tables it left deleted.
+    pub async fn changed(&mut self) -> io::Result<Vec<String>> {
         loop {
             let mut guard = self.fd.readable().await?;
             let n = match guard
@@ -83,6 +85,7 @@ impl TableWatch {
                 Ok(Err(e)) => return Err(e),
             };
             let mut lost = Vec::new();
+            let mut ended = false;
             for (kind, payload) in messages(&self.buf[..n]) {
                 if kind >> 8 != SUBSYS_NFTABLES {
                     continue;
@@ -99,11 +102,16 @@ impl TableWatch {
                             self.deleted.remove(&name);
                         }
                     }
-                    MSG_NEWGEN => lost.extend(std::mem::take(&mut self.deleted)),
+                    MSG_NEWGEN => {
+                        ended = true;
+                        lost.extend(std::mem::take(&mut self.deleted));
+                    }
                     _ => {}
                 }
             }
-            if !lost.is_empty() {
+            if ended {
+                lost.sort();
+                lost.dedup();
                 return Ok(lost);
             }
         }
@@ -192,8 +200,8 @@ mod tests {
     }
 
     /// In a namespace of the test's own: a transaction that deletes and re-creates a watched
-    /// table is not a loss; one that deletes it (`flush ruleset`) is, once; an unwatched
-    /// table is ignored.
+    /// table is not a loss; one that deletes it (`flush ruleset`) is; an unwatched table is
+    /// not reported.
     #[tokio::test(flavor = "current_thread")]
     async fn reports_watched_tables_left_deleted() {
         let name = format!("skiff-nftwatch-{}", std::process::id());
@@ -238,15 +246,19 @@ mod tests {
             deleted: BTreeSet::new(),
             buf: vec![0; 64 << 10],
         };
-        let soon = Duration::from_millis(300);
+        // Every transaction is reported, each with what it left deleted.
         let skiff = "table ip skiff {\n\tchain c {\n\t\ttype filter hook forward priority 0;\n\t}\n}\n";
-        nft(&format!("{skiff}table ip other {{\n}}\n"));
-        nft(&format!("table ip skiff\ndelete table ip skiff\n{skiff}"));
-        nft("delete table ip other\n");
-        assert!(tokio::time::timeout(soon, w.lost()).await.is_err(), "no loss yet");
-        nft("flush ruleset\n");
-        let lost = tokio::time::timeout(Duration::from_secs(5), w.lost()).await.expect("a loss").expect("read");
-        assert_eq!(lost, ["skiff"]);
-        assert!(tokio::time::timeout(soon, w.lost()).await.is_err(), "reported once");
+        let cases: [(String, &[&str], &str); 5] = [
+            (format!("{skiff}table ip other {{\n}}\n"), &[], "made"),
+            (format!("table ip skiff\ndelete table ip skiff\n{skiff}"), &[], "replaced in one transaction: not lost"),
+            ("delete table ip other\n".into(), &[], "not ours"),
+            ("flush ruleset\n".into(), &["skiff"], "flushed"),
+            ("table ip skiff_ports\ndelete table ip skiff_ports\n".into(), &["skiff_ports"], "deleted at its end"),
+        ];
+        for (script, want, what) in cases {
+            nft(&script);
+            let got = tokio::time::timeout(Duration::from_secs(5), w.changed()).await.expect("news").expect("read");
+            assert_eq!(got, want, "{what}");
+        }
     }
 }
