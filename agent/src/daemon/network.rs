@@ -420,7 +420,9 @@ fn firewall_warning(bridge: &str) -> Option<String> {
     let b = blockers.first()?;
     let rule = |r: &str| format!("nft insert rule {} {} {} {r}", b.family, b.table, b.chain);
     Some(format!(
-        "forwarded traffic is dropped by another firewall (table {} {}, chain {}: policy drop, no rule for {bridge};          Docker sets this up): replicas cannot reach other networks, nor other machines them through published ports;          let the bridge through with: {}; {}; {}",
+        "forwarded traffic is dropped by another firewall (table {} {}, chain {}: policy drop, no rule for {bridge}; \
+         Docker sets this up): replicas cannot reach other networks, and other machines cannot reach them \
+         through published ports; let the bridge through with: {}; {}; {}",
         b.family,
         b.table,
         b.chain,
