@@ -57,7 +57,8 @@ pub struct BridgeNet {
     /// Another firewall drops forwarded traffic (for the bridged services' status); one check
     /// at a time, and one more when asked meanwhile.
     firewall: Mutex<Option<String>>,
-    firewall_check: tokio::sync::Mutex<()>,
+    /// Held by the check under way; when the last one started.
+    firewall_check: tokio::sync::Mutex<Option<std::time::Instant>>,
     firewall_again: std::sync::atomic::AtomicBool,
     /// Serialises the writes of hosts files (a start's and the refreshes).
     hosts_lock: Mutex<()>,
@@ -102,7 +103,7 @@ impl BridgeNet {
             ready: tokio::sync::OnceCell::new(),
             retired: std::sync::atomic::AtomicBool::new(false),
             firewall: Mutex::new(None),
-            firewall_check: tokio::sync::Mutex::new(()),
+            firewall_check: tokio::sync::Mutex::new(None),
             firewall_again: std::sync::atomic::AtomicBool::new(false),
             hosts_lock: Mutex::new(()),
             setup,
@@ -169,16 +170,23 @@ impl BridgeNet {
     }
 
     /// Checks the ruleset for [`nft::ForwardBlocker`]s (once the bridge is set up); whether
-    /// the warning changed. Asked while a check runs, that check runs once more.
+    /// the warning changed. Asked while a check runs, that check runs once more, at least
+    /// [`FIREWALL_CHECK_GAP`] after the last: a host whose ruleset churns (kube-proxy on
+    /// iptables-nft rewrites it every few seconds, and lists run to megabytes) costs one
+    /// listing per gap at most.
     pub async fn check_firewall(&self) -> bool {
         use std::sync::atomic::Ordering;
         if self.ready.get().is_none() || self.retired.load(Ordering::SeqCst) {
             return false;
         }
         self.firewall_again.store(true, Ordering::SeqCst);
-        let Ok(_one) = self.firewall_check.try_lock() else { return false };
+        let Ok(mut last) = self.firewall_check.try_lock() else { return false };
         let mut changed = false;
         while self.firewall_again.swap(false, Ordering::SeqCst) {
+            if let Some(t) = *last {
+                tokio::time::sleep_until((t + FIREWALL_CHECK_GAP).into()).await;
+            }
+            *last = Some(std::time::Instant::now());
             let bridge = self.bridge.clone();
             let found = tokio::task::spawn_blocking(move || firewall_warning(&bridge)).await;
             let Ok(found) = found else { break };
@@ -411,6 +419,9 @@ pub fn teardown(paths: &Paths, netns: Option<&fs::File>) -> Result<Option<String
     }
     Ok(Some(rec.bridge))
 }
+
+/// The least time between two checks for firewalls that drop forwarded traffic.
+const FIREWALL_CHECK_GAP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The warning for the bridged services when another firewall drops forwarded traffic (see
 /// [`nft::ForwardBlocker`]), with the rules that let the bridge's traffic through; `None` when
