@@ -77,8 +77,15 @@ impl Chan {
     }
 
     /// Receives one message; `None` when the other side closed (exited or exec'ed).
+    ///
+    /// A side that exits with a message of ours still unread in its queue (the init fails
+    /// and exits while our `Go` is on its way) leaves `ECONNRESET` pending on our end, and
+    /// the kernel reports that error *before* the messages queued for us: the init's own
+    /// `Err`, its last word, would be lost behind "connection reset". The error is reported
+    /// once; the read after it returns what is queued, or end of file.
     pub fn recv(&self) -> Result<Option<Msg>> {
         let mut buf = [0u8; 4096];
+        let mut reset = false;
         loop {
             match nix::unistd::read(self.0.as_raw_fd(), &mut buf) {
                 Ok(0) => return Ok(None),
@@ -88,6 +95,7 @@ impl Chan {
                         .ok_or_else(|| Error::msg("sync: garbled message from the container's init"))
                 }
                 Err(nix::Error::EINTR) => continue,
+                Err(nix::Error::ECONNRESET) if !reset => reset = true,
                 Err(e) => return Err(Error::Sys { what: "sync: receive".into(), source: e }),
             }
         }
@@ -101,5 +109,47 @@ impl Chan {
             Some(m) => Err(Error::msg(format!("sync: expected {want:?}, got {m:?}"))),
             None => Err(Error::msg("the container's init exited during setup")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The init's failure path: our `Go` still unread on its side when it exits after its
+    /// `Err`. The kernel then has ECONNRESET pending for us, ahead of the `Err`.
+    #[test]
+    fn the_last_word_of_a_side_that_exits_with_unread_messages_is_not_lost() {
+        let (parent, child) = pair().expect("pair");
+        parent.send(&Msg::Go).expect("send Go");
+        child.send(&Msg::Err("mount /mnt/y: unknown filesystem type".into())).expect("send Err");
+        drop(child); // exits, Go unread
+        match parent.recv() {
+            Ok(Some(Msg::Err(e))) => assert!(e.contains("/mnt/y"), "{e}"),
+            other => panic!("the init's error, not {other:?}"),
+        }
+        assert_eq!(parent.recv().expect("end of file"), None);
+    }
+
+    /// Without a last word, the reset is an end of file, as a plain close is.
+    #[test]
+    fn a_side_that_exits_silently_with_unread_messages_is_an_end_of_file() {
+        let (parent, child) = pair().expect("pair");
+        parent.send(&Msg::Go).expect("send Go");
+        drop(child);
+        assert_eq!(parent.recv().expect("end of file"), None);
+        let (parent, child) = pair().expect("pair");
+        drop(child);
+        assert_eq!(parent.recv().expect("end of file"), None);
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        for m in [Msg::Go, Msg::MapsPlease, Msg::InitPid(4242), Msg::HooksPlease, Msg::Ready, Msg::Err("x y".into())] {
+            assert_eq!(Msg::decode(&m.encode()), Some(m));
+        }
+        assert_eq!(Msg::decode(b""), None);
+        assert_eq!(Msg::decode(b"Pnot-a-pid"), None);
+        assert_eq!(Msg::decode(b"?"), None);
     }
 }
