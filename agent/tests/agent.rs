@@ -344,8 +344,13 @@ fn a_changed_service_is_replaced_and_an_unchanged_one_untouched() {
     let st = a.wait_status("a and b running", |st| all_running(st, "a", 2) && all_running(st, "b", 1));
     let (a_old, b_old) = (pids(&st, "a"), pids(&st, "b"));
     let b_shim = a.shim_pids().get("b-1").copied();
+    // The replica runs the image's entrypoint, a shell that execs the command: reading a
+    // process's environment while it execs finds none, so this waits for the command's.
     for p in a_old.values() {
-        assert_eq!(environ(*p as i32, "GEN").as_deref(), Some("1"));
+        let p = *p as i32;
+        skiff_tests::wait_until(&format!("GEN=1 in the environment of {p}"), WAIT, || {
+            environ(p, "GEN").as_deref() == Some("1")
+        });
     }
 
     a.write_manifest(&manifest(2));
