@@ -49,6 +49,15 @@ fn wait_gone(pid: i32) {
     skiff_tests::wait_until(&format!("process {pid} to die"), WAIT, || !alive(pid));
 }
 
+/// Waits until `pid` runs `comm`: a replica starts with the image's entrypoint, a shell that
+/// execs the manifest's command a few milliseconds later.
+#[track_caller]
+fn wait_comm(pid: i64, comm: &str) {
+    skiff_tests::wait_until(&format!("process {pid} to run {comm}"), WAIT, || {
+        read(format!("/proc/{pid}/comm")).trim() == comm
+    });
+}
+
 /// A sleeping replica: `sleep` as the container's init (after the image's entrypoint
 /// execs it), which ignores every signal but SIGKILL: a short grace period keeps stops quick.
 fn sleeper(name: &str, replicas: u32, extra: &str) -> String {
@@ -87,7 +96,7 @@ fn replicas_come_up() {
     let mut pidns = BTreeSet::new();
     for (id, pid) in &pids {
         assert_eq!(a.rt_pid(id), *pid, "{id}: status pid vs runtime state");
-        assert_eq!(read(format!("/proc/{pid}/comm")).trim(), "sleep", "{id}: the manifest's command runs");
+        wait_comm(*pid, "sleep"); // the manifest's command runs
         let shim = shims.get(id).copied().unwrap_or_else(|| panic!("{id} has no shim.pid: {shims:?}"));
         assert!(skiff_tests::agent::is_shim_of(shim, &a.root()), "{id}: shim {shim} is not running");
         let rootfs = a.root().join("containers").join(id).join("rootfs");
@@ -1150,7 +1159,7 @@ fn a_kernel_without_the_memory_controller_runs_the_service_without_the_limit_and
     // cgroup has no 32 MiB limit, and status and log name the missing controller.
     let st = nomem.wait_running("capped", 1);
     let pid = pid_of(&st, "capped-1") as i32;
-    assert_eq!(read(format!("/proc/{pid}/comm")).trim(), "sleep", "the manifest's command runs");
+    wait_comm(pid as i64, "sleep"); // the manifest's command runs
     assert_eq!(nomem.rt_pid("capped-1"), pid as i64, "status pid vs runtime state");
     let limit = memory_limit(pid).unwrap_or_else(|| panic!("no memory cgroup for {pid}"));
     assert_ne!(limit, MIB32, "the limit was applied on a kernel that 'lacks' the controller");
