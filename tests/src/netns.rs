@@ -51,10 +51,15 @@ impl TestNetns {
 
     /// Runs `args` inside the namespace; (success, stdout).
     pub fn run(&self, args: &[&str]) -> (bool, String) {
-        match Command::new("nsenter").arg(self.nsenter_arg()).args(args).stdin(Stdio::null()).output() {
+        match self.output(args) {
             Ok(o) => (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned()),
             Err(e) => (false, format!("nsenter: {e}")),
         }
+    }
+
+    /// Runs `args` inside the namespace (stdin /dev/null); its whole output.
+    pub fn output(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        Command::new("nsenter").arg(self.nsenter_arg()).args(args).stdin(Stdio::null()).output()
     }
 
     /// Runs `f` on a thread that has joined the namespace (the test's own threads never change

@@ -370,29 +370,9 @@ mod tests {
     use super::*;
     use crate::daemon::netns;
     use serde_json::Value;
+    use skiff_tests::netns::TestNetns;
     use std::path::PathBuf;
     use std::process::Command;
-
-    /// `ip netns add NAME`, deleted on drop (with every link in it).
-    struct TestNs(String);
-
-    impl TestNs {
-        fn new(tag: &str) -> TestNs {
-            let name = format!("skiff-test-{}-{tag}", std::process::id());
-            let st = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
-            assert!(st.success(), "ip netns add {name}");
-            TestNs(name)
-        }
-        fn path(&self) -> PathBuf {
-            PathBuf::from("/run/netns").join(&self.0)
-        }
-    }
-
-    impl Drop for TestNs {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
-        }
-    }
 
     /// A "container" namespace file, removed on drop.
     struct ContainerNs(#[allow(dead_code)] tempfile::TempDir, PathBuf); // the dir lives as long as the file
@@ -517,12 +497,12 @@ mod tests {
         if !is_root() {
             return;
         }
-        let test_ns = TestNs::new("link");
+        let test_ns = TestNetns::new().expect("ip netns add");
         let c1 = ContainerNs::new();
         let c2 = ContainerNs::new();
         let (p1, p2) = (c1.1.clone(), c2.1.clone());
-        let ns = test_ns.0.clone();
-        run_in(&test_ns.path(), move || async move {
+        let ns = test_ns.name().to_string();
+        run_in(Path::new(&test_ns.path()), move || async move {
             let gw = Ipv4Addr::new(10, 99, 0, 1);
             ensure_bridge("skt0", gw, 24).await.unwrap();
             ensure_bridge("skt0", gw, 24).await.unwrap(); // idempotent
@@ -580,11 +560,11 @@ mod tests {
         if !is_root() {
             return;
         }
-        let test_ns = TestNs::new("fail");
+        let test_ns = TestNetns::new().expect("ip netns add");
         let c = ContainerNs::new();
         let p = c.1.clone();
-        let ns = test_ns.0.clone();
-        run_in(&test_ns.path(), move || async move {
+        let ns = test_ns.name().to_string();
+        run_in(Path::new(&test_ns.path()), move || async move {
             let gw = Ipv4Addr::new(10, 98, 0, 1);
             let h = host_ifname("svc-1");
             let e = attach(&p, "skt1", &h, Ipv4Addr::new(10, 98, 0, 2), 24, gw).await.unwrap_err();

@@ -272,12 +272,15 @@ pub fn ports_ruleset(rules: &[PortDnat]) -> String {
 /// Applies [`ports_ruleset`] with `nft` from PATH (in the namespace at `netns`, else ours),
 /// atomically.
 pub fn apply_ports(rules: &[PortDnat], netns: Option<&Path>) -> Result<()> {
-    let script = ports_ruleset(rules);
+    run_script(netns, ports_ruleset(rules)).map(drop).context("applying the published ports' DNAT rules")
+}
+
+/// Runs `script` with `nft -f -` from PATH (in the namespace at `netns`, else ours), as one
+/// transaction; what nft printed.
+pub(crate) fn run_script(netns: Option<&Path>, script: String) -> Result<String> {
     let nft = PathBuf::from("nft");
     let args = vec!["-f".to_string(), "-".to_string()];
     in_netns(netns, move || run_nft(&nft, &args, Some(script)))?
-        .map(drop)
-        .context("applying the published ports' DNAT rules")
 }
 
 /// A base chain of another table that drops forwarded traffic by policy and has no rule that
@@ -394,37 +397,16 @@ fn check_ifname(name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use skiff_tests::netns::TestNetns;
 
-    /// A network namespace of the test's own (`ip netns add`), deleted on drop.
-    struct Netns {
-        name: String,
+    /// A network namespace of the test's own (`ip netns add`, deleted on drop).
+    fn netns() -> TestNetns {
+        TestNetns::new().expect("ip netns add")
     }
 
-    impl Netns {
-        fn new(tag: &str) -> Netns {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let name = format!("skiff-nft-{}-{tag}{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-            let ns = Netns { name };
-            ip(&["netns", "add", &ns.name]);
-            ns
-        }
-
-        fn path(&self) -> PathBuf {
-            PathBuf::from("/run/netns").join(&self.name)
-        }
-
-        /// A command run inside the namespace.
-        fn exec(&self, args: &[&str]) -> std::process::Output {
-            Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec")
-        }
-    }
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            // Links inside the namespace go with it.
-            let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-        }
+    /// A command run inside `ns`.
+    fn exec(ns: &TestNetns, args: &[&str]) -> std::process::Output {
+        ns.output(args).expect("nsenter")
     }
 
     fn ip(args: &[&str]) {
@@ -466,7 +448,7 @@ mod tests {
 
     #[test]
     fn missing_nft_is_one_clear_error() {
-        let ns = Netns::new("missing");
+        let ns = netns();
         let nat = Nat::new("skiff0", subnet()).expect("nat").with_nft("/nonexistent/nft").in_netns(ns.path());
         let err = format!("{:#}", nat.apply().expect_err("no nft"));
         assert!(err.contains("install nftables"), "{err}");
@@ -484,12 +466,12 @@ mod tests {
 
     #[test]
     fn apply_is_idempotent_and_remove_deletes_the_table() {
-        let ns = Netns::new("idem");
+        let ns = netns();
         let nat = Nat::new("skiff0", subnet()).expect("nat").in_netns(ns.path());
         assert_eq!(nat.list_json().expect("list"), None, "a fresh namespace has no table");
         assert!(!nat.exists().expect("exists"));
         // A table of another name that starts like ours is not ours.
-        assert!(ns.exec(&["nft", "add", "table", "ip", "skiff_ports"]).status.success());
+        assert!(exec(&ns, &["nft", "add", "table", "ip", "skiff_ports"]).status.success());
         assert!(!nat.exists().expect("exists"), "skiff_ports is not skiff");
         nat.remove().expect("removing an absent table is fine");
 
@@ -497,7 +479,7 @@ mod tests {
         assert!(nat.exists().expect("exists"));
         let first = nat.list_json().expect("list").expect("table exists");
         // What nft shows is what we asked for.
-        let text = String::from_utf8_lossy(&ns.exec(&["nft", "list", "table", "ip", TABLE]).stdout).into_owned();
+        let text = String::from_utf8_lossy(&exec(&ns, &["nft", "list", "table", "ip", TABLE]).stdout).into_owned();
         assert!(text.contains("type nat hook postrouting priority srcnat; policy accept;"), "{text}");
         assert!(text.contains("ip saddr 10.88.0.0/16 oifname != \"skiff0\" masquerade"), "{text}");
         assert!(text.contains("ip saddr 127.0.0.0/8 oifname \"skiff0\" masquerade"), "{text}");
@@ -508,9 +490,9 @@ mod tests {
         assert!(text.contains("oifname \"skiff0\" ct state established,related accept"), "{text}");
 
         // A rule and a chain someone added to our table do not survive a re-apply.
-        let out = ns.exec(&["nft", "add", "rule", "ip", TABLE, "forward", "tcp", "dport", "22", "drop"]);
+        let out = exec(&ns, &["nft", "add", "rule", "ip", TABLE, "forward", "tcp", "dport", "22", "drop"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let out = ns.exec(&["nft", "add", "chain", "ip", TABLE, "stale"]);
+        let out = exec(&ns, &["nft", "add", "chain", "ip", TABLE, "stale"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_ne!(normalized(nat.list_json().expect("list").expect("table")), normalized(first.clone()));
 
@@ -526,7 +508,7 @@ mod tests {
 
     #[test]
     fn published_ports_table_is_replaced_whole_and_removed_when_empty() {
-        let ns = Netns::new("ports");
+        let ns = netns();
         let rule = |port: u16, backends: &[&str]| PortDnat {
             protocol: "tcp",
             host_ip: None,
@@ -535,8 +517,8 @@ mod tests {
             backends: backends.iter().map(|a| a.parse().unwrap()).collect(),
         };
         let list =
-            || String::from_utf8_lossy(&ns.exec(&["nft", "list", "table", "ip", PORTS_TABLE]).stdout).into_owned();
-        apply_ports(&[rule(8080, &["10.88.0.2", "10.88.0.3"])], Some(&ns.path())).expect("apply");
+            || String::from_utf8_lossy(&exec(&ns, &["nft", "list", "table", "ip", PORTS_TABLE]).stdout).into_owned();
+        apply_ports(&[rule(8080, &["10.88.0.2", "10.88.0.3"])], Some(Path::new(&ns.path()))).expect("apply");
         let text = list();
         assert!(
             text.contains("tcp dport 8080 dnat to numgen inc mod 2 map { 0 : 10.88.0.2, 1 : 10.88.0.3 }"),
@@ -551,7 +533,7 @@ mod tests {
         // Replaced whole: the old port's rule is gone, a host address and UDP are honoured.
         let udp =
             PortDnat { protocol: "udp", host_ip: Some("192.0.2.1".parse().unwrap()), ..rule(5353, &["10.88.0.4"]) };
-        apply_ports(&[rule(9090, &["10.88.0.2"]), udp], Some(&ns.path())).expect("apply again");
+        apply_ports(&[rule(9090, &["10.88.0.2"]), udp], Some(Path::new(&ns.path()))).expect("apply again");
         let text = list();
         assert!(!text.contains("8080") && text.contains("tcp dport 9090"), "{text}");
         assert!(
@@ -560,69 +542,66 @@ mod tests {
         );
         // A loopback host address: this host's connections only (the output chain).
         let local = PortDnat { host_ip: Some("127.0.0.1".parse().unwrap()), ..rule(8081, &["10.88.0.5"]) };
-        apply_ports(&[local], Some(&ns.path())).expect("apply loopback");
+        apply_ports(&[local], Some(Path::new(&ns.path()))).expect("apply loopback");
         let text = list();
         let (pre, out) = text.split_once("chain output").expect("an output chain");
         assert!(!pre.contains("8081"), "{text}");
         assert!(out.contains("ip daddr 127.0.0.1 tcp dport 8081 dnat to numgen inc mod 1"), "{text}");
         // Nothing to steer: no table at all; and that twice is fine.
-        apply_ports(&[], Some(&ns.path())).expect("remove");
-        apply_ports(&[], Some(&ns.path())).expect("remove again");
-        assert!(!ns.exec(&["nft", "list", "table", "ip", PORTS_TABLE]).status.success());
+        apply_ports(&[], Some(Path::new(&ns.path()))).expect("remove");
+        apply_ports(&[], Some(Path::new(&ns.path()))).expect("remove again");
+        assert!(!exec(&ns, &["nft", "list", "table", "ip", PORTS_TABLE]).status.success());
     }
 
     #[test]
     fn forward_blockers_are_drop_policies_of_other_tables_that_do_not_name_the_bridge() {
-        let ns = Netns::new("fwdblock");
+        let ns = netns();
         let script = "table ip filter {\n\tchain FORWARD {\n\t\ttype filter hook forward priority 0; policy drop;\n\t\toifname \"docker0\" accept\n\t}\n}\n\
                       table inet fw {\n\tchain forwarding {\n\t\ttype filter hook forward priority 0; policy drop;\n\t\tiifname \"skiff0\" accept\n\t}\n}\n\
                       table ip6 v6 {\n\tchain forwarding {\n\t\ttype filter hook forward priority 0; policy drop;\n\t}\n}\n\
                       table ip open {\n\tchain forwarding {\n\t\ttype filter hook forward priority 0; policy accept;\n\t}\n}\n";
-        let mut c = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("nft");
-        c.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write");
-        assert!(c.wait().expect("wait").success());
+        run_script(Some(Path::new(&ns.path())), script.into()).expect("the other tables");
         Nat::new("skiff0", subnet()).expect("nat").in_netns(ns.path()).apply().expect("our own table");
-        let found = in_netns(Some(&ns.path()), || forward_blockers("skiff0")).expect("netns").expect("list");
+        let found = in_netns(Some(Path::new(&ns.path())), || forward_blockers("skiff0")).expect("netns").expect("list");
         // Only Docker-like `ip filter FORWARD`: `inet fw` names the bridge, ip6 is not IPv4,
         // `ip open` accepts, and our own table is ours.
         assert_eq!(found, [ForwardBlocker { family: "ip".into(), table: "filter".into(), chain: "FORWARD".into() }]);
-        let found = in_netns(Some(&ns.path()), || forward_blockers("docker0")).expect("netns").expect("list");
+        let found =
+            in_netns(Some(Path::new(&ns.path())), || forward_blockers("docker0")).expect("netns").expect("list");
         assert_eq!(found.len(), 1, "for docker0 it is `inet fw` that blocks: {found:?}");
         assert_eq!(found[0].table, "fw");
     }
 
     #[test]
     fn route_localnet_on_a_bridge_in_a_namespace() {
-        let ns = Netns::new("rln");
-        ip(&["-n", &ns.name, "link", "add", "skiff0", "type", "bridge"]);
+        let ns = netns();
+        ip(&["-n", ns.name(), "link", "add", "skiff0", "type", "bridge"]);
         let path = "/proc/sys/net/ipv4/conf/skiff0/route_localnet";
-        let read = || String::from_utf8_lossy(&ns.exec(&["cat", path]).stdout).into_owned();
+        let read = || String::from_utf8_lossy(&exec(&ns, &["cat", path]).stdout).into_owned();
         assert_eq!(read().trim(), "0");
-        set_route_localnet(Some(&ns.path()), "skiff0").expect("on");
-        set_route_localnet(Some(&ns.path()), "skiff0").expect("on again");
+        set_route_localnet(Some(Path::new(&ns.path())), "skiff0").expect("on");
+        set_route_localnet(Some(Path::new(&ns.path())), "skiff0").expect("on again");
         assert_eq!(read().trim(), "1");
         // Only on the bridge, never for every interface.
-        let all = String::from_utf8_lossy(&ns.exec(&["cat", "/proc/sys/net/ipv4/conf/all/route_localnet"]).stdout)
+        let all = String::from_utf8_lossy(&exec(&ns, &["cat", "/proc/sys/net/ipv4/conf/all/route_localnet"]).stdout)
             .into_owned();
         assert_eq!(all.trim(), "0");
-        let err = format!("{:#}", set_route_localnet(Some(&ns.path()), "nosuch0").expect_err("no such link"));
+        let err =
+            format!("{:#}", set_route_localnet(Some(Path::new(&ns.path())), "nosuch0").expect_err("no such link"));
         assert!(err.contains("nosuch0/route_localnet"), "{err}");
-        assert!(set_route_localnet(Some(&ns.path()), "../../all").is_err(), "a path, not a name");
+        assert!(set_route_localnet(Some(Path::new(&ns.path())), "../../all").is_err(), "a path, not a name");
     }
 
     #[test]
     fn ip_forward_in_a_namespace() {
-        let ns = Netns::new("fwd");
-        let read = || String::from_utf8_lossy(&ns.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout).into_owned();
-        set_ip_forward(Some(&ns.path()), false).expect("off");
+        let ns = netns();
+        let read =
+            || String::from_utf8_lossy(&exec(&ns, &["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout).into_owned();
+        set_ip_forward(Some(Path::new(&ns.path())), false).expect("off");
         assert_eq!(read().trim(), "0");
-        assert!(!set_ip_forward(Some(&ns.path()), true).expect("on"), "reports the old value: off");
+        assert!(!set_ip_forward(Some(Path::new(&ns.path())), true).expect("on"), "reports the old value: off");
         assert_eq!(read().trim(), "1");
-        assert!(set_ip_forward(Some(&ns.path()), true).expect("on again"), "reports the old value: on");
+        assert!(set_ip_forward(Some(Path::new(&ns.path())), true).expect("on again"), "reports the old value: on");
         assert!(set_ip_forward(Some(Path::new("/nonexistent/netns")), true).is_err());
     }
 
@@ -631,10 +610,10 @@ mod tests {
     /// reaches the outside only when the host forwards and masquerades.
     #[test]
     fn a_container_reaches_the_outside_only_through_the_nat() {
-        let host = Netns::new("host");
-        let ctr = Netns::new("ctr");
-        let out = Netns::new("out");
-        let (h, c, o) = (host.name.as_str(), ctr.name.as_str(), out.name.as_str());
+        let host = netns();
+        let ctr = netns();
+        let out = netns();
+        let (h, c, o) = (host.name(), ctr.name(), out.name());
         ip(&["-n", h, "link", "add", "skiff0", "type", "bridge"]);
         ip(&["-n", h, "addr", "add", "10.88.0.1/16", "dev", "skiff0"]);
         ip(&["-n", h, "link", "set", "skiff0", "up"]);
@@ -648,18 +627,18 @@ mod tests {
         ip(&["-n", h, "link", "set", "up0", "up"]);
         ip(&["-n", o, "addr", "add", "192.0.2.2/24", "dev", "eth0"]);
         ip(&["-n", o, "link", "set", "eth0", "up"]);
-        let ping = || ctr.exec(&["busybox", "ping", "-c", "1", "-W", "2", "192.0.2.2"]).status.success();
+        let ping = || exec(&ctr, &["busybox", "ping", "-c", "1", "-W", "2", "192.0.2.2"]).status.success();
         // The path itself works: the container reaches its gateway.
-        assert!(ctr.exec(&["busybox", "ping", "-c", "1", "-W", "2", "10.88.0.1"]).status.success());
+        assert!(exec(&ctr, &["busybox", "ping", "-c", "1", "-W", "2", "10.88.0.1"]).status.success());
 
         let nat = Nat::new("skiff0", subnet()).expect("nat").in_netns(host.path());
-        set_ip_forward(Some(&host.path()), true).expect("ip_forward");
+        set_ip_forward(Some(Path::new(&host.path())), true).expect("ip_forward");
         assert!(!ping(), "forwarding without NAT: the outside cannot answer 10.88.0.2");
         nat.apply().expect("apply");
         assert!(ping(), "with the NAT the container reaches the outside");
         nat.apply().expect("apply again");
         assert!(ping(), "and still after a re-apply");
-        set_ip_forward(Some(&host.path()), false).expect("ip_forward off");
+        set_ip_forward(Some(Path::new(&host.path())), false).expect("ip_forward off");
         assert!(!ping(), "no forwarding, no route out");
     }
 }

@@ -53,15 +53,14 @@ impl TableWatch {
     /// Subscribes (needs CAP_NET_ADMIN, and a tokio runtime) to changes of the `ip` tables
     /// named `watched`.
     pub fn open(watched: &[&str]) -> io::Result<TableWatch> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            SockProtocol::NetlinkNetFilter,
-        )?;
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 1 << (GROUP_NFTABLES - 1)))?;
+        TableWatch::on(subscribe()?, watched)
+    }
+
+    /// A watch on `socket`, a subscription made by [`subscribe`] (perhaps on a thread in
+    /// another namespace).
+    fn on(socket: OwnedFd, watched: &[&str]) -> io::Result<TableWatch> {
         Ok(TableWatch {
-            fd: register(fd)?,
+            fd: register(socket)?,
             watched: watched.iter().map(|s| s.to_string()).collect(),
             deleted: BTreeSet::new(),
             buf: vec![0; 64 << 10],
@@ -118,6 +117,19 @@ impl TableWatch {
     }
 }
 
+/// A netlink socket subscribed to the nftables notifications of the calling thread's network
+/// namespace.
+fn subscribe() -> io::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        SockProtocol::NetlinkNetFilter,
+    )?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 1 << (GROUP_NFTABLES - 1)))?;
+    Ok(fd)
+}
+
 /// The socket, registered with the runtime for reading.
 fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the AsyncFd takes ownership of the socket and is its only user until dropped.
@@ -169,7 +181,7 @@ fn align(len: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
+    use skiff_tests::netns::TestNetns;
     use std::time::Duration;
 
     /// A table message as the kernel sends it.
@@ -204,48 +216,14 @@ mod tests {
     /// not reported.
     #[tokio::test(flavor = "current_thread")]
     async fn reports_watched_tables_left_deleted() {
-        let name = format!("skiff-nftwatch-{}", std::process::id());
-        assert!(Command::new("ip").args(["netns", "add", &name]).status().is_ok_and(|s| s.success()));
-        struct Del(String);
-        impl Drop for Del {
-            fn drop(&mut self) {
-                let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-            }
-        }
-        let _del = Del(name.clone());
-        let path = format!("/run/netns/{name}");
+        let ns = TestNetns::new().expect("ip netns add");
+        let path = std::path::PathBuf::from(ns.path());
         let nft = |script: &str| {
-            let mut c = Command::new("nsenter")
-                .arg(format!("--net={path}"))
-                .args(["nft", "-f", "-"])
-                .stdin(std::process::Stdio::piped())
-                .spawn()
-                .expect("nft");
-            use std::io::Write;
-            c.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write");
-            assert!(c.wait().expect("wait").success(), "{script}");
+            crate::net::nft::run_script(Some(&path), script.to_string()).expect("nft");
         };
-        // The socket is opened in the namespace (a thread that joined it), then used here.
-        let ns = std::fs::File::open(&path).expect("open the namespace");
-        let fd = std::thread::spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            socket(
-                AddressFamily::Netlink,
-                SockType::Raw,
-                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-                SockProtocol::NetlinkNetFilter,
-            )
-            .and_then(|fd| bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 1 << (GROUP_NFTABLES - 1))).map(|_| fd))
-            .expect("netlink socket")
-        })
-        .join()
-        .expect("thread");
-        let mut w = TableWatch {
-            fd: register(fd).expect("register"),
-            watched: vec!["skiff".into(), "skiff_ports".into()],
-            deleted: BTreeSet::new(),
-            buf: vec![0; 64 << 10],
-        };
+        // Subscribed in the namespace (a thread that joined it), watched from here.
+        let socket = ns.enter(subscribe).expect("netlink socket");
+        let mut w = TableWatch::on(socket, &["skiff", "skiff_ports"]).expect("watch");
         // Every transaction is reported, each with what it left deleted.
         let skiff = "table ip skiff {\n\tchain c {\n\t\ttype filter hook forward priority 0;\n\t}\n}\n";
         let cases: [(String, &[&str], &str); 5] = [
