@@ -141,11 +141,9 @@ impl BridgeNet {
                     netns: netns_id(Path::new("/proc/self/ns/net"))?,
                 };
                 let warning = tokio::task::spawn_blocking(move || -> Result<Option<String>> {
-                    if !nft::set_ip_forward(None, true)? {
+                    if !bring_up_nat(&nat, &bridge)? {
                         super::reconcile::log("net.ipv4.ip_forward was 0; set it to 1 for the bridge network");
                     }
-                    nat.apply().with_context(|| format!("applying the NAT rules of {bridge}"))?;
-                    nft::set_route_localnet(None, &bridge)?;
                     let dir = record.parent().unwrap_or(Path::new("/"));
                     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                     write_atomic(dir, &record, &serde_json::to_vec_pretty(&settings)?)?;
@@ -228,9 +226,7 @@ impl BridgeNet {
             if nat.exists()? {
                 return Ok(false);
             }
-            nft::set_ip_forward(None, true)?;
-            nat.apply().with_context(|| format!("applying the NAT rules of {bridge}"))?;
-            nft::set_route_localnet(None, &bridge)?;
+            bring_up_nat(&nat, &bridge)?;
             Ok(true)
         })
         .await
@@ -418,6 +414,15 @@ pub fn teardown(paths: &Paths, netns: Option<&fs::File>) -> Result<Option<String
         let _ = fs::File::open(dir).and_then(|d| d.sync_all());
     }
     Ok(Some(rec.bridge))
+}
+
+/// `ip_forward` on, the NAT table applied, then `route_localnet` on the bridge (only once the
+/// table's drop rule is in); whether `ip_forward` was on already.
+fn bring_up_nat(nat: &nft::Nat, bridge: &str) -> Result<bool> {
+    let was_on = nft::set_ip_forward(None, true)?;
+    nat.apply().with_context(|| format!("applying the NAT rules of {bridge}"))?;
+    nft::set_route_localnet(None, bridge)?;
+    Ok(was_on)
 }
 
 /// The least time between two checks for firewalls that drop forwarded traffic.
