@@ -375,6 +375,12 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         }
     }
     saved.pid = init_pid;
+    // The init is not dumpable (init/fds.rs), so in a user namespace its own
+    // /proc/self/oom_score_adj belongs to the host's root: write it from here.
+    if let Some(adj) = process.oom_score_adj() {
+        fs::write(format!("/proc/{init_pid}/oom_score_adj"), adj.to_string())
+            .ctx(|| format!("set oomScoreAdj {adj} (lowering it needs CAP_SYS_RESOURCE)"))?;
+    }
     // The init mounts its filesystems meanwhile; it waits for this before it creates
     // devices (the device cgroup must already hold its rules) or runs anything else.
     if let Some(cg) = &undo.cgroup {
@@ -945,9 +951,21 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
         drop(parent_chan);
         drop(console_local);
         let entry = entry_for_child(cg_entry, placed_v2);
-        let r = match entry.enter_self() {
-            Ok(()) => exec_child(child_chan.0.as_raw_fd(), &nss, &process, console, in_userns, &saved, o.preserve_fds),
-            Err(e) => Err(Error::Io { what: "join the container's cgroup".into(), source: e }),
+        // Before anything else, as the init does (init/fds.rs): no fd of ours or of our
+        // caller but the ones needed, and nothing of this process visible to the container.
+        let mut keep: Vec<RawFd> = (3..3 + o.preserve_fds).collect();
+        keep.push(child_chan.0.as_raw_fd());
+        keep.extend(console.as_ref().map(|c| c.as_raw_fd()));
+        keep.extend(nss.iter().map(|j| j.fd.as_raw_fd()));
+        let disarmed = crate::init::set_non_dumpable().and_then(|()| {
+            crate::log::forward_to_parent(child_chan.0.as_raw_fd());
+            crate::init::close_all_but(&keep)
+        });
+        let r = match disarmed.and_then(|()| {
+            entry.enter_self().map_err(|e| Error::Io { what: "join the container's cgroup".into(), source: e })
+        }) {
+            Ok(()) => exec_child(child_chan.0.as_raw_fd(), nss, &process, console, in_userns, &saved, o.preserve_fds),
+            Err(e) => Err(e),
         };
         let msg = match r {
             Ok(never) => match never {},
@@ -1002,7 +1020,7 @@ enum Never {}
 
 fn exec_child(
     chan_fd: RawFd,
-    nss: &[Join],
+    nss: Vec<Join>,
     process: &Process,
     console: Option<OwnedFd>,
     in_userns: bool,
@@ -1015,9 +1033,10 @@ fn exec_child(
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     chan.expect(&Msg::Go)?;
-    for j in nss {
+    for j in &nss {
         setns(j.fd.as_fd(), j.flag).ctx(|| format!("join the container's namespace {:?}", j.flag))?;
     }
+    drop(nss);
     // Join the pid namespace for real: fork (the runtime waits for the new process).
     crate::init::hand_over_to_child(&chan, "fork into the container")?;
     if let Some(c) = console {

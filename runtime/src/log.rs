@@ -6,6 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,7 +19,7 @@ pub enum Level {
 }
 
 impl Level {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Level::Debug => "debug",
             Level::Info => "info",
@@ -36,11 +37,14 @@ pub enum Format {
 
 struct Sink {
     file: Option<File>,
+    /// In a container's init or exec child: the sync channel to the runtime, which logs
+    /// what arrives there (see [`forward_to_parent`]).
+    parent: Option<RawFd>,
     format: Format,
     min: Level,
 }
 
-static SINK: Mutex<Sink> = Mutex::new(Sink { file: None, format: Format::Text, min: Level::Warn });
+static SINK: Mutex<Sink> = Mutex::new(Sink { file: None, parent: None, format: Format::Text, min: Level::Warn });
 
 /// Sets up logging. `path` None means stderr for warnings only (errors are printed by main).
 pub fn init(path: Option<&std::path::Path>, format: Format, debug: bool) -> std::io::Result<()> {
@@ -55,6 +59,16 @@ pub fn init(path: Option<&std::path::Path>, format: Format, debug: bool) -> std:
     Ok(())
 }
 
+/// In a process forked into a container (the init, an exec child): from now on log lines
+/// go to the runtime over the sync channel `chan` (the runtime writes them where its own
+/// go), and the log file is closed here, so that no host file stays open in the container.
+/// Lines sent when the runtime is gone (after `create` returned) are dropped.
+pub fn forward_to_parent(chan: RawFd) {
+    let mut s = SINK.lock().unwrap_or_else(|e| e.into_inner());
+    s.file = None;
+    s.parent = Some(chan);
+}
+
 /// True when a debug line would be written (lets callers skip formatting).
 pub fn debug_enabled() -> bool {
     SINK.lock().map(|s| s.min <= Level::Debug).unwrap_or(false)
@@ -66,6 +80,13 @@ pub fn log(level: Level, msg: &str) {
         return;
     }
     let format = s.format;
+    if let Some(chan) = s.parent {
+        // SAFETY: the fd stays open for the life of the forked process (it is its sync
+        // channel); a closed or reused number only makes this send fail or go nowhere.
+        let chan = unsafe { std::os::fd::BorrowedFd::borrow_raw(chan) };
+        let _ = crate::sync::send_log(chan, level, msg);
+        return;
+    }
     match s.file.as_mut() {
         Some(f) => {
             let line = render(format, level, msg);

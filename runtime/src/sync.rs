@@ -2,11 +2,12 @@
 //! `SOCK_SEQPACKET` socketpair: one small message per step, so the two sides can
 //! never read half a message or two at once.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use crate::error::{Context, Error, Result};
+use crate::log::Level;
 
 /// One step of the create handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +24,12 @@ pub enum Msg {
     Ready,
     /// either side: what went wrong, one line.
     Err(String),
+    /// child → parent: a line for the runtime's log (the child has no log file open).
+    Log(Level, String),
 }
+
+/// The longest log line sent over the channel (a message is read into 4 KiB).
+const MAX_LOG: usize = 4000;
 
 impl Msg {
     fn encode(&self) -> Vec<u8> {
@@ -38,6 +44,15 @@ impl Msg {
                 v.extend_from_slice(e.as_bytes());
                 v
             }
+            Msg::Log(level, text) => {
+                let mut v = vec![b'L', level_byte(*level)];
+                let mut end = text.len().min(MAX_LOG);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                v.extend_from_slice(&text.as_bytes()[..end]);
+                v
+            }
         }
     }
 
@@ -50,6 +65,12 @@ impl Msg {
             b'H' => Msg::HooksPlease,
             b'R' => Msg::Ready,
             b'E' => Msg::Err(String::from_utf8_lossy(rest).into_owned()),
+            b'L' => {
+                let (&l, text) = rest.split_first()?;
+                let level =
+                    [Level::Debug, Level::Info, Level::Warn, Level::Error].into_iter().find(|x| level_byte(*x) == l)?;
+                Msg::Log(level, String::from_utf8_lossy(text).into_owned())
+            }
             _ => return None,
         })
     }
@@ -57,6 +78,20 @@ impl Msg {
 
 /// A connected seqpacket socket end.
 pub struct Chan(pub OwnedFd);
+
+fn level_byte(l: Level) -> u8 {
+    match l {
+        Level::Debug => b'd',
+        Level::Info => b'i',
+        Level::Warn => b'w',
+        Level::Error => b'e',
+    }
+}
+
+/// Sends a log line to the runtime (see [`crate::log::forward_to_parent`]).
+pub fn send_log(chan: BorrowedFd, level: Level, text: &str) -> nix::Result<usize> {
+    nix::unistd::write(chan, &Msg::Log(level, text.to_string()).encode())
+}
 
 pub fn pair() -> Result<(Chan, Chan)> {
     let (a, b) =
@@ -89,11 +124,11 @@ impl Chan {
         loop {
             match nix::unistd::read(self.0.as_raw_fd(), &mut buf) {
                 Ok(0) => return Ok(None),
-                Ok(n) => {
-                    return Msg::decode(&buf[..n])
-                        .map(Some)
-                        .ok_or_else(|| Error::msg("sync: garbled message from the container's init"))
-                }
+                Ok(n) => match Msg::decode(&buf[..n]) {
+                    Some(Msg::Log(level, text)) => crate::log::log(level, &text),
+                    Some(m) => return Ok(Some(m)),
+                    None => return Err(Error::msg("sync: garbled message from the container's init")),
+                },
                 Err(nix::Error::EINTR) => continue,
                 Err(nix::Error::ECONNRESET) if !reset => reset = true,
                 Err(e) => return Err(Error::Sys { what: "sync: receive".into(), source: e }),
@@ -145,11 +180,34 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        for m in [Msg::Go, Msg::MapsPlease, Msg::InitPid(4242), Msg::HooksPlease, Msg::Ready, Msg::Err("x y".into())] {
+        for m in [
+            Msg::Go,
+            Msg::MapsPlease,
+            Msg::InitPid(4242),
+            Msg::HooksPlease,
+            Msg::Ready,
+            Msg::Err("x y".into()),
+            Msg::Log(Level::Warn, "capability X is unknown".into()),
+        ] {
             assert_eq!(Msg::decode(&m.encode()), Some(m));
         }
         assert_eq!(Msg::decode(b""), None);
         assert_eq!(Msg::decode(b"Pnot-a-pid"), None);
         assert_eq!(Msg::decode(b"?"), None);
+        assert_eq!(Msg::decode(b"L?x"), None);
+    }
+
+    /// The child's log lines are taken by the parent's recv, which returns the next step.
+    #[test]
+    fn log_lines_are_logged_and_skipped() {
+        let (parent, child) = pair().expect("pair");
+        send_log(child.0.as_fd(), Level::Debug, "from the init").expect("send log");
+        child.send(&Msg::Ready).expect("send Ready");
+        assert_eq!(parent.recv().expect("recv"), Some(Msg::Ready));
+        let long = "é".repeat(5000);
+        match Msg::decode(&Msg::Log(Level::Warn, long).encode()) {
+            Some(Msg::Log(Level::Warn, t)) => assert!(t.len() <= MAX_LOG && t.chars().all(|c| c == 'é')),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -40,7 +39,8 @@ pub fn finish_process(
     umask(Mode::from_bits_truncate(mask as libc::mode_t));
     let cwd = process.cwd();
     chdir(cwd).ctx(|| format!("chdir to cwd {} (does it exist in the container?)", cwd.display()))?;
-    close_range_cloexec(3 + preserve_fds);
+    super::fds::verify_cwd(cwd)?;
+    super::fds::close_range_cloexec(3 + preserve_fds);
     if let (Some(s), true, true) = (seccomp, nnp, late_seccomp) {
         crate::seccomp::load(s)?;
     }
@@ -167,28 +167,4 @@ pub(super) fn home_of(uid: u32) -> String {
         }
     }
     "/".to_string()
-}
-
-/// Marks every fd from `from` up close-on-exec, so only stdio and --preserve-fds
-/// reach the container.
-pub fn close_range_cloexec(from: i32) {
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on our own fds.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            from as libc::c_uint,
-            libc::c_uint::MAX,
-            4u32, /* CLOSE_RANGE_CLOEXEC */
-        )
-    };
-    if r != 0 {
-        // Older kernels: walk /proc/self/fd.
-        if let Ok(rd) = fs::read_dir("/proc/self/fd") {
-            let fds: Vec<RawFd> = rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-            for fd in fds.into_iter().filter(|&f| f >= from) {
-                // SAFETY: setting FD_CLOEXEC on an fd number; harmless if it was closed.
-                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-            }
-        }
-    }
 }

@@ -8,18 +8,20 @@
 
 mod devices;
 mod exec;
+mod fds;
 mod mounts;
 mod terminal;
 
 use devices::{dev_symlinks, make_device, DEFAULT_DEVICES};
-pub use exec::{close_range_cloexec, finish_process, prepare_exec, Prepared};
+pub use exec::{finish_process, prepare_exec, Prepared};
+pub use fds::{close_all_but, close_range_cloexec, set_non_dumpable};
 pub use mounts::secure_join;
 use mounts::{locked_flags, mask_path, mount_entry, pivot, propagation_flag, readonly_path};
 pub use terminal::exec_console;
 use terminal::setup_console;
 
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
@@ -71,7 +73,7 @@ pub struct InitCtx<'a> {
 
 /// The child's entry point after the clone. Never returns.
 pub fn child_main(mut ctx: InitCtx) -> ! {
-    let r = setup(&mut ctx);
+    let r = disarm(&ctx).and_then(|()| setup(&mut ctx));
     let msg = match r {
         Ok(never) => match never {},
         Err(e) => e.to_string(),
@@ -82,6 +84,24 @@ pub fn child_main(mut ctx: InitCtx) -> ! {
 }
 
 enum Never {}
+
+/// First thing after the clone, before any path is resolved: nothing of the host stays
+/// open but what the init needs, and no process of the container can look into the init
+/// (see `fds.rs`).
+fn disarm(ctx: &InitCtx) -> Result<()> {
+    fds::set_non_dumpable()?;
+    crate::log::forward_to_parent(ctx.chan.0.as_raw_fd());
+    let mut keep: Vec<RawFd> = (3..3 + ctx.preserve_fds).collect();
+    keep.push(ctx.chan.0.as_raw_fd());
+    if let StartGate::Listener(l) = &ctx.gate {
+        keep.push(l.as_raw_fd());
+    }
+    if let Some(c) = &ctx.console {
+        keep.push(c.as_raw_fd());
+    }
+    keep.extend(ctx.joins.iter().map(|j| j.fd.as_raw_fd()));
+    fds::close_all_but(&keep)
+}
 
 fn setup(ctx: &mut InitCtx) -> Result<Never> {
     // Die with the runtime while it is setting us up; cleared once we are ready.
@@ -237,10 +257,7 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     }
 
     // 6. The process.
-    if let Some(adj) = process.oom_score_adj() {
-        fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .ctx(|| format!("set oomScoreAdj {adj} (lowering it needs CAP_SYS_RESOURCE)"))?;
-    }
+    // (oomScoreAdj is written by the runtime, through the host's /proc: container::create.)
     let prepared = prepare_exec(process)?;
     let seccomp = linux.seccomp().as_ref();
     let nnp = process.no_new_privileges() == Some(true);
