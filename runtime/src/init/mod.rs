@@ -177,12 +177,24 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
         .unwrap_or_default()
         .iter()
         .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none());
-    let propagation = match linux.rootfs_propagation().as_deref() {
-        None | Some("") => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        Some(p) => propagation_flag(p).ok_or_else(|| Error::msg(format!("unknown rootfsPropagation {p:?}")))?,
+    // Propagation: what the spec asks for (rslave by default) on the whole tree, then the
+    // mount holding the rootfs made private, so that on a host whose mounts are shared
+    // (systemd's) nothing the container mounts from here on propagates back to the host,
+    // and pivot_root (which refuses a shared parent) works. The requested propagation is
+    // applied to the container's own root again after pivot_root (as runc does).
+    let requested = match linux.rootfs_propagation().as_deref() {
+        None | Some("") => None,
+        Some(p) => Some(propagation_flag(p).ok_or_else(|| Error::msg(format!("unknown rootfsPropagation {p:?}")))?),
     };
-    mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>).ctx(|| "set propagation of /")?;
+    // (Unbindable only at the end: the binds of the setup need bindable sources.)
+    let before = match requested {
+        None => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        Some(p) if p.contains(MsFlags::MS_UNBINDABLE) => (p - MsFlags::MS_UNBINDABLE) | MsFlags::MS_PRIVATE,
+        Some(p) => p,
+    };
+    mount(None::<&str>, "/", None::<&str>, before, None::<&str>).ctx(|| "set propagation of /")?;
     let rootfs = ctx.rootfs.clone();
+    mounts::make_parent_mount_private(&rootfs)?;
     mount(Some(&rootfs), &rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .ctx(|| format!("bind mount rootfs {}", rootfs.display()))?;
 
@@ -254,6 +266,11 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
             None::<&str>,
         )
         .ctx(|| "make the root filesystem read-only")?;
+    }
+    // The requested propagation on the container's own root, once nothing more is bound.
+    if let Some(p) = requested {
+        mount(None::<&str>, "/", None::<&str>, p, None::<&str>)
+            .ctx(|| "set rootfsPropagation of the container's root")?;
     }
 
     // 6. The process.

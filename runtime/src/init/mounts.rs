@@ -2,6 +2,7 @@
 //! rest), pivot_root, masked and read-only paths.
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -322,11 +323,33 @@ pub(super) fn mount_cgroup(dest: &Path, o: &MountOpts, want_v2: bool) -> Result<
     Ok(())
 }
 
+/// Makes the mount that holds `rootfs` (the rootfs itself when it is a mount point, else
+/// the nearest mount above it) private in the container's mount namespace.
+pub(super) fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
+    for p in rootfs.ancestors() {
+        match mount(None::<&str>, p, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>) {
+            Ok(()) => return Ok(()),
+            // Not a mount point: try the directory above.
+            Err(nix::Error::EINVAL) => continue,
+            Err(e) => {
+                return Err(Error::Sys { what: format!("make the mount holding {} private", p.display()), source: e })
+            }
+        }
+    }
+    Err(Error::msg(format!("no mount point holds {}", rootfs.display())))
+}
+
 pub(super) fn pivot(rootfs: &Path) -> Result<()> {
+    // The old root, to stand in it after pivot_root: "." then names the old root's mount
+    // (stacked on the new root) rather than the new root's, so that the slave marking
+    // below stays off the container's own tree (which would cut a shared bind off from
+    // the host's side). The fd is closed when this returns.
+    let old_root = fs::File::open("/").ctx(|| "open the old root")?;
     chdir(rootfs).ctx(|| "chdir into rootfs")?;
     nix::unistd::pivot_root(".", ".").ctx(|| "pivot_root (use --no-pivot on a ramdisk root)")?;
-    // The old root is now stacked under the new one at "."; detach it without
-    // propagating the unmount to the host.
+    nix::unistd::fchdir(old_root.as_raw_fd()).ctx(|| "chdir to the old root")?;
+    drop(old_root);
+    // Detach the old root without propagating the unmount to the host.
     mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
         .ctx(|| "make the old root a slave")?;
     umount2(".", MntFlags::MNT_DETACH).ctx(|| "detach the old root")?;
