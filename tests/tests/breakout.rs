@@ -212,3 +212,162 @@ fn assert_only_stdio(listing: &str, what: &str) {
         assert!(ok, "{what} holds fd {fd} -> {target}:\n{listing}");
     }
 }
+
+/// CVE-2021-30465 shape: container A shares a volume with container B and keeps swapping
+/// a directory of it for a symlink to a host directory while the runtime creates B, whose
+/// mounts (and their mount points) lie under that directory. Every mount point must be
+/// created and mounted inside B's root: the host directory stays empty.
+#[test]
+fn a_mount_target_swapped_for_a_symlink_does_not_land_on_the_host() {
+    let rt = Runtime::new();
+    let volume = Scratch::new("race-volume");
+    let host_dir = Scratch::new("race-host");
+    // A: swaps /vol/t between a directory and a symlink to the host directory, as fast as
+    // a shell can.
+    let mut a = Bundle::new();
+    a.add_mount(json!({"destination": "/vol", "type": "bind", "source": volume.path(), "options": ["rbind", "rw"]}));
+    a.sh(&format!(
+        "while :; do rm -rf /vol/t; mkdir /vol/t; rm -rf /vol/t; ln -s '{}' /vol/t; done",
+        host_dir.path().display()
+    ));
+    let a_id = rt.id("swapper");
+    rt.run_detached(&a, &a_id).ok();
+    // B: the same volume, and ten tmpfs mounts under the swapped directory.
+    let mut b = Bundle::new();
+    b.add_mount(json!({"destination": "/vol", "type": "bind", "source": volume.path(), "options": ["rbind", "rw"]}));
+    for i in 0..10 {
+        b.add_mount(json!({"destination": format!("/vol/t/m{i}/x"), "type": "tmpfs", "source": "tmpfs", "options": ["size=64k"]}));
+    }
+    b.args(&["true"]);
+    let rounds = 150;
+    let mut created = 0;
+    for i in 0..rounds {
+        let id = rt.id(&format!("victim{i}"));
+        if rt.create(&b, &id).success() {
+            created += 1;
+        }
+        rt.delete_force(&id);
+        let landed: Vec<_> = fs::read_dir(host_dir.path()).unwrap().flatten().map(|e| e.path()).collect();
+        if !landed.is_empty() && kind() == Kind::Runc {
+            // CVE-2024-45310, fixed in runc 1.1.14; Debian's 1.1.5 does not have the fix.
+            skip_part(&format!("runc created {landed:?} on the host through the symlink (CVE-2024-45310)"));
+            break;
+        }
+        assert!(landed.is_empty(), "round {i}: the runtime created {landed:?} on the host through the symlink");
+    }
+    eprintln!("{created} of {rounds} creates succeeded while the volume was being swapped");
+    rt.delete_force(&a_id).ok();
+}
+
+/// CVE-2025-31133 shape: the container's /dev (here a bind of a directory its image or a
+/// neighbour controls) has `null` as a symlink to a procfs file. Masking a path with
+/// "/dev/null" must not bind that file over the masked path (where the container could
+/// then write it).
+#[test]
+fn masked_paths_are_never_covered_through_a_fake_dev_null() {
+    let rt = Runtime::new();
+    let dev = Scratch::new("fake-dev");
+    std::os::unix::fs::symlink("/proc/sys/kernel/core_pattern", dev.join("null")).unwrap();
+    let mut b = Bundle::new();
+    b.without_mount("/dev").without_mount("/dev/pts").without_mount("/dev/shm").without_mount("/dev/mqueue");
+    b.add_mount(json!({"destination": "/dev", "type": "bind", "source": dev.path(), "options": ["rbind", "rw"]}));
+    b.set("/linux/maskedPaths", json!(["/proc/timer_list"]));
+    b.sh("cat /proc/timer_list 2>&1 | head -c 200; echo");
+    let id = rt.id("fakenull");
+    let out = rt.run(&b, &id);
+    let core_pattern = fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    let leaked = out.success() && !core_pattern.trim().is_empty() && out.stdout.contains(core_pattern.trim());
+    if leaked && matches!(kind(), Kind::Runc | Kind::Crun) {
+        skip_part(&format!(
+            "{:?} masks /proc/timer_list with what a fake /dev/null points to (CVE-2025-31133)",
+            kind()
+        ));
+        return;
+    }
+    assert!(!leaked, "/proc/timer_list shows the core_pattern sysctl through a fake /dev/null:\n{out}");
+    if is_skiff() {
+        out.fails().error_mentions(&["/dev/null", "null device"]);
+    }
+}
+
+/// CVE-2025-52565 shape: /dev/console in the container is a symlink to a procfs file; the
+/// terminal must be bound on a /dev/console of the container's own, not on that file.
+#[test]
+fn the_console_is_never_bound_through_a_symlink() {
+    let rt = Runtime::new();
+    let dev = Scratch::new("console-dev");
+    std::os::unix::fs::symlink("/proc/sys/kernel/core_pattern", dev.join("console")).unwrap();
+    std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx")).unwrap();
+    host(&["mknod", "-m", "666", dev.join("null").to_str().unwrap(), "c", "1", "3"]).ok();
+    let mut b = Bundle::new();
+    b.without_mount("/dev").without_mount("/dev/pts").without_mount("/dev/shm").without_mount("/dev/mqueue");
+    // A /dev the container's image provides (with a devpts of its own for the terminal).
+    b.add_mount(json!({"destination": "/dev", "type": "bind", "source": dev.path(), "options": ["rbind", "rw"]}));
+    b.add_mount(json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+        "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}));
+    b.set("/process/terminal", json!(true)).sh("grep -c ' /proc/sys/kernel/core_pattern ' /proc/self/mountinfo; true");
+    let id = rt.id("console");
+    let out = run_with_console(&rt, &b, &id);
+    let over_core_pattern = out.lines().any(|l| l.trim().parse::<u32>().is_ok_and(|n| n > 0));
+    if over_core_pattern && matches!(kind(), Kind::Runc | Kind::Crun) {
+        skip_part(&format!("{:?} binds the terminal through a /dev/console symlink (CVE-2025-52565)", kind()));
+        return;
+    }
+    assert!(!over_core_pattern, "the terminal was bound over /proc/sys/kernel/core_pattern:\n{out}");
+    if is_skiff() {
+        assert!(
+            fs::symlink_metadata(dev.join("console")).is_ok_and(|m| m.is_file()),
+            "/dev/console became a file of its own"
+        );
+    }
+}
+
+/// Runs `b` in the foreground with a terminal (`script` gives the runtime one), and
+/// returns what the container printed.
+fn run_with_console(rt: &Runtime, b: &Bundle, id: &str) -> String {
+    b.save();
+    let log = rt.io_dir().join(format!("{id}.typescript"));
+    let cmd_line = format!(
+        "'{}' --root '{}' run --bundle '{}' '{}'",
+        rt.bin().display(),
+        rt.root().display(),
+        b.path().display(),
+        id
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-q", "-e", "-c", &cmd_line, log.to_str().unwrap()]);
+    let out = run_command(cmd, format!("script -c {cmd_line}"), rt.io_dir(), TIMEOUT);
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(out.success(), "{out}\n{text}");
+    text
+}
+
+/// CVE-2025-52881 shape: a mount of the spec (a volume whose content a neighbour controls)
+/// covers a /proc/sys directory with a symlink where a sysctl is; the sysctl must be
+/// written to the kernel's file, never redirected through the symlink to another one.
+#[test]
+fn a_sysctl_write_is_never_redirected_through_a_mount_over_proc() {
+    let rt = Runtime::new();
+    let vol = Scratch::new("fake-sysctl");
+    std::os::unix::fs::symlink("/proc/sys/kernel/hostname", vol.join("ip_forward")).unwrap();
+    let mut b = Bundle::new();
+    b.set("/hostname", json!("victim")).set("/linux/sysctl", json!({"net.ipv4.ip_forward": "1"}));
+    b.add_mount(
+        json!({"destination": "/proc/sys/net/ipv4", "type": "bind", "source": vol.path(), "options": ["rbind", "rw"]}),
+    );
+    b.sh("hostname");
+    let id = rt.id("sysctl");
+    let out = rt.run(&b, &id);
+    let redirected = out.success() && out.stdout.trim() == "1";
+    if redirected && matches!(kind(), Kind::Runc | Kind::Crun) {
+        skip_part(&format!(
+            "{:?} writes the sysctl through a symlink in a mount over /proc/sys (CVE-2025-52881)",
+            kind()
+        ));
+        return;
+    }
+    assert!(!redirected, "the sysctl was written to the hostname through the symlink:\n{out}");
+    if is_skiff() {
+        assert_eq!(out.ok().stdout.trim(), "victim", "the hostname stays");
+    }
+}

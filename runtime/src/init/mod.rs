@@ -6,17 +6,21 @@
 //! This code runs in a forked copy of the (single-threaded) runtime. Errors are sent
 //! to the parent as one line over the sync channel; the parent prints them.
 
+mod copyup;
 mod devices;
 mod exec;
 mod fds;
+mod inroot;
+mod mountopts;
 mod mounts;
 mod terminal;
 
 use devices::{dev_symlinks, make_device, DEFAULT_DEVICES};
 pub use exec::{finish_process, prepare_exec, Prepared};
 pub use fds::{close_all_but, close_range_cloexec, set_non_dumpable};
-pub use mounts::secure_join;
-use mounts::{locked_flags, mask_path, mount_entry, pivot, propagation_flag, readonly_path};
+use inroot::{locked_flags, InRoot};
+use mountopts::propagation_flag;
+use mounts::{mask_path, mount_entry, pivot, readonly_path, MountCtx};
 pub use terminal::exec_console;
 use terminal::setup_console;
 
@@ -177,48 +181,68 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
         .unwrap_or_default()
         .iter()
         .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none());
-    // Propagation: what the spec asks for (rslave by default) on the whole tree, then the
-    // mount holding the rootfs made private, so that on a host whose mounts are shared
-    // (systemd's) nothing the container mounts from here on propagates back to the host,
-    // and pivot_root (which refuses a shared parent) works. The requested propagation is
-    // applied to the container's own root again after pivot_root (as runc does).
+    // Without a mount namespace the container shares the host's mount table: it is only
+    // chroot'ed into its rootfs (as runc does), its spec mounts land in the host's table
+    // under the rootfs (`delete` removes them), and nothing may change the host's mounts.
+    let own_mntns = linux
+        .namespaces()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Mount);
     let requested = match linux.rootfs_propagation().as_deref() {
         None | Some("") => None,
         Some(p) => Some(propagation_flag(p).ok_or_else(|| Error::msg(format!("unknown rootfsPropagation {p:?}")))?),
     };
-    // (Unbindable only at the end: the binds of the setup need bindable sources.)
-    let before = match requested {
-        None => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        Some(p) if p.contains(MsFlags::MS_UNBINDABLE) => (p - MsFlags::MS_UNBINDABLE) | MsFlags::MS_PRIVATE,
-        Some(p) => p,
-    };
-    mount(None::<&str>, "/", None::<&str>, before, None::<&str>).ctx(|| "set propagation of /")?;
     let rootfs = ctx.rootfs.clone();
-    mounts::make_parent_mount_private(&rootfs)?;
-    mount(Some(&rootfs), &rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .ctx(|| format!("bind mount rootfs {}", rootfs.display()))?;
-
-    let mounts = spec.mounts().as_deref().unwrap_or_default();
-    for m in mounts {
-        mount_entry(&rootfs, &ctx.bundle, m, in_userns, new_netns)?;
+    if own_mntns {
+        // Propagation: what the spec asks for (rslave by default) on the whole tree, then
+        // the mount holding the rootfs made private, so that on a host whose mounts are
+        // shared (systemd's) nothing the container mounts from here on propagates back to
+        // the host, and pivot_root (which refuses a shared parent) works. The requested
+        // propagation is applied to the container's own root at the end (as runc does;
+        // unbindable only then: the binds of the setup need bindable sources).
+        let before = match requested {
+            None => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            Some(p) if p.contains(MsFlags::MS_UNBINDABLE) => (p - MsFlags::MS_UNBINDABLE) | MsFlags::MS_PRIVATE,
+            Some(p) => p,
+        };
+        mount(None::<&str>, "/", None::<&str>, before, None::<&str>).ctx(|| "set propagation of /")?;
+        mounts::make_parent_mount_private(&rootfs)?;
+        mount(Some(&rootfs), &rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .ctx(|| format!("bind mount rootfs {}", rootfs.display()))?;
+    } else {
+        refuse_without_mntns(spec)?;
     }
+
+    let root = InRoot::open(&rootfs)?;
+    let mounts = spec.mounts().as_deref().unwrap_or_default();
+    let mc = MountCtx { root: &root, bundle: &ctx.bundle, in_userns, new_netns };
+    for m in mounts {
+        mount_entry(&mc, m)?;
+    }
+    // A missing working directory is created, as runc does (Kubernetes' workingDir).
+    root.dir(process.cwd()).map_err(|e| Error::msg(format!("cwd {}: {e}", process.cwd().display())))?;
     // Resource limits (and the device cgroup's rules) are in place from here on.
     ctx.chan.expect(&Msg::Go)?;
     let dev_bound = mounts
         .iter()
         .any(|m| m.destination() == Path::new("/dev") && m.typ().as_deref().is_none_or(|t| t == "bind" || t == "none"));
     if !dev_bound {
-        let devdir = rootfs.join("dev");
-        if devdir.is_dir() {
+        let dev = root.find(Path::new("/dev"))?.filter(|d| {
+            nix::sys::stat::fstat(d.as_raw_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        });
+        if let Some(dev) = dev {
             for d in DEFAULT_DEVICES {
-                make_device(&rootfs, &d.to_device(), in_userns)?;
+                make_device(&root, &d.to_device(), in_userns)?;
             }
-            dev_symlinks(&devdir)?;
+            dev_symlinks(&dev)?;
         }
     }
     for d in linux.devices().as_deref().unwrap_or_default() {
-        make_device(&rootfs, d, in_userns)?;
+        make_device(&root, d, in_userns)?;
     }
+    drop(root);
 
     // 3. Hooks that must see the container before pivot_root.
     let hooks = spec.hooks().as_ref();
@@ -233,7 +257,11 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     }
 
     // 4. Switch root.
-    if ctx.no_pivot {
+    if !own_mntns {
+        chdir(&rootfs).ctx(|| "chdir into rootfs")?;
+        nix::unistd::chroot(".").ctx(|| "chroot into rootfs")?;
+        chdir("/").ctx(|| "chdir /")?;
+    } else if ctx.no_pivot {
         chdir(&rootfs).ctx(|| "chdir into rootfs")?;
         mount(Some(&rootfs), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).ctx(|| "move rootfs to /")?;
         nix::unistd::chroot(".").ctx(|| "chroot into rootfs")?;
@@ -241,21 +269,22 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     } else {
         pivot(&rootfs)?;
     }
+    let root = InRoot::open(Path::new("/"))?;
 
     // 5. Settings that need the container's /proc.
-    for (k, v) in linux.sysctl().iter().flatten() {
-        let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
-        fs::write(&p, v.as_bytes()).ctx(|| format!("sysctl {k}={v} (is it namespaced?)"))?;
-    }
+    write_sysctls(linux)?;
     if let Some(console) = ctx.console.take() {
-        setup_console(console, process, true)?;
+        setup_console(console, process, Some(&root))?;
     }
+    let mut null = None;
     for p in linux.masked_paths().as_deref().unwrap_or_default() {
-        mask_path(Path::new(p))?;
+        mask_path(&root, Path::new(p), &mut null)?;
     }
+    drop(null);
     for p in linux.readonly_paths().as_deref().unwrap_or_default() {
-        readonly_path(Path::new(p))?;
+        readonly_path(&root, Path::new(p))?;
     }
+    drop(root);
     if spec.root().as_ref().is_some_and(|r| r.readonly() == Some(true)) {
         let extra = locked_flags(Path::new("/"));
         mount(
@@ -313,6 +342,54 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     }
     let e = prepared.exec();
     report(e)
+}
+
+/// Sysctls, written through a procfs instance of our own (pathrs: detached, so no mount
+/// in the container can redirect the write to another file, CVE-2025-52881).
+fn write_sysctls(linux: &oci_spec::runtime::Linux) -> Result<()> {
+    use pathrs::flags::OpenFlags;
+    use pathrs::procfs::{ProcfsBase, ProcfsHandleBuilder};
+    use std::io::Write;
+    let Some(sysctls) = linux.sysctl().as_ref().filter(|s| !s.is_empty()) else { return Ok(()) };
+    let proc = ProcfsHandleBuilder::new()
+        .unmasked()
+        .build()
+        .map_err(|e| Error::msg(format!("open a procfs for the sysctls: {e}")))?;
+    for (k, v) in sysctls {
+        let what = || format!("sysctl {k}={v} (is it namespaced?)");
+        let mut f = proc
+            .open(
+                ProcfsBase::ProcRoot,
+                format!("sys/{}", k.replace('.', "/")),
+                OpenFlags::O_WRONLY | OpenFlags::O_CLOEXEC,
+            )
+            .map_err(|e| Error::msg(format!("{}: {e}", what())))?;
+        f.write_all(v.as_bytes()).ctx(what)?;
+    }
+    Ok(())
+}
+
+/// Without a mount namespace, what would change the host's mounts is refused.
+fn refuse_without_mntns(spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    let need = |what: &str| {
+        Err(Error::msg(format!(
+            "{what} needs a mount namespace (without one the host's mounts would change): add {{\"type\": \"mount\"}} \
+             to linux.namespaces"
+        )))
+    };
+    if linux.and_then(|l| l.rootfs_propagation().as_deref()).is_some_and(|p| !p.is_empty()) {
+        return need("rootfsPropagation");
+    }
+    if linux.and_then(|l| l.masked_paths().as_ref()).is_some_and(|p| !p.is_empty())
+        || linux.and_then(|l| l.readonly_paths().as_ref()).is_some_and(|p| !p.is_empty())
+    {
+        return need("maskedPaths/readonlyPaths");
+    }
+    if spec.root().as_ref().is_some_and(|r| r.readonly() == Some(true)) {
+        return need("root.readonly");
+    }
+    Ok(())
 }
 
 /// User namespace with other namespaces to join: join first, then unshare the user

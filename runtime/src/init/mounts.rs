@@ -1,208 +1,72 @@
 //! The container's filesystems: the rootfs bind, each spec mount (bind, cgroup, the
-//! rest), pivot_root, masked and read-only paths.
+//! rest), pivot_root, masked and read-only paths. Every mount point is reached through
+//! an fd from [`InRoot`] (see `inroot.rs` for why).
 
 use std::fs;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::chdir;
 use oci_spec::runtime::Mount;
 
+use super::inroot::{mnt_id, open_beneath, open_source, procfd, set_attrs, Attrs, InRoot, ATTR_RDONLY};
+use super::mountopts::{self, MountOpts};
 use crate::error::{Context, Error, Result};
 
-/// Resolves `unsafe_path` inside `root` the way the container will see it: symlinks
-/// are followed relative to `root` and `..` never climbs above it.
-pub fn secure_join(root: &Path, unsafe_path: &Path) -> Result<PathBuf> {
-    let mut out = PathBuf::new();
-    let mut todo: Vec<std::ffi::OsString> = unsafe_path.components().rev().filter_map(|c| comp(c)).collect();
-    let mut links = 0;
-    while let Some(c) = todo.pop() {
-        if c == ".." {
-            out.pop();
-            continue;
-        }
-        let cand = out.join(&c);
-        let full = root.join(&cand);
-        match fs::symlink_metadata(&full) {
-            Ok(md) if md.file_type().is_symlink() => {
-                links += 1;
-                if links > 255 {
-                    return Err(Error::msg(format!("too many symlinks resolving {}", unsafe_path.display())));
-                }
-                let target = fs::read_link(&full).ctx(|| format!("readlink {}", full.display()))?;
-                if target.is_absolute() {
-                    out = PathBuf::new();
-                }
-                for t in target.components().rev().filter_map(|c| comp(c)) {
-                    todo.push(t);
-                }
-            }
-            _ => out = cand,
-        }
-    }
-    Ok(root.join(out))
+/// What the mounts of one container need to know.
+pub(super) struct MountCtx<'a> {
+    pub root: &'a InRoot,
+    pub bundle: &'a Path,
+    pub in_userns: bool,
+    pub new_netns: bool,
 }
 
-pub(super) fn comp(c: Component) -> Option<std::ffi::OsString> {
-    match c {
-        Component::Normal(s) => Some(s.to_os_string()),
-        Component::ParentDir => Some("..".into()),
-        _ => None,
-    }
-}
-
-pub(super) struct MountOpts {
-    flags: MsFlags,
-    clear: MsFlags,
-    propagation: Vec<MsFlags>,
-    data: Vec<String>,
-    bind: bool,
-    rec: bool,
-}
-
-pub(super) fn parse_options(opts: &[String]) -> MountOpts {
-    let mut o = MountOpts {
-        flags: MsFlags::empty(),
-        clear: MsFlags::empty(),
-        propagation: Vec::new(),
-        data: Vec::new(),
-        bind: false,
-        rec: false,
-    };
-    for s in opts {
-        let (set, clr) = match s.as_str() {
-            "ro" | "rdonly" => (MsFlags::MS_RDONLY, MsFlags::empty()),
-            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
-            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
-            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
-            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
-            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
-            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
-            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
-            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
-            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
-            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
-            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
-            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
-            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
-            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
-            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
-            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
-            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
-            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
-            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
-            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
-            "bind" => {
-                o.bind = true;
-                continue;
-            }
-            "rbind" => {
-                o.bind = true;
-                o.rec = true;
-                continue;
-            }
-            "tmpcopyup" | "idmap" | "ridmap" => continue,
-            p => {
-                if let Some(f) = propagation_flag(p) {
-                    o.propagation.push(f);
-                } else {
-                    o.data.push(p.to_string());
-                }
-                continue;
-            }
-        };
-        o.flags |= set;
-        o.flags -= clr;
-        o.clear |= clr;
-    }
-    o
-}
-
-pub(super) fn propagation_flag(p: &str) -> Option<MsFlags> {
-    Some(match p {
-        "private" => MsFlags::MS_PRIVATE,
-        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-        "shared" => MsFlags::MS_SHARED,
-        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
-        "slave" => MsFlags::MS_SLAVE,
-        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        "unbindable" => MsFlags::MS_UNBINDABLE,
-        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
-        _ => return None,
-    })
-}
-
-/// Flags of the mount at `p` that a bind remount must keep (the kernel refuses to
-/// clear locked flags inside a user namespace).
-pub(super) fn locked_flags(p: &Path) -> MsFlags {
-    let Ok(st) = nix::sys::statvfs::statvfs(p) else { return MsFlags::empty() };
-    use nix::sys::statvfs::FsFlags as F;
-    let f = st.flags();
-    let mut m = MsFlags::empty();
-    for (a, b) in [
-        (F::ST_NOSUID, MsFlags::MS_NOSUID),
-        (F::ST_NODEV, MsFlags::MS_NODEV),
-        (F::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (F::ST_NOATIME, MsFlags::MS_NOATIME),
-        (F::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (F::ST_RELATIME, MsFlags::MS_RELATIME),
-    ] {
-        if f.contains(a) {
-            m |= b;
-        }
-    }
-    m
-}
-
-pub(super) fn mount_entry(rootfs: &Path, bundle: &Path, m: &Mount, in_userns: bool, new_netns: bool) -> Result<()> {
+pub(super) fn mount_entry(c: &MountCtx, m: &Mount) -> Result<()> {
     let typ = m.typ().as_deref().unwrap_or("");
-    let o = parse_options(m.options().as_deref().unwrap_or_default());
-    let dest = secure_join(rootfs, m.destination())?;
-    let what = || format!("mount {} on {}", typ_or_bind(typ, o.bind), m.destination().display());
-    let bind = o.bind || typ == "bind";
+    let dest = m.destination();
+    let opts = m.options().as_deref().unwrap_or_default();
+    let o =
+        mountopts::parse(opts, typ == "bind").map_err(|e| Error::msg(format!("mount on {}: {e}", dest.display())))?;
+    let what = || format!("mount {} on {}", typ_or_bind(typ, o.bind), dest.display());
     if typ == "cgroup" || typ == "cgroup2" {
-        return mount_cgroup(&dest, &o, typ == "cgroup2");
+        return mount_cgroup(c, dest, &o, typ == "cgroup2").map_err(|e| Error::msg(format!("{}: {e}", what())));
     }
-    if bind {
+    let top = if o.bind {
         let src = match m.source() {
             Some(s) if s.is_absolute() => s.clone(),
-            Some(s) => bundle.join(s),
+            Some(s) => c.bundle.join(s),
             None => return Err(Error::msg(format!("{}: a bind mount needs a source", what()))),
         };
-        let md = fs::metadata(&src).ctx(|| format!("{}: source {}", what(), src.display()))?;
-        make_mountpoint(&dest, md.is_dir())?;
-        bind_mount(&src, &dest, &o).ctx(what)?;
+        bind(c.root, &src, dest, &o, !o.propagation.is_empty()).map_err(|e| Error::msg(format!("{}: {e}", what())))?
     } else {
-        make_mountpoint(&dest, true)?;
-        let data = o.data.join(",");
-        let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
-        let r = mount(Some(&src), &dest, Some(typ), o.flags, (!data.is_empty()).then_some(data.as_str()));
-        match r {
-            Ok(()) => {}
-            // Without its own network namespace a container may not mount sysfs (and
-            // in a user namespace neither mqueue without its own ipc ns): bind the
-            // host's instead, as runc does.
-            Err(nix::Error::EPERM | nix::Error::EBUSY)
-                if typ == "sysfs" && (in_userns || !new_netns) || typ == "mqueue" =>
-            {
-                let src = if typ == "sysfs" { "/sys" } else { "/dev/mqueue" };
-                let mut bo = parse_options(m.options().as_deref().unwrap_or_default());
-                bo.rec = true;
-                bind_mount(Path::new(src), &dest, &bo).ctx(what)?;
+        match new_fs(c, m, typ, dest, &o) {
+            Ok(top) => top,
+            // Without its own network namespace a container may not mount sysfs (and in a
+            // user namespace neither mqueue without its own ipc namespace): bind the host's
+            // instead, as runc does.
+            Err(NewFsError::Refused(_)) if typ == "sysfs" && (c.in_userns || !c.new_netns) || typ == "mqueue" => {
+                let host = if typ == "sysfs" { "/sys" } else { "/dev/mqueue" };
+                let mut with_rec: Vec<String> = opts.to_vec();
+                with_rec.push("rbind".into());
+                let bo = mountopts::parse(&with_rec, false).map_err(|e| Error::msg(format!("{}: {e}", what())))?;
+                bind(c.root, Path::new(host), dest, &bo, !o.propagation.is_empty())
+                    .map_err(|e| Error::msg(format!("{}: {e}", what())))?
             }
-            Err(e) => return Err(Error::Sys { what: what(), source: e }),
+            Err(NewFsError::Refused(e)) => return Err(Error::Sys { what: what(), source: e }),
+            Err(NewFsError::Other(e)) => return Err(Error::msg(format!("{}: {e}", what()))),
         }
-    }
-    for p in &o.propagation {
-        mount(None::<&str>, &dest, None::<&str>, *p, None::<&str>).ctx(|| format!("{}: propagation", what()))?;
+    };
+    if let Some(top) = top {
+        for p in &o.propagation {
+            mount(None::<&str>, procfd(&top).as_str(), None::<&str>, *p, None::<&str>)
+                .ctx(|| format!("{}: propagation", what()))?;
+        }
     }
     Ok(())
 }
 
-pub(super) fn typ_or_bind(typ: &str, bind: bool) -> &str {
+fn typ_or_bind(typ: &str, bind: bool) -> &str {
     if bind {
         "bind"
     } else if typ.is_empty() {
@@ -212,51 +76,106 @@ pub(super) fn typ_or_bind(typ: &str, bind: bool) -> &str {
     }
 }
 
-pub(super) fn bind_mount(src: &Path, dest: &Path, o: &MountOpts) -> nix::Result<()> {
+/// Binds the host path `src` on `dest` (created in the root: a directory for a directory,
+/// an empty file otherwise) and applies the options. Returns the new mount when later
+/// steps need it (`want_top`, or attributes to set).
+fn bind(root: &InRoot, src: &Path, dest: &Path, o: &MountOpts, want_top: bool) -> Result<Option<OwnedFd>> {
+    let s = open_source(src)?;
+    let is_dir = nix::sys::stat::fstat(s.as_raw_fd())
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        .ctx(|| format!("stat {}", src.display()))?;
+    let target = if is_dir { root.dir(dest)? } else { root.file(dest)? };
     let rec = if o.rec { MsFlags::MS_REC } else { MsFlags::empty() };
-    mount(Some(src), dest, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)?;
-    let wanted = o.flags - MsFlags::MS_REMOUNT;
-    if !wanted.is_empty() || !o.clear.is_empty() {
-        let keep = locked_flags(dest) - o.clear;
-        mount(
-            None::<&str>,
-            dest,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rec | wanted | keep,
-            None::<&str>,
-        )?;
+    mount(Some(procfd(&s).as_str()), procfd(&target).as_str(), None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
+        .ctx(|| format!("bind {}", src.display()))?;
+    drop(s);
+    let (top_attrs, tree_attrs) = o.bind_attrs();
+    if top_attrs.is_empty() && tree_attrs.is_empty() && !want_top {
+        return Ok(None);
     }
-    Ok(())
+    let top = root.mounted(dest, &target)?;
+    set_attrs(&top, top_attrs, false)?;
+    set_attrs(&top, tree_attrs, true)?;
+    Ok(Some(top))
 }
 
-pub(super) fn make_mountpoint(dest: &Path, dir: bool) -> Result<()> {
-    if dir {
-        if !dest.is_dir() {
-            fs::create_dir_all(dest).ctx(|| format!("create mount point {}", dest.display()))?;
-        }
-    } else if fs::symlink_metadata(dest).is_err() {
-        if let Some(p) = dest.parent() {
-            fs::create_dir_all(p).ctx(|| format!("create {}", p.display()))?;
-        }
-        fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(dest)
-            .ctx(|| format!("create mount point {}", dest.display()))?;
+enum NewFsError {
+    /// mount(2) refused (the bind fallback may apply).
+    Refused(nix::Error),
+    Other(Error),
+}
+
+impl From<Error> for NewFsError {
+    fn from(e: Error) -> Self {
+        NewFsError::Other(e)
     }
-    Ok(())
+}
+
+/// A new filesystem (proc, tmpfs, sysfs, devpts, mqueue, ...) on `dest`.
+fn new_fs(
+    c: &MountCtx,
+    m: &Mount,
+    typ: &str,
+    dest: &Path,
+    o: &MountOpts,
+) -> std::result::Result<Option<OwnedFd>, NewFsError> {
+    let target = c.root.dir(dest)?;
+    // tmpcopyup: what the image has at `dest` is copied into the new tmpfs (the directory
+    // stays reachable through this fd once the tmpfs covers it).
+    let copy_from = if o.tmpcopyup { Some(open_dir(&target, Path::new("."))?) } else { None };
+    let data = o.data.join(",");
+    let src = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+    mount(Some(&src), procfd(&target).as_str(), Some(typ), o.flags, (!data.is_empty()).then_some(data.as_str()))
+        .map_err(NewFsError::Refused)?;
+    let needs_top = copy_from.is_some()
+        || !o.rec_attrs.is_empty()
+        || o.attrs.set & super::inroot::ATTR_NOSYMFOLLOW != 0
+        || !o.propagation.is_empty();
+    if !needs_top {
+        return Ok(None);
+    }
+    let top = c.root.mounted(dest, &target)?;
+    if let Some(from) = copy_from {
+        let to = open_dir(&top, Path::new("."))?;
+        super::copyup::copy_tree(&from, &to)
+            .map_err(|e| Error::msg(format!("tmpcopyup of {}: {e}", dest.display())))?;
+    }
+    set_attrs(&top, Attrs { set: o.attrs.set & super::inroot::ATTR_NOSYMFOLLOW, clr: 0 }, false)?;
+    set_attrs(&top, o.rec_attrs, true)?;
+    Ok(Some(top))
+}
+
+/// A readable directory fd of `name` under the (O_PATH) directory `dir`, no symlink.
+fn open_dir(dir: &OwnedFd, name: &Path) -> Result<OwnedFd> {
+    let c =
+        std::ffi::CString::new(name.as_os_str().as_encoded_bytes()).map_err(|_| Error::msg("NUL byte in a path"))?;
+    // SAFETY: openat with a C string we own; returns a new fd or -1.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(Error::Io { what: format!("open {}", name.display()), source: std::io::Error::last_os_error() });
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `type: cgroup` in the spec: on cgroup v2 the cgroup2 filesystem; on v1 and hybrid
 /// hosts a tmpfs with one mount per hierarchy, as runc does. Each shows the container's
 /// own cgroup as its root: by itself inside a cgroup namespace, else by a bind mount of
-/// that directory over the hierarchy (podman on v1 and containerd use the host's namespace).
-pub(super) fn mount_cgroup(dest: &Path, o: &MountOpts, want_v2: bool) -> Result<()> {
-    make_mountpoint(dest, true)?;
+/// that directory over the hierarchy (podman on v1 and containerd use the host's
+/// namespace). Where the kernel refuses a cgroup filesystem (a user namespace without
+/// its own cgroup namespace), the host's directory of the container's cgroup is bound
+/// instead, as runc does.
+fn mount_cgroup(c: &MountCtx, dest: &Path, o: &MountOpts, want_v2: bool) -> Result<()> {
+    let target = c.root.dir(dest)?;
     let base = o.flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME);
     let ro = o.flags & MsFlags::MS_RDONLY;
+    let ro_attrs = Attrs { set: if ro.is_empty() { 0 } else { ATTR_RDONLY }, clr: 0 };
     let unified = nix::sys::statfs::statfs("/sys/fs/cgroup")
         .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
         .unwrap_or(false);
@@ -276,21 +195,40 @@ pub(super) fn mount_cgroup(dest: &Path, o: &MountOpts, want_v2: bool) -> Result<
             (matches && path != "/").then(|| path.to_string())
         })
     };
-    let narrow = |sub: &Path, path: Option<String>| -> Result<()> {
+    // Mounts one hierarchy on `at` (an fd of its mount point), narrowed to our cgroup.
+    // `host` is where that hierarchy is mounted on the host (for the bind fallback).
+    let one = |at: &OwnedFd, fstype: &str, data: &str, host: &Path, path: Option<String>| -> Result<()> {
+        let data = (!data.is_empty()).then_some(data);
+        match mount(Some(fstype), procfd(at).as_str(), Some(fstype), base | ro, data) {
+            Ok(()) => {}
+            Err(nix::Error::EPERM) if c.in_userns => {
+                let src = host.join(path.as_deref().unwrap_or("/").trim_start_matches('/'));
+                let s = open_source(&src)?;
+                mount(Some(procfd(&s).as_str()), procfd(at).as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                    .ctx(|| format!("bind {}", src.display()))?;
+                let top = reopen_covered(at)?;
+                return set_attrs(&top, Attrs { set: ro_attrs.set | flags_attrs(base), clr: 0 }, false);
+            }
+            Err(e) => return Err(Error::Sys { what: format!("mount {fstype}"), source: e }),
+        }
         let Some(path) = path else { return Ok(()) };
-        let src = sub.join(path.trim_start_matches('/'));
-        mount(Some(&src), sub, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .ctx(|| format!("bind the container's cgroup {path} on {}", sub.display()))?;
-        mount(None::<&str>, sub, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | base | ro, None::<&str>)
-            .ctx(|| format!("remount {}", sub.display()))
+        let fs_root = reopen_covered(at)?;
+        let sub = open_beneath(fs_root.as_fd(), Path::new(path.trim_start_matches('/')), true)?;
+        mount(Some(procfd(&sub).as_str()), procfd(&fs_root).as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .ctx(|| format!("bind the container's cgroup {path}"))?;
+        Ok(())
     };
     if unified || want_v2 {
-        mount(Some("cgroup2"), dest, Some("cgroup2"), base | ro, None::<&str>)
-            .ctx(|| format!("mount cgroup2 on {}", dest.display()))?;
-        return narrow(dest, own_path(&[]));
+        return one(
+            &target,
+            "cgroup2",
+            "",
+            Path::new("/sys/fs/cgroup").join(if unified { "" } else { "unified" }).as_path(),
+            own_path(&[]),
+        );
     }
-    mount(Some("tmpfs"), dest, Some("tmpfs"), base, Some("mode=755"))
-        .ctx(|| format!("mount tmpfs on {}", dest.display()))?;
+    mount(Some("tmpfs"), procfd(&target).as_str(), Some("tmpfs"), base, Some("mode=755")).ctx(|| "mount tmpfs")?;
+    let tmpfs = c.root.mounted(dest, &target)?;
     let info = fs::read_to_string("/proc/self/mountinfo").ctx(|| "read /proc/self/mountinfo")?;
     for line in info.lines() {
         let Some((pre, post)) = line.split_once(" - ") else { continue };
@@ -300,27 +238,75 @@ pub(super) fn mount_cgroup(dest: &Path, o: &MountOpts, want_v2: bool) -> Result<
         let superopts = post.next().unwrap_or("");
         let mountpoint = pre.split(' ').nth(4).unwrap_or("");
         let Some(name) = mountpoint.strip_prefix("/sys/fs/cgroup/") else { continue };
-        if name.contains('/') {
+        if name.contains('/') || name.is_empty() || name.starts_with('.') {
             continue;
         }
-        let sub = dest.join(name);
-        fs::create_dir_all(&sub).ctx(|| format!("create {}", sub.display()))?;
         let data: Vec<&str> = superopts.split(',').filter(|s| *s != "rw" && *s != "ro").collect();
-        let (r, path) = match fstype {
-            "cgroup" => {
-                (mount(Some("cgroup"), &sub, Some("cgroup"), base | ro, Some(data.join(",").as_str())), own_path(&data))
-            }
-            "cgroup2" => (mount(Some("cgroup2"), &sub, Some("cgroup2"), base | ro, None::<&str>), own_path(&[])),
+        let path = match fstype {
+            "cgroup" => own_path(&data),
+            "cgroup2" => own_path(&[]),
             _ => continue,
         };
-        r.ctx(|| format!("mount cgroup {name} on {}", sub.display()))?;
-        narrow(&sub, path)?;
+        let sub = mkdir_beneath(&tmpfs, name)?;
+        let data = if fstype == "cgroup" { data.join(",") } else { String::new() };
+        one(&sub, fstype, &data, Path::new(mountpoint), path).map_err(|e| Error::msg(format!("{name}: {e}")))?;
     }
-    if !ro.is_empty() {
-        mount(None::<&str>, dest, None::<&str>, MsFlags::MS_REMOUNT | base | ro, Some("mode=755"))
-            .ctx(|| format!("remount {} read-only", dest.display()))?;
+    set_attrs(&tmpfs, ro_attrs, false)
+}
+
+fn flags_attrs(f: MsFlags) -> u64 {
+    use super::inroot::{ATTR_NODEV, ATTR_NOEXEC, ATTR_NOSUID};
+    let mut a = 0;
+    for (m, at) in
+        [(MsFlags::MS_NOSUID, ATTR_NOSUID), (MsFlags::MS_NODEV, ATTR_NODEV), (MsFlags::MS_NOEXEC, ATTR_NOEXEC)]
+    {
+        if f.contains(m) {
+            a |= at;
+        }
     }
-    Ok(())
+    a
+}
+
+/// The directory `name` right under `dir` (created 0755 if missing), as an O_PATH fd.
+fn mkdir_beneath(dir: &OwnedFd, name: &str) -> Result<OwnedFd> {
+    match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, nix::sys::stat::Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(nix::Error::EEXIST) => {}
+        Err(e) => return Err(Error::Sys { what: format!("create {name}"), source: e }),
+    }
+    open_beneath(dir.as_fd(), Path::new(name), true)
+}
+
+/// After a mount onto the mount point `at` (which is in a tmpfs only we can reach): the
+/// new mount's root, checked to be on another mount than `at`.
+fn reopen_covered(at: &OwnedFd) -> Result<OwnedFd> {
+    // Reopening the magic link would give `at` itself (no mount crossing at its end), so
+    // look the mount point up again from its parent.
+    let path = super::inroot::path_of(at)?;
+    let name = path.file_name().ok_or_else(|| Error::msg(format!("{}: no name", path.display())))?;
+    let up = open_parent(at)?;
+    let top = open_beneath(up.as_fd(), Path::new(name), true)?;
+    if super::inroot::path_of(&top)? != path || mnt_id(&top)? == mnt_id(at)? {
+        return Err(Error::msg(format!(
+            "{}: the mount did not appear where it was made (moved meanwhile?)",
+            path.display()
+        )));
+    }
+    Ok(top)
+}
+
+/// The parent directory of the O_PATH directory `at`.
+fn open_parent(at: &OwnedFd) -> Result<OwnedFd> {
+    // SAFETY: openat of ".." relative to a directory fd we own; a new fd or -1.
+    let fd =
+        unsafe { libc::openat(at.as_raw_fd(), c"..".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::Io {
+            what: "open the parent of a mount point".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Makes the mount that holds `rootfs` (the rootfs itself when it is a mount point, else
@@ -356,35 +342,51 @@ pub(super) fn pivot(rootfs: &Path) -> Result<()> {
     chdir("/").ctx(|| "chdir /")
 }
 
-pub(super) fn mask_path(p: &Path) -> Result<()> {
-    let md = match fs::metadata(p) {
-        Ok(md) => md,
-        Err(_) => return Ok(()),
-    };
-    let r = if md.is_dir() {
-        mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))
-    } else {
-        mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-    };
-    match r {
-        Ok(()) | Err(nix::Error::ENOENT) => Ok(()),
-        Err(e) => Err(Error::Sys { what: format!("mask {}", p.display()), source: e }),
+/// The container's /dev/null, checked to be the null device (1:3) and not a symlink or
+/// anything the image or a neighbour put there (CVE-2025-31133): what masked paths are
+/// covered with.
+pub(super) fn dev_null(root: &InRoot) -> Result<OwnedFd> {
+    let fd = root
+        .find_nofollow(Path::new("/dev/null"))?
+        .ok_or_else(|| Error::msg("the container has no /dev/null to mask paths with"))?;
+    let st = nix::sys::stat::fstat(fd.as_raw_fd()).ctx(|| "stat /dev/null")?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != libc::makedev(1, 3) {
+        return Err(Error::msg(
+            "the container's /dev/null is not the null device (1:3): refusing to mask paths with it (possible container breakout)",
+        ));
     }
+    Ok(fd)
 }
 
-pub(super) fn readonly_path(p: &Path) -> Result<()> {
-    match mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>) {
-        Ok(()) => {}
-        Err(nix::Error::ENOENT) => return Ok(()),
-        Err(e) => return Err(Error::Sys { what: format!("make {} read-only", p.display()), source: e }),
-    }
-    let keep = locked_flags(p);
+/// Covers `p` (when it exists): a directory with an empty read-only tmpfs, anything else
+/// with /dev/null (`null`, from [`dev_null`]).
+pub(super) fn mask_path(root: &InRoot, p: &Path, null: &mut Option<OwnedFd>) -> Result<()> {
+    let Some(h) = root.find(p)? else { return Ok(()) };
+    let st = nix::sys::stat::fstat(h.as_raw_fd()).ctx(|| format!("stat {}", p.display()))?;
+    let r = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        mount(Some("tmpfs"), procfd(&h).as_str(), Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))
+    } else {
+        if null.is_none() {
+            *null = Some(dev_null(root)?);
+        }
+        let n = null.as_ref().map(procfd).unwrap_or_default();
+        mount(Some(n.as_str()), procfd(&h).as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+    };
+    r.ctx(|| format!("mask {}", p.display()))
+}
+
+/// Makes `p` (when it exists) and every mount under it read-only.
+pub(super) fn readonly_path(root: &InRoot, p: &Path) -> Result<()> {
+    let Some(h) = root.find(p)? else { return Ok(()) };
     mount(
+        Some(procfd(&h).as_str()),
+        procfd(&h).as_str(),
         None::<&str>,
-        p,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC | keep,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
-    .ctx(|| format!("make {} read-only", p.display()))
+    .ctx(|| format!("make {} read-only", p.display()))?;
+    let top = root.mounted(p, &h)?;
+    set_attrs(&top, Attrs { set: ATTR_RDONLY, clr: 0 }, true)
+        .map_err(|e| Error::msg(format!("make {} read-only: {e}", p.display())))
 }

@@ -8,15 +8,17 @@ use std::path::Path;
 use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::Process;
 
-use super::mounts::make_mountpoint;
+use super::inroot::{procfd, InRoot};
 use crate::error::{Context, Error, Result};
 
 /// The terminal of an `exec`ed process.
 pub fn exec_console(sock: OwnedFd, process: &Process) -> Result<()> {
-    setup_console(sock, process, false)
+    setup_console(sock, process, None)
 }
 
-pub(super) fn setup_console(sock: OwnedFd, process: &Process, bind_console: bool) -> Result<()> {
+/// A new pty whose master goes to `sock` and whose slave becomes stdio; for the init
+/// (`root`: the container's root after pivot_root), also bound on /dev/console.
+pub(super) fn setup_console(sock: OwnedFd, process: &Process, root: Option<&InRoot>) -> Result<()> {
     use nix::fcntl::OFlag;
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .ctx(|| "open /dev/ptmx (is /dev/pts mounted?)")?;
@@ -35,10 +37,23 @@ pub(super) fn setup_console(sock: OwnedFd, process: &Process, bind_console: bool
         .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(&name)
         .ctx(|| format!("open {name}"))?;
-    // /dev/console is the terminal, as runc does.
-    if bind_console && Path::new("/dev").is_dir() {
-        let _ = make_mountpoint(Path::new("/dev/console"), false);
-        let _ = mount(Some(name.as_str()), "/dev/console", None::<&str>, MsFlags::MS_BIND, None::<&str>);
+    // /dev/console is the terminal, as runc does: bound from the pty we hold (not by its
+    // name) onto a /dev/console resolved in the container's root (CVE-2025-52565).
+    if let Some(root) = root {
+        let dev_is_dir = root.find(Path::new("/dev"))?.is_some_and(|d| {
+            nix::sys::stat::fstat(d.as_raw_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        });
+        if dev_is_dir {
+            let target = console_target(root)?;
+            mount(
+                Some(procfd(&slave).as_str()),
+                procfd(&target).as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .ctx(|| "bind the terminal on /dev/console")?;
+        }
     }
     crate::console::send_fd(sock.as_fd(), master.as_fd(), &name)?;
     for target in 0..3 {
@@ -52,4 +67,22 @@ pub(super) fn setup_console(sock: OwnedFd, process: &Process, bind_console: bool
         });
     }
     Ok(())
+}
+
+/// /dev/console as a mount point: a regular file or a character device there, never
+/// followed through a symlink (one is replaced by an empty file).
+fn console_target(root: &InRoot) -> Result<OwnedFd> {
+    let path = Path::new("/dev/console");
+    if let Some(fd) = root.find_nofollow(path)? {
+        let st = nix::sys::stat::fstat(fd.as_raw_fd()).ctx(|| "stat /dev/console")?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFCHR => return Ok(fd),
+            _ => {
+                let dev = root.dir(Path::new("/dev"))?;
+                nix::unistd::unlinkat(Some(dev.as_raw_fd()), "console", nix::unistd::UnlinkatFlags::NoRemoveDir)
+                    .ctx(|| "replace /dev/console (not a file or a character device)")?;
+            }
+        }
+    }
+    root.file(path)
 }
