@@ -18,7 +18,7 @@ use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Process, Spec};
 use crate::cgroups::{cgroup_path, Cgroup};
 use crate::error::{Context, Error, Result};
 use crate::init::{InitCtx, Join, StartGate};
-use crate::state::{self, Saved, Status, START_SOCK};
+use crate::state::{self, HookKind, Saved, Status, START_SOCK};
 use crate::sync::{self, Chan, Msg};
 
 pub struct CreateOpts {
@@ -321,7 +321,6 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         annotations,
         config: spec.clone(),
     };
-    let hook_state = saved.oci_state_json(Status::Creating);
 
     let clone_flags = if two_stage { CloneFlags::empty() } else { new_flags - CloneFlags::CLONE_NEWCGROUP };
     let (child, placed_v2) = clone_process(clone_flags, cg_fd.as_ref())?;
@@ -343,7 +342,7 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
             two_stage,
             new_flags,
             runtime_hooks,
-            hook_state,
+            saved: &saved,
         };
         crate::init::child_main(ctx);
     }
@@ -385,10 +384,13 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     loop {
         match chan.recv()? {
             Some(Msg::HooksPlease) => {
-                let st = saved.oci_state_json(Status::Creating);
                 if let Some(h) = hooks_of(&spec) {
-                    crate::hooks::run(h.prestart().as_deref().unwrap_or_default(), "prestart", &st)?;
-                    crate::hooks::run(h.create_runtime().as_deref().unwrap_or_default(), "createRuntime", &st)?;
+                    for (kind, hooks) in
+                        [(HookKind::Prestart, h.prestart()), (HookKind::CreateRuntime, h.create_runtime())]
+                    {
+                        let st = saved.hook_state_json(kind, saved.pid);
+                        crate::hooks::run(hooks.as_deref().unwrap_or_default(), kind.name(), &st)?;
+                    }
                 }
                 chan.send(&Msg::Go)?;
             }

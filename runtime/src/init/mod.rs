@@ -29,6 +29,7 @@ use nix::unistd::{chdir, Gid, Uid};
 use oci_spec::runtime::Spec;
 
 use crate::error::{Context, Error, Result};
+use crate::state::HookKind;
 use crate::sync::{Chan, Msg};
 
 /// How the init learns that it may exec the user's process.
@@ -65,8 +66,9 @@ pub struct InitCtx<'a> {
     pub new_flags: CloneFlags,
     /// The parent runs prestart/createRuntime hooks: stop before pivot_root and ask.
     pub runtime_hooks: bool,
-    /// State JSON template for createContainer/startContainer hooks ("{pid}" replaced).
-    pub hook_state: String,
+    /// The container's state (pid not yet known) for the createContainer/startContainer
+    /// hooks' stdin.
+    pub saved: &'a crate::state::Saved,
 }
 
 /// The child's entry point after the clone. Never returns.
@@ -196,8 +198,8 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     }
     let host_pid = host_pid();
     if let Some(h) = hooks.and_then(|h| h.create_container().as_ref()) {
-        let state = ctx.hook_state.replace("\"pid\":0", &format!("\"pid\":{host_pid}"));
-        crate::hooks::run(h, "createContainer", &state)?;
+        let kind = HookKind::CreateContainer;
+        crate::hooks::run(h, kind.name(), &ctx.saved.hook_state_json(kind, host_pid))?;
     }
 
     // 4. Switch root.
@@ -264,11 +266,8 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
         Err(e)
     };
     if let Some(h) = hooks.and_then(|h| h.start_container().as_ref()) {
-        let state = ctx
-            .hook_state
-            .replace("\"pid\":0", &format!("\"pid\":{host_pid}"))
-            .replace("\"status\":\"creating\"", "\"status\":\"created\"");
-        if let Err(e) = crate::hooks::run(h, "startContainer", &state) {
+        let kind = HookKind::StartContainer;
+        if let Err(e) = crate::hooks::run(h, kind.name(), &ctx.saved.hook_state_json(kind, host_pid)) {
             return report(e.into());
         }
     }
