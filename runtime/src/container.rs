@@ -248,6 +248,8 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         return Err(Error::msg("--console-socket was given but process.terminal is not true"));
     }
     let linux = spec.linux().as_ref().ok_or_else(|| Error::msg("config.json has no linux section"))?;
+    // Checked before anything exists: a bad profile fails create here.
+    let seccomp = linux.seccomp().as_ref().map(crate::seccomp::build).transpose()?;
 
     fs::DirBuilder::new()
         .recursive(true)
@@ -343,6 +345,7 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
             new_flags,
             runtime_hooks,
             saved: &saved,
+            seccomp,
         };
         crate::init::child_main(ctx);
     }
@@ -914,6 +917,8 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
     if process.terminal() == Some(true) && o.detach && o.console_socket.is_none() {
         return Err(Error::msg("exec --tty --detach needs --console-socket"));
     }
+    let seccomp = saved.config.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let seccomp = seccomp.map(crate::seccomp::build).transpose()?;
     let min_fd = 3 + o.preserve_fds;
     let init = saved.pid;
     let mut nss = Vec::new();
@@ -948,7 +953,15 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
         drop(console_local);
         let entry = entry_for_child(cg_entry, placed_v2);
         let r = match entry.enter_self() {
-            Ok(()) => exec_child(child_chan.0.as_raw_fd(), &nss, &process, console, in_userns, &saved, o.preserve_fds),
+            Ok(()) => exec_child(
+                child_chan.0.as_raw_fd(),
+                &nss,
+                &process,
+                console,
+                in_userns,
+                seccomp.as_ref(),
+                o.preserve_fds,
+            ),
             Err(e) => Err(Error::Io { what: "join the container's cgroup".into(), source: e }),
         };
         let msg = match r {
@@ -1008,7 +1021,7 @@ fn exec_child(
     process: &Process,
     console: Option<OwnedFd>,
     in_userns: bool,
-    saved: &Saved,
+    seccomp: Option<&libseccomp::ScmpFilterContext>,
     preserve_fds: i32,
 ) -> Result<Never> {
     // SAFETY: chan_fd stays open for the life of this process (owned by the caller).
@@ -1026,7 +1039,6 @@ fn exec_child(
         nix::unistd::setsid().ctx(|| "setsid")?;
         crate::init::exec_console(c, process)?;
     }
-    let linux = saved.config.linux().as_ref();
-    crate::init::finish_process(process, linux.and_then(|l| l.seccomp().as_ref()), in_userns, preserve_fds, true)?;
+    crate::init::finish_process(process, seccomp, in_userns, preserve_fds, true)?;
     Err(crate::init::prepare_exec(process)?.exec())
 }

@@ -22,18 +22,53 @@ pub fn load(bundle: &Path) -> Result<Spec> {
         Err(e) => return Err(Error::Io { what: format!("read {}", path.display()), source: e }),
     };
     let spec: Spec = serde_json::from_slice(&data).map_err(|e| {
+        let at = format!("{}:{}:{}: invalid config", path.display(), e.line(), e.column());
+        if let Some(s) = seccomp_hint(&data) {
+            // serde's list of every known value would bury the point.
+            return Error::msg(format!("{at}: {s}"));
+        }
         let hint = unknown_namespace(&data).map(|t| format!(" (unknown namespace type {t:?} in linux.namespaces)"));
-        Error::msg(format!(
-            "{}:{}:{}: invalid config: {}{}",
-            path.display(),
-            e.line(),
-            e.column(),
-            strip_pos(&e),
-            hint.unwrap_or_default()
-        ))
+        Error::msg(format!("{at}: {}{}", strip_pos(&e), hint.unwrap_or_default()))
     })?;
     check(&spec, bundle)?;
     Ok(spec)
+}
+
+/// On the error path only: names a value of `linux.seccomp` the spec does not know, as
+/// "seccomp: syscalls[2].action: unknown action \"X\"".
+fn seccomp_hint(data: &[u8]) -> Option<String> {
+    use oci_spec::runtime::{Arch, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator};
+    use serde_json::Value;
+    fn unknown<T: serde::de::DeserializeOwned>(v: &Value) -> bool {
+        serde_json::from_value::<T>(v.clone()).is_err()
+    }
+    let v: Value = serde_json::from_slice(data).ok()?;
+    let s = v.pointer("/linux/seccomp")?;
+    let bad = |field: String, what: &str, v: &Value| Some(format!("seccomp: {field}: unknown {what} {v}"));
+    if let Some(a) = s.get("defaultAction").filter(|a| unknown::<LinuxSeccompAction>(a)) {
+        return bad("defaultAction".into(), "action", a);
+    }
+    for (i, a) in s["architectures"].as_array().into_iter().flatten().enumerate() {
+        if unknown::<Arch>(a) {
+            return bad(format!("architectures[{i}]"), "architecture", a);
+        }
+    }
+    for (i, f) in s["flags"].as_array().into_iter().flatten().enumerate() {
+        if unknown::<LinuxSeccompFilterFlag>(f) {
+            return bad(format!("flags[{i}]"), "flag", f);
+        }
+    }
+    for (i, c) in s["syscalls"].as_array().into_iter().flatten().enumerate() {
+        if let Some(a) = c.get("action").filter(|a| unknown::<LinuxSeccompAction>(a)) {
+            return bad(format!("syscalls[{i}].action"), "action", a);
+        }
+        for (j, arg) in c["args"].as_array().into_iter().flatten().enumerate() {
+            if let Some(op) = arg.get("op").filter(|o| unknown::<LinuxSeccompOperator>(o)) {
+                return bad(format!("syscalls[{i}].args[{j}].op"), "operator", op);
+            }
+        }
+    }
+    None
 }
 
 /// On the error path only: names a namespace type the spec does not know.
@@ -219,6 +254,28 @@ const DEFAULT: &str = r#"{
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_seccomp_values_are_named() {
+        let hint = |s: &str| seccomp_hint(format!(r#"{{"linux":{{"seccomp":{s}}}}}"#).as_bytes());
+        assert_eq!(hint(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#), None);
+        assert_eq!(
+            hint(r#"{"defaultAction":"SCMP_ACT_BOGUS"}"#).as_deref(),
+            Some(r#"seccomp: defaultAction: unknown action "SCMP_ACT_BOGUS""#)
+        );
+        assert_eq!(
+            hint(r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86","SCMP_ARCH_VAX"]}"#).as_deref(),
+            Some(r#"seccomp: architectures[1]: unknown architecture "SCMP_ARCH_VAX""#)
+        );
+        assert_eq!(
+            hint(
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["a"],"action":"SCMP_ACT_ERRNO"},
+                {"names":["b"],"action":"SCMP_ACT_ERRNO","args":[{"index":0,"value":1,"op":"SCMP_CMP_ALMOST"}]}]}"#
+            )
+            .as_deref(),
+            Some(r#"seccomp: syscalls[1].args[0].op: unknown operator "SCMP_CMP_ALMOST""#)
+        );
+    }
 
     #[test]
     fn default_spec_parses() {

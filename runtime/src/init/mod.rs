@@ -69,6 +69,8 @@ pub struct InitCtx<'a> {
     /// The container's state (pid not yet known) for the createContainer/startContainer
     /// hooks' stdin.
     pub saved: &'a crate::state::Saved,
+    /// The seccomp filter, built (and so checked) by the parent before clone.
+    pub seccomp: Option<libseccomp::ScmpFilterContext>,
 }
 
 /// The child's entry point after the clone. Never returns.
@@ -244,7 +246,7 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
             .ctx(|| format!("set oomScoreAdj {adj} (lowering it needs CAP_SYS_RESOURCE)"))?;
     }
     let prepared = prepare_exec(process)?;
-    let seccomp = linux.seccomp().as_ref();
+    let seccomp = ctx.seccomp.as_ref();
     let nnp = process.no_new_privileges() == Some(true);
     finish_process(process, seccomp, in_userns, ctx.preserve_fds, false)?;
 
@@ -272,7 +274,7 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
         }
     }
     if let (Some(s), true) = (seccomp, nnp) {
-        if let Err(e) = crate::seccomp::load(s) {
+        if let Err(e) = crate::seccomp::load_filter(s) {
             return report(e.into());
         }
     }
