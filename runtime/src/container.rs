@@ -248,8 +248,9 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         return Err(Error::msg("--console-socket was given but process.terminal is not true"));
     }
     let linux = spec.linux().as_ref().ok_or_else(|| Error::msg("config.json has no linux section"))?;
-    // Checked before anything exists: a bad profile fails create here.
+    // Checked before anything exists: a bad profile or attribute fails create here.
     let seccomp = linux.seccomp().as_ref().map(crate::seccomp::build).transpose()?;
+    let attrs = crate::init::attrs::ProcAttrs::for_init(process, Some(linux))?;
 
     fs::DirBuilder::new()
         .recursive(true)
@@ -346,6 +347,7 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
             runtime_hooks,
             saved: &saved,
             seccomp,
+            attrs,
         };
         crate::init::child_main(ctx);
     }
@@ -842,7 +844,7 @@ pub struct ExecOpts {
 fn exec_process(saved: &Saved, o: &ExecOpts) -> Result<Process> {
     if let Some(f) = &o.process_file {
         let data = fs::read(f).ctx(|| format!("read process file {}", f.display()))?;
-        return serde_json::from_slice(&data)
+        return crate::spec::from_json(&data)
             .map_err(|e| Error::msg(format!("{}:{}:{}: invalid process: {e}", f.display(), e.line(), e.column())));
     }
     let mut p = saved.config.process().clone().unwrap_or_default();
@@ -919,6 +921,7 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
     }
     let seccomp = saved.config.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     let seccomp = seccomp.map(crate::seccomp::build).transpose()?;
+    let attrs = crate::init::attrs::ProcAttrs::for_exec(&process, &saved.config)?;
     let min_fd = 3 + o.preserve_fds;
     let init = saved.pid;
     let mut nss = Vec::new();
@@ -953,15 +956,10 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
         drop(console_local);
         let entry = entry_for_child(cg_entry, placed_v2);
         let r = match entry.enter_self() {
-            Ok(()) => exec_child(
-                child_chan.0.as_raw_fd(),
-                &nss,
-                &process,
-                console,
-                in_userns,
-                seccomp.as_ref(),
-                o.preserve_fds,
-            ),
+            Ok(()) => {
+                let confine = (&attrs, seccomp.as_ref());
+                exec_child(child_chan.0.as_raw_fd(), &nss, &process, console, in_userns, confine, o.preserve_fds)
+            }
             Err(e) => Err(Error::Io { what: "join the container's cgroup".into(), source: e }),
         };
         let msg = match r {
@@ -1021,7 +1019,7 @@ fn exec_child(
     process: &Process,
     console: Option<OwnedFd>,
     in_userns: bool,
-    seccomp: Option<&libseccomp::ScmpFilterContext>,
+    (attrs, seccomp): (&crate::init::attrs::ProcAttrs, Option<&libseccomp::ScmpFilterContext>),
     preserve_fds: i32,
 ) -> Result<Never> {
     // SAFETY: chan_fd stays open for the life of this process (owned by the caller).
@@ -1039,6 +1037,6 @@ fn exec_child(
         nix::unistd::setsid().ctx(|| "setsid")?;
         crate::init::exec_console(c, process)?;
     }
-    crate::init::finish_process(process, seccomp, in_userns, preserve_fds, true)?;
+    crate::init::finish_process(process, attrs, seccomp, in_userns, preserve_fds, true)?;
     Err(crate::init::prepare_exec(process)?.exec())
 }

@@ -21,7 +21,7 @@ pub fn load(bundle: &Path) -> Result<Spec> {
         }
         Err(e) => return Err(Error::Io { what: format!("read {}", path.display()), source: e }),
     };
-    let spec: Spec = serde_json::from_slice(&data).map_err(|e| {
+    let spec: Spec = from_json(&data).map_err(|e| {
         let at = format!("{}:{}:{}: invalid config", path.display(), e.line(), e.column());
         if let Some(s) = seccomp_hint(&data) {
             // serde's list of every known value would bury the point.
@@ -34,13 +34,43 @@ pub fn load(bundle: &Path) -> Result<Spec> {
     Ok(spec)
 }
 
+/// Parses a config.json (or an `exec --process` file). oci-spec 0.10 spells two scheduler
+/// flags unlike the runtime spec ("SCHED_RESET_ON_FORK" and "SCHED_FLAG_D_L_OVERRUN" for
+/// "SCHED_FLAG_RESET_ON_FORK" and "SCHED_FLAG_DL_OVERRUN"): a document that fails to parse
+/// and holds the spec's names is parsed again with oci-spec's (error path only).
+pub fn from_json<T: serde::de::DeserializeOwned>(data: &[u8]) -> serde_json::Result<T> {
+    serde_json::from_slice(data).or_else(|e| {
+        let mut v: serde_json::Value = serde_json::from_slice(data).map_err(|_| e)?;
+        let mut changed = false;
+        for ptr in ["/process/scheduler/flags", "/scheduler/flags"] {
+            for f in v.pointer_mut(ptr).and_then(|f| f.as_array_mut()).into_iter().flatten() {
+                let ours = match f.as_str() {
+                    Some("SCHED_FLAG_RESET_ON_FORK") => "SCHED_RESET_ON_FORK",
+                    Some("SCHED_FLAG_DL_OVERRUN") => "SCHED_FLAG_D_L_OVERRUN",
+                    _ => continue,
+                };
+                *f = ours.into();
+                changed = true;
+            }
+        }
+        if !changed {
+            // The first error, with its line and column.
+            return serde_json::from_slice(data);
+        }
+        // Through bytes again, not from_value: that would add a second deserializer of
+        // the whole spec to the binary (~200 KB).
+        serde_json::from_slice(&serde_json::to_vec(&v)?)
+    })
+}
+
 /// On the error path only: names a value of `linux.seccomp` the spec does not know, as
 /// "seccomp: syscalls[2].action: unknown action \"X\"".
 fn seccomp_hint(data: &[u8]) -> Option<String> {
     use oci_spec::runtime::{Arch, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator};
     use serde_json::Value;
+    // from_slice (not from_value) reuses the deserializers config.json is read with.
     fn unknown<T: serde::de::DeserializeOwned>(v: &Value) -> bool {
-        serde_json::from_value::<T>(v.clone()).is_err()
+        serde_json::from_slice::<T>(v.to_string().as_bytes()).is_err()
     }
     let v: Value = serde_json::from_slice(data).ok()?;
     let s = v.pointer("/linux/seccomp")?;
@@ -254,6 +284,25 @@ const DEFAULT: &str = r#"{
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_names_of_scheduler_flags_parse() {
+        use oci_spec::runtime::{LinuxSchedulerFlag as F, Process};
+        let flags = |p: &Process| p.scheduler().as_ref().and_then(|s| s.flags().clone()).unwrap_or_default();
+        let json = r#"{"process":{"cwd":"/","user":{"uid":0,"gid":0},"scheduler":{"policy":"SCHED_DEADLINE",
+            "flags":["SCHED_FLAG_RESET_ON_FORK","SCHED_FLAG_DL_OVERRUN","SCHED_FLAG_RECLAIM"]}}}"#;
+        let spec: Spec = from_json(json.as_bytes()).expect("config.json");
+        let want = vec![F::SchedResetOnFork, F::SchedFlagDLOverrun, F::SchedFlagReclaim];
+        assert_eq!(flags(spec.process().as_ref().expect("process")), want);
+        let p: Process = from_json(
+            br#"{"cwd":"/","user":{"uid":0,"gid":0},"scheduler":{"policy":"SCHED_OTHER","flags":["SCHED_FLAG_RESET_ON_FORK"]}}"#,
+        )
+        .expect("process.json");
+        assert_eq!(flags(&p), vec![F::SchedResetOnFork]);
+        // Other errors keep their position.
+        let e = from_json::<Spec>(b"{\n\"process\": 1}").expect_err("bad");
+        assert_eq!(e.line(), 2);
+    }
 
     #[test]
     fn unknown_seccomp_values_are_named() {

@@ -6,6 +6,7 @@
 //! This code runs in a forked copy of the (single-threaded) runtime. Errors are sent
 //! to the parent as one line over the sync channel; the parent prints them.
 
+pub mod attrs;
 mod devices;
 mod exec;
 mod mounts;
@@ -71,6 +72,8 @@ pub struct InitCtx<'a> {
     pub saved: &'a crate::state::Saved,
     /// The seccomp filter, built (and so checked) by the parent before clone.
     pub seccomp: Option<libseccomp::ScmpFilterContext>,
+    /// Scheduler, I/O priority, personality, AppArmor/SELinux, checked by the parent.
+    pub attrs: attrs::ProcAttrs,
 }
 
 /// The child's entry point after the clone. Never returns.
@@ -124,6 +127,8 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     }
     nix::unistd::setsid().ctx(|| "setsid")?;
     if !ctx.no_new_keyring {
+        // The keyring gets the container's SELinux label (where SELinux is enabled).
+        ctx.attrs.apply_keycreate()?;
         // A fresh session keyring so the container cannot see the host's keys.
         // SAFETY: keyctl(JOIN_SESSION_KEYRING, NULL) creates an anonymous keyring.
         unsafe {
@@ -248,7 +253,7 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     let prepared = prepare_exec(process)?;
     let seccomp = ctx.seccomp.as_ref();
     let nnp = process.no_new_privileges() == Some(true);
-    finish_process(process, seccomp, in_userns, ctx.preserve_fds, false)?;
+    finish_process(process, &ctx.attrs, seccomp, in_userns, ctx.preserve_fds, false)?;
 
     // 7. Ready: wait for start.
     // SAFETY: prctl with integer arguments only.
