@@ -154,8 +154,9 @@ pub fn features() -> Result<()> {
                     "SCMP_ARCH_S390X", "SCMP_ARCH_SH", "SCMP_ARCH_SHEB", "SCMP_ARCH_X32", "SCMP_ARCH_X86",
                     "SCMP_ARCH_X86_64"]
             },
-            "apparmor": { "enabled": false },
-            "selinux": { "enabled": false }
+            // Supported where the host has the LSM enabled (ignored elsewhere, as Docker does).
+            "apparmor": { "enabled": true },
+            "selinux": { "enabled": true }
         },
         "annotations": {
             "org.opencontainers.runtime-spec.features": "skiff-runtime",

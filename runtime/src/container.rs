@@ -18,7 +18,7 @@ use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Process, Spec};
 use crate::cgroups::{cgroup_path, Cgroup};
 use crate::error::{Context, Error, Result};
 use crate::init::{InitCtx, Join, StartGate};
-use crate::state::{self, Saved, Status, START_SOCK};
+use crate::state::{self, HookKind, Saved, Status, START_SOCK};
 use crate::sync::{self, Chan, Msg};
 
 pub struct CreateOpts {
@@ -248,6 +248,9 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         return Err(Error::msg("--console-socket was given but process.terminal is not true"));
     }
     let linux = spec.linux().as_ref().ok_or_else(|| Error::msg("config.json has no linux section"))?;
+    // Checked before anything exists: a bad profile or attribute fails create here.
+    let seccomp = linux.seccomp().as_ref().map(crate::seccomp::build).transpose()?;
+    let attrs = crate::init::attrs::ProcAttrs::for_init(process, Some(linux))?;
 
     fs::DirBuilder::new()
         .recursive(true)
@@ -321,7 +324,6 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         annotations,
         config: spec.clone(),
     };
-    let hook_state = saved.oci_state_json(Status::Creating);
 
     let clone_flags = if two_stage { CloneFlags::empty() } else { new_flags - CloneFlags::CLONE_NEWCGROUP };
     let (child, placed_v2) = clone_process(clone_flags, cg_fd.as_ref())?;
@@ -343,7 +345,9 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
             two_stage,
             new_flags,
             runtime_hooks,
-            hook_state,
+            saved: &saved,
+            seccomp,
+            attrs,
         };
         crate::init::child_main(ctx);
     }
@@ -391,10 +395,13 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     loop {
         match chan.recv()? {
             Some(Msg::HooksPlease) => {
-                let st = saved.oci_state_json(Status::Creating);
                 if let Some(h) = hooks_of(&spec) {
-                    crate::hooks::run(h.prestart().as_deref().unwrap_or_default(), "prestart", &st)?;
-                    crate::hooks::run(h.create_runtime().as_deref().unwrap_or_default(), "createRuntime", &st)?;
+                    for (kind, hooks) in
+                        [(HookKind::Prestart, h.prestart()), (HookKind::CreateRuntime, h.create_runtime())]
+                    {
+                        let st = saved.hook_state_json(kind, saved.pid);
+                        crate::hooks::run(hooks.as_deref().unwrap_or_default(), kind.name(), &st)?;
+                    }
                 }
                 chan.send(&Msg::Go)?;
             }
@@ -843,7 +850,7 @@ pub struct ExecOpts {
 fn exec_process(saved: &Saved, o: &ExecOpts) -> Result<Process> {
     if let Some(f) = &o.process_file {
         let data = fs::read(f).ctx(|| format!("read process file {}", f.display()))?;
-        return serde_json::from_slice(&data)
+        return crate::spec::from_json(&data)
             .map_err(|e| Error::msg(format!("{}:{}:{}: invalid process: {e}", f.display(), e.line(), e.column())));
     }
     let mut p = saved.config.process().clone().unwrap_or_default();
@@ -918,6 +925,9 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
     if process.terminal() == Some(true) && o.detach && o.console_socket.is_none() {
         return Err(Error::msg("exec --tty --detach needs --console-socket"));
     }
+    let seccomp = saved.config.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    let seccomp = seccomp.map(crate::seccomp::build).transpose()?;
+    let attrs = crate::init::attrs::ProcAttrs::for_exec(&process, &saved.config)?;
     let min_fd = 3 + o.preserve_fds;
     let init = saved.pid;
     let mut nss = Vec::new();
@@ -964,7 +974,10 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
         let r = match disarmed.and_then(|()| {
             entry.enter_self().map_err(|e| Error::Io { what: "join the container's cgroup".into(), source: e })
         }) {
-            Ok(()) => exec_child(child_chan.0.as_raw_fd(), nss, &process, console, in_userns, &saved, o.preserve_fds),
+            Ok(()) => {
+                let confine = (&attrs, seccomp.as_ref());
+                exec_child(child_chan.0.as_raw_fd(), nss, &process, console, in_userns, confine, o.preserve_fds)
+            }
             Err(e) => Err(e),
         };
         let msg = match r {
@@ -1024,7 +1037,7 @@ fn exec_child(
     process: &Process,
     console: Option<OwnedFd>,
     in_userns: bool,
-    saved: &Saved,
+    (attrs, seccomp): (&crate::init::attrs::ProcAttrs, Option<&libseccomp::ScmpFilterContext>),
     preserve_fds: i32,
 ) -> Result<Never> {
     // SAFETY: chan_fd stays open for the life of this process (owned by the caller).
@@ -1043,7 +1056,6 @@ fn exec_child(
         nix::unistd::setsid().ctx(|| "setsid")?;
         crate::init::exec_console(c, process)?;
     }
-    let linux = saved.config.linux().as_ref();
-    crate::init::finish_process(process, linux.and_then(|l| l.seccomp().as_ref()), in_userns, preserve_fds, true)?;
+    crate::init::finish_process(process, attrs, seccomp, in_userns, preserve_fds, true)?;
     Err(crate::init::prepare_exec(process)?.exec())
 }

@@ -38,6 +38,8 @@ pub enum Error {
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error(transparent)]
     Hook(#[from] crate::hooks::HookError),
+    #[error(transparent)]
+    Attr(#[from] crate::init::attrs::AttrError),
 }
 
 impl Error {

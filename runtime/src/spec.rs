@@ -21,19 +21,84 @@ pub fn load(bundle: &Path) -> Result<Spec> {
         }
         Err(e) => return Err(Error::Io { what: format!("read {}", path.display()), source: e }),
     };
-    let spec: Spec = serde_json::from_slice(&data).map_err(|e| {
+    let spec: Spec = from_json(&data).map_err(|e| {
+        let at = format!("{}:{}:{}: invalid config", path.display(), e.line(), e.column());
+        if let Some(s) = seccomp_hint(&data) {
+            // serde's list of every known value would bury the point.
+            return Error::msg(format!("{at}: {s}"));
+        }
         let hint = unknown_namespace(&data).map(|t| format!(" (unknown namespace type {t:?} in linux.namespaces)"));
-        Error::msg(format!(
-            "{}:{}:{}: invalid config: {}{}",
-            path.display(),
-            e.line(),
-            e.column(),
-            strip_pos(&e),
-            hint.unwrap_or_default()
-        ))
+        Error::msg(format!("{at}: {}{}", strip_pos(&e), hint.unwrap_or_default()))
     })?;
     check(&spec, bundle)?;
     Ok(spec)
+}
+
+/// Parses a config.json (or an `exec --process` file). oci-spec 0.10 spells two scheduler
+/// flags unlike the runtime spec ("SCHED_RESET_ON_FORK" and "SCHED_FLAG_D_L_OVERRUN" for
+/// "SCHED_FLAG_RESET_ON_FORK" and "SCHED_FLAG_DL_OVERRUN"): a document that fails to parse
+/// and holds the spec's names is parsed again with oci-spec's (error path only).
+pub fn from_json<T: serde::de::DeserializeOwned>(data: &[u8]) -> serde_json::Result<T> {
+    serde_json::from_slice(data).or_else(|e| {
+        let mut v: serde_json::Value = serde_json::from_slice(data).map_err(|_| e)?;
+        let mut changed = false;
+        for ptr in ["/process/scheduler/flags", "/scheduler/flags"] {
+            for f in v.pointer_mut(ptr).and_then(|f| f.as_array_mut()).into_iter().flatten() {
+                let ours = match f.as_str() {
+                    Some("SCHED_FLAG_RESET_ON_FORK") => "SCHED_RESET_ON_FORK",
+                    Some("SCHED_FLAG_DL_OVERRUN") => "SCHED_FLAG_D_L_OVERRUN",
+                    _ => continue,
+                };
+                *f = ours.into();
+                changed = true;
+            }
+        }
+        if !changed {
+            // The first error, with its line and column.
+            return serde_json::from_slice(data);
+        }
+        // Through bytes again, not from_value: that would add a second deserializer of
+        // the whole spec to the binary (~200 KB).
+        serde_json::from_slice(&serde_json::to_vec(&v)?)
+    })
+}
+
+/// On the error path only: names a value of `linux.seccomp` the spec does not know, as
+/// "seccomp: syscalls[2].action: unknown action \"X\"".
+fn seccomp_hint(data: &[u8]) -> Option<String> {
+    use oci_spec::runtime::{Arch, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator};
+    use serde_json::Value;
+    // from_slice (not from_value) reuses the deserializers config.json is read with.
+    fn unknown<T: serde::de::DeserializeOwned>(v: &Value) -> bool {
+        serde_json::from_slice::<T>(v.to_string().as_bytes()).is_err()
+    }
+    let v: Value = serde_json::from_slice(data).ok()?;
+    let s = v.pointer("/linux/seccomp")?;
+    let bad = |field: String, what: &str, v: &Value| Some(format!("seccomp: {field}: unknown {what} {v}"));
+    if let Some(a) = s.get("defaultAction").filter(|a| unknown::<LinuxSeccompAction>(a)) {
+        return bad("defaultAction".into(), "action", a);
+    }
+    for (i, a) in s["architectures"].as_array().into_iter().flatten().enumerate() {
+        if unknown::<Arch>(a) {
+            return bad(format!("architectures[{i}]"), "architecture", a);
+        }
+    }
+    for (i, f) in s["flags"].as_array().into_iter().flatten().enumerate() {
+        if unknown::<LinuxSeccompFilterFlag>(f) {
+            return bad(format!("flags[{i}]"), "flag", f);
+        }
+    }
+    for (i, c) in s["syscalls"].as_array().into_iter().flatten().enumerate() {
+        if let Some(a) = c.get("action").filter(|a| unknown::<LinuxSeccompAction>(a)) {
+            return bad(format!("syscalls[{i}].action"), "action", a);
+        }
+        for (j, arg) in c["args"].as_array().into_iter().flatten().enumerate() {
+            if let Some(op) = arg.get("op").filter(|o| unknown::<LinuxSeccompOperator>(o)) {
+                return bad(format!("syscalls[{i}].args[{j}].op"), "operator", op);
+            }
+        }
+    }
+    None
 }
 
 /// On the error path only: names a namespace type the spec does not know.
@@ -219,6 +284,47 @@ const DEFAULT: &str = r#"{
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_names_of_scheduler_flags_parse() {
+        use oci_spec::runtime::{LinuxSchedulerFlag as F, Process};
+        let flags = |p: &Process| p.scheduler().as_ref().and_then(|s| s.flags().clone()).unwrap_or_default();
+        let json = r#"{"process":{"cwd":"/","user":{"uid":0,"gid":0},"scheduler":{"policy":"SCHED_DEADLINE",
+            "flags":["SCHED_FLAG_RESET_ON_FORK","SCHED_FLAG_DL_OVERRUN","SCHED_FLAG_RECLAIM"]}}}"#;
+        let spec: Spec = from_json(json.as_bytes()).expect("config.json");
+        let want = vec![F::SchedResetOnFork, F::SchedFlagDLOverrun, F::SchedFlagReclaim];
+        assert_eq!(flags(spec.process().as_ref().expect("process")), want);
+        let p: Process = from_json(
+            br#"{"cwd":"/","user":{"uid":0,"gid":0},"scheduler":{"policy":"SCHED_OTHER","flags":["SCHED_FLAG_RESET_ON_FORK"]}}"#,
+        )
+        .expect("process.json");
+        assert_eq!(flags(&p), vec![F::SchedResetOnFork]);
+        // Other errors keep their position.
+        let e = from_json::<Spec>(b"{\n\"process\": 1}").expect_err("bad");
+        assert_eq!(e.line(), 2);
+    }
+
+    #[test]
+    fn unknown_seccomp_values_are_named() {
+        let hint = |s: &str| seccomp_hint(format!(r#"{{"linux":{{"seccomp":{s}}}}}"#).as_bytes());
+        assert_eq!(hint(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#), None);
+        assert_eq!(
+            hint(r#"{"defaultAction":"SCMP_ACT_BOGUS"}"#).as_deref(),
+            Some(r#"seccomp: defaultAction: unknown action "SCMP_ACT_BOGUS""#)
+        );
+        assert_eq!(
+            hint(r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86","SCMP_ARCH_VAX"]}"#).as_deref(),
+            Some(r#"seccomp: architectures[1]: unknown architecture "SCMP_ARCH_VAX""#)
+        );
+        assert_eq!(
+            hint(
+                r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["a"],"action":"SCMP_ACT_ERRNO"},
+                {"names":["b"],"action":"SCMP_ACT_ERRNO","args":[{"index":0,"value":1,"op":"SCMP_CMP_ALMOST"}]}]}"#
+            )
+            .as_deref(),
+            Some(r#"seccomp: syscalls[1].args[0].op: unknown operator "SCMP_CMP_ALMOST""#)
+        );
+    }
 
     #[test]
     fn default_spec_parses() {

@@ -161,6 +161,60 @@ impl Saved {
     pub fn oci_state_json(&self, status: Status) -> String {
         serde_json::to_string(&self.oci_state(status)).unwrap_or_default()
     }
+
+    /// The state JSON on the stdin of a `kind` hook: this container, with `pid` (the init's
+    /// pid as the host sees it) and the status [`HookKind::status`] gives that kind.
+    pub fn hook_state_json(&self, kind: HookKind, pid: i32) -> String {
+        let status = kind.status();
+        let mut st = self.oci_state(status);
+        if status != Status::Stopped {
+            st.pid = Some(pid);
+        }
+        serde_json::to_string(&st).unwrap_or_default()
+    }
+}
+
+/// The six OCI hook kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind {
+    Prestart,
+    CreateRuntime,
+    CreateContainer,
+    StartContainer,
+    Poststart,
+    Poststop,
+}
+
+impl HookKind {
+    /// The kind's name in config.json.
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::Prestart => "prestart",
+            HookKind::CreateRuntime => "createRuntime",
+            HookKind::CreateContainer => "createContainer",
+            HookKind::StartContainer => "startContainer",
+            HookKind::Poststart => "poststart",
+            HookKind::Poststop => "poststop",
+        }
+    }
+
+    /// The status a hook of this kind reads on its stdin. The runtime spec defines the
+    /// statuses but not which hook sees which, so:
+    /// - `prestart`: `created`, which runtime-tools' hooks_stdin test requires (crun passes
+    ///   it; runc passes `creating`). prestart was defined as running at `start`.
+    /// - `createRuntime`, `createContainer`: `creating`: they run inside the create
+    ///   operation (as runc; crun says `created`, runtime-tools does not check).
+    /// - `startContainer`: `created`: the container is created, its process not yet
+    ///   started (as runc; crun says `starting`, which is no status of the spec).
+    /// - `poststart`: `running` (runtime-tools, runc, crun); `poststop`: `stopped`.
+    pub fn status(self) -> Status {
+        match self {
+            HookKind::Prestart | HookKind::StartContainer => Status::Created,
+            HookKind::CreateRuntime | HookKind::CreateContainer => Status::Creating,
+            HookKind::Poststart => Status::Running,
+            HookKind::Poststop => Status::Stopped,
+        }
+    }
 }
 
 /// temp + rename, and with `durable` also fsync of the file and of the directory:
@@ -237,6 +291,47 @@ mod tests {
         assert!(validate_id("../x").is_err());
         assert!(validate_id(".hidden").is_err());
         assert!(validate_id("a/b").is_err());
+    }
+
+    #[test]
+    fn hook_state_is_built_from_the_state() {
+        // Text that a template substitution would have rewritten: the status and pid of
+        // the template inside annotations, and the id.
+        let mut annotations = HashMap::new();
+        annotations.insert("status".to_string(), "creating".to_string());
+        annotations.insert("\"pid\":0".to_string(), "\"status\":\"creating\"".to_string());
+        let saved = Saved {
+            id: "c1".into(),
+            pid: 0,
+            start_time: 0,
+            bundle: "/b".into(),
+            created: String::new(),
+            cgroup_path: "/c".into(),
+            started: false,
+            annotations: annotations.clone(),
+            config: Spec::default(),
+        };
+        for (kind, status) in [
+            (HookKind::Prestart, "created"),
+            (HookKind::CreateRuntime, "creating"),
+            (HookKind::CreateContainer, "creating"),
+            (HookKind::StartContainer, "created"),
+            (HookKind::Poststart, "running"),
+            (HookKind::Poststop, "stopped"),
+        ] {
+            let v: serde_json::Value = serde_json::from_str(&saved.hook_state_json(kind, 4242)).expect("json");
+            assert_eq!(v["status"], status, "{}", kind.name());
+            assert_eq!(v["id"], "c1");
+            assert_eq!(v["bundle"], "/b");
+            assert_eq!(v["ociVersion"], OCI_VERSION);
+            let want: serde_json::Value = serde_json::to_value(&annotations).expect("annotations");
+            assert_eq!(v["annotations"], want, "{}", kind.name());
+            if kind == HookKind::Poststop {
+                assert!(v.get("pid").is_none(), "{v}");
+            } else {
+                assert_eq!(v["pid"], 4242, "{}", kind.name());
+            }
+        }
     }
 
     #[test]

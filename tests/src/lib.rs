@@ -1567,3 +1567,24 @@ pub fn settled_snapshot(rt: &Runtime) -> Snapshot {
     }
     last
 }
+
+/// After a `create` of container `id` that failed: nothing of it is left: no state entry,
+/// no cgroup at `cgroups_path` in any hierarchy, no process with the id among its
+/// arguments (the runtime's forked init carries the runtime's command line).
+#[track_caller]
+pub fn assert_create_left_nothing(rt: &Runtime, id: &str, cgroups_path: &str) {
+    assert!(!rt.state_entries().iter().any(|e| e == id), "state of {id} left behind: {:?}", rt.state_entries());
+    for m in cgroup_mounts() {
+        let d = cgroup_dir(&m, cgroups_path);
+        assert!(!d.exists(), "cgroup {} left behind", d.display());
+    }
+    let me = std::process::id() as i32;
+    let left: Vec<String> = processes()
+        .into_iter()
+        .filter(|p| p.pid != me && p.state != 'Z')
+        .map(|p| read(format!("/proc/{}/cmdline", p.pid)))
+        .filter(|c| c.split('\0').any(|a| a == id))
+        .map(|c| c.replace('\0', " "))
+        .collect();
+    assert!(left.is_empty(), "processes of {id} left behind: {left:?}");
+}

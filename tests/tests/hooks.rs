@@ -154,3 +154,66 @@ fn a_failing_poststop_hook_does_not_stop_delete() {
         assert!(second.exists(), "the poststop hooks after a failing one still run");
     }
 }
+
+/// Each hook reads the container's state on stdin: its id, bundle, annotations, the init's
+/// pid as the host sees it, and the status of its kind (built from the state, not by
+/// editing a JSON text: an annotation that looks like a status stays as it is).
+/// runtime-tools' hooks_stdin requires prestart `created` and poststart `running` with the
+/// init's pid; the other kinds follow the lifecycle (createRuntime/createContainer run
+/// inside `create`: `creating`; startContainer: `created`).
+#[test]
+fn each_hook_reads_the_containers_state() {
+    let rt = Runtime::new();
+    let mut b = Bundle::new();
+    let out = Scratch::new("hooks-state");
+    let o = out.path().to_str().unwrap();
+    for k in HOST_HOOKS {
+        b.hook(k, sh_hook(&format!("cat > {o}/{k}.json")));
+    }
+    let script = b.rootfs().join("bin/skiff-hook");
+    fs::write(&script, "#!/bin/sh\ncat > /hooks/startContainer.json\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    b.hook("startContainer", json!({"path": "/bin/skiff-hook"}));
+    fs::create_dir(b.rootfs().join("hooks")).unwrap();
+    let annotations = json!({"org.skiff.test": "hook stdin", "status": "creating", "pid": "0"});
+    b.add_mount(json!({"destination": "/hooks", "type": "bind", "source": o, "options": ["rbind", "rw"]}))
+        .without_mount("/sys/fs/cgroup")
+        .set("/annotations", annotations.clone())
+        .args(&["true"]);
+    let id = rt.id("hookstate");
+    rt.create(&b, &id).ok();
+    let pid = rt.pid(&id);
+    rt.start(&id).ok();
+    rt.wait_status(&id, "stopped");
+    rt.delete(&id).ok();
+
+    let bundle = b.path().canonicalize().unwrap();
+    let peer_differs = |what: String| {
+        if is_skiff() {
+            panic!("{what}");
+        }
+        skip_part(&format!("{}: {what}", runtime_bin().display()));
+    };
+    for (k, status) in [
+        ("prestart", "created"),
+        ("createRuntime", "creating"),
+        ("createContainer", "creating"),
+        ("startContainer", "created"),
+        ("poststart", "running"),
+        ("poststop", "stopped"),
+    ] {
+        let text = read(out.join(format!("{k}.json")));
+        let st: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{k} got no state JSON ({e}): {text:?}"));
+        assert_eq!(st["id"], id.as_str(), "{k}: {st}");
+        assert_eq!(st["annotations"], annotations, "{k}: {st}");
+        if Path::new(st["bundle"].as_str().unwrap_or("")).canonicalize().ok().as_ref() != Some(&bundle) {
+            peer_differs(format!("{k} hook gets bundle {} (expected {})", st["bundle"], bundle.display()));
+        }
+        if st["status"] != status {
+            peer_differs(format!("{k} hook gets status {} (expected {status:?})", st["status"]));
+        }
+        if k != "poststop" && st["pid"] != pid {
+            peer_differs(format!("{k} hook gets pid {} (expected the init's host pid {pid})", st["pid"]));
+        }
+    }
+}

@@ -231,3 +231,52 @@ fn default_action_errno_with_an_allow_list() {
     assert_eq!(out.code(), 1, "{out}");
     assert_eq!(out.stderr, format!("mkdir: can't create directory '/tmp/d': {EXFULL_MSG}\n"));
 }
+
+/// A profile the filter cannot be built from fails `create` (not `start`), in one line
+/// that says seccomp, and leaves no state, cgroup or process. With noNewPrivileges the
+/// filter is loaded only after `start`, so it must be built (checked) during create.
+#[test]
+fn a_bad_profile_fails_create_and_leaves_nothing() {
+    let rt = Runtime::new();
+    let bad = [
+        // Found only when the filter is built.
+        (
+            "an argument index past the sixth",
+            filter(
+                json!([{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 6, "value": 1, "op": "SCMP_CMP_EQ"}]}]),
+            ),
+        ),
+        ("an errno past 16 bits", filter(json!([{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 70000}]))),
+        // Found when config.json is read.
+        ("an unknown action", json!({"defaultAction": "SCMP_ACT_BOGUS"})),
+        ("an unknown architecture", json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_VAX"]})),
+        (
+            "an unknown operator",
+            filter(
+                json!([{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 1, "value": 1, "op": "SCMP_CMP_ALMOST"}]}]),
+            ),
+        ),
+    ];
+    for (what, profile) in bad {
+        for nnp in [true, false] {
+            let mut b = Bundle::new();
+            let id = rt.id("badseccomp");
+            let cg = format!("/{id}");
+            // runc cannot mount the "cgroup" filesystem while a second v1 hugetlb hierarchy
+            // is mounted (as crun needs on this hybrid host); this test needs no cgroup mount.
+            b.without_mount("/sys/fs/cgroup")
+                .set("/linux/seccomp", profile.clone())
+                .set("/process/noNewPrivileges", json!(nnp))
+                .set("/linux/cgroupsPath", json!(cg))
+                .args(&["sleep", "1000"]);
+            let out = rt.create(&b, &id);
+            assert!(!out.success(), "{what} (noNewPrivileges {nnp}): create succeeded:\n{out}");
+            if is_skiff() {
+                let err = out.stderr.trim();
+                assert!(err.contains("seccomp") && !err.contains('\n'), "{what}: one line that says seccomp:\n{out}");
+            }
+            assert_create_left_nothing(&rt, &id, &cg);
+            rt.cmd(&["state", &id]).fails();
+        }
+    }
+}

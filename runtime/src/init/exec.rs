@@ -12,21 +12,24 @@ use oci_spec::runtime::{PosixRlimitType, Process};
 
 use crate::error::{Context, Error, Result};
 
-/// rlimits, seccomp (early when no_new_privs is off: loading it then needs
-/// CAP_SYS_ADMIN), user and capabilities, no_new_privs, umask, cwd, and fds. With
+/// rlimits, scheduler/ioprio/personality/LSM attributes, seccomp (early when
+/// no_new_privs is off: loading it then needs CAP_SYS_ADMIN), user and capabilities,
+/// no_new_privs, umask, cwd, and fds. `seccomp` is the filter the parent built. With
 /// `late_seccomp`, a no_new_privs filter is loaded here too (exec); otherwise the
 /// init loads it after `start`, just before execve.
 pub fn finish_process(
     process: &Process,
-    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    attrs: &super::attrs::ProcAttrs,
+    seccomp: Option<&libseccomp::ScmpFilterContext>,
     in_userns: bool,
     preserve_fds: i32,
     late_seccomp: bool,
 ) -> Result<()> {
     set_rlimits(process)?;
+    attrs.apply()?;
     let nnp = process.no_new_privileges() == Some(true);
     if let (Some(s), false) = (seccomp, nnp) {
-        crate::seccomp::load(s)?;
+        crate::seccomp::load_filter(s)?;
     }
     crate::process::set_user_and_caps(process, in_userns)?;
     if nnp {
@@ -42,7 +45,7 @@ pub fn finish_process(
     super::fds::verify_cwd(cwd)?;
     super::fds::close_range_cloexec(3 + preserve_fds);
     if let (Some(s), true, true) = (seccomp, nnp, late_seccomp) {
-        crate::seccomp::load(s)?;
+        crate::seccomp::load_filter(s)?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! This code runs in a forked copy of the (single-threaded) runtime. Errors are sent
 //! to the parent as one line over the sync channel; the parent prints them.
 
+pub mod attrs;
 mod copyup;
 mod devices;
 mod exec;
@@ -35,6 +36,7 @@ use nix::unistd::{chdir, Gid, Uid};
 use oci_spec::runtime::Spec;
 
 use crate::error::{Context, Error, Result};
+use crate::state::HookKind;
 use crate::sync::{Chan, Msg};
 
 /// How the init learns that it may exec the user's process.
@@ -71,8 +73,13 @@ pub struct InitCtx<'a> {
     pub new_flags: CloneFlags,
     /// The parent runs prestart/createRuntime hooks: stop before pivot_root and ask.
     pub runtime_hooks: bool,
-    /// State JSON template for createContainer/startContainer hooks ("{pid}" replaced).
-    pub hook_state: String,
+    /// The container's state (pid not yet known) for the createContainer/startContainer
+    /// hooks' stdin.
+    pub saved: &'a crate::state::Saved,
+    /// The seccomp filter, built (and so checked) by the parent before clone.
+    pub seccomp: Option<libseccomp::ScmpFilterContext>,
+    /// Scheduler, I/O priority, personality, AppArmor/SELinux, checked by the parent.
+    pub attrs: attrs::ProcAttrs,
 }
 
 /// The child's entry point after the clone. Never returns.
@@ -144,6 +151,8 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     }
     nix::unistd::setsid().ctx(|| "setsid")?;
     if !ctx.no_new_keyring {
+        // The keyring gets the container's SELinux label (where SELinux is enabled).
+        ctx.attrs.apply_keycreate()?;
         // A fresh session keyring so the container cannot see the host's keys.
         // SAFETY: keyctl(JOIN_SESSION_KEYRING, NULL) creates an anonymous keyring.
         unsafe {
@@ -252,8 +261,8 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     }
     let host_pid = host_pid();
     if let Some(h) = hooks.and_then(|h| h.create_container().as_ref()) {
-        let state = ctx.hook_state.replace("\"pid\":0", &format!("\"pid\":{host_pid}"));
-        crate::hooks::run(h, "createContainer", &state)?;
+        let kind = HookKind::CreateContainer;
+        crate::hooks::run(h, kind.name(), &ctx.saved.hook_state_json(kind, host_pid))?;
     }
 
     // 4. Switch root.
@@ -305,9 +314,9 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     // 6. The process.
     // (oomScoreAdj is written by the runtime, through the host's /proc: container::create.)
     let prepared = prepare_exec(process)?;
-    let seccomp = linux.seccomp().as_ref();
+    let seccomp = ctx.seccomp.as_ref();
     let nnp = process.no_new_privileges() == Some(true);
-    finish_process(process, seccomp, in_userns, ctx.preserve_fds, false)?;
+    finish_process(process, &ctx.attrs, seccomp, in_userns, ctx.preserve_fds, false)?;
 
     // 7. Ready: wait for start.
     // SAFETY: prctl with integer arguments only.
@@ -327,16 +336,13 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
         Err(e)
     };
     if let Some(h) = hooks.and_then(|h| h.start_container().as_ref()) {
-        let state = ctx
-            .hook_state
-            .replace("\"pid\":0", &format!("\"pid\":{host_pid}"))
-            .replace("\"status\":\"creating\"", "\"status\":\"created\"");
-        if let Err(e) = crate::hooks::run(h, "startContainer", &state) {
+        let kind = HookKind::StartContainer;
+        if let Err(e) = crate::hooks::run(h, kind.name(), &ctx.saved.hook_state_json(kind, host_pid)) {
             return report(e.into());
         }
     }
     if let (Some(s), true) = (seccomp, nnp) {
-        if let Err(e) = crate::seccomp::load(s) {
+        if let Err(e) = crate::seccomp::load_filter(s) {
             return report(e.into());
         }
     }
