@@ -136,7 +136,10 @@ pub fn features() -> Result<()> {
         "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async",
             "dirsync", "remount", "mand", "nomand", "atime", "noatime", "diratime", "nodiratime", "relatime",
             "norelatime", "strictatime", "nostrictatime", "bind", "rbind", "private", "rprivate", "shared",
-            "rshared", "slave", "rslave", "unbindable", "runbindable", "tmpcopyup"],
+            "rshared", "slave", "rslave", "unbindable", "runbindable", "tmpcopyup", "nosymfollow", "symfollow",
+            "rro", "rrw", "rnosuid", "rsuid", "rnodev", "rdev", "rnoexec", "rexec", "rnoatime", "ratime",
+            "rrelatime", "rnorelatime", "rstrictatime", "rnostrictatime", "rnodiratime", "rdiratime",
+            "rnosymfollow", "rsymfollow"],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),

@@ -51,6 +51,9 @@ struct Undo {
     dir: Option<PathBuf>,
     cgroup: Option<Cgroup>,
     pids: Vec<i32>,
+    /// The rootfs of a container without a mount namespace: what it mounted there went
+    /// into the host's mount table.
+    host_mounts: Option<PathBuf>,
 }
 
 impl Drop for Undo {
@@ -64,6 +67,9 @@ impl Drop for Undo {
         if let Some(cg) = self.cgroup.take() {
             let _ = cg.remove();
         }
+        if let Some(r) = self.host_mounts.take() {
+            crate::init::unmount_under(&r);
+        }
         if let Some(d) = self.dir.take() {
             let _ = fs::remove_dir_all(d);
         }
@@ -75,6 +81,7 @@ impl Undo {
         self.dir = None;
         self.cgroup = None;
         self.pids.clear();
+        self.host_mounts = None;
     }
 }
 
@@ -263,7 +270,10 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::AlreadyExists(o.id.clone())),
         Err(e) => return Err(Error::Io { what: format!("create {}", dir.display()), source: e }),
     }
-    let mut undo = Undo { dir: Some(dir.clone()), cgroup: None, pids: Vec::new() };
+    let own_mntns =
+        linux.namespaces().as_deref().unwrap_or_default().iter().any(|n| n.typ() == LinuxNamespaceType::Mount);
+    let host_mounts = (!own_mntns).then(|| rootfs.clone());
+    let mut undo = Undo { dir: Some(dir.clone()), cgroup: None, pids: Vec::new(), host_mounts };
 
     let cg_path = cgroup_path(&spec, &o.id);
     let cgroup = Cgroup::new(&cg_path)?;
@@ -723,6 +733,13 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         std::thread::sleep(Duration::from_millis(2));
     }
     cg.remove()?;
+    // Without a mount namespace the container's mounts are in the host's table.
+    let own_mntns = saved.config.linux().as_ref().is_some_and(|l| {
+        l.namespaces().as_deref().unwrap_or_default().iter().any(|n| n.typ() == LinuxNamespaceType::Mount)
+    });
+    if !own_mntns {
+        crate::init::unmount_under(&crate::spec::rootfs(&saved.config, &saved.bundle));
+    }
     let dir = state::dir(root, id);
     fs::remove_dir_all(&dir).ctx(|| format!("remove {}", dir.display()))?;
     if let Some(h) = saved.config.hooks().as_ref().and_then(|h| h.poststop().as_ref()) {

@@ -160,11 +160,6 @@ fn check(spec: &Spec, bundle: &Path) -> Result<()> {
         seen.push(ns.typ());
     }
     check_sysctls(linux)?;
-    if !seen.contains(&oci_spec::runtime::LinuxNamespaceType::Mount) {
-        return Err(Error::msg(
-            "config.json: a mount namespace is required (add {\"type\": \"mount\"} to linux.namespaces)",
-        ));
-    }
     Ok(())
 }
 

@@ -378,6 +378,22 @@ pub(super) fn set_attrs(mnt: &OwnedFd, attrs: Attrs, recursive: bool) -> Result<
     Ok(())
 }
 
+/// Detaches every mount at or under `path` (deepest first): what a container without a
+/// mount namespace mounted into the host's table. Best effort; for `delete` and undo.
+pub fn unmount_under(path: &Path) {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(unescape_mountinfo))
+        .filter(|p| p.starts_with(&path))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// Mount points in /proc/self/mountinfo escape space, tab, newline and backslash as \ooo.
 fn unescape_mountinfo(s: &str) -> PathBuf {
     let b = s.as_bytes();

@@ -19,6 +19,7 @@ mod terminal;
 use devices::{dev_symlinks, make_device, DEFAULT_DEVICES};
 pub use exec::{finish_process, prepare_exec, Prepared};
 pub use fds::{close_all_but, close_range_cloexec, set_non_dumpable};
+pub use inroot::unmount_under;
 use inroot::{locked_flags, InRoot};
 use mountopts::propagation_flag;
 use mounts::{mask_path, mount_entry, pivot, readonly_path, MountCtx};
