@@ -10,6 +10,7 @@ pub mod cloned;
 pub mod commands;
 pub mod console;
 pub mod container;
+pub mod devfilter;
 pub mod error;
 pub mod hooks;
 pub mod init;
