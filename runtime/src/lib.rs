@@ -5,6 +5,7 @@
 //! [`container`]; everything that happens inside the new container before the
 //! user's process is exec'ed lives in [`init`].
 
+pub mod bpf;
 pub mod cgroups;
 pub mod cloned;
 pub mod commands;
