@@ -21,8 +21,22 @@
 //! - building the libcgroups manager only when needed (it costs ~1 ms on v1) and at most
 //!   once per process and cgroup path (a foreground `run` creates and deletes).
 //!
-//! Device rules are enforced on v1 (devices controller). On v2 they need an eBPF program
-//! (libcgroups feature `cgroupsv2_devices`, not enabled): they are skipped with a debug note.
+//! Device rules (`linux.resources.devices`, then the defaults every container gets, see
+//! [`crate::devfilter::DEFAULT_RULES`]) are checked when the spec is (one clear error for a
+//! bad rule) and installed by [`Cgroup::apply_devices`] at create, before the init makes
+//! device nodes or runs anything of the container's:
+//! - v1 (legacy and hybrid): the devices controller, written by libcgroups after a
+//!   "deny all" of ours (as runc: a spec without rules gets the defaults only, not every
+//!   device); an `a` rule limited to some numbers or bits is written as a `b` and a `c`
+//!   rule, since the kernel reads any `a` rule as "every device, every access";
+//! - v2: a `BPF_PROG_TYPE_CGROUP_DEVICE` program ([`crate::devfilter`], loaded by
+//!   [`crate::bpf`]) attached to the container's cgroup2 directory with
+//!   `BPF_F_ALLOW_MULTI`; failing that, the create fails with what the kernel lacks;
+//! - hybrid: both: the v1 controller enforces, and the same program is attached to the
+//!   container's directory in the cgroup2 hierarchy (`/sys/fs/cgroup/unified/...`), where
+//!   a failure is only a debug note.
+//!
+//! Device rules of a running container do not change (`update` refuses them).
 
 use std::cell::RefCell;
 use std::fs;
@@ -35,7 +49,9 @@ use std::time::{Duration, Instant};
 use libcgroups::common::{AnyCgroupManager, CgroupManager, CgroupSetup, ControllerOpt, FreezerState};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxResources, Spec};
+use oci_spec::runtime::{LinuxCpu, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxResources, Spec};
+
+use crate::devfilter;
 
 /// Where every cgroup hierarchy is mounted (libcgroups supports no other root).
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -527,6 +543,8 @@ fn parse_proc_cgroups(s: &str) -> Vec<KernelController> {
 struct Effective {
     resources: LinuxResources,
     disable_oom_killer: bool,
+    /// The spec's device rules, validated (the defaults not added yet).
+    devices: Vec<devfilter::Rule>,
     /// (controller, what it is needed for)
     needs: Vec<(String, &'static str)>,
 }
@@ -623,18 +641,16 @@ fn effective(layout: &Layout, path: &Path, res: Option<&LinuxResources>) -> Resu
         out.set_network(None);
     }
 
-    // devices
+    // devices: validated for v1 and v2 alike, before any process exists.
+    let devices = devfilter::rules_from_spec(out.devices().as_deref().unwrap_or_default())
+        .map_err(|e| CgroupError::Other(e.to_string()))?;
     if v2 {
-        if out.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-            crate::debug!(
-                "cgroup {}: device rules are not enforced on cgroup v2 (needs eBPF device control, not built in)",
-                path.display()
-            );
-        }
+        // Enforced by a BPF program (Cgroup::apply_devices), not by libcgroups.
         out.set_devices(None);
     } else {
         // libcgroups' v1 manager always writes device rules (the spec's plus its defaults).
         need("devices", "device rules");
+        out.set_devices(Some(v1_device_rules(&devices)));
     }
 
     // rdma: libcgroups has no rdma controller.
@@ -667,7 +683,39 @@ fn effective(layout: &Layout, path: &Path, res: Option<&LinuxResources>) -> Resu
             return Err(layout.unavailable(ctrl, what, true));
         }
     }
-    Ok(Effective { resources: out, disable_oom_killer, needs })
+    Ok(Effective { resources: out, disable_oom_killer, devices, needs })
+}
+
+/// The rules as the v1 devices controller must get them to mean what they mean on v2: the
+/// kernel reads any `a` rule as "every device, every access" (whatever numbers and bits it
+/// names), so an `a` rule limited to some is written as a `b` and a `c` rule; a negative
+/// number (runc's "any") is written as `*`.
+fn v1_device_rules(rules: &[devfilter::Rule]) -> Vec<LinuxDeviceCgroup> {
+    let mut out = Vec::with_capacity(rules.len());
+    for r in rules {
+        let everything = r.major.is_none() && r.minor.is_none() && r.access == devfilter::ACC_ALL;
+        let types: &[LinuxDeviceType] = match r.kind {
+            devfilter::Kind::All if everything => &[LinuxDeviceType::A],
+            devfilter::Kind::All => &[LinuxDeviceType::B, LinuxDeviceType::C],
+            devfilter::Kind::Block => &[LinuxDeviceType::B],
+            devfilter::Kind::Char => &[LinuxDeviceType::C],
+        };
+        let access: String = [(devfilter::ACC_READ, 'r'), (devfilter::ACC_WRITE, 'w'), (devfilter::ACC_MKNOD, 'm')]
+            .iter()
+            .filter(|(bit, _)| r.access & bit != 0)
+            .map(|(_, c)| *c)
+            .collect();
+        for &t in types {
+            let mut d = LinuxDeviceCgroup::default();
+            d.set_allow(r.allow);
+            d.set_typ(Some(t));
+            d.set_major(r.major.map(i64::from));
+            d.set_minor(r.minor.map(i64::from));
+            d.set_access(Some(access.clone()));
+            out.push(d);
+        }
+    }
+    out
 }
 
 /// The memory section if it asks for anything this layout can apply.
@@ -933,6 +981,49 @@ impl Cgroup {
 
     fn placements(&self) -> Vec<Placement> {
         self.dirs().map(|(h, dir)| Placement { hier: h.clone(), created: first_missing(&h.mount, &dir), dir }).collect()
+    }
+
+    /// Installs the device rules of `resources` (the spec's, then the defaults; see the
+    /// module docs) in the cgroup [`Cgroup::prepare`] created. Once per container, at
+    /// create, before [`Cgroup::apply_limits`] (on v1 it starts the devices cgroup from
+    /// "deny all", which apply_limits then opens up) and before the init creates devices.
+    /// Not at `update`: the rules of a running container stay as they are.
+    pub fn apply_devices(&self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
+        let eff = effective(self.layout, &self.path, resources)?;
+        for (h, dir) in self.dirs() {
+            match h.kind {
+                HierKind::V1("devices") => {
+                    let f = dir.join("devices.deny");
+                    fs::write(&f, "a").map_err(|e| self.io_err(format!("write {}", f.display()), e))?;
+                }
+                HierKind::Unified => self.attach_device_program(&dir, eff.devices.clone())?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The device program into the cgroup2 directory `dir`: the enforcement on v2, a second
+    /// line behind the v1 controller on hybrid (where a failure is only a debug note).
+    fn attach_device_program(&self, dir: &Path, spec_rules: Vec<devfilter::Rule>) -> Result<(), CgroupError> {
+        let rules = devfilter::with_defaults(spec_rules);
+        let prog = devfilter::program(&rules).map_err(|e| CgroupError::Other(e.to_string()))?;
+        let Err(e) = crate::bpf::attach_device_filter(dir, &prog) else {
+            crate::debug!("cgroup {}: device program ({} instructions) attached", dir.display(), prog.len());
+            return Ok(());
+        };
+        let p = self.path.display();
+        if self.layout.mode != Mode::Unified {
+            crate::debug!("cgroup {p}: {e}; the v1 devices controller enforces the device rules");
+            return Ok(());
+        }
+        // As runc and crun: nothing is lost when the rules allow every device anyway, or in
+        // a user namespace (no device node can be made there, and bpf(2) is not allowed).
+        if allows_every_device(&rules) || in_user_namespace() {
+            crate::debug!("cgroup {p}: {e}; ignored: the rules allow every device, or this is a user namespace");
+            return Ok(());
+        }
+        Err(CgroupError::Other(format!("cgroup {p}: the device rules cannot be enforced on cgroup v2: {e}")))
     }
 
     /// Applies `resources` to the cgroup [`Cgroup::prepare`] created (through libcgroups).
@@ -1215,6 +1306,20 @@ fn kill_all(dir: &Path) {
     }
 }
 
+/// True when the last rule that decides everything allows it and no deny follows.
+fn allows_every_device(rules: &[devfilter::Rule]) -> bool {
+    let all = |r: &devfilter::Rule| {
+        r.kind == devfilter::Kind::All && r.major.is_none() && r.minor.is_none() && r.access == devfilter::ACC_ALL
+    };
+    rules.iter().rposition(all).is_some_and(|i| rules[i].allow && rules[i..].iter().all(|r| r.allow))
+}
+
+/// True when this process is not in the initial user namespace.
+fn in_user_namespace() -> bool {
+    fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|map| map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -1394,11 +1499,62 @@ pids\t8\t1\t1
                 other => panic!("{json}: expected ControllerUnavailable, got {:?}", other.err()),
             }
         }
-        // Device rules are skipped on v2, cpus are fine (cpuset is there).
+        // Device rules go to the BPF program on v2, not to libcgroups; cpus are fine
+        // (cpuset is there).
         let r = res(r#"{"devices":[{"allow":false,"access":"rwm"}],"cpu":{"cpus":"0"}}"#);
         let e = effective(&l, Path::new("/t"), Some(&r)).expect("ok");
         assert!(e.resources.devices().is_none());
+        assert_eq!(e.devices.len(), 1);
         assert!(effective(&l, Path::new("/t"), None).is_ok());
+    }
+
+    #[test]
+    fn device_rules_are_checked_and_written_for_v1() {
+        let r = res(r#"{"devices":[{"allow":false,"access":"rwm"},
+            {"allow":true,"type":"a","major":8,"access":"r"},
+            {"allow":true,"type":"c","major":-1,"minor":229,"access":"mw"},
+            {"allow":true,"type":"a","access":"m"},
+            {"allow":true,"access":"rwm"}]}"#);
+        let e = effective(&hybrid(), Path::new("/t"), Some(&r)).expect("valid rules");
+        let written: Vec<String> = e
+            .resources
+            .devices()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|d| format!("{} {d}", if d.allow() { "allow" } else { "deny" }))
+            .collect();
+        assert_eq!(
+            written,
+            [
+                "deny a *:* rwm",
+                // The kernel reads any `a` rule as "everything": limited ones become b and c.
+                "allow b 8:* r",
+                "allow c 8:* r",
+                "allow c *:229 wm",
+                "allow b *:* m",
+                "allow c *:* m",
+                "allow a *:* rwm",
+            ]
+        );
+        for mode in [Mode::Unified, Mode::Hybrid] {
+            let l = if mode == Mode::Unified { unified("cpu", "") } else { hybrid() };
+            let bad = res(r#"{"devices":[{"allow":true,"type":"c","major":1,"access":"rwx"}]}"#);
+            let err = effective(&l, Path::new("/t"), Some(&bad)).err().expect("bad access").to_string();
+            assert_eq!(err, "cgroup: linux.resources.devices[0]: access \"rwx\": use a combination of r, w and m");
+        }
+    }
+
+    #[test]
+    fn rules_that_allow_every_device() {
+        let r = |allow, kind, access| devfilter::Rule { allow, kind, major: None, minor: None, access };
+        let all = r(true, devfilter::Kind::All, devfilter::ACC_ALL);
+        let deny_all = r(false, devfilter::Kind::All, devfilter::ACC_ALL);
+        assert!(allows_every_device(&devfilter::with_defaults(vec![deny_all, all])));
+        assert!(!allows_every_device(&devfilter::with_defaults(vec![all, deny_all])));
+        assert!(!allows_every_device(&devfilter::with_defaults(vec![deny_all])));
+        assert!(!allows_every_device(&[all, r(false, devfilter::Kind::Block, devfilter::ACC_READ)]));
+        assert!(!allows_every_device(&[r(true, devfilter::Kind::All, devfilter::ACC_READ)]));
     }
 
     #[test]

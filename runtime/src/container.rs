@@ -398,6 +398,7 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     // The init mounts its filesystems meanwhile; it waits for this before it creates
     // devices (the device cgroup must already hold its rules) or runs anything else.
     if let Some(cg) = &undo.cgroup {
+        cg.apply_devices(resources)?;
         cg.apply_limits(resources)?;
     }
     send_or_child_error(&chan, &Msg::Go)?;

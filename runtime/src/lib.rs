@@ -5,11 +5,13 @@
 //! [`container`]; everything that happens inside the new container before the
 //! user's process is exec'ed lives in [`init`].
 
+pub mod bpf;
 pub mod cgroups;
 pub mod cloned;
 pub mod commands;
 pub mod console;
 pub mod container;
+pub mod devfilter;
 pub mod error;
 pub mod hooks;
 pub mod init;
