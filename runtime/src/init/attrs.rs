@@ -642,14 +642,16 @@ mod tests {
     }
 
     #[test]
-    fn this_host_ignores_lsm_values_without_error() {
+    fn this_host_refuses_lsm_values_it_cannot_apply() {
         // The machines that run these tests have neither AppArmor nor SELinux enabled;
         // where one is, this test says nothing.
         if apparmor_enabled() || selinux_enabled() {
             return;
         }
-        let p = process(r#"{"apparmorProfile":"docker-default","selinuxLabel":"system_u:system_r:container_t:s0"}"#);
-        let a = ProcAttrs::for_init(&p, None).expect("ignored");
+        let p = process(r#"{"apparmorProfile":"docker-default"}"#);
+        let e = ProcAttrs::for_init(&p, None).expect_err("refused").to_string();
+        assert!(e.contains("AppArmor is not enabled"), "{e}");
+        let a = ProcAttrs::for_init(&process("{}"), None).expect("nothing asked");
         assert_eq!(a, ProcAttrs::default());
         a.apply().expect("nothing to apply");
     }
