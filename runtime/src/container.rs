@@ -51,6 +51,9 @@ struct Undo {
     dir: Option<PathBuf>,
     cgroup: Option<Cgroup>,
     pids: Vec<i32>,
+    /// The container has its own pid namespace: killing its init took every process of
+    /// it, so the cgroup is removed only when empty (whatever else is in it is not ours).
+    own_pidns: bool,
 }
 
 impl Drop for Undo {
@@ -62,7 +65,11 @@ impl Drop for Undo {
             let _ = waitpid(Pid::from_raw(p), None);
         }
         if let Some(cg) = self.cgroup.take() {
-            let _ = cg.remove();
+            if self.own_pidns {
+                let _ = cg.remove_if_empty();
+            } else {
+                let _ = cg.remove();
+            }
         }
         if let Some(d) = self.dir.take() {
             let _ = fs::remove_dir_all(d);
@@ -260,10 +267,11 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::AlreadyExists(o.id.clone())),
         Err(e) => return Err(Error::Io { what: format!("create {}", dir.display()), source: e }),
     }
-    let mut undo = Undo { dir: Some(dir.clone()), cgroup: None, pids: Vec::new() };
+    let mut undo = Undo { dir: Some(dir.clone()), cgroup: None, pids: Vec::new(), own_pidns: own_pid_ns(&spec) };
 
     let cg_path = cgroup_path(&spec, &o.id);
     let cgroup = Cgroup::new(&cg_path)?;
+    refuse_busy_cgroup(&cgroup)?;
     let resources = linux.resources().as_ref();
     cgroup.check(resources)?;
     let cg_entry = cgroup.prepare(resources)?;
@@ -411,6 +419,34 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     Ok(Created { saved, chan, console_master })
 }
 
+/// True when the container gets a pid namespace of its own (a `pid` entry without a path),
+/// as runc's `IsPrivate(NEWPID)`: killing its init then kills every process of it.
+fn own_pid_ns(spec: &Spec) -> bool {
+    let nss = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
+    nss.is_some_and(|v| v.iter().any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none()))
+}
+
+/// Refuses a cgroup that already holds processes (runc's check, and its words): deleting
+/// either container would then have to kill the other's processes or leave its own
+/// behind. A cgroup left frozen would freeze the new container in the middle of create.
+fn refuse_busy_cgroup(cg: &Cgroup) -> Result<()> {
+    let pids = cg.pids()?;
+    if !pids.is_empty() {
+        return Err(Error::msg(format!(
+            "container's cgroup is not empty: {} process(es) found in {} (is another container using the same linux.cgroupsPath?)",
+            pids.len(),
+            cg.path().display()
+        )));
+    }
+    if cg.frozen() {
+        return Err(Error::msg(format!(
+            "container's cgroup {} is frozen: thaw it, or use another linux.cgroupsPath",
+            cg.path().display()
+        )));
+    }
+    Ok(())
+}
+
 /// Sends `m`; when the init has already gone, its own last word (an `Err` it sent before
 /// exiting) is the better error.
 fn send_or_child_error(chan: &Chan, m: &Msg) -> Result<()> {
@@ -536,16 +572,14 @@ fn not_running(id: &str) -> Error {
 
 /// `kill [--all] ID SIGNAL`. With `--all` every process left in the container's cgroup is
 /// signalled, also after its init has exited (as runc does: containerd's shim kills with
-/// `--all` when it cleans up a stopped task and takes an error as a failed cleanup).
+/// `--all` when it cleans up a stopped task and takes an error as a failed cleanup), so
+/// that none escapes by forking meanwhile: SIGKILL through `cgroup.kill`, other signals
+/// with the cgroup frozen (see [`Cgroup::signal_all`]).
 pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
     let saved = Saved::load(root, id)?;
     let status = saved.status(root);
     if all {
-        let cg = Cgroup::new(&saved.cgroup_path)?;
-        for p in cg.pids()? {
-            // SAFETY: kill(2) with a pid and a signal number (real-time ones included).
-            unsafe { libc::kill(p, sig) };
-        }
+        Cgroup::new(&saved.cgroup_path)?.signal_all(sig)?;
     } else {
         if status == Status::Stopped {
             return Err(not_running(id));
@@ -680,36 +714,48 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         )));
     }
     let cg = Cgroup::new(&saved.cgroup_path)?;
+    // With a pid namespace of its own, the container's processes are exactly those of that
+    // namespace: SIGKILL to its init makes the kernel kill the rest, and whatever else is in
+    // the cgroup belongs to someone else (another container given the same cgroupsPath).
+    // Without one, every process of the cgroup is taken for the container's, as runc does.
+    let own_pidns = own_pid_ns(&saved.config);
+    let mut pidns = None;
     if status != Status::Stopped {
         if let Some(fd) = pidfd_of(saved.pid, saved.start_time) {
-            let _ = signal_pidfd(&fd, libc::SIGKILL);
-            for p in cg.pids().unwrap_or_default() {
-                let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+            if own_pidns {
+                pidns = ns_ino(saved.pid, "pid");
+            } else {
+                let _ = cg.signal_all(libc::SIGKILL);
             }
+            let _ = signal_pidfd(&fd, libc::SIGKILL);
             if status == Status::Paused {
                 cg.freeze(false)?;
             }
+            // The init's exit is reported only after the kernel has killed and waited for
+            // every other process of its pid namespace.
             if !wait_pidfd(&fd, Duration::from_secs(10)) {
                 return Err(Error::msg(format!("container {id}: the init did not die after SIGKILL")));
             }
         }
     }
-    // Processes left behind (no pid namespace, or escaped children): kill them too.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let pids = cg.pids().unwrap_or_default();
-        if pids.is_empty() {
-            break;
+    if own_pidns {
+        remove_shared_cgroup(&cg, pidns)?;
+    } else {
+        // Processes left behind (no pid namespace of its own): kill them too.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = cg.pids().unwrap_or_default();
+            if pids.is_empty() {
+                break;
+            }
+            let _ = cg.signal_all(libc::SIGKILL);
+            if Instant::now() > deadline {
+                return Err(Error::msg(format!("container {id}: processes survive SIGKILL; cgroup not removed")));
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        for p in pids {
-            let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
-        }
-        if Instant::now() > deadline {
-            return Err(Error::msg(format!("container {id}: processes survive SIGKILL; cgroup not removed")));
-        }
-        std::thread::sleep(Duration::from_millis(2));
+        cg.remove()?;
     }
-    cg.remove()?;
     let dir = state::dir(root, id);
     fs::remove_dir_all(&dir).ctx(|| format!("remove {}", dir.display()))?;
     if let Some(h) = saved.config.hooks().as_ref().and_then(|h| h.poststop().as_ref()) {
@@ -717,6 +763,38 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
             crate::warn!("{e}");
         }
     }
+    Ok(())
+}
+
+/// The inode of `/proc/PID/ns/NAME` (which namespace it is).
+fn ns_ino(pid: i32, name: &str) -> Option<u64> {
+    fs::metadata(format!("/proc/{pid}/ns/{name}")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+/// Removes the cgroup of a container whose pid namespace (inode `pidns`, when known) is
+/// gone, killing nothing of others: a cgroup that still holds processes of another
+/// container stays. Processes on their way into the dead namespace (an `exec` that joined
+/// the cgroup and the namespace but could not fork into it) are ours and are killed.
+fn remove_shared_cgroup(cg: &Cgroup, pidns: Option<u64>) -> Result<()> {
+    for _ in 0..2 {
+        if cg.remove_if_empty()? {
+            return Ok(());
+        }
+        let Some(ns) = pidns else { break };
+        let entering: Vec<i32> =
+            cg.pids()?.into_iter().filter(|&p| ns_ino(p, "pid_for_children") == Some(ns)).collect();
+        if entering.is_empty() {
+            break;
+        }
+        for p in &entering {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*p), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cg.pids()?.iter().any(|p| entering.contains(p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    crate::debug!("cgroup {} still holds processes of others: left in place", cg.path().display());
     Ok(())
 }
 
