@@ -910,6 +910,8 @@ pub struct ExecOpts {
     pub user: Option<String>,
     pub no_new_privs: bool,
     pub caps: Vec<String>,
+    /// Exec even into a paused container (the process then waits, frozen, for `resume`).
+    pub ignore_paused: bool,
 }
 
 fn exec_process(saved: &Saved, o: &ExecOpts) -> Result<Process> {
@@ -983,8 +985,15 @@ const NS_ORDER: &[(&str, CloneFlags)] = &[
 /// `exec`: runs another process in a running container.
 pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
     let saved = Saved::load(root, id)?;
-    if saved.status(root) == Status::Stopped {
-        return Err(Error::msg(format!("cannot exec in container {id}: it is not running")));
+    match saved.status(root) {
+        Status::Stopped => return Err(Error::msg(format!("cannot exec in container {id}: it is not running"))),
+        // The new process would freeze on entering the cgroup, and so would we waiting for it.
+        Status::Paused if !o.ignore_paused => {
+            return Err(Error::msg(format!(
+                "cannot exec in container {id}: it is paused (resume it, or use --ignore-paused to exec anyway)"
+            )))
+        }
+        _ => {}
     }
     let process = exec_process(&saved, o)?;
     if process.terminal() == Some(true) && o.detach && o.console_socket.is_none() {

@@ -1,7 +1,7 @@
 //! One container's lifecycle step must never reach another container, nor hang:
 //! a cgroup shared by two containers (create refuses a busy one; delete and a failed
 //! create kill only their own processes), `kill --all` against a container that forks
-//! all the time.
+//! all the time, and `exec` into a paused container.
 
 use std::fs;
 use std::path::PathBuf;
@@ -208,4 +208,40 @@ fn kill_all_leaves_nothing_of_a_forking_container() {
         assert!(left.is_empty(), "kill --all {sig}: {} process(es) escaped: {left:?}", left.len());
         rt.delete_force(&id).ok();
     }
+}
+
+/// `exec` into a paused container is refused at once (runc's behaviour; it used to hang
+/// with its child frozen in the cgroup), and nothing of it is left in the container;
+/// `--ignore-paused` (runc's flag) goes ahead, the process runs once the container resumes.
+#[test]
+fn exec_into_a_paused_container_is_refused_unless_ignore_paused() {
+    let rt = Runtime::new();
+    let cg = test_cgroup(&rt, "paused");
+    let mut b = Bundle::new();
+    b.args(SLEEP).set("/linux/cgroupsPath", json!(cg));
+    let id = rt.id("paused");
+    rt.create_start(&b, &id);
+    let pid = rt.pid(&id);
+    let out = rt.cmd(&["pause", &id]);
+    if !out.success() {
+        skip(&format!("pause does not work here:\n{out}"));
+        return;
+    }
+    let (cmd, desc) = rt.command(&["exec", &id, "echo", "exec-ran"]);
+    let out = run_command(cmd, desc, rt.io_dir(), Duration::from_secs(30));
+    out.error_mentions(&["paused"]);
+    assert_eq!(procs(&cg), vec![pid], "the refused exec left a process in the container");
+    assert_eq!(rt.status(&id).as_deref(), Some("paused"));
+
+    if kind() == Kind::Crun {
+        skip_part("crun has no exec --ignore-paused");
+    } else {
+        let bg = rt.spawn(&["exec", "--ignore-paused", &id, "echo", "exec-ran"]);
+        // Its process enters the frozen cgroup and freezes there until the resume.
+        wait_until("the exec's process in the paused container", TIMEOUT, || procs(&cg).len() > 1);
+        rt.cmd(&["resume", &id]).ok();
+        let out = bg.wait(TIMEOUT);
+        assert!(out.success() && out.stdout.contains("exec-ran"), "exec --ignore-paused after resume:\n{out}");
+    }
+    rt.delete_force(&id).ok();
 }
