@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Process, Spec};
@@ -35,8 +36,8 @@ pub struct CreateOpts {
 pub enum Mode {
     /// `create`: the init waits for `start` on a socket in the state dir.
     Create,
-    /// `run`: we start it ourselves over the sync channel.
-    Run,
+    /// `run`: we start it ourselves over the sync channel; `detach`: `run --detach`.
+    Run { detach: bool },
 }
 
 pub struct Created {
@@ -251,6 +252,12 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
             "process.terminal is true but no --console-socket was given (set \"terminal\": false in config.json, or pass --console-socket)",
         ));
     }
+    if terminal && o.console_socket.is_none() && mode == (Mode::Run { detach: true }) {
+        // Nobody would hold the pty master: the container would write into a dead terminal.
+        return Err(Error::msg(
+            "run --detach with process.terminal true needs --console-socket to hand the terminal to (pass --console-socket, or set \"terminal\": false in config.json)",
+        ));
+    }
     if !terminal && o.console_socket.is_some() {
         return Err(Error::msg("--console-socket was given but process.terminal is not true"));
     }
@@ -306,7 +313,7 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
 
     let gate = match mode {
         Mode::Create => StartGate::Listener(lift(listen_start_socket(&dir)?, min_fd)?),
-        Mode::Run => StartGate::Chan,
+        Mode::Run { .. } => StartGate::Chan,
     };
     let (console, mut console_local) = terminal_fds(o.console_socket.as_deref(), terminal, min_fd)?;
     let (parent_chan, child_chan) = sync::pair()?;
@@ -813,17 +820,24 @@ const FORWARDED: &[Signal] = &[
     Signal::SIGWINCH,
 ];
 
-/// Waits for our child `pid`, forwarding signals we receive to it. Returns its exit
-/// status as a shell would: the code, or 128 + signal.
-pub fn wait_forwarding(pid: i32, tty: Option<&OwnedFd>) -> Result<i32> {
-    use nix::sys::signalfd::{SfdFlags, SignalFd};
+/// Blocks SIGCHLD and the forwarded signals in the calling thread and returns a signalfd
+/// that reads them. Call it before spawning any thread: a thread inherits the mask, while
+/// one spawned earlier would take a process-directed signal for itself (SIGCHLD is then
+/// lost, being ignored by default) and the wait would hang.
+fn block_forwarded() -> Result<SignalFd> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     for s in FORWARDED {
         set.add(*s);
     }
     set.thread_block().ctx(|| "block signals")?;
-    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).ctx(|| "signalfd")?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).ctx(|| "signalfd")
+}
+
+/// Waits for our child `pid`, forwarding the signals `sfd` reads to it (SIGWINCH: our
+/// terminal's size to `tty`). Returns its exit status as a shell would: the code, or
+/// 128 + signal.
+fn wait_forwarding(sfd: &SignalFd, pid: i32, tty: Option<&OwnedFd>) -> Result<i32> {
     loop {
         // Reap everything that has exited; our init may be among them.
         loop {
@@ -862,9 +876,40 @@ pub fn wait_forwarding(pid: i32, tty: Option<&OwnedFd>) -> Result<i32> {
     }
 }
 
+/// How long a foreground terminal's relay may still copy what the process wrote last
+/// after it exited (bounded: a process it left behind may hold the terminal open).
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// Relays the pty `master` (when there is one) to our stdio from a helper thread while
+/// waiting for our child `pid` (signals blocked first, see [`block_forwarded`]); then runs
+/// `after` (a foreground `run` deletes the container there) and lets the relay copy what
+/// is left in the terminal. Returns the process's exit status (see [`wait_forwarding`]).
+fn wait_foreground(pid: i32, master: Option<OwnedFd>, after: impl FnOnce() -> Result<()>) -> Result<i32> {
+    let sfd = block_forwarded()?;
+    let mut done = None;
+    if let Some(m) = &master {
+        let m2 = m.try_clone().ctx(|| "dup the terminal")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            crate::console::relay(m2);
+            let _ = tx.send(());
+        });
+        done = Some(rx);
+    }
+    let code = wait_forwarding(&sfd, pid, master.as_ref());
+    let after = after();
+    drop(master);
+    if let Some(rx) = done {
+        let _ = rx.recv_timeout(DRAIN);
+    }
+    let code = code?;
+    after?;
+    Ok(code)
+}
+
 /// `run [--detach]`: create, start, and in the foreground wait and delete.
 pub fn run(root: &Path, o: &CreateOpts, detach: bool) -> Result<i32> {
-    let mut c = create(root, o, Mode::Run)?;
+    let mut c = create(root, o, Mode::Run { detach })?;
     let id = o.id.clone();
     let fail = |e: Error| -> Result<i32> {
         let _ = delete(root, &id, true);
@@ -887,14 +932,7 @@ pub fn run(root: &Path, o: &CreateOpts, detach: bool) -> Result<i32> {
     if detach {
         return Ok(0);
     }
-    let master = c.console_master.take();
-    if let Some(m) = &master {
-        let m2 = m.try_clone().ctx(|| "dup the terminal")?;
-        std::thread::spawn(move || crate::console::relay(m2));
-    }
-    let code = wait_forwarding(c.saved.pid, master.as_ref())?;
-    delete(root, &id, true)?;
-    Ok(code)
+    wait_foreground(c.saved.pid, c.console_master.take(), || delete(root, &id, true))
 }
 
 pub struct ExecOpts {
@@ -1078,11 +1116,7 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
     if o.detach {
         return Ok(0);
     }
-    if let Some(m) = &master {
-        let m2 = m.try_clone().ctx(|| "dup the terminal")?;
-        std::thread::spawn(move || crate::console::relay(m2));
-    }
-    wait_forwarding(pid, master.as_ref())
+    wait_foreground(pid, master, || Ok(()))
 }
 
 enum Never {}
