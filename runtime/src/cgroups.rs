@@ -19,7 +19,10 @@
 //! - a removal that also handles nested cgroups and retries while the kernel still reports
 //!   the cgroup busy;
 //! - building the libcgroups manager only when needed (it costs ~1 ms on v1) and at most
-//!   once per process and cgroup path (a foreground `run` creates and deletes).
+//!   once per process and cgroup path (a foreground `run` creates and deletes);
+//! - signalling every process with none escaping by fork (`cgroup.kill`, else freeze,
+//!   signal, thaw), and a removal that kills nothing and leaves a cgroup that still holds
+//!   processes (for a container whose own pid namespace already took its processes away).
 //!
 //! Device rules (`linux.resources.devices`, then the defaults every container gets, see
 //! [`crate::devfilter::DEFAULT_RULES`]) are checked when the spec is (one clear error for a
@@ -1187,21 +1190,58 @@ impl Cgroup {
         false
     }
 
+    /// The cgroup's directory in the cgroup2 hierarchy (pure v2, or the unified hierarchy
+    /// of a hybrid host), when it exists.
+    fn v2_dir(&self) -> Option<PathBuf> {
+        self.dirs().find(|(h, _)| h.kind == HierKind::Unified).map(|(_, d)| d).filter(|d| d.is_dir())
+    }
+
+    /// Sends `sig` to every process of the cgroup (nested cgroups included) in a way no
+    /// process escapes by forking meanwhile, as runc's signalAllProcesses: SIGKILL goes
+    /// through `cgroup.kill` (a cgroup2 core file since Linux 5.14, so also there in the
+    /// unified hierarchy of a hybrid host, where the container's processes are too);
+    /// otherwise the cgroup is frozen, every process signalled, and thawed again (left
+    /// frozen when it was frozen before). Without a freezer the processes are signalled one
+    /// by one. A cgroup that does not exist has nothing to signal.
+    pub fn signal_all(&self, sig: i32) -> Result<(), CgroupError> {
+        if sig == libc::SIGKILL {
+            if let Some(dir) = self.v2_dir() {
+                let f = dir.join("cgroup.kill");
+                match fs::write(&f, b"1") {
+                    Ok(()) => return Ok(()),
+                    // Before Linux 5.14 (or the directory just went away): signal one by one.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(self.io_err(format!("write {}", f.display()), e)),
+                }
+            }
+        }
+        if self.pids()?.is_empty() {
+            return Ok(()); // also: no cgroup (freezing would create one)
+        }
+        let froze = !self.frozen()
+            && match self.freeze(true) {
+                Ok(()) => true,
+                Err(e) => {
+                    crate::debug!("{e}; signalling the processes one by one");
+                    false
+                }
+            };
+        // Listed once frozen: no process can fork after this.
+        let pids = self.pids();
+        for &p in pids.as_deref().unwrap_or_default() {
+            // SAFETY: kill(2) with a pid and a signal number (real-time ones included).
+            unsafe { libc::kill(p, sig) };
+        }
+        if froze {
+            self.freeze(false)?;
+        }
+        pids.map(|_| ())
+    }
+
     /// Removes the cgroup (all hierarchies, nested cgroups included), killing any process
     /// still in it and retrying briefly while the kernel reports it busy. Idempotent.
     pub fn remove(&self) -> Result<(), CgroupError> {
-        for (h, dir) in self.dirs() {
-            if h.own.starts_with(&self.path) {
-                return Err(CgroupError::InvalidPath {
-                    path: self.path.clone(),
-                    reason: format!(
-                        "refusing to remove: the runtime itself runs in it ({} {})",
-                        h.name(),
-                        dir.display()
-                    ),
-                });
-            }
-        }
+        self.refuse_own()?;
         let existing: Vec<(&Hier, PathBuf)> = self.dirs().filter(|(_, d)| d.exists()).collect();
         if existing.is_empty() {
             return Ok(()); // nothing to do: skip building the manager
@@ -1236,6 +1276,49 @@ impl Cgroup {
             }
             (Some((dir, e)), Ok(())) => Err(self.io_err(format!("remove {}", dir.display()), e)),
         }
+    }
+
+    /// Removes the cgroup (all hierarchies, nested cgroups first) unless a process is in
+    /// it, killing nothing: a container that has its own pid namespace owns only what is in
+    /// that namespace, and the cgroup may also hold processes of others (another container
+    /// given the same cgroupsPath). Returns false, leaving the cgroup, when processes are
+    /// there. Idempotent.
+    pub fn remove_if_empty(&self) -> Result<bool, CgroupError> {
+        self.refuse_own()?;
+        let existing: Vec<PathBuf> = self.dirs().map(|(_, d)| d).filter(|d| d.exists()).collect();
+        if existing.is_empty() {
+            return Ok(true);
+        }
+        if !self.pids()?.is_empty() {
+            return Ok(false);
+        }
+        let deadline = Instant::now() + REMOVE_BUDGET;
+        for dir in &existing {
+            match sweep_unless_populated(dir, deadline) {
+                Ok(()) => {}
+                // A process is in it (or, rarely, the kernel still reports it busy).
+                Err(e) if e.raw_os_error() == Some(libc_ebusy()) => return Ok(false),
+                Err(e) => return Err(self.io_err(format!("remove {}", dir.display()), e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Refuses to remove a cgroup the runtime itself runs in.
+    fn refuse_own(&self) -> Result<(), CgroupError> {
+        for (h, dir) in self.dirs() {
+            if h.own.starts_with(&self.path) {
+                return Err(CgroupError::InvalidPath {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "refusing to remove: the runtime itself runs in it ({} {})",
+                        h.name(),
+                        dir.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1291,6 +1374,39 @@ fn rmdir_retry(dir: &Path, deadline: Instant, kill_procs: bool) -> io::Result<()
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Removes `dir` and its nested cgroups without killing anything: waits while one is busy
+/// with processes still exiting, gives up (EBUSY) as soon as one holds a live process.
+fn sweep_unless_populated(dir: &Path, deadline: Instant) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sweep_unless_populated(&entry.path(), deadline)?;
+        }
+    }
+    let mut delay = Duration::from_millis(1);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc_ebusy()) && !has_procs(dir) && Instant::now() < deadline => {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// True when `dir/cgroup.procs` lists a process.
+fn has_procs(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|s| s.lines().any(|l| !l.trim().is_empty()))
 }
 
 fn libc_ebusy() -> i32 {
@@ -1576,6 +1692,37 @@ pids\t8\t1\t1
     }
 
     /// Real cgroups: runs as root on a machine with cgroups (skipped otherwise).
+    #[test]
+    fn real_remove_if_empty_spares_processes_and_signal_all_reaches_them() {
+        if !nix::unistd::geteuid().is_root() || layout().is_err() {
+            return;
+        }
+        let mut child = match std::process::Command::new("sleep").arg("30").spawn() {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        let pid = child.id() as i32;
+        let cg = Cgroup::new(Path::new(&format!("/skiff-unit-shared-{}", std::process::id()))).expect("new");
+        let applied = cg.apply(pid, None);
+        let kept = cg.remove_if_empty();
+        let alive = child.try_wait().map(|s| s.is_none()).unwrap_or(false);
+        // Not SIGKILL: the freeze, signal, thaw path (cgroup.kill serves SIGKILL only).
+        let signalled = cg.signal_all(libc::SIGTERM);
+        let status = child.wait();
+        let removed = cg.remove_if_empty();
+        let _ = cg.remove();
+        applied.expect("apply");
+        assert!(!kept.expect("remove_if_empty"), "a cgroup holding a process is left");
+        assert!(alive, "remove_if_empty kills nothing");
+        signalled.expect("signal_all");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.expect("wait").signal(), Some(libc::SIGTERM));
+        assert!(removed.expect("remove_if_empty"), "an empty cgroup is removed");
+        assert!(cg.dirs().all(|(_, d)| !d.exists()));
+        cg.signal_all(libc::SIGTERM).expect("signal_all without a cgroup");
+        assert!(cg.dirs().all(|(_, d)| !d.exists()), "signal_all creates no cgroup");
+    }
+
     #[test]
     fn real_create_limit_remove() {
         if !nix::unistd::geteuid().is_root() || layout().is_err() {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Process, Spec};
@@ -35,8 +36,8 @@ pub struct CreateOpts {
 pub enum Mode {
     /// `create`: the init waits for `start` on a socket in the state dir.
     Create,
-    /// `run`: we start it ourselves over the sync channel.
-    Run,
+    /// `run`: we start it ourselves over the sync channel; `detach`: `run --detach`.
+    Run { detach: bool },
 }
 
 pub struct Created {
@@ -51,6 +52,9 @@ struct Undo {
     dir: Option<PathBuf>,
     cgroup: Option<Cgroup>,
     pids: Vec<i32>,
+    /// The container has its own pid namespace: killing its init took every process of
+    /// it, so the cgroup is removed only when empty (whatever else is in it is not ours).
+    own_pidns: bool,
     /// The rootfs of a container without a mount namespace: what it mounted there went
     /// into the host's mount table.
     host_mounts: Option<PathBuf>,
@@ -65,7 +69,11 @@ impl Drop for Undo {
             let _ = waitpid(Pid::from_raw(p), None);
         }
         if let Some(cg) = self.cgroup.take() {
-            let _ = cg.remove();
+            if self.own_pidns {
+                let _ = cg.remove_if_empty();
+            } else {
+                let _ = cg.remove();
+            }
         }
         if let Some(r) = self.host_mounts.take() {
             crate::init::unmount_under(&r);
@@ -251,6 +259,12 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
             "process.terminal is true but no --console-socket was given (set \"terminal\": false in config.json, or pass --console-socket)",
         ));
     }
+    if terminal && o.console_socket.is_none() && mode == (Mode::Run { detach: true }) {
+        // Nobody would hold the pty master: the container would write into a dead terminal.
+        return Err(Error::msg(
+            "run --detach with process.terminal true needs --console-socket to hand the terminal to (pass --console-socket, or set \"terminal\": false in config.json)",
+        ));
+    }
     if !terminal && o.console_socket.is_some() {
         return Err(Error::msg("--console-socket was given but process.terminal is not true"));
     }
@@ -273,10 +287,12 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     let own_mntns =
         linux.namespaces().as_deref().unwrap_or_default().iter().any(|n| n.typ() == LinuxNamespaceType::Mount);
     let host_mounts = (!own_mntns).then(|| rootfs.clone());
-    let mut undo = Undo { dir: Some(dir.clone()), cgroup: None, pids: Vec::new(), host_mounts };
+    let mut undo =
+        Undo { dir: Some(dir.clone()), cgroup: None, pids: Vec::new(), own_pidns: own_pid_ns(&spec), host_mounts };
 
     let cg_path = cgroup_path(&spec, &o.id);
     let cgroup = Cgroup::new(&cg_path)?;
+    refuse_busy_cgroup(&cgroup)?;
     let resources = linux.resources().as_ref();
     cgroup.check(resources)?;
     let cg_entry = cgroup.prepare(resources)?;
@@ -311,7 +327,7 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
 
     let gate = match mode {
         Mode::Create => StartGate::Listener(lift(listen_start_socket(&dir)?, min_fd)?),
-        Mode::Run => StartGate::Chan,
+        Mode::Run { .. } => StartGate::Chan,
     };
     let (console, mut console_local) = terminal_fds(o.console_socket.as_deref(), terminal, min_fd)?;
     let (parent_chan, child_chan) = sync::pair()?;
@@ -433,6 +449,34 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     }
     undo.disarm();
     Ok(Created { saved, chan, console_master })
+}
+
+/// True when the container gets a pid namespace of its own (a `pid` entry without a path),
+/// as runc's `IsPrivate(NEWPID)`: killing its init then kills every process of it.
+fn own_pid_ns(spec: &Spec) -> bool {
+    let nss = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
+    nss.is_some_and(|v| v.iter().any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none()))
+}
+
+/// Refuses a cgroup that already holds processes (runc's check, and its words): deleting
+/// either container would then have to kill the other's processes or leave its own
+/// behind. A cgroup left frozen would freeze the new container in the middle of create.
+fn refuse_busy_cgroup(cg: &Cgroup) -> Result<()> {
+    let pids = cg.pids()?;
+    if !pids.is_empty() {
+        return Err(Error::msg(format!(
+            "container's cgroup is not empty: {} process(es) found in {} (is another container using the same linux.cgroupsPath?)",
+            pids.len(),
+            cg.path().display()
+        )));
+    }
+    if cg.frozen() {
+        return Err(Error::msg(format!(
+            "container's cgroup {} is frozen: thaw it, or use another linux.cgroupsPath",
+            cg.path().display()
+        )));
+    }
+    Ok(())
 }
 
 /// Sends `m`; when the init has already gone, its own last word (an `Err` it sent before
@@ -560,16 +604,14 @@ fn not_running(id: &str) -> Error {
 
 /// `kill [--all] ID SIGNAL`. With `--all` every process left in the container's cgroup is
 /// signalled, also after its init has exited (as runc does: containerd's shim kills with
-/// `--all` when it cleans up a stopped task and takes an error as a failed cleanup).
+/// `--all` when it cleans up a stopped task and takes an error as a failed cleanup), so
+/// that none escapes by forking meanwhile: SIGKILL through `cgroup.kill`, other signals
+/// with the cgroup frozen (see [`Cgroup::signal_all`]).
 pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
     let saved = Saved::load(root, id)?;
     let status = saved.status(root);
     if all {
-        let cg = Cgroup::new(&saved.cgroup_path)?;
-        for p in cg.pids()? {
-            // SAFETY: kill(2) with a pid and a signal number (real-time ones included).
-            unsafe { libc::kill(p, sig) };
-        }
+        Cgroup::new(&saved.cgroup_path)?.signal_all(sig)?;
     } else {
         if status == Status::Stopped {
             return Err(not_running(id));
@@ -704,36 +746,48 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         )));
     }
     let cg = Cgroup::new(&saved.cgroup_path)?;
+    // With a pid namespace of its own, the container's processes are exactly those of that
+    // namespace: SIGKILL to its init makes the kernel kill the rest, and whatever else is in
+    // the cgroup belongs to someone else (another container given the same cgroupsPath).
+    // Without one, every process of the cgroup is taken for the container's, as runc does.
+    let own_pidns = own_pid_ns(&saved.config);
+    let mut pidns = None;
     if status != Status::Stopped {
         if let Some(fd) = pidfd_of(saved.pid, saved.start_time) {
-            let _ = signal_pidfd(&fd, libc::SIGKILL);
-            for p in cg.pids().unwrap_or_default() {
-                let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+            if own_pidns {
+                pidns = ns_ino(saved.pid, "pid");
+            } else {
+                let _ = cg.signal_all(libc::SIGKILL);
             }
+            let _ = signal_pidfd(&fd, libc::SIGKILL);
             if status == Status::Paused {
                 cg.freeze(false)?;
             }
+            // The init's exit is reported only after the kernel has killed and waited for
+            // every other process of its pid namespace.
             if !wait_pidfd(&fd, Duration::from_secs(10)) {
                 return Err(Error::msg(format!("container {id}: the init did not die after SIGKILL")));
             }
         }
     }
-    // Processes left behind (no pid namespace, or escaped children): kill them too.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let pids = cg.pids().unwrap_or_default();
-        if pids.is_empty() {
-            break;
+    if own_pidns {
+        remove_shared_cgroup(&cg, pidns)?;
+    } else {
+        // Processes left behind (no pid namespace of its own): kill them too.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = cg.pids().unwrap_or_default();
+            if pids.is_empty() {
+                break;
+            }
+            let _ = cg.signal_all(libc::SIGKILL);
+            if Instant::now() > deadline {
+                return Err(Error::msg(format!("container {id}: processes survive SIGKILL; cgroup not removed")));
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        for p in pids {
-            let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
-        }
-        if Instant::now() > deadline {
-            return Err(Error::msg(format!("container {id}: processes survive SIGKILL; cgroup not removed")));
-        }
-        std::thread::sleep(Duration::from_millis(2));
+        cg.remove()?;
     }
-    cg.remove()?;
     // Without a mount namespace the container's mounts are in the host's table.
     let own_mntns = saved.config.linux().as_ref().is_some_and(|l| {
         l.namespaces().as_deref().unwrap_or_default().iter().any(|n| n.typ() == LinuxNamespaceType::Mount)
@@ -748,6 +802,38 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
             crate::warn!("{e}");
         }
     }
+    Ok(())
+}
+
+/// The inode of `/proc/PID/ns/NAME` (which namespace it is).
+fn ns_ino(pid: i32, name: &str) -> Option<u64> {
+    fs::metadata(format!("/proc/{pid}/ns/{name}")).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+/// Removes the cgroup of a container whose pid namespace (inode `pidns`, when known) is
+/// gone, killing nothing of others: a cgroup that still holds processes of another
+/// container stays. Processes on their way into the dead namespace (an `exec` that joined
+/// the cgroup and the namespace but could not fork into it) are ours and are killed.
+fn remove_shared_cgroup(cg: &Cgroup, pidns: Option<u64>) -> Result<()> {
+    for _ in 0..2 {
+        if cg.remove_if_empty()? {
+            return Ok(());
+        }
+        let Some(ns) = pidns else { break };
+        let entering: Vec<i32> =
+            cg.pids()?.into_iter().filter(|&p| ns_ino(p, "pid_for_children") == Some(ns)).collect();
+        if entering.is_empty() {
+            break;
+        }
+        for p in &entering {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*p), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cg.pids()?.iter().any(|p| entering.contains(p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    crate::debug!("cgroup {} still holds processes of others: left in place", cg.path().display());
     Ok(())
 }
 
@@ -766,17 +852,24 @@ const FORWARDED: &[Signal] = &[
     Signal::SIGWINCH,
 ];
 
-/// Waits for our child `pid`, forwarding signals we receive to it. Returns its exit
-/// status as a shell would: the code, or 128 + signal.
-pub fn wait_forwarding(pid: i32, tty: Option<&OwnedFd>) -> Result<i32> {
-    use nix::sys::signalfd::{SfdFlags, SignalFd};
+/// Blocks SIGCHLD and the forwarded signals in the calling thread and returns a signalfd
+/// that reads them. Call it before spawning any thread: a thread inherits the mask, while
+/// one spawned earlier would take a process-directed signal for itself (SIGCHLD is then
+/// lost, being ignored by default) and the wait would hang.
+fn block_forwarded() -> Result<SignalFd> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     for s in FORWARDED {
         set.add(*s);
     }
     set.thread_block().ctx(|| "block signals")?;
-    let sfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).ctx(|| "signalfd")?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).ctx(|| "signalfd")
+}
+
+/// Waits for our child `pid`, forwarding the signals `sfd` reads to it (SIGWINCH: our
+/// terminal's size to `tty`). Returns its exit status as a shell would: the code, or
+/// 128 + signal.
+fn wait_forwarding(sfd: &SignalFd, pid: i32, tty: Option<&OwnedFd>) -> Result<i32> {
     loop {
         // Reap everything that has exited; our init may be among them.
         loop {
@@ -815,9 +908,40 @@ pub fn wait_forwarding(pid: i32, tty: Option<&OwnedFd>) -> Result<i32> {
     }
 }
 
+/// How long a foreground terminal's relay may still copy what the process wrote last
+/// after it exited (bounded: a process it left behind may hold the terminal open).
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// Relays the pty `master` (when there is one) to our stdio from a helper thread while
+/// waiting for our child `pid` (signals blocked first, see [`block_forwarded`]); then runs
+/// `after` (a foreground `run` deletes the container there) and lets the relay copy what
+/// is left in the terminal. Returns the process's exit status (see [`wait_forwarding`]).
+fn wait_foreground(pid: i32, master: Option<OwnedFd>, after: impl FnOnce() -> Result<()>) -> Result<i32> {
+    let sfd = block_forwarded()?;
+    let mut done = None;
+    if let Some(m) = &master {
+        let m2 = m.try_clone().ctx(|| "dup the terminal")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            crate::console::relay(m2);
+            let _ = tx.send(());
+        });
+        done = Some(rx);
+    }
+    let code = wait_forwarding(&sfd, pid, master.as_ref());
+    let after = after();
+    drop(master);
+    if let Some(rx) = done {
+        let _ = rx.recv_timeout(DRAIN);
+    }
+    let code = code?;
+    after?;
+    Ok(code)
+}
+
 /// `run [--detach]`: create, start, and in the foreground wait and delete.
 pub fn run(root: &Path, o: &CreateOpts, detach: bool) -> Result<i32> {
-    let mut c = create(root, o, Mode::Run)?;
+    let mut c = create(root, o, Mode::Run { detach })?;
     let id = o.id.clone();
     let fail = |e: Error| -> Result<i32> {
         let _ = delete(root, &id, true);
@@ -840,14 +964,7 @@ pub fn run(root: &Path, o: &CreateOpts, detach: bool) -> Result<i32> {
     if detach {
         return Ok(0);
     }
-    let master = c.console_master.take();
-    if let Some(m) = &master {
-        let m2 = m.try_clone().ctx(|| "dup the terminal")?;
-        std::thread::spawn(move || crate::console::relay(m2));
-    }
-    let code = wait_forwarding(c.saved.pid, master.as_ref())?;
-    delete(root, &id, true)?;
-    Ok(code)
+    wait_foreground(c.saved.pid, c.console_master.take(), || delete(root, &id, true))
 }
 
 pub struct ExecOpts {
@@ -863,6 +980,8 @@ pub struct ExecOpts {
     pub user: Option<String>,
     pub no_new_privs: bool,
     pub caps: Vec<String>,
+    /// Exec even into a paused container (the process then waits, frozen, for `resume`).
+    pub ignore_paused: bool,
 }
 
 fn exec_process(saved: &Saved, o: &ExecOpts) -> Result<Process> {
@@ -936,8 +1055,15 @@ const NS_ORDER: &[(&str, CloneFlags)] = &[
 /// `exec`: runs another process in a running container.
 pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
     let saved = Saved::load(root, id)?;
-    if saved.status(root) == Status::Stopped {
-        return Err(Error::msg(format!("cannot exec in container {id}: it is not running")));
+    match saved.status(root) {
+        Status::Stopped => return Err(Error::msg(format!("cannot exec in container {id}: it is not running"))),
+        // The new process would freeze on entering the cgroup, and so would we waiting for it.
+        Status::Paused if !o.ignore_paused => {
+            return Err(Error::msg(format!(
+                "cannot exec in container {id}: it is paused (resume it, or use --ignore-paused to exec anyway)"
+            )))
+        }
+        _ => {}
     }
     let process = exec_process(&saved, o)?;
     if process.terminal() == Some(true) && o.detach && o.console_socket.is_none() {
@@ -1040,11 +1166,7 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
     if o.detach {
         return Ok(0);
     }
-    if let Some(m) = &master {
-        let m2 = m.try_clone().ctx(|| "dup the terminal")?;
-        std::thread::spawn(move || crate::console::relay(m2));
-    }
-    wait_forwarding(pid, master.as_ref())
+    wait_foreground(pid, master, || Ok(()))
 }
 
 enum Never {}

@@ -113,6 +113,9 @@ enum Cmd {
         no_new_privs: bool,
         #[arg(short, long = "cap")]
         cap: Vec<String>,
+        /// Exec into a paused container too (the process waits for `resume`)
+        #[arg(long = "ignore-paused")]
+        ignore_paused: bool,
         id: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -403,6 +406,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
             user,
             no_new_privs,
             cap,
+            ignore_paused,
             id,
             args,
         } => {
@@ -419,6 +423,7 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
                 user,
                 no_new_privs,
                 caps: cap,
+                ignore_paused,
             };
             container::exec(&root, &id, &o).map(|c| c.clamp(0, 255) as u8)
         }
