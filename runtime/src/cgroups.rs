@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use libcgroups::common::{AnyCgroupManager, CgroupManager, CgroupSetup, ControllerOpt, FreezerState};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxCpu, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxResources, Spec};
+use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxResources, Spec};
 
 use crate::devfilter;
 
@@ -647,14 +647,14 @@ fn effective(layout: &Layout, path: &Path, res: Option<&LinuxResources>) -> Resu
     // devices: validated for v1 and v2 alike, before any process exists.
     let devices = devfilter::rules_from_spec(out.devices().as_deref().unwrap_or_default())
         .map_err(|e| CgroupError::Other(e.to_string()))?;
-    if v2 {
-        // Enforced by a BPF program (Cgroup::apply_devices), not by libcgroups.
-        out.set_devices(None);
-    } else {
-        // libcgroups' v1 manager always writes device rules (the spec's plus its defaults).
+    // Enforced by Cgroup::apply_devices (a BPF program on v2, the rules written to the
+    // devices controller on v1), not by libcgroups: so a spec with no other limit needs no
+    // libcgroups manager at all (building the v1 one parses the mount table once per
+    // controller).
+    if !v2 {
         need("devices", "device rules");
-        out.set_devices(Some(v1_device_rules(&devices)));
     }
+    out.set_devices(None);
 
     // rdma: libcgroups has no rdma controller.
     if out.rdma().as_ref().is_some_and(|r| !r.is_empty()) {
@@ -689,19 +689,20 @@ fn effective(layout: &Layout, path: &Path, res: Option<&LinuxResources>) -> Resu
     Ok(Effective { resources: out, disable_oom_killer, devices, needs })
 }
 
-/// The rules as the v1 devices controller must get them to mean what they mean on v2: the
-/// kernel reads any `a` rule as "every device, every access" (whatever numbers and bits it
-/// names), so an `a` rule limited to some is written as a `b` and a `c` rule; a negative
-/// number (runc's "any") is written as `*`.
-fn v1_device_rules(rules: &[devfilter::Rule]) -> Vec<LinuxDeviceCgroup> {
+/// The rules as lines for the v1 devices controller (`devices.allow` when the bool is true,
+/// `devices.deny` else), meaning what they mean on v2: the kernel reads any `a` rule as
+/// "every device, every access" (whatever numbers and bits it names), so an `a` rule
+/// limited to some is written as a `b` and a `c` rule; "any" is written as `*`.
+fn v1_device_lines(rules: &[devfilter::Rule]) -> Vec<(bool, String)> {
     let mut out = Vec::with_capacity(rules.len());
+    let num = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_else(|| "*".into());
     for r in rules {
         let everything = r.major.is_none() && r.minor.is_none() && r.access == devfilter::ACC_ALL;
-        let types: &[LinuxDeviceType] = match r.kind {
-            devfilter::Kind::All if everything => &[LinuxDeviceType::A],
-            devfilter::Kind::All => &[LinuxDeviceType::B, LinuxDeviceType::C],
-            devfilter::Kind::Block => &[LinuxDeviceType::B],
-            devfilter::Kind::Char => &[LinuxDeviceType::C],
+        let types: &[char] = match r.kind {
+            devfilter::Kind::All if everything => &['a'],
+            devfilter::Kind::All => &['b', 'c'],
+            devfilter::Kind::Block => &['b'],
+            devfilter::Kind::Char => &['c'],
         };
         let access: String = [(devfilter::ACC_READ, 'r'), (devfilter::ACC_WRITE, 'w'), (devfilter::ACC_MKNOD, 'm')]
             .iter()
@@ -709,16 +710,22 @@ fn v1_device_rules(rules: &[devfilter::Rule]) -> Vec<LinuxDeviceCgroup> {
             .map(|(_, c)| *c)
             .collect();
         for &t in types {
-            let mut d = LinuxDeviceCgroup::default();
-            d.set_allow(r.allow);
-            d.set_typ(Some(t));
-            d.set_major(r.major.map(i64::from));
-            d.set_minor(r.minor.map(i64::from));
-            d.set_access(Some(access.clone()));
-            out.push(d);
+            out.push((r.allow, format!("{t} {}:{} {access}", num(r.major), num(r.minor))));
         }
     }
     out
+}
+
+/// True when the resources ask libcgroups for nothing.
+fn asks_nothing(r: &LinuxResources) -> bool {
+    r.memory().is_none()
+        && r.cpu().is_none()
+        && r.pids().is_none()
+        && r.hugepage_limits().is_none()
+        && r.block_io().is_none()
+        && r.network().is_none()
+        && r.unified().is_none()
+        && r.devices().is_none()
 }
 
 /// The memory section if it asks for anything this layout can apply.
@@ -996,8 +1003,15 @@ impl Cgroup {
         for (h, dir) in self.dirs() {
             match h.kind {
                 HierKind::V1("devices") => {
-                    let f = dir.join("devices.deny");
-                    fs::write(&f, "a").map_err(|e| self.io_err(format!("write {}", f.display()), e))?;
+                    // From "deny all", then each rule in order (the spec's, then the defaults).
+                    let deny = dir.join("devices.deny");
+                    let allow = dir.join("devices.allow");
+                    fs::write(&deny, "a").map_err(|e| self.io_err(format!("write {}", deny.display()), e))?;
+                    for (is_allow, line) in v1_device_lines(&devfilter::with_defaults(eff.devices.clone())) {
+                        let f = if is_allow { &allow } else { &deny };
+                        fs::write(f, &line)
+                            .map_err(|e| self.io_err(format!("write {line:?} to {}", f.display()), e))?;
+                    }
                 }
                 HierKind::Unified => self.attach_device_program(&dir, eff.devices.clone())?,
                 _ => {}
@@ -1032,6 +1046,9 @@ impl Cgroup {
     /// Applies `resources` to the cgroup [`Cgroup::prepare`] created (through libcgroups).
     pub fn apply_limits(&self, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
         let eff = effective(self.layout, &self.path, resources)?;
+        if asks_nothing(&eff.resources) && !eff.disable_oom_killer {
+            return Ok(());
+        }
         let opt = ControllerOpt {
             resources: &eff.resources,
             disable_oom_killer: eff.disable_oom_killer,
@@ -1632,13 +1649,11 @@ pids\t8\t1\t1
             {"allow":true,"type":"a","access":"m"},
             {"allow":true,"access":"rwm"}]}"#);
         let e = effective(&hybrid(), Path::new("/t"), Some(&r)).expect("valid rules");
-        let written: Vec<String> = e
-            .resources
-            .devices()
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(|d| format!("{} {d}", if d.allow() { "allow" } else { "deny" }))
+        assert!(e.resources.devices().is_none(), "libcgroups writes no device rule");
+        assert!(asks_nothing(&e.resources), "devices alone need no libcgroups manager");
+        let written: Vec<String> = v1_device_lines(&e.devices)
+            .into_iter()
+            .map(|(allow, line)| format!("{} {line}", if allow { "allow" } else { "deny" }))
             .collect();
         assert_eq!(
             written,
