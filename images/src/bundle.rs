@@ -162,6 +162,10 @@ pub enum BundleError {
     #[error("image config of {image}: {detail}")]
     ImageConfig { image: String, detail: String },
 
+    /// A VOLUME of the image that cannot be used; `volume` is quoted and escaped already.
+    #[error("image {image}: VOLUME {volume}: {detail}")]
+    Volume { image: String, volume: String, detail: String },
+
     #[error("nothing to run: image {image} has neither Entrypoint nor Cmd; give a command")]
     NoCommand { image: String },
 
@@ -467,19 +471,8 @@ pub fn build_spec(
             image: name.clone(),
             detail: format!("StopSignal {:?} is not a signal", image.stop_signal.as_deref().unwrap_or_default()),
         })?;
-    let volumes = image
-        .volumes
-        .iter()
-        .map(|v| match clean_abs(v) {
-            Some(c) => Ok(c),
-            None => Err(BundleError::ImageConfig {
-                image: name.clone(),
-                detail: format!("volume {v:?} is not an absolute path"),
-            }),
-        })
-        .collect::<Result<BTreeSet<_>, _>>()?
-        .into_iter()
-        .collect();
+    let volumes =
+        image.volumes.iter().map(|v| volume_path(&name, v)).collect::<Result<BTreeSet<_>, _>>()?.into_iter().collect();
     let ports =
         ports(&image.exposed_ports).map_err(|detail| BundleError::ImageConfig { image: name.clone(), detail })?;
 
@@ -670,9 +663,47 @@ fn merge_env(
     Ok(env)
 }
 
+/// The longest VOLUME path taken (PATH_MAX).
+const VOLUME_PATH_MAX: usize = 4096;
+
+/// The path of an image's VOLUME `v`, checked and made clean (`//` and `.` dropped): absolute,
+/// not `/`, no `..` (docker's builder writes clean paths: a `..` is a hand-made config climbing
+/// out of somewhere), no NUL, at most 4096 bytes. `image` names the image in the error. Whether
+/// it is a real directory of the image is [`crate::volume`]'s business (it needs the rootfs).
+pub fn volume_path(image: &str, v: &str) -> Result<String, BundleError> {
+    let bad =
+        |detail: &str| BundleError::Volume { image: label(image), volume: quoted(v, 200), detail: detail.to_string() };
+    if !v.starts_with('/') {
+        return Err(bad("not an absolute path"));
+    }
+    if v.len() > VOLUME_PATH_MAX {
+        return Err(bad("longer than 4096 bytes"));
+    }
+    if v.contains('\0') {
+        return Err(bad("contains a NUL byte"));
+    }
+    if v.split('/').any(|c| c == "..") {
+        return Err(bad("contains '..': a volume path must be a plain absolute path inside the image"));
+    }
+    match clean_abs(v) {
+        Some(c) if c == "/" => Err(bad("a volume cannot be the root directory")),
+        Some(c) => Ok(c),
+        None => Err(bad("not a valid path")),
+    }
+}
+
+/// `s` quoted for a one-line message: control characters escaped as Rust's `{:?}` does
+/// (`\n`, `\u{1b}`), cut after `max` characters (marked with `...`).
+pub(crate) fn quoted(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => format!("{:?}...", &s[..cut]),
+        None => format!("{s:?}"),
+    }
+}
+
 /// `p` made absolute and lexically clean (`.`/`..` resolved, clamped at `/`); `None` for a
 /// relative path.
-fn clean_abs(p: &str) -> Option<String> {
+pub(crate) fn clean_abs(p: &str) -> Option<String> {
     if !p.starts_with('/') {
         return None;
     }
@@ -699,7 +730,7 @@ fn working_dir(image: &ImageRunConfig, o: &BundleOverrides) -> Result<String, Bu
 
 // ----------------------------------------------------------------------------- rootfs access
 
-fn open_root(rootfs: &Path) -> Result<OwnedFd, BundleError> {
+pub(crate) fn open_root(rootfs: &Path) -> Result<OwnedFd, BundleError> {
     fcntl::open(rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         .map(own)
         .map_err(|e| BundleError::Io { what: "opening the rootfs", path: rootfs.to_path_buf(), source: e.into() })
@@ -707,7 +738,7 @@ fn open_root(rootfs: &Path) -> Result<OwnedFd, BundleError> {
 
 /// Opens `path` (absolute, inside the container) with symlinks resolved as the container
 /// would see them: against the rootfs, never escaping it.
-fn open_in_root(root: &OwnedFd, path: &str, flags: OFlag) -> nix::Result<OwnedFd> {
+pub(crate) fn open_in_root(root: &OwnedFd, path: &str, flags: OFlag) -> nix::Result<OwnedFd> {
     let rel = path.trim_start_matches('/');
     let rel = if rel.is_empty() { "." } else { rel };
     let how = OpenHow::new()

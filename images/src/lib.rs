@@ -45,6 +45,7 @@ pub mod reference;
 pub mod rootfs;
 pub mod store;
 pub mod unpack;
+pub mod volume;
 
 pub use client::{Client, ClientOptions};
 pub use digest::Digest;

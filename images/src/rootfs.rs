@@ -86,6 +86,10 @@ pub const LINKS_DIR: &str = "l";
 pub const EMPTY_DIR: &str = "empty";
 pub const COPIED_MARKER: &str = "rootfs.copied";
 
+/// The deepest directory the copier enters (a layer in the copy fallback, a volume's seed):
+/// each level holds two directory fds and a stack frame, and nothing real nests this deep.
+pub const COPY_MAX_DEPTH: usize = 128;
+
 /// Longest mount(2) data: one page (4 KiB at least) with its NUL.
 const MOUNT_DATA_MAX: usize = 4095;
 /// Longest string value fsconfig(2) takes.
@@ -144,7 +148,9 @@ pub enum RootfsError {
     #[error("overlay rootfs at {}: {detail}", path.display())]
     Mount { path: PathBuf, detail: String },
 
-    #[error("copying layer {} into {}: {path}: {what}: {source}", layer.display(), rootfs.display())]
+    /// `layer`: what is copied (a layer, or the image's directory of a volume); `rootfs`:
+    /// where to.
+    #[error("copying {} into {}: {path}: {what}: {source}", layer.display(), rootfs.display())]
     Copy { layer: PathBuf, rootfs: PathBuf, path: String, what: &'static str, source: io::Error },
 
     #[error("unmounting {}: {source}", path.display())]
@@ -625,11 +631,14 @@ fn copy_layers(layers: &[PathBuf], dir: &Path) -> Result<(), RootfsError> {
     for n in names {
         remove_all_at(root.as_raw_fd(), &n).map_err(|e| io_err("clearing", &rootfs)(e.into()))?;
     }
-    for layer in layers {
-        let src = open_dir(layer).map_err(io_err("opening", layer))?;
-        let mut c = Copier { layer, rootfs: &rootfs, root: root.as_raw_fd(), links: HashMap::new() };
-        c.apply(src.as_raw_fd())?;
-    }
+    on_copy_stack(|| {
+        for layer in layers {
+            let src = open_dir(layer).map_err(io_err("opening", layer))?;
+            let mut c = Copier { layer, rootfs: &rootfs, root: root.as_raw_fd(), links: HashMap::new(), depth: 0 };
+            c.apply(src.as_raw_fd())?;
+        }
+        Ok(())
+    })?;
     fsutil::syncfs(&rootfs).map_err(io_err("syncing", &rootfs))?;
     let mut note = String::from("layers copied into rootfs/, bottom first:\n");
     for l in layers {
@@ -637,6 +646,35 @@ fn copy_layers(layers: &[PathBuf], dir: &Path) -> Result<(), RootfsError> {
     }
     let marker = dir.join(COPIED_MARKER);
     fsutil::write_atomic(dir, &marker, note.as_bytes()).map_err(io_err("writing", &marker))
+}
+
+/// Copies the directory `src` onto the directory `dst` with the copier of the copy fallback:
+/// its entries (symlinks as symlinks, never followed; hardlinks within it kept; ownership,
+/// modes, xattrs except `*.overlay.*`, device nodes, fifos, times), then its own metadata. At
+/// most [`COPY_MAX_DEPTH`] directories deep. `from` and `into` only name the two in errors.
+pub(crate) fn copy_dir(src: &OwnedFd, from: &Path, dst: &OwnedFd, into: &Path) -> Result<(), RootfsError> {
+    on_copy_stack(|| {
+        let mut c = Copier { layer: from, rootfs: into, root: dst.as_raw_fd(), links: HashMap::new(), depth: 0 };
+        c.apply(src.as_raw_fd())
+    })
+}
+
+/// Stack for [`COPY_MAX_DEPTH`] levels of the copier in any build (a debug build takes about
+/// 16 KiB a level), with room to spare.
+const COPY_STACK: usize = COPY_MAX_DEPTH * (32 << 10) + (256 << 10);
+
+/// Runs `f` (the copier, which recurses once per directory level) on a thread of its own with
+/// [`COPY_STACK`] of stack: its callers run on small stacks (the agent's blocking threads have
+/// 512 KiB). The stack is address space; only what the copy touches is ever backed.
+fn on_copy_stack(f: impl FnOnce() -> Result<(), RootfsError> + Send) -> Result<(), RootfsError> {
+    std::thread::scope(|s| {
+        let h = std::thread::Builder::new()
+            .name("skiff-copy".into())
+            .stack_size(COPY_STACK)
+            .spawn_scoped(s, f)
+            .map_err(|e| RootfsError::Io { what: "starting the copy thread", path: PathBuf::new(), source: e })?;
+        h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 pub(crate) fn own(fd: RawFd) -> OwnedFd {
@@ -762,6 +800,8 @@ struct Copier<'a> {
     root: RawFd,
     /// Hardlinked source inodes already copied in this layer → their path in the rootfs.
     links: HashMap<(u64, u64), Vec<u8>>,
+    /// How many directories deep the copy is.
+    depth: usize,
 }
 
 impl Copier<'_> {
@@ -832,9 +872,16 @@ impl Copier<'_> {
                 None => stat::mkdirat(Some(dst), name, Mode::from_bits_truncate(0o700))
                     .map_err(|e| self.err(rel, "mkdir")(e.into()))?,
             }
+            if self.depth >= COPY_MAX_DEPTH {
+                let e = io::Error::other(format!("more than {COPY_MAX_DEPTH} nested directories"));
+                return Err(self.err(rel, "entering the directory")(e));
+            }
             let s = open_dir_at(src, name).map_err(|e| self.err(rel, "opening")(e.into()))?;
             let d = open_dir_at(dst, name).map_err(|e| self.err(rel, "opening in the rootfs")(e.into()))?;
-            self.dir_contents(s.as_raw_fd(), d.as_raw_fd(), rel)?;
+            self.depth += 1;
+            let r = self.dir_contents(s.as_raw_fd(), d.as_raw_fd(), rel);
+            self.depth -= 1;
+            r?;
             // After the contents, so their creation does not change the directory's times.
             return self.metadata(s.as_raw_fd(), b".", d.as_raw_fd(), b".", &st, rel);
         }

@@ -8,7 +8,6 @@
 //! the image's declared VOLUMEs). `--rm` removes it all afterwards; without it the
 //! stopped container stays until `skiff rm NAME`.
 
-use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use skiff_images::bundle::{self, BundleOverrides, ImageRunConfig, NetworkNamespace};
-use skiff_images::{rootfs, Digest, Reference, References, Store};
+use skiff_images::{rootfs, volume, Digest, Reference, References, Store};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -217,6 +216,9 @@ pub fn run(root: &Path, a: RunArgs) -> Result<i32> {
     let store = Store::open(root)?;
     let runtime = find_runtime(a.runtime.as_deref())?;
     let image = image_record(root, &store, &a)?;
+    let config = ImageRunConfig::load(&store, &image)?;
+    // The image's VOLUME paths, before anything is made for the container.
+    volume::check_paths(&config)?;
     let cdir = containers_dir(root).join(&name);
     fs::create_dir_all(containers_dir(root)).with_context(|| format!("creating {}", containers_dir(root).display()))?;
     match fs::create_dir(&cdir) {
@@ -233,7 +235,6 @@ pub fn run(root: &Path, a: RunArgs) -> Result<i32> {
     rootfs::mount_rootfs(&layers, &cdir).with_context(|| format!("preparing the root filesystem of {name}"))?;
     let rootfs_dir = rootfs::rootfs_path(&cdir);
 
-    let config = ImageRunConfig::load(&store, &image)?;
     let mut o = BundleOverrides {
         entrypoint: a.entrypoint.as_ref().map(|e| vec![e.clone()]),
         cmd: (!a.command.is_empty()).then(|| a.command.clone()),
@@ -246,22 +247,14 @@ pub fn run(root: &Path, a: RunArgs) -> Result<i32> {
         hostname: Some(name.chars().take(63).collect()),
         ..Default::default()
     };
-    let mut targets = HashSet::new();
     for v in &a.volumes {
-        let m = volume_mount(root, v)?;
-        targets.insert(m.destination().clone());
-        o.mounts.push(m);
+        o.mounts.push(volume_mount(root, v)?);
     }
-    // The image's declared VOLUMEs get an anonymous volume each (docker's behaviour).
-    for (i, dst) in config.volumes.iter().enumerate() {
-        if targets.contains(Path::new(dst)) {
-            continue;
-        }
-        let src = cdir.join("volumes").join(i.to_string());
-        fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
-        copy_up(&rootfs_dir, dst, &src)?;
-        o.mounts.push(bundle::bind_mount(src, dst, false));
-    }
+    // The image's declared VOLUMEs get an anonymous volume each (docker's behaviour), seeded
+    // from the image.
+    let covered: Vec<PathBuf> = o.mounts.iter().map(|m| m.destination().clone()).collect();
+    let anonymous = volume::image_volumes(&config, &rootfs_dir, &covered, &cdir.join("volumes"))?;
+    o.mounts.extend(anonymous);
     let (spec, _info) = bundle::build_spec(&config, &rootfs_dir, &o)?;
     bundle::write_bundle(&cdir, &spec)?;
 
@@ -307,27 +300,6 @@ fn volume_mount(root: &Path, spec: &str) -> Result<oci_spec::runtime::Mount> {
         p
     };
     Ok(bundle::bind_mount(src, dst, ro))
-}
-
-/// Seeds an anonymous volume with what the image has at that path (docker does this).
-pub(crate) fn copy_up(rootfs_dir: &Path, dst: &str, vol: &Path) -> Result<()> {
-    let from = rootfs_dir.join(dst.trim_start_matches('/'));
-    // Only a real directory inside the rootfs (never follow a symlink out of it).
-    match fs::symlink_metadata(&from) {
-        Ok(m) if m.is_dir() => {}
-        _ => return Ok(()),
-    }
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg("--no-dereference")
-        .arg(format!("{}/.", from.display()))
-        .arg(vol)
-        .status()
-        .context("running cp to seed a volume")?;
-    if !status.success() {
-        bail!("seeding the volume for {dst} from the image failed");
-    }
-    Ok(())
 }
 
 /// Runs `RUNTIME --root R run --bundle DIR NAME` in the foreground, forwarding SIGINT,

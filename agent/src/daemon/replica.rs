@@ -2,7 +2,7 @@
 //! the image and the compose service), and the start (through `skiff shim`) and stop of its
 //! container.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -243,13 +243,15 @@ pub fn prepare(
     id: &str,
     bridged: bool,
 ) -> Result<Prepared> {
+    let config = ImageRunConfig::load(store, image)?;
+    // The image's VOLUME paths, before anything is made for the container.
+    skiff_images::volume::check_paths(&config)?;
     let cdir = paths.container(id);
     fs::create_dir_all(&cdir).with_context(|| format!("creating {}", cdir.display()))?;
     ContainerRecord::write(&cdir, id, image)?;
     let layers = rootfs::image_layers(store, image);
     rootfs::mount_rootfs(&layers, &cdir).with_context(|| format!("preparing the root filesystem of {id}"))?;
     let rootfs_dir = rootfs::rootfs_path(&cdir);
-    let config = ImageRunConfig::load(store, image)?;
 
     let mut warnings = Vec::new();
     let missing = missing_controllers(svc);
@@ -316,10 +318,8 @@ pub fn prepare(
             o.mounts.push(bundle::bind_mount(cdir.join(file), target, true));
         }
     }
-    let mut targets = HashSet::new();
     let mut anon = 0usize;
     for m in &svc.mounts {
-        targets.insert(PathBuf::from(&m.target));
         let mount = match &m.kind {
             MountKind::Volume { name, external } => {
                 let p = paths.volume(name);
@@ -355,18 +355,11 @@ pub fn prepare(
         };
         o.mounts.push(mount);
     }
-    // The image's declared VOLUMEs get an anonymous volume each (docker's behaviour).
-    for (i, dst) in config.volumes.iter().enumerate() {
-        if targets.contains(Path::new(dst)) {
-            continue;
-        }
-        let src = cdir.join("volumes").join(i.to_string());
-        if !src.exists() {
-            fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
-            crate::cli::run::copy_up(&rootfs_dir, dst, &src)?;
-        }
-        o.mounts.push(bundle::bind_mount(src, dst, false));
-    }
+    // The image's declared VOLUMEs get an anonymous volume each (docker's behaviour), seeded
+    // from the image when first made (kept across restarts of this container).
+    let covered: Vec<PathBuf> = o.mounts.iter().map(|m| m.destination().clone()).collect();
+    let anonymous = skiff_images::volume::image_volumes(&config, &rootfs_dir, &covered, &cdir.join("volumes"))?;
+    o.mounts.extend(anonymous);
     let mut config = config;
     if let Some(s) = &svc.stop_signal {
         config.stop_signal = Some(s.clone());

@@ -405,7 +405,14 @@ fn bad_overrides() {
     );
     let img = ImageRunConfig { volumes: vec!["data".into()], ..image() };
     let e = build_spec(&img, r.path(), &BundleOverrides::default()).unwrap_err().to_string();
-    assert_eq!(e, "image config of example.com/app:1: volume \"data\" is not an absolute path");
+    assert_eq!(e, "image example.com/app:1: VOLUME \"data\": not an absolute path");
+    let img = ImageRunConfig { volumes: vec!["/../../tmp/x\u{1b}]0;t\u{7}".into()], ..image() };
+    let e = build_spec(&img, r.path(), &BundleOverrides::default()).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "image example.com/app:1: VOLUME \"/../../tmp/x\\u{1b}]0;t\\u{7}\": contains '..': a volume path must be \
+         a plain absolute path inside the image"
+    );
     let img = ImageRunConfig { stop_signal: Some("SIGNOPE".into()), ..image() };
     let e = build_spec(&img, r.path(), &BundleOverrides::default()).unwrap_err().to_string();
     assert_eq!(e, "image config of example.com/app:1: StopSignal \"SIGNOPE\" is not a signal");
