@@ -22,5 +22,6 @@ pub mod signal;
 pub mod spec;
 pub mod state;
 pub mod sync;
+pub mod sysctl;
 
 pub use error::{Error, Result};

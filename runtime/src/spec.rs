@@ -183,28 +183,19 @@ fn check_sysctls(linux: &oci_spec::runtime::Linux) -> Result<()> {
                 }
         })
     };
-    const IPC: &[&str] = &[
-        "kernel.msgmax",
-        "kernel.msgmnb",
-        "kernel.msgmni",
-        "kernel.sem",
-        "kernel.shmall",
-        "kernel.shmmax",
-        "kernel.shmmni",
-        "kernel.shm_rmid_forced",
-    ];
+    use crate::sysctl::{namespace_of, SysctlNamespace as N};
     for key in sysctls.keys() {
-        let (ok, ns) = if key.starts_with("net.") {
-            (own(T::Network, "net"), "network")
-        } else if IPC.contains(&key.as_str()) || key.starts_with("fs.mqueue.") {
-            (own(T::Ipc, "ipc"), "ipc")
-        } else if key == "kernel.hostname" || key == "kernel.domainname" {
-            (own(T::Uts, "uts"), "uts")
-        } else {
-            return Err(Error::msg(format!(
+        let ns = namespace_of(key).ok_or_else(|| {
+            Error::msg(format!(
                 "config.json: sysctl {key:?} is not namespaced: setting it would change the host; remove it"
-            )));
+            ))
+        })?;
+        let ok = match ns {
+            N::Network => own(T::Network, "net"),
+            N::Ipc => own(T::Ipc, "ipc"),
+            N::Uts => own(T::Uts, "uts"),
         };
+        let ns = ns.name();
         if !ok {
             return Err(Error::msg(format!(
                 "config.json: sysctl {key:?} needs the container's own {ns} namespace (without it the host's value would change)"
