@@ -249,10 +249,17 @@ impl Agent {
     /// Reads the manifest; a bad one keeps the one in force and shows its error.
     pub fn load_manifest(&mut self) {
         let shown = self.manifest_path.display().to_string();
-        let data = match std::fs::read(&self.manifest_path) {
+        // Bounded, and never a FIFO or a device (a read of one would block or never end).
+        let data = match manifest::read_manifest(&self.manifest_path, true) {
             Ok(d) => d,
             Err(e) => {
-                self.manifest_error = Some(format!("{shown}: {e}"));
+                let hint = match e {
+                    manifest::ReadError::NotRegular(_) => {
+                        ": the manifest must be a regular file (a link to one is fine)"
+                    }
+                    _ => "",
+                };
+                self.manifest_error = Some(format!("{shown}: {e}{hint}"));
                 log(&format!("manifest {shown}: {e}; keeping the one in force"));
                 return;
             }
@@ -261,13 +268,7 @@ impl Agent {
         if self.revision.as_deref() == Some(&revision) && self.manifest_error.is_none() {
             return;
         }
-        let report = match manifest::load(&self.manifest_path) {
-            Ok(r) => r,
-            Err(e) => {
-                self.manifest_error = Some(format!("{shown}: {e}"));
-                return;
-            }
-        };
+        let report = manifest::load_bytes(data, &self.manifest_path);
         for d in &report.diagnostics {
             log(&d.render(&shown));
         }

@@ -205,25 +205,25 @@ pub fn controller_available(name: &str) -> bool {
     }
 }
 
-/// Reads env files (`KEY=VALUE` lines, `#` comments, optional `export `, quotes stripped).
+/// Reads env files (`KEY=VALUE` lines, `#` comments, optional `export `, quotes stripped),
+/// each at most [`crate::manifest::ENV_FILE_MAX`] bytes of a regular file.
 fn env_files(svc: &Service) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for f in &svc.env_file {
-        let text = match fs::read_to_string(&f.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !f.required => continue,
-            Err(e) => bail!("env_file {}: {e}", f.path.display()),
+        let pairs = match crate::manifest::read_env_file(&f.path) {
+            Ok(Some(p)) => p,
+            Ok(None) if !f.required => continue,
+            Ok(None) => bail!("env_file {} does not exist", f.path.display()),
+            Err(e) => bail!("env_file {e}"),
         };
-        for (i, line) in text.lines().enumerate() {
-            match crate::manifest::env_line(line) {
-                None => {}
-                Some(Ok((k, Some(v)))) => out.push(format!("{k}={v}")),
-                Some(Ok((k, None))) => {
+        for (k, v) in pairs {
+            match v {
+                Some(v) => out.push(format!("{k}={v}")),
+                None => {
                     if let Ok(v) = std::env::var(&k) {
                         out.push(format!("{k}={v}"));
                     }
                 }
-                Some(Err(e)) => bail!("env_file {}:{}: {e}", f.path.display(), i + 1),
             }
         }
     }

@@ -121,6 +121,10 @@ struct Ctx<'a> {
     base: &'a Path,
     /// `<base>/.env`, read on first use (the process environment wins over it, as in compose).
     dotenv: Option<std::collections::HashMap<String, String>>,
+    /// Why `.env` could not be read, until reported (at the first place that needed it).
+    dotenv_error: Option<String>,
+    /// Read the files the manifest names (env files) and check them.
+    check_files: bool,
 }
 
 /// Compose's interpolation: `$$` is a `$`; `$VAR` and `${VAR}` are replaced by the variable
@@ -297,11 +301,23 @@ impl Ctx<'_> {
         }
         if self.dotenv.is_none() {
             let mut m = std::collections::HashMap::new();
-            if let Ok(text) = std::fs::read_to_string(self.base.join(".env")) {
-                for (k, v) in text.lines().filter_map(super::env_line).filter_map(Result::ok) {
-                    if let Some(v) = v {
-                        m.insert(k, v);
+            let path = self.base.join(".env");
+            match super::read_bounded(&path, super::ENV_FILE_MAX, true) {
+                Ok(data) => {
+                    let text = String::from_utf8_lossy(&data);
+                    for (k, v) in text.lines().filter_map(super::env_line).filter_map(Result::ok) {
+                        if let Some(v) = v {
+                            m.insert(k, v);
+                        }
                     }
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    self.dotenv_error = Some(format!(
+                        "the .env file next to the manifest ({}) cannot be used: {e}; it must be a regular file \
+                         of KEY=VALUE lines",
+                        path.display()
+                    ))
                 }
             }
             self.dotenv = Some(m);
@@ -317,6 +333,9 @@ impl Ctx<'_> {
                     if let Some(v) = self.var(&name) {
                         vars.insert(name, v);
                     }
+                }
+                if let Some(e) = self.dotenv_error.take() {
+                    self.err(n.pos, format!("{what}: {e}"));
                 }
                 match interpolate(&s, &|name| vars.get(name).cloned()) {
                     Ok((v, unset)) => {
@@ -533,8 +552,8 @@ impl Ctx<'_> {
 }
 
 /// Checks and converts the whole document.
-pub(super) fn manifest(root: &Node, base: &Path, diags: &mut Vec<Diagnostic>) -> Option<Manifest> {
-    let mut cx = Ctx { diags, base, dotenv: None };
+pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut Vec<Diagnostic>) -> Option<Manifest> {
+    let mut cx = Ctx { diags, base, dotenv: None, dotenv_error: None, check_files };
     if matches!(root.value, Value::Null) {
         cx.err(root.pos, "the manifest is empty: it needs services:");
         return None;
@@ -749,6 +768,9 @@ fn service(
     let mut limits_deploy = Resources::default();
     let mut limit_pos: BTreeMap<&str, Pos> = BTreeMap::new();
     let mut ports_key: Option<Pos> = None;
+    // Checked once network_mode is known (keys come in any order).
+    let mut sysctl_sites: Vec<(String, Pos)> = Vec::new();
+    let mut cap_sites: Vec<(String, Pos)> = Vec::new();
     for (key, k, v) in &entries {
         let (k, v) = (*k, *v);
         let f = format!("{name}.{key}");
@@ -846,7 +868,12 @@ fn service(
                 let mut caps = Vec::new();
                 for (c, pos) in cx.strings(v, &f, false).unwrap_or_default() {
                     match units::parse_capability(&c) {
-                        Ok(c) => caps.push(c),
+                        Ok(c) => {
+                            if key == "cap_add" {
+                                cap_sites.push((c.clone(), pos));
+                            }
+                            caps.push(c)
+                        }
                         Err(e) => cx.err(pos, format!("{f}: {e}")),
                     }
                 }
@@ -857,7 +884,10 @@ fn service(
                 }
             }
             "ulimits" => s.ulimits = ulimits(cx, v, &f),
-            "sysctls" => s.sysctls = cx.labels(v, &f),
+            "sysctls" => {
+                s.sysctls = cx.labels(v, &f);
+                sysctl_sites = key_sites(v);
+            }
             "labels" => s.labels = cx.labels(v, &f),
             "depends_on" => {
                 s.depends_on = depends_on(cx, name, v, &f, dep_sites);
@@ -928,6 +958,16 @@ fn service(
             NetworkMode::None => cx.warn(pos, format!("{name}.ports: not published with network_mode: none (the service has no network); remove ports or use network_mode: bridge")),
         }
     }
+    for (key, pos) in &sysctl_sites {
+        if let Some(e) = hostaccess::sysctl_error(key, s.network_mode) {
+            cx.err(*pos, format!("{name}.sysctls: {e}"));
+        }
+    }
+    for (cap, pos) in &cap_sites {
+        if let Some(w) = hostaccess::capability_warning(cap, s.network_mode) {
+            cx.warn(*pos, format!("{name}.cap_add: {w}"));
+        }
+    }
     if let Some((p, pos)) = deploy_restart {
         if let Some(rk) = restart_key {
             cx.warn(rk, format!("{name}: deploy.restart_policy (line {}) takes precedence over restart:", pos.line));
@@ -994,18 +1034,31 @@ fn env_files(cx: &mut Ctx, n: &Node, what: &str) -> Vec<EnvFile> {
                     }
                 }
                 match path {
-                    Some(p) => out.push(EnvFile { path: cx.path(&p), required }),
+                    Some(p) => out.push((EnvFile { path: cx.path(&p), required }, it.pos)),
                     None => cx.err(it.pos, format!("{what}: an entry needs path:")),
                 }
             }
             _ => {
                 if let Some(p) = cx.nonempty_string(it, what) {
-                    out.push(EnvFile { path: cx.path(&p), required: true });
+                    out.push((EnvFile { path: cx.path(&p), required: true }, it.pos));
                 }
             }
         }
     }
-    out
+    if cx.check_files {
+        for (f, pos) in &out {
+            match super::read_env_file(&f.path) {
+                Ok(Some(_)) => {}
+                Ok(None) if !f.required => {}
+                Ok(None) => cx.err(
+                    *pos,
+                    format!("{what}: {} does not exist: create it, or give `required: false`", f.path.display()),
+                ),
+                Err(e) => cx.err(*pos, format!("{what}: {e}")),
+            }
+        }
+    }
+    out.into_iter().map(|(f, _)| f).collect()
 }
 
 fn deploy(
@@ -1193,7 +1246,31 @@ fn mount(cx: &mut Ctx, n: &Node, what: &str, volume_sites: &mut Vec<(String, Pos
         None => MountKind::Anonymous,
         Some(s) => source_kind(cx, s, n.pos, what, volume_sites, true)?,
     };
+    bind_warning(cx, &kind, read_only, n.pos, what);
     Some(Mount { kind, target: target.to_string(), read_only })
+}
+
+/// Warns (never refuses) about a bind that hands the host to the container.
+fn bind_warning(cx: &mut Ctx, kind: &MountKind, read_only: bool, pos: Pos, what: &str) {
+    if let MountKind::Bind { source, .. } = kind {
+        if let Some(w) = hostaccess::bind_warning(source, read_only) {
+            cx.warn(pos, format!("{what}: {w}"));
+        }
+    }
+}
+
+/// Each key of a mapping (`KEY: value`) or list (`- KEY=value`), with its position.
+fn key_sites(n: &Node) -> Vec<(String, Pos)> {
+    match &n.value {
+        Value::Seq(items) => items
+            .iter()
+            .filter_map(|it| {
+                it.scalar_text().map(|t| (t.split_once('=').map_or(t.as_str(), |(k, _)| k).to_string(), it.pos))
+            })
+            .collect(),
+        Value::Map(m) => m.iter().filter_map(|(k, _)| k.scalar_text().map(|t| (t, k.pos))).collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn source_kind(
@@ -1316,6 +1393,7 @@ fn mount_long(cx: &mut Ctx, n: &Node, what: &str, volume_sites: &mut Vec<(String
             return None;
         }
     };
+    bind_warning(cx, &kind, read_only, n.pos, what);
     Some(Mount { kind, target, read_only })
 }
 

@@ -5,12 +5,24 @@
 //! returned when there is no error; warnings (unknown keys, ignored options) never stop it.
 //!
 //! Parsing is bounded ([`Limits`]: file size, nesting depth, node count, alias expansion), so a
-//! hostile file fails fast with a located error. The typed model is plain data (serde
+//! hostile file fails fast with a located error. Every file the manifest makes skiff read is
+//! read with a bound too ([`read_bounded`]): the manifest itself (1 MiB), `.env` next to it and
+//! each `env_file:` (1 MiB, regular files only: `/dev/zero` or a FIFO is an error, never a
+//! read without end). [`load`] (the agent, `skiff validate`) reads and checks the env files
+//! as compose does when it loads a project; [`parse_str`] reads none.
+//!
+//! Beyond the syntax, what would reach the host is checked here: a sysctl the runtime would
+//! refuse at create (runc's rule, the runtime's own file) is an error, and binds and
+//! capabilities that hand the host to a container are warnings. The typed model is plain data (serde
 //! `Serialize`/`Deserialize`, `PartialEq`) so the agent can keep a service's previous revision and
 //! compare revisions to decide what to replace.
 
 mod convert;
+mod hostaccess;
 pub mod network;
+/// runc's sysctl rule, the very file skiff-runtime applies (see its documentation).
+#[path = "../../../runtime/src/sysctl.rs"]
+mod sysctl;
 pub mod units;
 pub mod yaml;
 
@@ -393,15 +405,20 @@ pub fn env_line(line: &str) -> Option<Result<(String, Option<String>), String>> 
 }
 
 /// Parses and validates manifest text. Relative paths (binds, env files) resolve against `base_dir`.
+/// Files the manifest names (env files) are not read: see [`load`].
 pub fn parse_str(src: &str, base_dir: &Path) -> Report {
     parse_str_with_limits(src, base_dir, &Limits::default())
 }
 
 /// [`parse_str`] with explicit limits.
 pub fn parse_str_with_limits(src: &str, base_dir: &Path, limits: &Limits) -> Report {
+    parse(src, base_dir, limits, false)
+}
+
+fn parse(src: &str, base_dir: &Path, limits: &Limits, check_files: bool) -> Report {
     let mut diagnostics = Vec::new();
     let manifest = match yaml::parse(src, limits) {
-        Ok(root) => convert::manifest(&root, base_dir, &mut diagnostics),
+        Ok(root) => convert::manifest(&root, base_dir, check_files, &mut diagnostics),
         Err(e) => {
             diagnostics.push(Diagnostic {
                 severity: Severity::Error,
@@ -417,26 +434,162 @@ pub fn parse_str_with_limits(src: &str, base_dir: &Path, limits: &Limits) -> Rep
     Report { manifest: if failed { None } else { manifest }, diagnostics }
 }
 
-/// Reads and validates the manifest at `path` (at most [`Limits::max_bytes`]).
-pub fn load(path: &Path) -> std::io::Result<Report> {
-    let limits = Limits::default();
-    let f = std::fs::File::open(path)?;
-    let mut buf = Vec::new();
-    f.take(limits.max_bytes as u64 + 1).read_to_end(&mut buf)?;
-    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let src = match String::from_utf8(buf) {
-        Ok(s) => s,
-        Err(_) => {
-            return Ok(Report {
-                manifest: None,
-                diagnostics: vec![Diagnostic {
-                    severity: Severity::Error,
-                    line: 1,
-                    column: 1,
-                    message: "the manifest is not UTF-8 text".into(),
-                }],
-            })
+/// The largest env file read (`.env` next to the manifest, each `env_file:`), as compose
+/// files go: a few KEY=VALUE lines.
+pub const ENV_FILE_MAX: u64 = 1 << 20;
+
+/// Why a file could not be read by [`read_bounded`].
+#[derive(Debug)]
+pub enum ReadError {
+    Io(std::io::Error),
+    /// Not a regular file (what it is instead): a FIFO would block the reader, a device
+    /// (`/dev/zero`) never ends.
+    NotRegular(&'static str),
+    /// Larger than the limit (bytes).
+    TooLarge(u64),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::NotRegular(kind) => write!(f, "not a regular file (a {kind})"),
+            ReadError::TooLarge(max) if max % (1 << 20) == 0 => {
+                write!(f, "larger than {} MiB, the limit", max >> 20)
+            }
+            ReadError::TooLarge(max) => write!(f, "larger than {max} bytes, the limit"),
         }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+impl ReadError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ReadError::Io(e) if e.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// Reads the file at `path` (symlinks followed), never more than `max` bytes: a longer file
+/// is [`ReadError::TooLarge`], whatever its size, read or not. With `regular_only`, anything
+/// but a regular file is refused before a byte is read; otherwise a pipe or a device is read
+/// the same, bounded. The open never blocks (a FIFO without a writer).
+pub fn read_bounded(path: &Path, max: u64, regular_only: bool) -> Result<Vec<u8>, ReadError> {
+    let buf = read_limited(path, max, regular_only)?;
+    if buf.len() as u64 > max {
+        return Err(ReadError::TooLarge(max));
+    }
+    Ok(buf)
+}
+
+/// [`read_bounded`], but a longer file gives its first `max + 1` bytes.
+fn read_limited(path: &Path, max: u64, regular_only: bool) -> Result<Vec<u8>, ReadError> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(ReadError::Io)?;
+    let ft = f.metadata().map_err(ReadError::Io)?.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_dir() {
+            "directory"
+        } else if ft.is_fifo() {
+            "FIFO"
+        } else if ft.is_char_device() {
+            "character device"
+        } else if ft.is_block_device() {
+            "block device"
+        } else if ft.is_socket() {
+            "socket"
+        } else {
+            "special file"
+        };
+        if regular_only || ft.is_dir() {
+            return Err(ReadError::NotRegular(kind));
+        }
+        // A pipe is read as a pipe: blocking, like any reader of it would.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        // SAFETY: F_GETFL/F_SETFL on an fd this function owns; no memory is involved.
+        unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            if fl >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+            }
+        }
+    }
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf).map_err(ReadError::Io)?;
+    Ok(buf)
+}
+
+/// `KEY=VALUE` as `(KEY, Some(VALUE))`, a bare `KEY` (take it from the environment) as
+/// `(KEY, None)`.
+pub type EnvPair = (String, Option<String>);
+
+/// Reads and parses an env file (see [`env_line`]): `Ok(None)` when it does not exist; an
+/// error names the file and says what to do, in one line.
+pub fn read_env_file(path: &Path) -> Result<Option<Vec<EnvPair>>, String> {
+    let shown = path.display();
+    let data = match read_bounded(path, ENV_FILE_MAX, true) {
+        Ok(d) => d,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e @ ReadError::TooLarge(_)) => {
+            return Err(format!(
+                "{shown}: {e} for an env file: keep it to KEY=VALUE lines (a large value belongs in a file \
+                 bind-mounted into the container)"
+            ))
+        }
+        Err(e @ ReadError::NotRegular(_)) => {
+            return Err(format!("{shown}: {e}: an env file must be a regular file of KEY=VALUE lines"))
+        }
+        Err(e) => return Err(format!("{shown}: {e}")),
     };
-    Ok(parse_str_with_limits(&src, base, &limits))
+    let text =
+        String::from_utf8(data).map_err(|_| format!("{shown}: not UTF-8 text: an env file holds KEY=VALUE lines"))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        match env_line(line) {
+            None => {}
+            Some(Ok(kv)) => out.push(kv),
+            Some(Err(e)) => return Err(format!("{shown}:{}: {e}", i + 1)),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Reads the manifest file at `path`: at most [`Limits::max_bytes`] and one more (so that
+/// [`load_bytes`] tells a larger file). With `regular_only` (the agent), a FIFO or a device
+/// is refused rather than read.
+pub fn read_manifest(path: &Path, regular_only: bool) -> Result<Vec<u8>, ReadError> {
+    read_limited(path, Limits::default().max_bytes as u64, regular_only)
+}
+
+/// Validates manifest bytes read from `path` (relative paths resolve against its
+/// directory), and reads the files it names (each env file: it must exist unless
+/// `required: false`, and be a regular file of at most [`ENV_FILE_MAX`] bytes of KEY=VALUE
+/// lines), as compose does when it loads a project.
+pub fn load_bytes(data: Vec<u8>, path: &Path) -> Report {
+    let limits = Limits::default();
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let error = |message: String| Report {
+        manifest: None,
+        diagnostics: vec![Diagnostic { severity: Severity::Error, line: 1, column: 1, message }],
+    };
+    if data.len() > limits.max_bytes {
+        return error(format!(
+            "the manifest is larger than {} MiB, the limit: keep it to the services (a compose file is a few KiB)",
+            limits.max_bytes >> 20
+        ));
+    }
+    match String::from_utf8(data) {
+        Ok(src) => parse(&src, base, &limits, true),
+        Err(_) => error("the manifest is not UTF-8 text".into()),
+    }
+}
+
+/// Reads and validates the manifest at `path` ([`read_manifest`], pipes allowed, then
+/// [`load_bytes`]).
+pub fn load(path: &Path) -> Result<Report, ReadError> {
+    Ok(load_bytes(read_manifest(path, false)?, path))
 }

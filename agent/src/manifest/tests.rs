@@ -80,7 +80,7 @@ services:
     mem_limit: 128m
     pids_limit: 100
     restart: always
-    network_mode: host
+    ports: ["127.0.0.1:6379:6379"]
     volumes:
       - type: volume
         source: redis-data
@@ -783,4 +783,83 @@ fn named_volumes_resolve_to_their_real_names() {
             MountKind::Volume { name: "ext".into(), external: true }
         ]
     );
+}
+
+/// `load` reads each env file (bounded) and refuses what the agent could not use, at the
+/// env_file entry's line and column; `parse_str` reads none.
+#[test]
+fn env_files_are_read_bounded_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("good.env"), "A=1\n# c\nexport B='two'\n").unwrap();
+    std::fs::write(d.join("big.env"), "X=".to_string() + &"y".repeat(2 << 20)).unwrap();
+    std::fs::write(d.join("bad.env"), "A=1\nnot a line\n").unwrap();
+    nix::unistd::mkfifo(&d.join("fifo.env"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let path = d.join("compose.yaml");
+    let load = |env_file: &str| {
+        let src =
+            format!("services:\n  web:\n    image: busybox\n    env_file:\n      - good.env\n      - {env_file}\n");
+        std::fs::write(&path, &src).unwrap();
+        let r = load(&path).unwrap();
+        assert_eq!(parse_str(&src, d).errors(), 0, "parse_str reads no env file");
+        lines(&r)
+    };
+    assert!(load("good.env").is_empty());
+    let cases = [
+        ("/dev/zero", "6:9: error: web.env_file: /dev/zero: not a regular file (a character device): an env file must be a regular file"),
+        ("big.env", "6:9: error: web.env_file: DIR/big.env: larger than 1 MiB, the limit for an env file: keep it to KEY=VALUE lines"),
+        ("fifo.env", "6:9: error: web.env_file: DIR/fifo.env: not a regular file (a FIFO)"),
+        ("bad.env", "6:9: error: web.env_file: DIR/bad.env:2: expected KEY=VALUE"),
+        (".", "6:9: error: web.env_file: DIR/.: not a regular file (a directory)"),
+        ("gone.env", "6:9: error: web.env_file: DIR/gone.env does not exist: create it, or give `required: false`"),
+    ];
+    for (f, want) in cases {
+        let l = load(f);
+        let want = want.replace("DIR", &d.display().to_string());
+        assert!(l.len() == 1 && l[0].starts_with(&want), "{f}: {l:#?}");
+    }
+    assert!(load("{path: gone.env, required: false}").is_empty());
+
+    // What the replica's start reads: the same rules.
+    let pairs = read_env_file(&d.join("good.env")).unwrap().unwrap();
+    assert_eq!(pairs, [("A".to_string(), Some("1".to_string())), ("B".into(), Some("two".into()))]);
+    assert!(read_env_file(&d.join("gone.env")).unwrap().is_none());
+    assert!(read_env_file(Path::new("/dev/zero")).unwrap_err().contains("not a regular file"));
+}
+
+/// `.env` next to the manifest: bounded too, its error at the first string that needed it.
+#[test]
+fn a_bad_dot_env_is_an_error_where_it_is_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = "services:\n  web:\n    image: \"busybox:${SKIFF_TEST_UNSET_TAG_X:-1}\"\n    command: \"echo ${SKIFF_TEST_UNSET_Y:-x}\"\n";
+    std::fs::write(dir.path().join(".env"), "A=".to_string() + &"y".repeat(2 << 20)).unwrap();
+    let l = lines(&parse_str(src, dir.path()));
+    assert_eq!(l.len(), 1, "reported once: {l:#?}");
+    assert!(l[0].starts_with("3:12: error: web.image: the .env file next to the manifest ("), "{l:#?}");
+    assert!(l[0].contains("larger than 1 MiB, the limit; it must be a regular file of KEY=VALUE lines"), "{l:#?}");
+    std::fs::remove_file(dir.path().join(".env")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join(".env")).unwrap();
+    let l = lines(&parse_str(src, dir.path()));
+    assert!(l.len() == 1 && l[0].contains("not a regular file (a character device)"), "{l:#?}");
+    // Without a variable to look up, .env is never read.
+    assert!(lines(&parse_str("services:\n  web:\n    image: busybox\n", dir.path())).is_empty());
+}
+
+/// The manifest file itself: bounded for `skiff validate` (which may read a pipe), and a
+/// FIFO or device is refused outright for the agent.
+#[test]
+fn the_manifest_is_read_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = load(Path::new("/dev/zero")).unwrap();
+    assert_eq!(lines(&r), ["1:1: error: the manifest is larger than 1 MiB, the limit: keep it to the services (a compose file is a few KiB)"]);
+    let e = read_manifest(Path::new("/dev/zero"), true).unwrap_err().to_string();
+    assert_eq!(e, "not a regular file (a character device)");
+    let fifo = dir.path().join("compose.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let e = read_manifest(&fifo, true).unwrap_err().to_string();
+    assert_eq!(e, "not a regular file (a FIFO)", "refused without blocking on the open");
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, "x".repeat(3 << 20)).unwrap();
+    assert_eq!(read_manifest(&big, true).unwrap().len(), (1 << 20) + 1, "never more than the limit and a byte");
+    assert!(lines(&load(&big).unwrap())[0].contains("larger than 1 MiB"));
 }
