@@ -50,7 +50,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -175,8 +175,17 @@ fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
     }
 }
 
+/// 0600, in a 0700 directory: a service may print its secrets, and only root reads logs (through
+/// `skiff logs`). Not 0640 as /var/log often is: the group of a root process is root, which
+/// grants nobody anything more, and an `adm`-style group would have to be chosen and documented.
+/// A file an older skiff made 0640 is narrowed when the shim reopens it.
 fn open_current(dir: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).read(true).mode(0o640).open(file_path(dir, 0))
+    let f = OpenOptions::new().create(true).append(true).read(true).mode(0o600).open(file_path(dir, 0))?;
+    let mode = f.metadata()?.mode();
+    if mode & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7700))?;
+    }
+    Ok(f)
 }
 
 /// Appends a replica's output to `<dir>/current.log`, rotating by size.
@@ -196,7 +205,8 @@ impl LogWriter {
     /// `max_size == 0` means no rotation; `max_files == 0` is taken as 1. Rotated files beyond
     /// `max_files` (left by a larger earlier setting) are removed.
     pub fn open(dir: &Path, max_size: u64, max_files: u32) -> io::Result<LogWriter> {
-        fs::create_dir_all(dir)?;
+        skiff_images::fsutil::create_private_dir(dir)?;
+        skiff_images::fsutil::make_private(dir)?; // one an older skiff made 0755
         let max_files = max_files.max(1);
         for n in rotated_numbers(dir)? {
             if n >= max_files {
@@ -530,10 +540,15 @@ mod tests {
         assert!(!recs[0].partial);
         humantime::parse_rfc3339(&recs[0].time).unwrap();
         let mode = fs::metadata(dir.path().join(CURRENT)).unwrap().mode() & 0o777;
-        assert_eq!(mode & !0o640, 0, "mode {mode:o}");
+        assert_eq!(mode, 0o600, "a service's output may hold secrets: mode {mode:o}");
         assert_eq!(w.size(), text.len() as u64);
         assert!(Record::parse(b"2024-01-01T00:0").is_none());
         assert!(Record::parse(b"2024-01-01T00:00:00.000000000Z xx y").is_none());
+        // One an older skiff made 0640 is narrowed when the shim opens it again.
+        drop(w);
+        fs::set_permissions(dir.path().join(CURRENT), fs::Permissions::from_mode(0o640)).unwrap();
+        let _w = LogWriter::open(dir.path(), 0, 3).unwrap();
+        assert_eq!(fs::metadata(dir.path().join(CURRENT)).unwrap().mode() & 0o777, 0o600);
     }
 
     #[test]

@@ -366,7 +366,8 @@ impl Shim {
             bail!("invalid container id {:?}: use letters, digits, '_', '.', '-' (not first)", a.id);
         }
 
-        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        skiff_images::fsutil::create_private_dir(&run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
         for stale in ["exit.json", "init.pid"] {
             match std::fs::remove_file(run_dir.join(stale)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {

@@ -28,7 +28,10 @@
 //! is spooled into `<root>/tmp/load-<pid>-<n>/` while its sha256 is computed (a layer is never
 //! held in memory); a `blobs/sha256/<hex>` entry must hash to `<hex>` or the load stops. Blobs
 //! the store already has are only hashed. A directory is read on demand, each blob copied into
-//! the spool and verified likewise. Then the images are assembled and checked as a pull does
+//! the spool and verified likewise; every file of it is opened beneath it (openat2
+//! `RESOLVE_BENEATH`, see [`open_beneath`]): a symlink may point inside the directory (skopeo's
+//! `<id>/layer.tar -> ../<hex>.tar`), never out of it, so a layout cannot make skiff store a file
+//! of the host. Then the images are assembled and checked as a pull does
 //! (manifest → config → `rootfs.diff_ids`, one per layer), the missing layers unpacked into the
 //! spool (each verified against its diff_id; a layer already unpacked in the store is verified
 //! by hashing its decompressed blob when that blob is new), and only when *every* image of the
@@ -52,11 +55,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use nix::errno::Errno;
+use nix::fcntl::{self, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -121,16 +128,14 @@ pub fn load_with(store: &Store, path: &Path, opts: &LoadOptions) -> Result<Loade
         .map_err(|e| Error::io(format!("reading the archive {}", path.display()), store.root(), e))?;
     let _lock = store.lock(LockKind::Shared, || {})?;
     let spool = Spool::new(store)?;
-    let mut ctx = Ctx {
-        store,
-        file: path,
-        opts,
-        base,
-        spool,
-        src: Source::Dir { root: path.to_path_buf(), cache: HashMap::new() },
-        warnings: Vec::new(),
-        needed: BTreeMap::new(),
+    let src = if md.is_dir() {
+        let fd = open_layout_dir(path)
+            .map_err(|e| Error::io(format!("reading the directory {}", path.display()), store.root(), e))?;
+        Source::Dir { root: path.to_path_buf(), fd, cache: HashMap::new() }
+    } else {
+        Source::Tar(TarIndex::default())
     };
+    let mut ctx = Ctx { store, file: path, opts, base, spool, src, warnings: Vec::new(), needed: BTreeMap::new() };
     let packing = if md.is_dir() {
         "directory"
     } else {
@@ -252,7 +257,14 @@ enum CopyError {
 /// Copies `r` into a new file `dest` (or nowhere), returning the sha256 and length.
 fn hash_copy(mut r: impl Read, dest: Option<&Path>) -> std::result::Result<(Digest, u64), CopyError> {
     let mut out = match dest {
-        Some(p) => Some(OpenOptions::new().write(true).create_new(true).mode(0o644).open(p).map_err(CopyError::Write)?),
+        Some(p) => Some(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(fsutil::PRIVATE_FILE)
+                .open(p)
+                .map_err(CopyError::Write)?,
+        ),
         None => None,
     };
     let mut h = Sha256::new();
@@ -351,7 +363,80 @@ impl TarIndex {
 /// Where the archive's files are.
 enum Source {
     Tar(TarIndex),
-    Dir { root: PathBuf, cache: HashMap<String, Item> },
+    /// A layout directory: `fd` (O_PATH) is what every file is opened beneath ([`open_beneath`]).
+    Dir {
+        root: PathBuf,
+        fd: OwnedFd,
+        cache: HashMap<String, Item>,
+    },
+}
+
+/// The layout directory `skiff load DIR` reads (the path given may be a symlink itself).
+fn open_layout_dir(path: &Path) -> io::Result<OwnedFd> {
+    let fd = fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    // SAFETY: open(2) just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Set once openat2(2) turned out to be missing (Linux < 5.6, or filtered by seccomp).
+static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Opens `rel` (a [`clean`] path) for reading beneath the layout directory `dir`, as the tar path
+/// resolves an archive's links inside the archive: a symlink is followed only while it stays
+/// beneath the directory (openat2 `RESOLVE_BENEATH`; `RESOLVE_NO_MAGICLINKS`), so a layout
+/// cannot make skiff read a file of the host (`blobs/sha256/x -> /etc/shadow`, `../../x`) into
+/// the store: that fails with EXDEV. Without openat2 no symlink is followed at all (ELOOP).
+/// Non-blocking, so a FIFO in the layout cannot hang the load; the caller checks it is a file.
+fn open_beneath(dir: &OwnedFd, rel: &str) -> io::Result<File> {
+    use std::sync::atomic::Ordering;
+    let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        let how =
+            OpenHow::new().flags(flags).resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        match fcntl::openat2(dir.as_raw_fd(), rel, how) {
+            // SAFETY: openat2(2) just returned this fd and nothing else owns it.
+            Ok(fd) => return Ok(unsafe { File::from_raw_fd(fd) }),
+            Err(Errno::ENOSYS) | Err(Errno::EPERM) => NO_OPENAT2.store(true, Ordering::Relaxed),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // One component at a time, never following a symlink (`rel` has no `..`: see `clean`).
+    let mut cur: Option<OwnedFd> = None;
+    let mut comps = rel.split('/').peekable();
+    while let Some(c) = comps.next() {
+        let at = cur.as_ref().map_or(dir.as_raw_fd(), |f| f.as_raw_fd());
+        let last = comps.peek().is_none();
+        let f = if last { flags } else { OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC } | OFlag::O_NOFOLLOW;
+        let fd = fcntl::openat(Some(at), c, f, Mode::empty())?;
+        // SAFETY: openat(2) just returned this fd and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if last {
+            return Ok(File::from(fd));
+        }
+        cur = Some(fd);
+    }
+    Err(io::Error::from(io::ErrorKind::NotFound))
+}
+
+/// The error of a layout file [`open_beneath`] refused, or could not open.
+fn beneath_error(ctx_file: &Path, store_root: &Path, rel: &str, e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EXDEV) => Error::Invalid {
+            what: ctx_file.display().to_string(),
+            detail: format!(
+                "{rel} leads out of the directory (a symlink to an absolute path or through ..): refused, skiff load \
+                 reads only files beneath the directory (nothing was stored)"
+            ),
+        },
+        Some(libc::ELOOP) => Error::Invalid {
+            what: ctx_file.display().to_string(),
+            detail: format!(
+                "{rel} is a symlink, which this kernel (no openat2) cannot follow safely: replace it with the file \
+                 (nothing was stored)"
+            ),
+        },
+        _ => Error::io(format!("reading {}", ctx_file.join(rel).display()), store_root, e),
+    }
 }
 
 /// The compression of a file, by magic (the unpacker's table); Err names an unsupported one.
@@ -597,10 +682,13 @@ impl Ctx<'_> {
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         match &self.src {
             Source::Tar(idx) => Ok(idx.meta.get(name).cloned()),
-            Source::Dir { root, .. } => {
+            Source::Dir { root, fd, .. } => {
                 let p = root.join(name);
-                match File::open(&p) {
+                match open_beneath(fd, name) {
                     Ok(f) => {
+                        if !f.metadata().is_ok_and(|m| m.is_file()) {
+                            return Err(self.invalid(format!("its {name} is not a regular file")));
+                        }
                         let mut buf = Vec::new();
                         f.take(MAX_META + 1)
                             .read_to_end(&mut buf)
@@ -611,7 +699,7 @@ impl Ctx<'_> {
                         Ok(Some(buf))
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(Error::io(format!("reading {}", p.display()), self.store.root(), e)),
+                    Err(e) => Err(beneath_error(self.file, self.store.root(), name, e)),
                 }
             }
         }
@@ -623,7 +711,7 @@ impl Ctx<'_> {
         self.store.has_blob(d)
             || match &self.src {
                 Source::Tar(idx) => idx.lookup(&p).is_some(),
-                Source::Dir { root, .. } => root.join(&p).is_file(),
+                Source::Dir { fd, .. } => open_beneath(fd, &p).and_then(|f| f.metadata()).is_ok_and(|m| m.is_file()),
             }
     }
 
@@ -633,9 +721,10 @@ impl Ctx<'_> {
             return Err(self.invalid(format!("names the file {raw:?}, which is not a path inside the archive")));
         };
         let store = self.store;
-        let (root, cache) = match &mut self.src {
+        let file = self.file;
+        let (root, fd, cache) = match &mut self.src {
             Source::Tar(idx) => return Ok(idx.lookup(&p).cloned()),
-            Source::Dir { root, cache } => (root, cache),
+            Source::Dir { root, fd, cache } => (root, fd, cache),
         };
         if let Some(i) = cache.get(&p) {
             return Ok(Some(i.clone()));
@@ -648,20 +737,19 @@ impl Ctx<'_> {
             return Ok(Some(item));
         }
         let src = root.join(&p);
-        match fs::metadata(&src) {
-            Ok(m) if m.is_file() => {}
-            Ok(_) => {
-                let what = self.file.display().to_string();
-                return Err(Error::Invalid { what, detail: format!("{p} is not a regular file") });
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("reading {}", src.display()), store.root(), e)),
-        }
-        let f = match File::open(&src) {
+        let f = match open_beneath(fd, &p) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("reading {}", src.display()), store.root(), e)),
+            Err(e) => return Err(beneath_error(file, store.root(), &p, e)),
         };
+        match f.metadata() {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                let what = file.display().to_string();
+                return Err(Error::Invalid { what, detail: format!("{p} is not a regular file") });
+            }
+            Err(e) => return Err(Error::io(format!("reading {}", src.display()), store.root(), e)),
+        }
         let dest = self.spool.next_file();
         let (digest, size) = match hash_copy(BufReader::with_capacity(unpack::BUF_SIZE, f), Some(&dest)) {
             Ok(v) => v,

@@ -1,10 +1,67 @@
-//! Durable file-system primitives: temp + fsync + rename + fsync(dir), syncfs, flock.
+//! Durable file-system primitives: temp + fsync + rename + fsync(dir), syncfs, flock; and the
+//! private modes of everything skiff keeps (see [`create_private_dir`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+/// The mode of every directory skiff makes under its root and run directory: root's alone.
+///
+/// Why 0700 and not 0710 (Docker's mode for /var/lib/docker and its overlay2 directory since
+/// CVE-2021-41091): a container's processes reach their root filesystem, volumes and bind mounts
+/// through the mounts (overlayfs reads its lower and upper directories with the mounter's
+/// credentials, i.e. root's; a bind mount's source path is resolved once, by the runtime, as
+/// root), never through the path of the store, so no other uid ever needs to traverse it.
+/// Docker's group execute bit is for `--userns-remap`, where the runtime's init already runs
+/// as the remapped root of a user namespace when it resolves the rootfs path under
+/// /var/lib/docker, and the group is that remapped gid. skiff makes no user namespaces
+/// (compose's `userns_mode` is refused), so nothing needs the bit. With 0701 or 0755 any local
+/// user could execute a setuid-root binary from an image layer or one a container dropped in its
+/// upper directory, or open a device node a container made: root then (CVE-2021-41091).
+pub const PRIVATE_DIR: u32 = 0o700;
+
+/// The mode of every file skiff writes for itself (records, bundles, logs, locks, blobs):
+/// environment, credentials and a service's output are in them.
+pub const PRIVATE_FILE: u32 = 0o600;
+
+/// Creates `path` and any missing parent with mode 0700 ([`PRIVATE_DIR`]). Directories that
+/// exist keep their mode (see [`make_private`] for old ones).
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(PRIVATE_DIR).create(path)
+}
+
+/// Takes the group and other permission bits off `path` (a directory or a regular file;
+/// symlinks are followed: a root or `containers/` moved to another disk is still skiff's),
+/// when it has any: what an older skiff left at 0755 or 0644. Cheap: one stat, and a chmod only
+/// when needed. A missing path is fine; anything else (a socket, a device) is left alone.
+pub fn make_private(path: &Path) -> io::Result<()> {
+    let md = match std::fs::metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !(md.is_dir() || md.is_file()) {
+        return Ok(());
+    }
+    let mode = md.mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o077))
+}
+
+/// [`make_private`] of `dir` and of each of `names` directly under it (not a walk: what is
+/// below a private directory is out of other users' reach whatever its own mode).
+pub fn make_private_entries(dir: &Path, names: &[&str]) -> io::Result<()> {
+    make_private(dir)?;
+    for n in names {
+        let p = dir.join(n);
+        make_private(&p).map_err(|e| io::Error::new(e.kind(), format!("chmod {}: {e}", p.display())))?;
+    }
+    Ok(())
+}
 
 /// Whether an I/O error means the disk (or quota) is full.
 pub fn is_no_space(e: &io::Error) -> bool {
@@ -41,12 +98,20 @@ pub fn syncfs(path: &Path) -> io::Result<()> {
 
 /// Writes `data` to `dest` atomically and durably: a temp file in `tmp_dir` (same file system),
 /// fsync, rename over `dest`, fsync of `dest`'s directory. After a crash `dest` is either the
-/// old content or the new one, never a torn mix.
+/// old content or the new one, never a torn mix. The file is 0600 ([`PRIVATE_FILE`]).
 pub fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_mode(tmp_dir, dest, data, PRIVATE_FILE)
+}
+
+/// [`write_atomic`] with a given mode (only for what a container must read through a bind
+/// mount as any user: its /etc/hosts and /etc/resolv.conf, 0644).
+pub fn write_atomic_mode(tmp_dir: &Path, dest: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = tmp_dir.join(format!("write-{}-{}-{name}", std::process::id(), unique()));
     let res = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        // The umask may have narrowed `mode` (never widened it): what is asked is what is on disk.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
         f.sync_all()?;
         drop(f);
@@ -99,7 +164,7 @@ pub enum LockKind {
 impl FileLock {
     /// Tries to take the lock without waiting: `Ok(None)` when someone else holds it.
     pub fn try_lock(path: &Path, kind: LockKind) -> io::Result<Option<FileLock>> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+        let file = open_lock_file(path)?;
         let op = match kind {
             LockKind::Shared => libc::LOCK_SH,
             LockKind::Exclusive => libc::LOCK_EX,
@@ -120,7 +185,7 @@ impl FileLock {
 
     /// Takes the lock, waiting as long as it takes.
     pub fn lock(path: &Path, kind: LockKind) -> io::Result<FileLock> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+        let file = open_lock_file(path)?;
         let op = match kind {
             LockKind::Shared => libc::LOCK_SH,
             LockKind::Exclusive => libc::LOCK_EX,
@@ -136,6 +201,26 @@ impl FileLock {
             }
         }
     }
+}
+
+/// Opens (creating it 0600) a lock file: flock(2) works on any fd, a read-only one too, so a
+/// user who can open a lock file can hold it and stall skiff. One left wider by an older skiff
+/// is narrowed (an fd opened before that stays valid: the directories around it are what keeps
+/// others out).
+pub fn open_lock_file(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(PRIVATE_FILE)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)?;
+    let md = file.metadata()?;
+    if md.mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(md.mode() & 0o7700))?;
+    }
+    Ok(file)
 }
 
 /// Bytes used by a file tree: apparent sizes, each hard-linked inode counted once.

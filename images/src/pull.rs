@@ -429,7 +429,7 @@ async fn download(
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o644)
+        .mode(fsutil::PRIVATE_FILE)
         .open(&partial)
         .map_err(|e| io_err("creating", e))?;
     let mut have = file.metadata().map_err(|e| io_err("reading", e))?.len();

@@ -80,6 +80,21 @@ pub struct PruneReport {
     pub bytes: u64,
 }
 
+/// What the store keeps directly under its root (the agent's own entries are
+/// `skiff::daemon::paths`'): narrowed to 0700/0600 by [`Store::open`].
+const STORE_ENTRIES: &[&str] = &[
+    "blobs",
+    "blobs/sha256",
+    "layers",
+    "layers/sha256",
+    "images",
+    "tmp",
+    "lock",
+    "preload",
+    "preload.json",
+    "preload.lock",
+];
+
 /// A handle on a store directory. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -87,13 +102,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating when needed) the store at `root`.
+    /// Opens (creating when needed) the store at `root`. The root and its directories are made
+    /// 0700 ([`fsutil::PRIVATE_DIR`]: why not 0710 there), and a store an older skiff left at 0755
+    /// is narrowed: the root and the store's own entries directly under it, not a walk (layer
+    /// contents keep the image's modes; they are reached only through the private directories).
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root: PathBuf = root.into();
         let store = Store { root };
+        fsutil::create_private_dir(&store.root)
+            .map_err(|e| Error::io(format!("creating the store directory {}", store.root.display()), &store.root, e))?;
+        fsutil::make_private_entries(&store.root, STORE_ENTRIES).map_err(|e| {
+            Error::io(format!("making the store {} private (mode 0700)", store.root.display()), &store.root, e)
+        })?;
         for d in ["blobs/sha256", "layers/sha256", "images", "tmp"] {
             let p = store.root.join(d);
-            fs::create_dir_all(&p)
+            fsutil::create_private_dir(&p)
                 .map_err(|e| Error::io(format!("creating the store directory {}", p.display()), &store.root, e))?;
         }
         Ok(store)

@@ -445,7 +445,7 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     saved.start_time = state::proc_start_time(init_pid).map(|t| t.0).unwrap_or(0);
     saved.save(root)?;
     if let Some(pf) = &o.pid_file {
-        state::write_atomic(pf, init_pid.to_string().as_bytes(), false)?;
+        state::write_atomic(pf, init_pid.to_string().as_bytes(), false, 0o644)?;
     }
     undo.disarm();
     Ok(Created { saved, chan, console_master })
@@ -1161,7 +1161,7 @@ pub fn exec(root: &Path, id: &str, o: &ExecOpts) -> Result<i32> {
         Some(m) => return Err(Error::msg(format!("sync: unexpected {m:?}"))),
     }
     if let Some(pf) = &o.pid_file {
-        state::write_atomic(pf, pid.to_string().as_bytes(), false)?;
+        state::write_atomic(pf, pid.to_string().as_bytes(), false, 0o644)?;
     }
     if o.detach {
         return Ok(0);

@@ -127,7 +127,8 @@ impl Saved {
     pub fn save(&self, root: &Path) -> Result<()> {
         let d = dir(root, &self.id);
         let data = serde_json::to_vec(self).map_err(|source| Error::Json { path: d.join("state.json"), source })?;
-        write_atomic(&d.join("state.json"), &data, false)
+        // 0600 (as runc's): it holds the whole spec, the process environment included.
+        write_atomic(&d.join("state.json"), &data, false, 0o600)
     }
 
     /// The live status. `Stopped` when the init is gone, a zombie, or a different process;
@@ -219,11 +220,18 @@ impl HookKind {
 
 /// temp + rename, and with `durable` also fsync of the file and of the directory:
 /// after a crash (or, durable, a power cut) the file is either the old one or the
-/// new one, never a torn mix.
-pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<()> {
+/// new one, never a torn mix. `mode` is the new file's (less the umask).
+pub fn write_atomic(path: &Path, data: &[u8], durable: bool, mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = fs::File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .ctx(|| format!("create {}", tmp.display()))?;
     let r = f.write_all(data).ctx(|| format!("write {}", tmp.display())).and_then(|_| {
         if durable {
             f.sync_all().ctx(|| format!("fsync {}", tmp.display()))

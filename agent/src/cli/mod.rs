@@ -140,8 +140,12 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn open_store(root: &std::path::Path) -> Result<Store> {
-    Ok(Store::open(root)?)
+/// Opens the store (0700, created so or narrowed: see `Store::open`), and narrows what an
+/// older skiff left open of the agent's directories beside it.
+pub(crate) fn open_store(root: &std::path::Path) -> Result<Store> {
+    let store = Store::open(root)?;
+    crate::daemon::paths::Paths::new(root).make_private()?;
+    Ok(store)
 }
 
 fn pull(root: &std::path::Path, a: PullArgs) -> Result<i32> {

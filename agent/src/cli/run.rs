@@ -213,14 +213,15 @@ pub fn run(root: &Path, a: RunArgs) -> Result<i32> {
     if containers_dir(root).join(&name).exists() {
         bail!("a container named {name} exists: remove it with `skiff rm {name}`, or pick another --name");
     }
-    let store = Store::open(root)?;
+    let store = super::open_store(root)?;
     let runtime = find_runtime(a.runtime.as_deref())?;
     let image = image_record(root, &store, &a)?;
     let config = ImageRunConfig::load(&store, &image)?;
     // The image's VOLUME paths, before anything is made for the container.
     volume::check_paths(&config)?;
     let cdir = containers_dir(root).join(&name);
-    fs::create_dir_all(containers_dir(root)).with_context(|| format!("creating {}", containers_dir(root).display()))?;
+    skiff_images::fsutil::create_private_dir(&containers_dir(root))
+        .with_context(|| format!("creating {}", containers_dir(root).display()))?;
     match fs::create_dir(&cdir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -296,6 +297,7 @@ fn volume_mount(root: &Path, spec: &str) -> Result<oci_spec::runtime::Mount> {
         p
     } else {
         let p = root.join("volumes").join(src);
+        skiff_images::fsutil::create_private_dir(&root.join("volumes")).context("creating the volumes directory")?;
         fs::create_dir_all(&p).with_context(|| format!("creating volume {}", p.display()))?;
         p
     };

@@ -32,7 +32,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch as wch};
 
@@ -56,9 +56,8 @@ pub struct Options {
 /// Runs the agent until SIGTERM/SIGINT. Containers keep running when it returns.
 pub fn run(o: Options) -> Result<i32> {
     let paths = Paths::new(&o.root);
-    for d in [&paths.root, &paths.run] {
-        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
+    // 0700 (created so, or narrowed from an older skiff's 0755) before anything else is made.
+    paths.make_private()?;
     let _lock = lock(&paths)?;
     let pid_file = paths.agent_pid();
     skiff_images::fsutil::write_atomic(&paths.run, &pid_file, format!("{}\n", std::process::id()).as_bytes())
@@ -76,21 +75,130 @@ pub fn run(o: Options) -> Result<i32> {
     res
 }
 
-/// One agent per root: an exclusive flock on `<run>/agent.lock`, held for the agent's life.
+/// One agent per root: an exclusive flock on `<run>/agent.lock` (0600 in the 0700 run
+/// directory: flock works on a read-only fd, so whoever can open it can keep the agent from
+/// starting), held for the agent's life.
+///
+/// An older skiff left the file 0644, and a local user may have opened it then and still hold
+/// it: a lock held only by processes that are not root's (or are gone, the fd passed on) is
+/// such a leftover, and the file is replaced by a new one, out of their reach. A lock held by a
+/// root process (another agent, or an administrator's `flock`), or by holders /proc/locks does
+/// not show, is respected.
 fn lock(paths: &Paths) -> Result<fs::File> {
+    use skiff_images::fsutil::{self, FileLock, LockKind};
     let p = paths.run.join("agent.lock");
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("opening {}", p.display()))?;
-    // SAFETY: flock(2) on an fd we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let open = |p: &Path| fsutil::open_lock_file(p).with_context(|| format!("opening {}", p.display()));
+    let busy = |holders: &[i32]| {
         let other = proc::read_pid_file(&paths.agent_pid()).map(|p| format!(" (pid {p})")).unwrap_or_default();
-        bail!("another skiff agent runs on {}{other}: stop it first (or use another --root)", paths.root.display());
+        let held = match holders {
+            [] => String::new(),
+            _ => format!(
+                " ({} is held by pid {})",
+                p.display(),
+                holders.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        anyhow!(
+            "another skiff agent runs on {}{other}: stop it first (or use another --root){held}",
+            paths.root.display()
+        )
+    };
+    let f = open(&p)?;
+    if try_flock(&f)? {
+        return Ok(f);
     }
-    Ok(f)
+    let holders = lock_holders(&f);
+    if holders.is_empty() || holders.iter().any(|&pid| !foreign(pid)) {
+        return Err(busy(&holders));
+    }
+    // One replacement at a time: an agent starting meanwhile finds the new file held by us.
+    let _guard = FileLock::lock(&paths.run.join("agent.lock.replace"), LockKind::Exclusive)
+        .with_context(|| format!("locking {}.replace", p.display()))?;
+    let f = open(&p)?;
+    if try_flock(&f)? {
+        return Ok(f);
+    }
+    let holders = lock_holders(&f);
+    if holders.is_empty() || holders.iter().any(|&pid| !foreign(pid)) {
+        return Err(busy(&holders));
+    }
+    let tmp = paths.run.join(format!("agent.lock.new-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let nf = open(&tmp)?;
+    if !try_flock(&nf)? {
+        bail!("cannot lock the new {}", tmp.display());
+    }
+    fs::rename(&tmp, &p).with_context(|| format!("replacing {}", p.display()))?;
+    let held = holders.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
+    log(&format!(
+        "warning: {} was held by pid {held}, not root's (an older skiff left it readable to every user): \
+         replaced with a new lock file only root can open",
+        p.display()
+    ));
+    Ok(nf)
+}
+
+/// flock(LOCK_EX | LOCK_NB): whether it was taken.
+fn try_flock(f: &fs::File) -> Result<bool> {
+    loop {
+        // SAFETY: flock(2) on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e).context("flock"),
+        }
+    }
+}
+
+/// The pids /proc/locks names as holders of an flock on `f`'s inode (waiters excluded).
+fn lock_holders(f: &fs::File) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = f.metadata() else { return Vec::new() };
+    let (major, minor) = (libc::major(md.dev()), libc::minor(md.dev()));
+    let Ok(text) = fs::read_to_string("/proc/locks") else { return Vec::new() };
+    parse_lock_holders(&text, major as u64, minor as u64, md.ino())
+}
+
+/// /proc/locks lines: `1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF` (a waiter has `->`
+/// after the number); the device is hex major:minor.
+fn parse_lock_holders(text: &str, major: u64, minor: u64, ino: u64) -> Vec<i32> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) == Some(&"->") || f.get(1) != Some(&"FLOCK") {
+            continue;
+        }
+        let (Some(pid), Some(id)) = (f.get(4).and_then(|p| p.parse::<i32>().ok()), f.get(5)) else { continue };
+        let mut parts = id.split(':');
+        let (Some(ma), Some(mi), Some(i)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let matches = u64::from_str_radix(ma, 16).ok() == Some(major)
+            && u64::from_str_radix(mi, 16).ok() == Some(minor)
+            && i.parse::<u64>().ok() == Some(ino);
+        if matches {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A lock holder that is not root's: alive with a non-zero real uid, or gone (its fd lives on
+/// in a child). A pid of another pid namespace (0) is not foreign: it might be an agent.
+fn foreign(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(s) => s
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|u| u.split_whitespace().next())
+            .is_some_and(|uid| uid != "0"),
+        Err(_) => true,
+    }
 }
 
 async fn main_loop(o: Options, paths: Paths) -> Result<i32> {
@@ -207,4 +315,37 @@ pub fn is_agent(pid: i32) -> bool {
 pub fn running_agent(root: &Path) -> Option<i32> {
     let paths = Paths::new(root);
     proc::read_pid_file(&paths.agent_pid()).filter(|p| proc::alive(*p, None) && is_agent(*p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_holders_from_proc_locks() {
+        let text = "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF\n\
+                    1: -> FLOCK  ADVISORY  WRITE 999 00:1a:5678 0 EOF\n\
+                    2: FLOCK  ADVISORY  READ 77 00:1a:5678 0 EOF\n\
+                    3: POSIX  ADVISORY  WRITE 55 00:1a:5678 0 EOF\n\
+                    4: FLOCK  ADVISORY  WRITE 66 00:1b:5678 0 EOF\n\
+                    5: FLOCK  ADVISORY  WRITE 88 fd:01:5678 0 EOF\n";
+        assert_eq!(parse_lock_holders(text, 0, 0x1a, 5678), [1234, 77]);
+        assert_eq!(parse_lock_holders(text, 0xfd, 1, 5678), [88]);
+        assert!(parse_lock_holders(text, 0, 0x1a, 1).is_empty());
+    }
+
+    #[test]
+    fn the_holder_of_a_lock_is_found_and_judged() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.lock");
+        let f = skiff_images::fsutil::open_lock_file(&p).unwrap();
+        assert!(try_flock(&f).unwrap());
+        let g = skiff_images::fsutil::open_lock_file(&p).unwrap();
+        assert!(!try_flock(&g).unwrap(), "held by the first fd");
+        assert_eq!(lock_holders(&g), [std::process::id() as i32]);
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert_eq!(foreign(std::process::id() as i32), !root);
+        assert!(!foreign(0), "a pid of another namespace may be an agent");
+    }
 }

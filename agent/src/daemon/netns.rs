@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -16,10 +17,15 @@ pub fn ensure(path: &Path) -> io::Result<()> {
         return Ok(());
     }
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+        skiff_images::fsutil::create_private_dir(dir)?;
     }
     // A bind-mount target: an empty file.
-    fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(skiff_images::fsutil::PRIVATE_FILE)
+        .open(path)?;
     let target = path.to_path_buf();
     // unshare(CLONE_NEWNET) changes the calling thread only: do it in a thread of its own,
     // which ends right after (the bind mount keeps the namespace).

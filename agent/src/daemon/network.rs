@@ -145,7 +145,8 @@ impl BridgeNet {
                         super::reconcile::log("net.ipv4.ip_forward was 0; set it to 1 for the bridge network");
                     }
                     let dir = record.parent().unwrap_or(Path::new("/"));
-                    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                    skiff_images::fsutil::create_private_dir(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
                     write_atomic(dir, &record, &serde_json::to_vec_pretty(&settings)?)?;
                     Ok(firewall_warning(&bridge))
                 })
@@ -257,16 +258,16 @@ impl BridgeNet {
     /// Writes (temp + fsync + rename: the container is not running) the replica's name files.
     fn write_files(&self, paths: &Paths, svc: &Service, id: &str, addr: Ipv4Addr) -> Result<()> {
         let dir = paths.container(id);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        skiff_images::fsutil::create_private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let host_resolv = ["/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"]
             .iter()
             .find_map(|p| fs::read_to_string(p).ok())
             .unwrap_or_default();
         let resolv = files::resolv_conf(&host_resolv, Some(&svc.dns));
-        write_atomic(&dir, &dir.join(RESOLV_FILE), resolv.as_bytes())?;
+        write_name_file(&dir, &dir.join(RESOLV_FILE), resolv.as_bytes())?;
         let _guard = self.hosts_lock.lock().map_err(|_| anyhow!("hosts lock poisoned"))?;
         let text = self.hosts_text(svc, id, addr)?;
-        write_atomic(&dir, &dir.join(HOSTS_FILE), text.as_bytes())
+        write_name_file(&dir, &dir.join(HOSTS_FILE), text.as_bytes())
     }
 
     /// The /etc/hosts of replica `id` (at `addr`) of `svc`, from the allocations now.
@@ -337,6 +338,14 @@ fn service_of(id: &str) -> Option<&str> {
 
 fn write_atomic(dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
     skiff_images::fsutil::write_atomic(dir, dest, data).with_context(|| format!("writing {}", dest.display()))
+}
+
+/// The container's /etc/hosts and /etc/resolv.conf: 0644, as every process of the container,
+/// whatever its user, must read them through the bind mount (names and addresses only; the
+/// 0700 container directory keeps host users out).
+fn write_name_file(dir: &Path, dest: &Path, data: &[u8]) -> Result<()> {
+    skiff_images::fsutil::write_atomic_mode(dir, dest, data, 0o644)
+        .with_context(|| format!("writing {}", dest.display()))
 }
 
 /// Undoes [`BridgeNet::connect`] for a removed replica: deletes its veth pair and releases its

@@ -197,6 +197,8 @@ pub struct Agent {
     /// The bridge may be up (recorded at start, or a bridged replica was started since): when
     /// the last bridged service goes it is torn down.
     bridge_maybe_up: bool,
+    /// The log directories are to be checked for replicas gone for good ([`Agent::remove_stale_logs`]).
+    logs_gc_due: bool,
 }
 
 impl Agent {
@@ -228,6 +230,7 @@ impl Agent {
             network_defaults: NetworkSettings::default(),
             setup_lock: SetupLock::default(),
             bridge_maybe_up: network::record_path(&paths).exists(),
+            logs_gc_due: true,
             paths,
         })
     }
@@ -276,6 +279,7 @@ impl Agent {
             Some(m) => {
                 self.manifest_warnings = report.diagnostics.iter().map(|d| d.render(&shown)).collect();
                 self.manifest = Some(m);
+                self.logs_gc_due = true;
                 self.revision = Some(revision.clone());
                 self.manifest_error = None;
                 log(&format!("manifest {shown} in force (revision {})", &revision[7..19]));
@@ -517,6 +521,7 @@ impl Agent {
             AfterStop::Remove => {
                 if result.is_ok() {
                     log(&format!("{id}: removed"));
+                    self.logs_gc_due = true;
                     self.replicas.remove(id);
                     self.refresh_hosts();
                 } else {
@@ -726,9 +731,33 @@ impl Agent {
                 }
             }
         }
+        if std::mem::take(&mut self.logs_gc_due) {
+            self.remove_stale_logs(&m);
+        }
         self.teardown_bridge_if_unused(&m);
         self.sync_ports(&m);
         self.publish();
+    }
+
+    /// Removes the log directories (`<root>/logs/<id>/`) of replicas gone for good: no replica
+    /// of that id exists (a stopped, exited or failed one keeps its logs for `skiff logs`) and
+    /// the manifest in force does not want one (its service was removed, or scaled below its
+    /// index). A replaced replica keeps its directory: the same id continues it. Checked when a
+    /// manifest comes into force and when a replica is removed (and at start), with the manifest
+    /// in force only: an agent without a valid manifest removes nothing.
+    fn remove_stale_logs(&self, m: &Manifest) {
+        let dir = self.paths.logs_dir();
+        let Ok(rd) = std::fs::read_dir(&dir) else { return };
+        for e in rd.flatten() {
+            let Some(id) = e.file_name().to_str().map(str::to_owned) else { continue };
+            if self.replicas.contains_key(&id) || log_dir_wanted(&id, m) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => log(&format!("{id}: removed its logs (the replica is gone from the manifest)")),
+                Err(err) => log(&format!("{id}: removing its logs {}: {err}", e.path().display())),
+            }
+        }
     }
 
     /// Published ports: bound, and fed with the replicas that may take traffic.
@@ -1206,9 +1235,32 @@ pub fn log(msg: &str) {
     eprintln!("skiff agent: {msg}");
 }
 
+/// Whether the manifest wants a replica `id` (`SERVICE-N`, N in 1..=replicas).
+fn log_dir_wanted(id: &str, m: &Manifest) -> bool {
+    let Some((service, n)) = id.rsplit_once('-') else { return false };
+    let Some(n) = n.parse::<u32>().ok().filter(|n| *n >= 1) else { return false };
+    m.services.get(service).is_some_and(|s| n <= s.replicas && s.replica_name(n) == id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn which_log_directories_the_manifest_still_wants() {
+        let m = manifest::parse_str(
+            "services:\n  web:\n    image: busybox\n    deploy: {replicas: 2}\n  web-api:\n    image: busybox\n",
+            std::path::Path::new("/"),
+        )
+        .manifest
+        .expect("valid");
+        for id in ["web-1", "web-2", "web-api-1"] {
+            assert!(log_dir_wanted(id, &m), "{id}");
+        }
+        for id in ["web-3", "web-0", "web-01", "web", "web-api-2", "db-1", "web-x", "web-+1", "-1", ""] {
+            assert!(!log_dir_wanted(id, &m), "{id}");
+        }
+    }
 
     fn svc(src: &str) -> Service {
         let r = manifest::parse_str(src, std::path::Path::new("/"));

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use skiff_images::bundle::{self, BundleOverrides, ImageRunConfig, NetworkNamespace};
-use skiff_images::{rootfs, ImageRecord, Store};
+use skiff_images::{fsutil, rootfs, ImageRecord, Store};
 use tokio::io::AsyncBufReadExt;
 
 use super::oci::Runtime;
@@ -140,9 +141,10 @@ impl ReplicaRecord {
 
     pub fn save(&self, paths: &Paths) -> Result<()> {
         let dir = paths.container(&self.id);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fsutil::create_private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let data = serde_json::to_vec_pretty(self)?;
-        skiff_images::fsutil::write_atomic(&dir, &dir.join("replica.json"), &data)
+        // 0600: it holds the service's definition, environment included.
+        fsutil::write_atomic(&dir, &dir.join("replica.json"), &data)
             .with_context(|| format!("writing {}", dir.join("replica.json").display()))
     }
 
@@ -155,11 +157,16 @@ impl ReplicaRecord {
             let id = e.file_name().to_string_lossy().into_owned();
             let p = e.path().join("replica.json");
             match fs::read(&p) {
-                Ok(data) => match serde_json::from_slice::<ReplicaRecord>(&data) {
-                    Ok(r) if r.id == id => ok.push(r),
-                    Ok(_) => bad.push((id, "its record names another replica".into())),
-                    Err(e) => bad.push((id, format!("unreadable record: {e}"))),
-                },
+                Ok(data) => {
+                    // An older skiff wrote it 0644 (it holds the service's environment); the
+                    // 0700 directories around it keep others out even if this chmod fails.
+                    let _ = fsutil::make_private(&p);
+                    match serde_json::from_slice::<ReplicaRecord>(&data) {
+                        Ok(r) if r.id == id => ok.push(r),
+                        Ok(_) => bad.push((id, "its record names another replica".into())),
+                        Err(e) => bad.push((id, format!("unreadable record: {e}"))),
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // `skiff run` containers
                 Err(e) => bad.push((id, format!("{}: {e}", p.display()))),
             }
@@ -247,7 +254,7 @@ pub fn prepare(
     // The image's VOLUME paths, before anything is made for the container.
     skiff_images::volume::check_paths(&config)?;
     let cdir = paths.container(id);
-    fs::create_dir_all(&cdir).with_context(|| format!("creating {}", cdir.display()))?;
+    fsutil::create_private_dir(&cdir).with_context(|| format!("creating {}", cdir.display()))?;
     ContainerRecord::write(&cdir, id, image)?;
     let layers = rootfs::image_layers(store, image);
     rootfs::mount_rootfs(&layers, &cdir).with_context(|| format!("preparing the root filesystem of {id}"))?;
@@ -331,6 +338,10 @@ pub fn prepare(
                         );
                     }
                 } else {
+                    // `volumes/` is root's alone; the volume itself keeps the usual 0755 (the
+                    // container's users see it through the bind mount only).
+                    let parent = p.parent().unwrap_or(&p);
+                    fsutil::create_private_dir(parent).with_context(|| format!("creating {}", parent.display()))?;
                     fs::create_dir_all(&p).with_context(|| format!("creating volume {}", p.display()))?;
                 }
                 bundle::bind_mount(p, &m.target, m.read_only)
@@ -405,10 +416,15 @@ pub async fn start(paths: &Paths, rt: &Runtime, svc: &Service, id: &str) -> Resu
     let shim_dir = paths.shim(id);
     // Whatever an earlier container of this replica left (its exit status was read already).
     let _ = fs::remove_dir_all(&shim_dir);
-    fs::create_dir_all(&shim_dir).with_context(|| format!("creating {}", shim_dir.display()))?;
+    fsutil::create_private_dir(&shim_dir).with_context(|| format!("creating {}", shim_dir.display()))?;
     let exe = std::env::current_exe().context("finding the skiff binary")?;
-    let log =
-        fs::File::create(shim_dir.join("shim.log")).with_context(|| format!("creating {}", shim_dir.display()))?;
+    let log = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(fsutil::PRIVATE_FILE)
+        .open(shim_dir.join("shim.log"))
+        .with_context(|| format!("creating {}", shim_dir.display()))?;
     let mut child = tokio::process::Command::new(exe)
         .arg("shim")
         .arg("--runtime")

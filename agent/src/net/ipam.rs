@@ -204,7 +204,7 @@ impl Ipam {
         let ipam_dir = ipam_dir(root);
         let dir = ipam_dir.join(subnet.dir_name());
         if !dir.is_dir() {
-            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            fsutil::create_private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
             // Make the new directories durable: an address file in a directory whose own name
             // was lost in a power cut would be lost too.
             for d in [root.join("network").as_path(), ipam_dir.as_path(), root] {
@@ -281,7 +281,7 @@ impl Ipam {
     /// Creates the address file exclusively; `false` when it exists already.
     fn claim(&self, addr: Ipv4Addr, owner: &str) -> Result<bool> {
         let path = self.dir.join(addr.to_string());
-        let mut f = match OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path) {
+        let mut f = match OpenOptions::new().write(true).create_new(true).mode(fsutil::PRIVATE_FILE).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
