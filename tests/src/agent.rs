@@ -806,6 +806,21 @@ pub struct HugetlbV1 {
 impl HugetlbV1 {
     pub fn apply() -> HugetlbV1 {
         let unified = Path::new("/sys/fs/cgroup/unified");
+        // An earlier agent's hierarchy, unmounted by its Drop, lives on unmounted for some
+        // seconds (the kernel frees a v1 root lazily): hugetlb is then neither on the cgroup2
+        // mount nor on a mounted v1 hierarchy, and comes back to cgroup2 later, under the next
+        // agent's crun. Wait for it first.
+        let lingering = || {
+            cgroup_v1("hugetlb").is_none()
+                && read("/proc/cgroups").lines().any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.first() == Some(&"hugetlb") && f.get(1).is_some_and(|h| *h != "0")
+                })
+        };
+        let start = Instant::now();
+        while lingering() && start.elapsed() < WAIT {
+            std::thread::sleep(POLL);
+        }
         let on_v2 = read(unified.join("cgroup.controllers")).split_whitespace().any(|c| c == "hugetlb");
         if !on_v2 || cgroup_v1("hugetlb").is_some() {
             return HugetlbV1 { mounted: None };

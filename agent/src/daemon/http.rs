@@ -8,25 +8,36 @@
 //! `HEAD` works like `GET` without the body; other methods get `405` (`Allow: GET, HEAD`), unknown
 //! paths `404`, requests with a body `413`. Nothing here can change the agent.
 //!
-//! The agent binds the listener itself (so a bind error is reported at start-up) and spawns
-//! [`serve`] as a task on its runtime. The server only ever reads the newest [`Snapshot`] of the
-//! watch channel (cloning its `Arc`, never holding the channel's lock across an await), so the
-//! reconcile loop never waits for it.
+//! The agent runs the endpoint on a thread of its own ([`Endpoint`]: `skiff-http`, a
+//! current-thread runtime), so no request — a burst of `/metrics`, a `/v1/status` of many
+//! services — ever runs on the reconcile loop's thread. The server only ever reads the newest
+//! [`Snapshot`] of the watch channel (cloning its `Arc`, never holding the channel's lock across
+//! an await), so the reconcile loop never waits for it either.
+//!
+//! What a request costs: answers are made once and kept ([`Cache`]): the status JSON once per
+//! snapshot, the `/metrics` text once per snapshot and cgroup reading, and the containers'
+//! cgroups are read at most once every [`STATS_MAX_AGE`] (their numbers in `/metrics` are that
+//! old at most). So a flood of requests costs the agent the HTTP work alone, not a cgroup scan
+//! or a serialization each; and clients reading a big answer slowly share one buffer.
 //!
 //! Hostile clients: request heads are bounded ([`Limits::max_buf_size`]), must arrive within
 //! [`Limits::header_timeout`] (which also bounds how long an idle keep-alive connection stays
 //! open), a connection lives at most [`Limits::connection_timeout`], and at most
-//! [`Limits::max_connections`] are open at once. When a new connection arrives at the cap, the
-//! oldest open connection is closed to make room, rather than the new one refused: answering takes
-//! microseconds, so outside a flood the oldest connection is one that idles or trickles its head
-//! in. So idle or slow clients can neither grow the agent's memory nor keep others out.
+//! [`Limits::max_connections`] are open at once (each holds a slot until its socket is closed,
+//! so that is also the most file descriptors the endpoint holds, plus one for a moment). When
+//! a new connection arrives at the cap, the oldest open connection is closed to make room,
+//! rather than the new one refused: answering takes microseconds, so outside a flood the oldest
+//! connection is one that idles or trickles its head in. So idle or slow clients can neither
+//! grow the agent's memory nor take its file descriptors nor keep others out.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Body, Bytes, Incoming};
@@ -35,8 +46,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::cgstats;
@@ -44,6 +55,68 @@ use super::status::{ServiceStatus, Snapshot, Status};
 
 /// `/healthz` fails when the reconcile loop has not gone round for this long.
 pub const HEALTH_MAX_TICK_AGE: Duration = Duration::from_secs(30);
+
+/// How old the containers' cgroup numbers in `/metrics` may be: they are read at most this
+/// often, whatever the number of requests.
+pub const STATS_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// The status endpoint of the agent, on its own thread (see the module docs). Bound by
+/// [`Endpoint::bind`] at start-up (so a bind error is the agent's start-up error), serving
+/// once [`Endpoint::serve`] is called, until [`Endpoint::stop`] or drop.
+pub struct Endpoint {
+    rt: tokio::runtime::Handle,
+    listener: Option<TcpListener>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Endpoint {
+    /// Starts the `skiff-http` thread and binds `addr` there (`SO_REUSEADDR`, backlog 1024).
+    /// Must be called inside a tokio runtime: where the thread cannot be started, the endpoint
+    /// runs on that runtime instead.
+    pub fn bind(addr: SocketAddr) -> io::Result<Endpoint> {
+        let rt = match super::runtime_thread("skiff-http") {
+            Ok(h) => h,
+            Err(e) => {
+                super::reconcile::log(&format!(
+                    "starting the status endpoint's thread: {e}; it runs on the agent's thread"
+                ));
+                tokio::runtime::Handle::current()
+            }
+        };
+        let listener = {
+            let _in = rt.enter();
+            let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(1024)?
+        };
+        Ok(Endpoint { rt, listener: Some(listener), stop: None })
+    }
+
+    /// Serves `snapshots` (once; later calls do nothing).
+    pub fn serve(&mut self, snapshots: watch::Receiver<Snapshot>) {
+        let Some(listener) = self.listener.take() else { return };
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.stop = Some(stop);
+        self.rt.spawn(serve(listener, snapshots, async move {
+            let _ = stopped.await;
+        }));
+    }
+
+    /// Stops serving: the listener and every open connection are closed.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.listener = None;
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
 
 /// What one client may cost the agent.
 #[derive(Clone, Debug)]
@@ -90,7 +163,9 @@ pub async fn serve_with(
         .keep_alive(true)
         .half_close(false);
     let builder = Arc::new(builder);
-    let max_connections = limits.max_connections.max(1);
+    let cache = Arc::new(Cache::default());
+    // A slot per open connection, held by its task until the socket is closed.
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
 
     let mut tasks = JoinSet::new();
     // Oldest first.
@@ -111,20 +186,33 @@ pub async fn serve_with(
             },
         };
         open.retain(|c| !c.is_finished());
-        while open.len() >= max_connections {
-            if let Some(oldest) = open.pop_front() {
-                oldest.abort();
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // At the cap: the oldest connection makes room. Its slot comes back as soon as
+                // the runtime has dropped its task, which the abort schedules at once.
+                if let Some(oldest) = open.pop_front() {
+                    oldest.abort();
+                }
+                match tokio::time::timeout(Duration::from_secs(1), slots.clone().acquire_owned()).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => continue, // not expected: then the new connection is closed instead
+                }
             }
-        }
+        };
         let rx = snapshots.clone();
         let builder = builder.clone();
+        let cache = cache.clone();
         let timeout = limits.connection_timeout;
         let abort = tasks.spawn(async move {
+            // Given back once the connection's socket is closed (dropped before it).
+            let _slot = slot;
             let _ = stream.set_nodelay(true);
             let service = service_fn(move |req: Request<Incoming>| {
                 // Clone the Arc out of the channel at once: never hold its lock.
                 let snapshot = rx.borrow().clone();
-                async move { Ok::<_, Infallible>(respond(&req, &snapshot)) }
+                let answer = respond(&req, &snapshot, &cache);
+                async move { Ok::<_, Infallible>(answer) }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             // Errors (a client gone, a header time-out, a bad request) concern only that client.
@@ -138,7 +226,86 @@ pub async fn serve_with(
 
 type ResBody = Full<Bytes>;
 
-fn respond(req: &Request<Incoming>, snapshot: &Snapshot) -> Response<ResBody> {
+/// The answers kept between requests (see the module docs).
+#[derive(Default)]
+struct Cache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    /// The status JSON, and the status it was made of.
+    status: Option<(Arc<Status>, Bytes)>,
+    /// The `/metrics` text, made of that status and of `stats`.
+    metrics: Option<(Arc<Status>, Bytes)>,
+    /// The cgroup numbers by pid, read since `stats_at` (`None`: nothing readable).
+    stats: HashMap<i32, Option<cgstats::Stats>>,
+    stats_at: Option<Instant>,
+    /// Cgroups read so far (one per pid and scan).
+    reads: u64,
+}
+
+fn lock(m: &Mutex<CacheInner>) -> std::sync::MutexGuard<'_, CacheInner> {
+    // Each field is replaced whole: a panic while the lock was held leaves nothing half-made.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cache {
+    /// The JSON of `status` (made once per status).
+    fn status_json(&self, status: &Arc<Status>) -> Result<Bytes, serde_json::Error> {
+        let mut c = lock(&self.inner);
+        if let Some((s, body)) = &c.status {
+            if Arc::ptr_eq(s, status) {
+                return Ok(body.clone());
+            }
+        }
+        let mut json = serde_json::to_vec(&**status)?;
+        json.push(b'\n');
+        let body = Bytes::from(json);
+        c.status = Some((status.clone(), body.clone()));
+        Ok(body)
+    }
+
+    /// The `/metrics` text of `status`, the cgroups read from the machine.
+    fn metrics(&self, status: &Arc<Status>) -> Bytes {
+        // The cgroup mounts, read once per scan (when a pid needs them).
+        let mut cgroups: Option<cgstats::Cgroups> = None;
+        self.metrics_with(status, Instant::now(), |pid| cgroups.get_or_insert_with(cgstats::Cgroups::load).stats(pid))
+    }
+
+    /// [`Cache::metrics`] at `now`, reading a pid's cgroup with `read`: each pid's at most
+    /// once every [`STATS_MAX_AGE`], the text made once per status and reading.
+    fn metrics_with(
+        &self,
+        status: &Arc<Status>,
+        now: Instant,
+        mut read: impl FnMut(i32) -> Option<cgstats::Stats>,
+    ) -> Bytes {
+        let mut c = lock(&self.inner);
+        if c.stats_at.is_none_or(|at| now.saturating_duration_since(at) >= STATS_MAX_AGE) {
+            c.stats.clear();
+            c.metrics = None;
+            c.stats_at = Some(now);
+        }
+        if let Some((s, body)) = &c.metrics {
+            if Arc::ptr_eq(s, status) {
+                return body.clone();
+            }
+        }
+        let inner = &mut *c;
+        let text = metrics(status, |pid| {
+            *inner.stats.entry(pid).or_insert_with(|| {
+                inner.reads += 1;
+                read(pid)
+            })
+        });
+        let body = Bytes::from(text);
+        inner.metrics = Some((status.clone(), body.clone()));
+        body
+    }
+}
+
+fn respond(req: &Request<Incoming>, snapshot: &Snapshot, cache: &Cache) -> Response<ResBody> {
     let route = match req.uri().path() {
         "/healthz" => Route::Health,
         "/v1/status" => Route::Status,
@@ -160,17 +327,12 @@ fn respond(req: &Request<Incoming>, snapshot: &Snapshot) -> Response<ResBody> {
             Ok(()) => plain(StatusCode::OK, "ok\n"),
             Err(reason) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{reason}\n")),
         },
-        Route::Status => match serde_json::to_vec(&*snapshot.status) {
-            Ok(mut json) => {
-                json.push(b'\n');
-                response(StatusCode::OK, "application/json", json)
-            }
+        Route::Status => match cache.status_json(&snapshot.status) {
+            Ok(json) => response(StatusCode::OK, "application/json", json),
             Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("encoding the status: {e}\n")),
         },
         Route::Metrics => {
-            let cgroups = cgstats::Cgroups::load();
-            let text = metrics(&snapshot.status, |pid| cgroups.stats(pid));
-            response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes())
+            response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", cache.metrics(&snapshot.status))
         }
     }
 }
@@ -182,11 +344,11 @@ enum Route {
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<ResBody> {
-    response(status, "text/plain; charset=utf-8", text.as_bytes().to_vec())
+    response(status, "text/plain; charset=utf-8", Bytes::copy_from_slice(text.as_bytes()))
 }
 
-fn response(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<ResBody> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ResBody> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -220,7 +382,7 @@ type ServiceCount = fn(&ServiceStatus) -> u32;
 
 /// The `/metrics` document (Prometheus text format 0.0.4). `stats` reads the cgroup of a pid
 /// ([`cgstats::Cgroups::stats`] in the agent).
-pub fn metrics(status: &Status, stats: impl Fn(i32) -> Option<cgstats::Stats>) -> String {
+pub fn metrics(status: &Status, mut stats: impl FnMut(i32) -> Option<cgstats::Stats>) -> String {
     let mut out = String::with_capacity(1024);
     let services = &status.services;
     let per_service: [(&str, &str, ServiceCount); 3] = [
@@ -913,6 +1075,89 @@ mod tests {
         let mut idle = idle;
         let n = tokio::time::timeout(Duration::from_secs(20), idle.read(&mut b)).await.unwrap();
         assert!(matches!(n, Ok(0) | Err(_)));
+    }
+
+    /// A burst of `/metrics` reads each replica's cgroup once per [`STATS_MAX_AGE`], and makes
+    /// the text once per status and reading; the status JSON is made once per status.
+    #[test]
+    fn answers_are_kept_and_cgroups_read_once_a_second() {
+        let cache = Cache::default();
+        let status = Arc::new(sample_status()); // pids 4242 and 7
+        let reads = std::cell::Cell::new(0);
+        let read = |pid: i32| {
+            reads.set(reads.get() + 1);
+            Some(cgstats::Stats { memory_bytes: Some(pid as u64), cpu_seconds: None })
+        };
+        let t0 = Instant::now();
+        let first = cache.metrics_with(&status, t0, read);
+        for i in 0..1000 {
+            let body = cache.metrics_with(&status, t0 + Duration::from_micros(i), read);
+            assert_eq!(body.as_ptr(), first.as_ptr(), "the same text, not made again");
+        }
+        assert_eq!(reads.get(), 2, "one read per pid");
+        // A new status within the second: a new text, from the numbers read already...
+        let mut next = sample_status();
+        next.services[0].desired_replicas = 3;
+        let next = Arc::new(next);
+        let body = cache.metrics_with(&next, t0 + Duration::from_millis(500), read);
+        assert!(String::from_utf8_lossy(&body).contains("skiff_service_replicas_desired{service=\"web\"} 3\n"));
+        assert_eq!(reads.get(), 2);
+        // ...except for a pid not read yet (a replica restarted meanwhile).
+        let mut moved = sample_status();
+        moved.services[0].replicas[0].pid = Some(4343);
+        let moved = Arc::new(moved);
+        let body = cache.metrics_with(&moved, t0 + Duration::from_millis(600), read);
+        assert!(String::from_utf8_lossy(&body).contains("} 4343\n"));
+        assert_eq!(reads.get(), 3);
+        // A second later, read again.
+        cache.metrics_with(&moved, t0 + STATS_MAX_AGE, read);
+        assert_eq!(reads.get(), 5);
+        assert_eq!(lock(&cache.inner).reads, 5);
+
+        let json = cache.status_json(&status).unwrap();
+        assert_eq!(cache.status_json(&status).unwrap().as_ptr(), json.as_ptr());
+        assert_ne!(cache.status_json(&next).unwrap().as_ptr(), json.as_ptr());
+        let back: Status = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, sample_status());
+    }
+
+    /// Through the server: many `/metrics` requests, one cgroup reading.
+    #[tokio::test]
+    async fn metrics_requests_share_one_reading() {
+        let server = Server::start(healthy(sample_status()), Limits::default()).await;
+        let start = Instant::now();
+        let mut bodies = HashSet::new();
+        for _ in 0..50 {
+            bodies.insert(server.get("GET", "/metrics").await.body);
+        }
+        // Within a second, the same answer each time (a slow machine may see two readings).
+        if start.elapsed() < STATS_MAX_AGE {
+            assert_eq!(bodies.len(), 1);
+        }
+    }
+
+    /// The endpoint on its own thread answers while the caller's thread is blocked.
+    #[test]
+    fn the_endpoint_runs_on_its_own_thread() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut endpoint = rt.block_on(async { Endpoint::bind("127.0.0.1:0".parse().unwrap()) }).unwrap();
+        let addr = endpoint.listener.as_ref().unwrap().local_addr().unwrap();
+        let (_tx, rx) = watch::channel(healthy(sample_status()));
+        rt.block_on(async { endpoint.serve(rx) });
+        // This thread (the runtime's) does not run: the answer comes from skiff-http.
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        std::io::Write::write_all(&mut s, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+        endpoint.stop();
+        // Stopped: the listener is closed (once the thread has seen the stop).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_ok() {
+            assert!(Instant::now() < deadline, "still listening after stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// `/metrics` reads a real cgroup for a replica with a pid.

@@ -12,6 +12,7 @@
 //! restarted at any time; the next one adopts what runs. See ARCHITECTURE.md.
 
 pub mod cgstats;
+pub mod fds;
 pub mod health;
 pub mod http;
 pub mod netns;
@@ -55,6 +56,8 @@ pub struct Options {
 
 /// Runs the agent until SIGTERM/SIGINT. Containers keep running when it returns.
 pub fn run(o: Options) -> Result<i32> {
+    // First: the proxies' share of fds (ports.rs) is sized from the raised limit.
+    let nofile = fds::raise_nofile();
     let paths = Paths::new(&o.root);
     // 0700 (created so, or narrowed from an older skiff's 0755) before anything else is made.
     paths.make_private()?;
@@ -68,7 +71,7 @@ pub fn run(o: Options) -> Result<i32> {
         .thread_stack_size(512 << 10)
         .build()
         .context("starting the async runtime")?;
-    let res = rt.block_on(main_loop(o, paths.clone()));
+    let res = rt.block_on(main_loop(o, paths.clone(), nofile));
     let _ = fs::remove_file(&pid_file);
     // Background tasks (a pull, a stop in progress) are dropped here; the next agent picks up.
     rt.shutdown_timeout(Duration::from_millis(200));
@@ -201,9 +204,20 @@ fn foreign(pid: i32) -> bool {
     }
 }
 
-async fn main_loop(o: Options, paths: Paths) -> Result<i32> {
-    let listener = tokio::net::TcpListener::bind(o.listen)
-        .await
+/// A current-thread tokio runtime on a thread of its own named `name`, for work that must
+/// never wait for the reconcile loop nor make it wait (the proxies, the status endpoint).
+pub(crate) fn runtime_thread(name: &str) -> std::io::Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(256 << 10)
+        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
+}
+
+async fn main_loop(o: Options, paths: Paths, (nofile_was, nofile): (u64, u64)) -> Result<i32> {
+    let mut endpoint = http::Endpoint::bind(o.listen)
         .with_context(|| format!("cannot listen on {} (--listen / SKIFF_LISTEN)", o.listen))?;
     let (snap_tx, snap_rx) = wch::channel(Snapshot::default());
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -220,6 +234,13 @@ async fn main_loop(o: Options, paths: Paths) -> Result<i32> {
         o.manifest.display(),
         o.runtime.display(),
         o.listen
+    ));
+    let budget = fds::proxy_budget(nofile);
+    log(&format!(
+        "open files: limit {nofile}{}; published ports may hold {budget} of them ({} proxied TCP connections), {} are kept for the agent's own work",
+        if nofile_was != nofile { format!(" (raised from {nofile_was})") } else { String::new() },
+        budget / 2,
+        nofile - budget,
     ));
 
     // Airgap images dropped into <root>/preload.
@@ -243,10 +264,7 @@ async fn main_loop(o: Options, paths: Paths) -> Result<i32> {
     agent.adopt().await;
     agent.reconcile();
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(http::serve(listener, snap_rx, async move {
-        let _ = stop_rx.await;
-    }));
+    endpoint.serve(snap_rx);
     tokio::spawn(watch::watch(o.manifest.clone(), tx.clone()));
     if !o.no_bridge {
         watch_tables(tx.clone());
@@ -270,7 +288,7 @@ async fn main_loop(o: Options, paths: Paths) -> Result<i32> {
         }
     }
     let _ = notify::notify("STOPPING=1");
-    let _ = stop_tx.send(());
+    endpoint.stop();
     log("exiting; the containers keep running (`skiff down` stops them)");
     Ok(0)
 }

@@ -19,6 +19,8 @@
 //!
 //! The proxies run on a thread of their own (a current-thread tokio runtime): the reconcile
 //! loop's work never delays a connection; the backend lists cross over in watch channels.
+//! Together they hold at most the fds of [`super::fds::proxy_budget`], a port at most half
+//! of them (see `net/proxy.rs`): a flood of clients never takes the fds the agent needs.
 //!
 //! The kernel fast path: for every IPv4 port the agent has bound (never for a port it could
 //! not bind: that one is someone else's) and that has backends, a DNAT rule in
@@ -189,17 +191,6 @@ impl DnatBarrier {
     }
 }
 
-/// A current-thread runtime on a thread of its own (`skiff-proxy`), for the proxies.
-fn proxy_runtime() -> io::Result<tokio::runtime::Handle> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let handle = rt.handle().clone();
-    std::thread::Builder::new()
-        .name("skiff-proxy".into())
-        .stack_size(256 << 10)
-        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
-    Ok(handle)
-}
-
 /// Why a mapping of a service is not published at all (not retried).
 pub enum Unpublished {
     /// `--no-bridge`.
@@ -212,7 +203,7 @@ impl Ports {
     pub fn new(run: &Path, stale_rules: bool) -> Ports {
         let memo_path = run.join("ports.json");
         let memo = std::fs::read(&memo_path).ok().and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default();
-        let rt = match proxy_runtime() {
+        let rt = match super::runtime_thread("skiff-proxy") {
             Ok(h) => Some(h),
             Err(e) => {
                 log(&format!("starting the proxy thread: {e}; proxies run on the agent's thread"));
@@ -227,7 +218,9 @@ impl Ports {
             lock: Arc::new(Mutex::new(())),
             failure: Arc::new(Mutex::new(None)),
         };
-        Ports { entries: BTreeMap::new(), memo_path, memo, limits: Limits::default(), rt, dnat }
+        // The proxies' share of the agent's fds (see daemon::fds), shared by every port.
+        let limits = Limits::with_fd_budget(super::fds::proxy_budget(super::fds::nofile()) as usize);
+        Ports { entries: BTreeMap::new(), memo_path, memo, limits, rt, dnat }
     }
 
     /// Brings the proxies in line with `m` and the backends with `backends(service)`, which

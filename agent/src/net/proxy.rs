@@ -15,9 +15,21 @@
 //! shut down and the opposite direction keeps going). A connection in progress is never cut
 //! by a change of the list: the agent ends a stopping replica's connections by stopping it.
 //!
-//! At most [`Limits::max_connections`] connections are open at once; a connection over it is
-//! closed as soon as it is accepted (the listener keeps draining its backlog, so clients get
-//! a prompt close rather than a hang).
+//! # Caps: what a flood may cost the agent
+//!
+//! A proxied TCP connection holds two file descriptors (client and backend), a UDP session
+//! one. Every proxy of the agent draws them from one shared [`FdBudget`] (the agent sizes it
+//! below its `RLIMIT_NOFILE`, keeping the rest for its own work: see `daemon::fds`), and each
+//! port has its own caps besides ([`Limits::max_connections`], [`Limits::max_udp_sessions`]),
+//! so that one flooded port leaves room for the others.
+//!
+//! A connection over a cap is accepted and closed at once, rather than left in the listen
+//! backlog: the accept costs one fd for a moment (taken from the agent's reserve, one at a
+//! time: the proxies run on one thread), the client gets a prompt close instead of a hang,
+//! and the backlog never fills with connections that would be served long after their client
+//! gave up — the moment a slot is free, the next new client gets it. Refusals are logged at
+//! most once a minute per port. A new UDP client over a cap has its datagrams dropped (UDP
+//! is allowed to lose them) until sessions expire.
 //!
 //! # UDP
 //!
@@ -27,8 +39,7 @@
 //! [`Limits::udp_idle`] without a datagram either way, when its backend has left the list
 //! (checked at each client datagram: the next one starts a session on a current backend, so
 //! UDP traffic stops reaching a stopping replica at once), or when sending to the backend
-//! fails (e.g. a refused port). At most [`Limits::max_udp_sessions`] at once; datagrams of a
-//! new client over it are dropped (UDP is allowed to lose them) until sessions expire.
+//! fails (e.g. a refused port).
 //!
 //! # Errors, shutdown
 //!
@@ -47,7 +58,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 /// Which protocols a published port carries (Compose `ports: "8080:80/udp"`; TCP by default).
@@ -61,23 +72,86 @@ pub enum Proto {
 /// Bounds and timeouts of a [`PortProxy`].
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Open TCP connections at most; over it a new connection is closed at once.
+    /// Open TCP connections of this port at most; over it a new connection is closed at once.
     pub max_connections: usize,
     /// How long a connect to one backend may take before the next one is tried.
     pub connect_timeout: Duration,
-    /// UDP sessions at most; datagrams of a new client over it are dropped.
+    /// UDP sessions of this port at most; datagrams of a new client over it are dropped.
     pub max_udp_sessions: usize,
     /// A UDP session without a datagram either way for this long ends.
     pub udp_idle: Duration,
+    /// The file descriptors of every proxy that shares it (clones share it).
+    pub fds: FdBudget,
+}
+
+impl Limits {
+    /// Limits for proxies that share `fds` file descriptors: a port may hold half of them
+    /// (at most 4096 TCP connections and 1024 UDP sessions).
+    pub fn with_fd_budget(fds: usize) -> Limits {
+        Limits {
+            max_connections: (fds / 4).clamp(1, 4096),
+            connect_timeout: Duration::from_secs(2),
+            max_udp_sessions: (fds / 2).clamp(1, 1024),
+            udp_idle: Duration::from_secs(30),
+            fds: FdBudget::new(fds),
+        }
+    }
 }
 
 impl Default for Limits {
+    /// [`Limits::with_fd_budget`] of 8192 fds, not shared with other proxies.
     fn default() -> Limits {
-        Limits {
-            max_connections: 4096,
-            connect_timeout: Duration::from_secs(2),
-            max_udp_sessions: 1024,
-            udp_idle: Duration::from_secs(30),
+        Limits::with_fd_budget(8192)
+    }
+}
+
+/// File descriptors that proxies may hold together: a TCP connection takes two, a UDP session
+/// one, given back when it ends. Clones share the count.
+#[derive(Clone, Debug)]
+pub struct FdBudget {
+    permits: Arc<Semaphore>,
+    total: usize,
+}
+
+impl FdBudget {
+    pub fn new(total: usize) -> FdBudget {
+        FdBudget { permits: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))), total }
+    }
+
+    /// How many fds it holds in all.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// How many are taken now.
+    pub fn in_use(&self) -> usize {
+        self.total.saturating_sub(self.permits.available_permits())
+    }
+
+    /// `n` fds, or `None` when fewer are left.
+    fn take(&self, n: u32) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_many_owned(n).ok()
+    }
+}
+
+/// Counts refusals and logs them at most once a minute.
+struct Refusals {
+    what: String,
+    count: AtomicU64,
+    last_log: Mutex<Option<Instant>>,
+}
+
+impl Refusals {
+    fn new(what: String) -> Refusals {
+        Refusals { what, count: AtomicU64::new(0), last_log: Mutex::new(None) }
+    }
+
+    fn note(&self, why: impl FnOnce() -> String) {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = lock(&self.last_log);
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            *last = Some(Instant::now());
+            warn(&format!("{}: {}; {n} refused so far", self.what, why()));
         }
     }
 }
@@ -119,7 +193,10 @@ impl PortProxy {
                 backends: backends.clone(),
                 next: AtomicUsize::new(0),
                 permits: Arc::new(Semaphore::new(limits.max_connections)),
+                max_connections: limits.max_connections,
+                fds: limits.fds.clone(),
                 connect_timeout: limits.connect_timeout,
+                refused: Refusals::new(format!("published port {local}/tcp")),
             };
             proxy.tasks.push(tokio::spawn(tcp.serve(listener)));
         }
@@ -128,8 +205,11 @@ impl PortProxy {
             let std_socket = std::net::UdpSocket::bind(udp_addr).map_err(|e| bind_error(udp_addr, "udp", e))?;
             std_socket.set_nonblocking(true).map_err(|e| bind_error(udp_addr, "udp", e))?;
             let socket = UdpSocket::from_std(std_socket).map_err(|e| bind_error(udp_addr, "udp", e))?;
-            proxy.udp = Some(socket.local_addr().map_err(|e| bind_error(udp_addr, "udp", e))?);
+            let local = socket.local_addr().map_err(|e| bind_error(udp_addr, "udp", e))?;
+            proxy.udp = Some(local);
             let udp = Udp {
+                refused: Refusals::new(format!("published port {local}/udp")),
+                reply_buf: Mutex::new(vec![0u8; 65536]),
                 socket: Arc::new(socket),
                 backends,
                 next: AtomicUsize::new(0),
@@ -202,8 +282,13 @@ fn pick(next: &AtomicUsize, list: &[SocketAddr]) -> Option<(usize, SocketAddr)> 
 struct Tcp {
     backends: Backends,
     next: AtomicUsize,
+    /// This port's connections.
     permits: Arc<Semaphore>,
+    max_connections: usize,
+    /// Every proxy's fds.
+    fds: FdBudget,
     connect_timeout: Duration,
+    refused: Refusals,
 }
 
 impl Tcp {
@@ -220,13 +305,23 @@ impl Tcp {
                     continue;
                 }
             };
-            let Ok(permit) = this.permits.clone().try_acquire_owned() else {
-                drop(client); // over the cap: closed at once
+            // Over a cap: closed at once (see the module docs).
+            let Ok(slot) = this.permits.clone().try_acquire_owned() else {
+                drop(client);
+                this.refused.note(|| format!("at its cap of {} connections", this.max_connections));
+                continue;
+            };
+            let Some(fds) = this.fds.take(2) else {
+                drop(client);
+                this.refused.note(|| {
+                    format!("the published ports hold the {} file descriptors they may take", this.fds.total())
+                });
                 continue;
             };
             let this = this.clone();
             tokio::spawn(async move {
-                let _permit = permit;
+                // Released after `relay` has closed both sockets.
+                let _held = (slot, fds);
                 this.relay(client).await;
             });
         }
@@ -261,16 +356,32 @@ impl Tcp {
     }
 }
 
+/// A session's socket and the fd it holds of the budget (given back when the socket closes).
+struct SessionSocket {
+    socket: UdpSocket,
+    _fd: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for SessionSocket {
+    type Target = UdpSocket;
+    fn deref(&self) -> &UdpSocket {
+        &self.socket
+    }
+}
+
 struct Session {
     id: u64,
     backend: SocketAddr,
-    socket: Arc<UdpSocket>,
+    socket: Arc<SessionSocket>,
     /// Milliseconds since [`Udp::epoch`] of the last datagram either way.
     last: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
 struct Udp {
+    refused: Refusals,
+    /// Where the sessions' replies are read into, one at a time.
+    reply_buf: Mutex<Vec<u8>>,
     socket: Arc<UdpSocket>,
     backends: Backends,
     next: AtomicUsize,
@@ -329,7 +440,7 @@ impl Udp {
     }
 
     /// The live session of `client`, or a new one on the next backend.
-    async fn session_for(self: &Arc<Udp>, client: SocketAddr) -> Option<(Arc<UdpSocket>, Arc<AtomicU64>)> {
+    async fn session_for(self: &Arc<Udp>, client: SocketAddr) -> Option<(Arc<SessionSocket>, Arc<AtomicU64>)> {
         let list = self.backends.borrow().clone();
         {
             let mut sessions = lock(&self.sessions);
@@ -344,17 +455,26 @@ impl Udp {
                 }
             }
             if sessions.len() >= self.limits.max_udp_sessions {
+                let cap = self.limits.max_udp_sessions;
+                self.refused.note(|| format!("at its cap of {cap} sessions: datagrams of new clients are dropped"));
                 return None;
             }
         }
         let (_, backend) = pick(&self.next, &list)?;
+        let Some(fd) = self.limits.fds.take(1) else {
+            let total = self.limits.fds.total();
+            self.refused.note(|| {
+                format!("the published ports hold the {total} file descriptors they may take: datagrams of new clients are dropped")
+            });
+            return None;
+        };
         let local: SocketAddr = match backend.ip() {
             IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         let socket = UdpSocket::bind(local).await.ok()?;
         socket.connect(backend).await.ok()?;
-        let socket = Arc::new(socket);
+        let socket = Arc::new(SessionSocket { socket, _fd: fd });
         let last = Arc::new(AtomicU64::new(self.now_ms()));
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         let task = tokio::spawn(self.clone().replies(id, client, socket.clone(), last.clone()));
@@ -366,21 +486,31 @@ impl Udp {
     }
 
     /// Forwards the backend's datagrams to `client` until the session has been idle too long.
-    async fn replies(self: Arc<Udp>, id: u64, client: SocketAddr, socket: Arc<UdpSocket>, last: Arc<AtomicU64>) {
+    ///
+    /// A datagram is read into the port's one receive buffer (no await while it is held) and
+    /// copied out at its size, so an idle session costs a few hundred bytes, not 64 KiB.
+    async fn replies(self: Arc<Udp>, id: u64, client: SocketAddr, socket: Arc<SessionSocket>, last: Arc<AtomicU64>) {
         let idle_ms = self.limits.udp_idle.as_millis() as u64;
-        let mut buf = vec![0u8; 65536];
         loop {
             let quiet = self.now_ms().saturating_sub(last.load(Ordering::Relaxed));
             if quiet >= idle_ms {
                 break;
             }
-            match tokio::time::timeout(Duration::from_millis(idle_ms - quiet), socket.recv(&mut buf)).await {
+            match tokio::time::timeout(Duration::from_millis(idle_ms - quiet), socket.readable()).await {
                 Err(_) => continue, // re-check: the client may have sent meanwhile
-                Ok(Ok(n)) => {
+                Ok(Ok(())) => {
+                    let datagram = {
+                        let mut buf = lock(&self.reply_buf);
+                        match socket.try_recv(&mut buf) {
+                            Ok(n) => buf[..n].to_vec(),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(_) => break, // e.g. the backend's port refused a datagram
+                        }
+                    };
                     last.store(self.now_ms(), Ordering::Relaxed);
-                    let _ = self.socket.send_to(&buf[..n], client).await;
+                    let _ = self.socket.send_to(&datagram, client).await;
                 }
-                Ok(Err(_)) => break, // e.g. the backend's port refused a datagram
+                Ok(Err(_)) => break,
             }
         }
         self.end_session(client, Some(id));
@@ -597,6 +727,47 @@ mod tests {
         assert!(served, "the freed slot was never reused");
     }
 
+    /// Two ports sharing one budget of 4 fds: two connections in all (two fds each), whichever
+    /// port they come to; the others are closed at once, and a slot freed serves again.
+    #[tokio::test]
+    async fn ports_share_one_fd_budget() {
+        let a = backend("a").await;
+        let limits = Limits { max_connections: 100, ..Limits::with_fd_budget(4) };
+        let (p1, _tx1) = proxy(vec![a], limits.clone()).await;
+        let (p2, _tx2) = proxy(vec![a], limits.clone()).await;
+        let (mut one, _) = connect(p1.tcp_addr().unwrap()).await;
+        let (mut two, _) = connect(p2.tcp_addr().unwrap()).await;
+        assert_eq!(limits.fds.in_use(), 4);
+        for p in [&p1, &p2] {
+            let mut over = TcpStream::connect(p.tcp_addr().unwrap()).await.unwrap();
+            assert_closed(&mut over).await;
+        }
+        echo(&mut one, "1").await;
+        echo(&mut two, "2").await;
+        drop(one);
+        let mut served = false;
+        for _ in 0..100 {
+            let mut s = TcpStream::connect(p2.tcp_addr().unwrap()).await.unwrap();
+            let mut b = [0u8; 2];
+            if tokio::time::timeout(PATIENCE, s.read(&mut b)).await.unwrap().unwrap_or(0) > 0 {
+                served = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(served, "the freed fds were never reused");
+    }
+
+    #[test]
+    fn per_port_caps_are_half_the_budget() {
+        let l = Limits::with_fd_budget(512);
+        assert_eq!((l.max_connections, l.max_udp_sessions, l.fds.total()), (128, 256, 512));
+        let l = Limits::with_fd_budget(8192);
+        assert_eq!((l.max_connections, l.max_udp_sessions), (2048, 1024));
+        let l = Limits::with_fd_budget(0);
+        assert_eq!((l.max_connections, l.max_udp_sessions), (1, 1));
+    }
+
     #[tokio::test]
     async fn stop_closes_the_listener_and_keeps_established_connections() {
         let a = backend("a").await;
@@ -699,6 +870,31 @@ mod tests {
         assert_eq!(ask(&first, "2").await, "a:2");
         let mut buf = [0u8; 64];
         assert!(tokio::time::timeout(Duration::from_millis(200), second.recv(&mut buf)).await.is_err());
+    }
+
+    /// A UDP session holds one fd of the shared budget: with one fd, the second client's
+    /// datagrams are dropped until the first session has expired; then it is served.
+    #[tokio::test]
+    async fn udp_sessions_take_from_the_fd_budget() {
+        let a = udp_backend("a").await;
+        let (_tx, rx) = watch::channel(vec![a]);
+        let limits = Limits { udp_idle: Duration::from_millis(300), ..Limits::with_fd_budget(1) };
+        let p = PortProxy::bind(LOCAL.parse().unwrap(), Proto::Udp, rx, limits.clone()).unwrap();
+        let to = p.udp_addr().unwrap();
+        let (first, second) = (udp_client(to).await, udp_client(to).await);
+        assert_eq!(ask(&first, "1").await, "a:1");
+        assert_eq!(limits.fds.in_use(), 1);
+        second.send(b"dropped").await.unwrap();
+        assert_eq!(ask(&first, "2").await, "a:2");
+        let mut buf = [0u8; 64];
+        assert!(tokio::time::timeout(Duration::from_millis(200), second.recv(&mut buf)).await.is_err());
+        // Once the first session has expired, its fd is back.
+        let deadline = Instant::now() + PATIENCE;
+        while limits.fds.in_use() > 0 {
+            assert!(Instant::now() < deadline, "the expired session kept its fd");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(ask(&second, "3").await, "a:3");
     }
 
     #[tokio::test]
