@@ -74,6 +74,8 @@ use crate::manifest::{self, Descriptor, ImageConfig, Manifest, RawDescriptor};
 use crate::platform::{self, Candidate, Platform};
 use crate::reference::Reference;
 use crate::store::{ImageRecord, LayerRecord, Store};
+use crate::tarstream::{TarError, TarReader};
+use crate::text;
 use crate::unpack::{self, UnpackError, UnpackOptions};
 
 /// Largest `index.json`, `manifest.json` or `repositories` accepted.
@@ -502,19 +504,26 @@ fn scan(ctx: &mut Ctx) -> Result<(TarIndex, &'static str)> {
     let mut last: Option<String> = None;
     let mut counted = ZeroTail { inner: &mut stream, zeros: 0 };
     {
-        let mut archive = tar::Archive::new(&mut counted);
-        let entries = archive.entries().map_err(|e| truncated(ctx, &after(&last), &e))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| truncated(ctx, &after(&last), &e))?;
-            let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        // Bounded extension records (GNU long names, PAX headers): see tarstream.
+        let mut archive = TarReader::new(&mut counted);
+        loop {
+            let entry = match archive.next_entry() {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(TarError::Io(e)) => return Err(truncated(ctx, &after(&last), &e)),
+                Err(TarError::Invalid(reason)) => {
+                    return Err(ctx.invalid(format!("is not a tar archive skiff accepts{}: {reason}", after(&last))))
+                }
+            };
+            let raw = String::from_utf8_lossy(&entry.path).into_owned();
             let Some(name) = clean(&raw) else {
                 last = Some(raw);
                 continue;
             };
             last = Some(name.clone());
-            let kind = entry.header().entry_type();
+            let kind = entry.kind();
             if kind.is_symlink() || kind.is_hard_link() {
-                let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned());
+                let target = entry.link.as_deref().map(|b| String::from_utf8_lossy(b).into_owned());
                 let resolved = target.and_then(|t| if kind.is_symlink() { resolve_link(&name, &t) } else { clean(&t) });
                 if let Some(t) = resolved {
                     idx.files.remove(&name);
@@ -526,14 +535,14 @@ fn scan(ctx: &mut Ctx) -> Result<(TarIndex, &'static str)> {
                 continue;
             }
             idx.links.remove(&name);
-            let expected_size = entry.size();
-            let inside = format!(" (in the entry {name})");
+            let expected_size = entry.size;
+            let inside = format!(" (in the entry {})", text::name(name.as_bytes()));
             if matches!(name.as_str(), "index.json" | "manifest.json" | "oci-layout" | "repositories") {
                 if expected_size > MAX_META {
                     return Err(ctx.invalid(format!("its {name} is larger than {MAX_META} bytes")));
                 }
                 let mut buf = Vec::new();
-                entry.read_to_end(&mut buf).map_err(|e| truncated(ctx, &inside, &e))?;
+                (&mut archive).take(MAX_META).read_to_end(&mut buf).map_err(|e| truncated(ctx, &inside, &e))?;
                 if buf.len() as u64 != expected_size {
                     let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the stream ends inside it");
                     return Err(truncated(ctx, &inside, &e));
@@ -544,7 +553,7 @@ fn scan(ctx: &mut Ctx) -> Result<(TarIndex, &'static str)> {
             let claimed = blob_path_digest(&name);
             let in_store = claimed.as_ref().is_some_and(|d| ctx.store.has_blob(d));
             let dest = (!in_store).then(|| ctx.spool.next_file());
-            let (digest, size) = match hash_copy(&mut entry, dest.as_deref()) {
+            let (digest, size) = match hash_copy(&mut archive, dest.as_deref()) {
                 Ok(v) => v,
                 Err(CopyError::Read(e)) => return Err(truncated(ctx, &inside, &e)),
                 Err(CopyError::Write(e)) => {
@@ -621,7 +630,7 @@ fn tar_checksum_ok(h: &[u8]) -> bool {
 /// Where in the archive: `" (after the entry X)"`, or nothing before the first entry.
 fn after(last: &Option<String>) -> String {
     match last {
-        Some(l) => format!(" (after the entry {l})"),
+        Some(l) => format!(" (after the entry {})", text::name(l.as_bytes())),
         None => String::new(),
     }
 }

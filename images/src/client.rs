@@ -24,8 +24,13 @@ use crate::digest::Digest;
 use crate::error::{chain, Error, Result};
 use crate::manifest;
 use crate::reference::Reference;
+use crate::text;
 
 const MAX_REDIRECTS: usize = 10;
+/// The most of an error response's body read (for its distribution error message).
+const MAX_ERROR_BODY: u64 = 64 << 10;
+/// The most of a registry's own text (error messages, challenges, URLs) quoted in an error.
+const SHOWN: usize = 240;
 
 /// How to build a [`Client`].
 #[derive(Clone, Debug, Default)]
@@ -135,7 +140,10 @@ impl Client {
             let resp = self.follow(start.clone(), &headers, auth.as_deref(), what).await?;
             if resp.status() == StatusCode::UNAUTHORIZED && same_origin(resp.url(), &start) && !renewed {
                 renewed = true;
-                let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+                // Lossy rather than ASCII-only: a challenge with other bytes is still shown
+                // (escaped) in the error instead of "no WWW-Authenticate header".
+                let challenge =
+                    resp.headers().get(WWW_AUTHENTICATE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
                 let fresh = self.authenticate(r, challenge.as_deref(), what).await?;
                 if let Ok(mut t) = self.tokens.lock() {
                     t.insert(key.clone(), fresh.clone());
@@ -165,16 +173,16 @@ impl Client {
             let Some(loc) = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()) else {
                 return Ok(resp);
             };
-            let next = url
-                .join(loc)
-                .map_err(|e| Error::Other(format!("{what}: the registry redirected to a bad URL {loc:?}: {e}")))?;
+            let next = url.join(loc).map_err(|e| {
+                Error::Other(format!("{what}: the registry redirected to a bad URL \"{}\": {e}", shown(loc)))
+            })?;
             match next.scheme() {
                 "https" => {}
                 "http" if self.allows_http(&host_port(&next)) => {}
                 _ => {
                     return Err(Error::Other(format!(
                         "{what}: refusing the redirect to {} (plain HTTP or an unknown scheme; only HTTPS, or registries listed as insecure)",
-                        strip_query(&next)
+                        shown(&strip_query(&next))
                     )))
                 }
             }
@@ -202,13 +210,13 @@ impl Client {
             Some(Challenge::Bearer { realm, service, scope }) => {
                 let mut url = Url::parse(&realm).map_err(|e| Error::Unauthorized {
                     what: what.to_string(),
-                    detail: format!("the registry's token service {realm:?} is not a URL ({e})"),
+                    detail: format!("the registry's token service \"{}\" is not a URL ({e})", shown(&realm)),
                 })?;
                 let plain_ok = url.scheme() == "http" && self.allows_http(&host_port(&url));
                 if url.scheme() != "https" && !plain_ok {
                     return Err(Error::Unauthorized {
                         what: what.to_string(),
-                        detail: format!("refusing the token service {realm} (not HTTPS)"),
+                        detail: format!("refusing the token service {} (not HTTPS)", shown(&realm)),
                     });
                 }
                 {
@@ -265,7 +273,7 @@ impl Client {
                 what: what.to_string(),
                 detail: format!(
                     "the registry asks for authentication skiff does not support ({})",
-                    challenge.unwrap_or("no WWW-Authenticate header")
+                    challenge.map_or_else(|| "no WWW-Authenticate header".into(), shown)
                 ),
             }),
         }
@@ -283,7 +291,8 @@ async fn check(resp: Response, what: &str, hint: AuthHint) -> Result<Response> {
     if status.is_success() {
         return Ok(resp);
     }
-    let body = read_limited(resp, 16 << 10, what).await.unwrap_or_default();
+    // Bounded before it is buffered: a larger body (or one that says it is) is not read.
+    let body = read_limited(resp, MAX_ERROR_BODY, what).await.unwrap_or_default();
     let detail = registry_message(&body);
     let file = AuthConfig::default_path();
     Err(match status {
@@ -304,7 +313,13 @@ async fn check(resp: Response, what: &str, hint: AuthHint) -> Result<Response> {
     })
 }
 
-/// ` (CODE: message)` from a distribution error body, or empty.
+/// The registry's own text for a message: control characters escaped, at most [`SHOWN`] bytes.
+fn shown(s: &str) -> String {
+    text::one_line(s, SHOWN)
+}
+
+/// ` (CODE: message)` from a distribution error body, or empty (escaped and bounded: it is
+/// the registry's text).
 fn registry_message(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct Errors {
@@ -319,8 +334,8 @@ fn registry_message(body: &[u8]) -> String {
     }
     match serde_json::from_slice::<Errors>(body) {
         Ok(e) if !e.errors.is_empty() => {
-            let parts: Vec<String> = e.errors.iter().map(|e| format!("{}: {}", e.code, e.message)).collect();
-            format!(" ({})", parts.join("; "))
+            let parts: Vec<String> = e.errors.iter().take(8).map(|e| format!("{}: {}", e.code, e.message)).collect();
+            format!(" ({})", shown(&parts.join("; ")))
         }
         _ => String::new(),
     }
@@ -461,5 +476,12 @@ mod tests {
             " (MANIFEST_UNKNOWN: manifest unknown)"
         );
         assert_eq!(registry_message(b"<html>"), "");
+        let hostile = format!(
+            r#"{{"errors":[{{"code":"DENIED","message":"\u001b[2J\u001b]0;pwned\u0007{}"}}]}}"#,
+            "x".repeat(100_000)
+        );
+        let m = registry_message(hostile.as_bytes());
+        assert!(m.len() < 300 && !m.chars().any(char::is_control), "{m}");
+        assert!(m.starts_with(" (DENIED: \\u{1b}[2J"), "{m}");
     }
 }

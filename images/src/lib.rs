@@ -44,6 +44,8 @@ pub mod pull;
 pub mod reference;
 pub mod rootfs;
 pub mod store;
+pub mod tarstream;
+pub mod text;
 pub mod unpack;
 pub mod volume;
 

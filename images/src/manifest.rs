@@ -5,6 +5,7 @@ use serde::Deserialize;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::text;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -119,8 +120,8 @@ impl Manifest {
                     OCI_MANIFEST.to_string()
                 } else {
                     return Err(invalid(format!(
-                        "has media type {:?}, which is not an image manifest or index",
-                        ct.or(raw.media_type).unwrap_or_default()
+                        "has media type \"{}\", which is not an image manifest or index",
+                        text::one_line(&ct.or(raw.media_type).unwrap_or_default(), 200)
                     )));
                 }
             }
@@ -146,7 +147,7 @@ impl Manifest {
             if !config_ok {
                 return Err(invalid(format!(
                     "is not a container image (its config has media type {}): skiff runs container images only",
-                    config.media_type
+                    text::one_line(&config.media_type, 200)
                 )));
             }
             let layers = raw
@@ -182,7 +183,7 @@ pub fn compression(media_type: &str) -> std::result::Result<Compression, String>
         || m.starts_with("application/vnd.docker.image.rootfs.")
         || m.starts_with("application/vnd.docker.image.layer.");
     if !layerish {
-        return Err(format!("media type {media_type} is not a filesystem layer"));
+        return Err(format!("media type {} is not a filesystem layer", text::one_line(media_type, 200)));
     }
     Ok(if m.ends_with("+zstd") || m.ends_with(".zstd") {
         Compression::Zstd
@@ -191,7 +192,10 @@ pub fn compression(media_type: &str) -> std::result::Result<Compression, String>
     } else if m.ends_with(".tar") {
         Compression::None
     } else {
-        return Err(format!("layer media type {media_type} is not supported (tar, tar+gzip or tar+zstd)"));
+        return Err(format!(
+            "layer media type {} is not supported (tar, tar+gzip or tar+zstd)",
+            text::one_line(media_type, 200)
+        ));
     })
 }
 

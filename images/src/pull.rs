@@ -559,8 +559,9 @@ async fn transfer(
                             return Err(Error::Network {
                                 what: what.clone(),
                                 detail: format!(
-                                    "the registry answered a request for bytes {}- with Content-Range {cr:?}: downloading it whole",
-                                    *have
+                                    "the registry answered a request for bytes {}- with Content-Range \"{}\": downloading it whole",
+                                    *have,
+                                    crate::text::one_line(cr, 100)
                                 ),
                             });
                         }

@@ -67,6 +67,21 @@
 //! - Symlink targets are stored as they are (absolute targets are normal in images): they are
 //!   only dangerous when followed, and nothing here follows one.
 //!
+//! Bounded input: the tar stream is read by [`crate::tarstream`], which checks every GNU long
+//! name / long link name (at most 4096 bytes) and PAX header, local or global (at most 1 MiB,
+//! as Go's archive/tar), against its limit before reading a byte of it, so a layer cannot
+//! make the unpacker buffer more than that; an entry name quoted in an error is escaped and
+//! cut to [`crate::text::NAME_SHOWN`] bytes.
+//!
+//! Unverified bytes: a pull unpacks a layer while it downloads, so the unpacker parses bytes
+//! whose digest is not verified yet. That is sound because everything it does with them is
+//! bounded and private: memory by the caps above, writes to a fresh `tmp/unpack-<hex>`
+//! directory that nothing uses and that is renamed into `layers/` only after both the blob's
+//! sha256 and the diff_id matched (else removed), and every path is resolved inside it. A
+//! stream that fails its digest can do nothing a *verified* hostile layer could not do (the
+//! digest proves the bytes are the image's, not that the image is benign), so verifying
+//! first would only lose the download/unpack overlap.
+//!
 //! # Xattrs (PAX `SCHILY.xattr.*`)
 //!
 //! `trusted.overlay.*` / `user.overlay.*` are never applied (they steer overlayfs: redirects,
@@ -101,6 +116,8 @@ use std::sync::mpsc;
 
 use nix::fcntl::{self, OFlag};
 use nix::sys::stat::Mode;
+
+use crate::tarstream::{TarError, TarReader};
 
 pub use error::UnpackError;
 pub use stream::{decompress, detect as detect_compression};
@@ -302,17 +319,22 @@ fn extract_all(
     notes: extract::Notes,
 ) -> Result<Counts, UnpackError> {
     let mut ex = extract::Extractor::new(root, opts, use_openat2, notes);
-    let mut archive = tar::Archive::new(input);
-    let stream_err =
-        |after: &Option<Vec<u8>>, source| UnpackError::Stream { after: after.as_deref().map(error::disp), source };
-    let entries = archive.entries().map_err(|e| stream_err(&None, e))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| stream_err(&ex.last, e))?;
-        ex.entry(&mut entry)?;
+    let mut tar = TarReader::new(input);
+    let after = |last: &Option<Vec<u8>>| last.as_deref().map(error::disp);
+    loop {
+        let entry = match tar.next_entry() {
+            Ok(Some(e)) => e,
+            Ok(None) => break,
+            Err(TarError::Io(source)) => return Err(UnpackError::Stream { after: after(&ex.last), source }),
+            Err(TarError::Invalid(reason)) => return Err(UnpackError::Tar { after: after(&ex.last), reason }),
+        };
+        ex.entry(&entry, &mut tar)?;
     }
     // Read to the end (tar padding, a gzip trailer with its CRC, anything after): the
     // diff_id covers the whole stream.
-    let mut rest = archive.into_inner();
+    let mut rest = tar.into_inner();
+    let stream_err =
+        |after: &Option<Vec<u8>>, source| UnpackError::Stream { after: after.as_deref().map(error::disp), source };
     io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_err(&ex.last, e))?;
     ex.finish()?;
     let (diff_id, bytes) = rest.finish();

@@ -34,6 +34,7 @@ pub use serde_json::{json, Value};
 
 pub mod agent;
 pub mod engines;
+pub mod memcap;
 pub mod netns;
 pub mod registry;
 

@@ -701,6 +701,45 @@ pub enum Action {
     CorruptAt(u64),
     /// Answer with this status and a registry-style JSON error, without asking upstream.
     Status(u16),
+    /// Answer with this, without asking upstream (a hostile registry: error bodies with
+    /// terminal escapes, huge bodies, odd `WWW-Authenticate` headers).
+    Answer(Answer),
+}
+
+/// A whole response of [`Action::Answer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// Extra header lines (names and values as bytes go on the wire: any byte but CR/LF).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body, sent `repeat` times (so a huge body costs the proxy no memory).
+    pub body: Vec<u8>,
+    pub repeat: u64,
+    /// Send `Content-Length` (else the body ends when the connection closes).
+    pub length: bool,
+}
+
+impl Answer {
+    /// `status` with `body` once, with its length.
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Answer {
+        Answer { status, headers: Vec::new(), body: body.into(), repeat: 1, length: true }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Answer {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+
+    pub fn repeat(mut self, n: u64) -> Answer {
+        self.repeat = n;
+        self
+    }
+
+    /// No `Content-Length`: the body runs to the end of the connection.
+    pub fn without_length(mut self) -> Answer {
+        self.length = false;
+        self
+    }
 }
 
 /// A fault the proxy injects into the next `times` requests that match.
@@ -979,6 +1018,36 @@ fn proxy_one(st: &ProxyState, id: usize, client: &TcpStream) -> io::Result<()> {
             f(s)
         }
     };
+
+    if let Some(Action::Answer(a)) = &fault {
+        if !header(&req.headers, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+            copy_request_body(&mut cr, &mut io::sink(), &req.headers)?;
+        }
+        let mut head = format!("HTTP/1.1 {} {}\r\n", a.status, reason(a.status)).into_bytes();
+        for (k, v) in &a.headers {
+            head.extend_from_slice(k.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(v);
+            head.extend_from_slice(b"\r\n");
+        }
+        let total = a.body.len() as u64 * a.repeat;
+        if a.length {
+            head.extend_from_slice(format!("Content-Length: {total}\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"Connection: close\r\n\r\n");
+        set(&|s| s.status = Some(a.status));
+        cw.write_all(&head)?;
+        if method != "HEAD" {
+            let mut w = io::BufWriter::with_capacity(64 * 1024, &mut cw);
+            for i in 0..a.repeat {
+                // A client that stopped reading ends it (the write fails).
+                w.write_all(&a.body)?;
+                set(&|s| s.body_bytes = (i + 1) * a.body.len() as u64);
+            }
+            w.flush()?;
+        }
+        return Ok(());
+    }
 
     if let Some(Action::Status(code)) = fault {
         // Read the request body (closing with unread data would reset the connection),

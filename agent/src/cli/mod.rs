@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use skiff_images::auth::AuthConfig;
 use skiff_images::fsutil::LockKind;
-use skiff_images::{Client, ClientOptions, ImageRecord, Platform, PullOptions, Reference, Store};
+use skiff_images::{text, Client, ClientOptions, ImageRecord, Platform, PullOptions, Reference, Store};
 
 /// The default store.
 pub const DEFAULT_ROOT: &str = "/var/lib/skiff";
@@ -265,7 +265,7 @@ fn rmi(root: &std::path::Path, a: RmiArgs) -> Result<i32> {
                 }
             }
             Err(e) => {
-                eprintln!("skiff: error: {e:#}");
+                eprintln!("skiff: error: {}", text::one_line(&format!("{e:#}"), text::MESSAGE_MAX));
                 failed = true;
             }
         }
@@ -343,14 +343,14 @@ fn load(root: &std::path::Path, a: LoadArgs) -> Result<i32> {
             }
             Ok(l) => {
                 for w in &l.warnings {
-                    eprintln!("skiff: warning: {}: {w}", f.display());
+                    eprintln!("skiff: warning: {}: {}", f.display(), text::one_line(w, text::MESSAGE_MAX));
                 }
                 for r in l.images {
                     println!("loaded {} {} ({})", r.reference, r.digest, l.format);
                 }
             }
             Err(e) => {
-                eprintln!("skiff: error: {}: {e}", f.display());
+                eprintln!("skiff: error: {}: {}", f.display(), text::one_line(&e.to_string(), text::MESSAGE_MAX));
                 failed = true;
             }
         }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use skiff_images::{Digest, Event, Progress};
+use skiff_images::{text, Digest, Event, Progress};
 
 use super::human_size;
 
@@ -48,6 +48,7 @@ impl Reporter {
     }
 
     fn line(&self, s: String) {
+        let s = text::one_line(&s, text::MESSAGE_MAX);
         match &self.bars {
             Some(b) => b.multi.suspend(|| eprintln!("{s}")),
             None => eprintln!("{s}"),
@@ -74,7 +75,7 @@ impl Progress for Reporter {
     fn event(&self, e: &Event) {
         if self.quiet {
             if let Event::Warning(w) = e {
-                eprintln!("skiff: warning: {w}");
+                eprintln!("skiff: warning: {}", text::one_line(w, text::MESSAGE_MAX));
             }
             return;
         }

@@ -317,8 +317,7 @@ fn short_revision(r: &str) -> String {
 
 /// Newlines and control characters of a message from the agent, made harmless for a terminal.
 fn one_line(s: &str) -> String {
-    let joined = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
-    joined.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    skiff_images::text::one_line(s, skiff_images::text::MESSAGE_MAX)
 }
 
 fn state_name(s: ReplicaState) -> &'static str {

@@ -374,7 +374,7 @@ pub fn health(snapshot: &Snapshot) -> Result<(), String> {
 }
 
 fn one_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+    skiff_images::text::one_line(s, skiff_images::text::MESSAGE_MAX)
 }
 
 /// One number of a service, for a per-service gauge.

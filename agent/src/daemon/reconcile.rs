@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, Context, Result};
-use skiff_images::{Client, ClientOptions, ImageRecord, PullOptions, Reference, Store};
+use skiff_images::{text, Client, ClientOptions, ImageRecord, PullOptions, Reference, Store};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
@@ -400,7 +400,17 @@ impl Agent {
                         let delay =
                             Duration::from_secs(2u64.saturating_pow(p.failures.min(6))).min(Duration::from_secs(60));
                         p.next_try = Instant::now() + delay;
-                        log(&format!("pulling {reference}: {e} (next try in {}s)", delay.as_secs()));
+                        let e = text::one_line(&e, text::MESSAGE_MAX);
+                        if p.error.as_deref() != Some(e.as_str()) {
+                            log(&format!("pulling {reference}: {e} (next try in {}s)", delay.as_secs()));
+                        } else if p.failures.is_power_of_two() {
+                            // The same error again: one short line at the 2nd, 4th, 8th... failure.
+                            log(&format!(
+                                "pulling {reference}: failed again, same error ({} attempts; next try in {}s)",
+                                p.failures,
+                                delay.as_secs()
+                            ));
+                        }
                         p.error = Some(e);
                     }
                 }
@@ -1065,7 +1075,10 @@ impl Agent {
                 }
             },
         };
-        log(&format!("pulling {key}"));
+        if p.failures == 0 {
+            // Retries are told by the failure lines (deduplicated), not one line each.
+            log(&format!("pulling {key}"));
+        }
         let (store, tx) = (self.store.clone(), self.tx.clone());
         tokio::spawn(async move {
             let opts = PullOptions::default();
@@ -1141,7 +1154,7 @@ impl Agent {
                 ports: self.ports.status(name),
             });
         }
-        let status = Status {
+        let mut status = Status {
             manifest: ManifestStatus {
                 path: self.manifest_path.display().to_string(),
                 revision: self.revision.clone(),
@@ -1150,6 +1163,7 @@ impl Agent {
             },
             services,
         };
+        status.bound_texts();
         self.snapshots.send_replace(Snapshot {
             status: Arc::new(status),
             manifest_loaded: self.manifest.is_some(),
@@ -1230,9 +1244,9 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// One line on stderr (journald takes it as is).
+/// One line on stderr (journald takes it as is): escaped and bounded, whatever it quotes.
 pub fn log(msg: &str) {
-    eprintln!("skiff agent: {msg}");
+    eprintln!("skiff agent: {}", text::one_line(msg, text::MESSAGE_MAX));
 }
 
 /// Whether the manifest wants a replica `id` (`SERVICE-N`, N in 1..=replicas).

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use skiff_images::text;
 
 /// The whole status document (`GET /v1/status`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -125,6 +126,38 @@ pub enum Health {
     Healthy,
     Unhealthy,
 }
+
+impl Status {
+    /// Makes every message one line of at most [`text::MESSAGE_MAX`] bytes with control
+    /// characters escaped: they quote registries, images and containers (a pull error can
+    /// name a tar entry, a health check prints what the container wrote).
+    pub fn bound_texts(&mut self) {
+        let bound = |s: &mut String| {
+            if s.len() > text::MESSAGE_MAX || s.chars().any(char::is_control) || text::escape(s) != s.as_str() {
+                *s = text::one_line(s, text::MESSAGE_MAX);
+            }
+        };
+        let list = |v: &mut Vec<String>| {
+            v.truncate(MAX_WARNINGS);
+            v.iter_mut().for_each(bound);
+        };
+        self.manifest.error.iter_mut().for_each(bound);
+        list(&mut self.manifest.warnings);
+        for s in &mut self.services {
+            list(&mut s.warnings);
+            for r in &mut s.replicas {
+                r.message.iter_mut().for_each(bound);
+            }
+            for p in &mut s.ports {
+                p.error.iter_mut().for_each(bound);
+                p.warning.iter_mut().for_each(bound);
+            }
+        }
+    }
+}
+
+/// The most warnings shown per list (manifest, service).
+const MAX_WARNINGS: usize = 100;
 
 /// What the reconcile loop publishes.
 #[derive(Clone, Debug)]

@@ -4,6 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::text;
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum UnpackError {
@@ -33,15 +35,19 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+    /// The tar stream is malformed, or an extension record (GNU long name, PAX header) is
+    /// over its limit: see [`crate::tarstream`].
+    #[error("layer is not a tar skiff accepts{}: {reason}; refusing to unpack it", after_entry(.after))]
+    Tar { after: Option<String>, reason: String },
     /// An entry tries to write outside the layer directory or through a link: the layer is
     /// malicious (or badly broken). Nothing outside the layer directory was touched.
-    #[error("layer entry {entry:?}: {reason}; refusing to unpack this layer")]
+    #[error("layer entry \"{entry}\": {reason}; refusing to unpack this layer")]
     Unsafe { entry: String, reason: String },
     /// An entry is malformed or conflicts with the tree (not an attack, but not unpackable).
-    #[error("layer entry {entry:?}: {reason}")]
+    #[error("layer entry \"{entry}\": {reason}")]
     Invalid { entry: String, reason: String },
     /// A filesystem operation for an entry failed.
-    #[error("layer entry {entry:?}: {op}: {source}")]
+    #[error("layer entry \"{entry}\": {op}: {source}")]
     Io {
         entry: String,
         op: String,
@@ -71,26 +77,36 @@ pub enum UnpackError {
 
 fn after_entry(after: &Option<String>) -> String {
     match after {
-        Some(e) => format!(" after entry {e:?}"),
+        Some(e) => format!(" after entry \"{e}\""),
         None => String::new(),
     }
 }
 
-/// A tar path as text for messages (lossy: tar paths are bytes).
+/// A tar path as text for messages: lossy (tar paths are bytes), control characters
+/// escaped, at most [`text::NAME_SHOWN`] bytes (a name can be 4096 bytes).
 pub(super) fn disp(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw).into_owned()
+    text::name(raw)
+}
+
+/// A reason for a message: escaped and bounded (it may quote the tar crate's header errors,
+/// which hold raw header bytes).
+fn reason(r: String) -> String {
+    match text::escape(&r) {
+        std::borrow::Cow::Borrowed(_) if r.len() <= 2 * text::NAME_SHOWN + 200 => r,
+        e => text::clip(&e, 2 * text::NAME_SHOWN + 200).into_owned(),
+    }
 }
 
 impl UnpackError {
-    pub(super) fn unsafe_entry(raw: &[u8], reason: impl Into<String>) -> Self {
-        UnpackError::Unsafe { entry: disp(raw), reason: reason.into() }
+    pub(super) fn unsafe_entry(raw: &[u8], reason_text: impl Into<String>) -> Self {
+        UnpackError::Unsafe { entry: disp(raw), reason: reason(reason_text.into()) }
     }
 
-    pub(super) fn invalid(raw: &[u8], reason: impl Into<String>) -> Self {
-        UnpackError::Invalid { entry: disp(raw), reason: reason.into() }
+    pub(super) fn invalid(raw: &[u8], reason_text: impl Into<String>) -> Self {
+        UnpackError::Invalid { entry: disp(raw), reason: reason(reason_text.into()) }
     }
 
     pub(super) fn io(raw: &[u8], op: impl Into<String>, source: impl Into<io::Error>) -> Self {
-        UnpackError::Io { entry: disp(raw), op: op.into(), source: source.into() }
+        UnpackError::Io { entry: disp(raw), op: reason(op.into()), source: source.into() }
     }
 }

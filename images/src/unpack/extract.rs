@@ -17,6 +17,7 @@ use super::error::disp;
 use super::fsops::{self, ResolveError, Tree};
 use super::path::{join, names_dir, normalize, split};
 use super::{UnpackError, UnpackOptions, WhiteoutMode, BUF_SIZE};
+use crate::tarstream::Entry;
 
 const WH_PREFIX: &[u8] = b".wh.";
 const WH_OPAQUE: &[u8] = b".wh..wh..opq";
@@ -112,20 +113,20 @@ impl<'o> Extractor<'o> {
         }
     }
 
-    /// Applies one tar entry.
-    pub(super) fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
-        let raw = entry.path_bytes().into_owned();
+    /// Applies one tar entry; `data` reads its data.
+    pub(super) fn entry(&mut self, entry: &Entry, data: &mut impl Read) -> Result<(), UnpackError> {
         self.entries += 1;
-        let result = self.entry_inner(&raw, entry);
-        self.last = Some(raw);
+        let result = self.entry_inner(&entry.path, entry, data);
+        self.last = Some(entry.path.clone());
         result
     }
 
-    fn entry_inner<R: Read>(&mut self, raw: &[u8], entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
-        let ty = entry.header().entry_type().as_byte();
+    fn entry_inner(&mut self, raw: &[u8], entry: &Entry, data: &mut impl Read) -> Result<(), UnpackError> {
+        let ty = entry.header.entry_type().as_byte();
         match ty {
-            // Global PAX headers (e.g. git archive's comment) and GNU volume labels carry no file.
-            b'g' | b'V' => return Ok(()),
+            // GNU volume labels carry no file (global PAX headers never get here: the reader
+            // skips them).
+            b'V' => return Ok(()),
             b'0' | b'\0' | b'7' | b'S' | b'1' | b'2' | b'3' | b'4' | b'5' | b'6' => {}
             t => {
                 return Err(UnpackError::invalid(
@@ -148,25 +149,23 @@ impl<'o> Extractor<'o> {
         match ty {
             b'1' => {
                 let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| UnpackError::invalid(raw, "hardlink entry without a target"))?
-                    .into_owned();
-                self.hardlink(raw, &rel, &target)
+                    .link
+                    .as_deref()
+                    .ok_or_else(|| UnpackError::invalid(raw, "hardlink entry without a target"))?;
+                self.hardlink(raw, &rel, target)
             }
             b'2' => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| UnpackError::invalid(raw, "symlink entry without a target"))?
-                    .into_owned();
+                let target =
+                    entry.link.as_deref().ok_or_else(|| UnpackError::invalid(raw, "symlink entry without a target"))?;
                 let meta = self.meta(raw, entry)?;
-                self.symlink(raw, &rel, &target, &meta)
+                self.symlink(raw, &rel, target, &meta)
             }
             _ if is_dir => {
                 let meta = self.meta(raw, entry)?;
                 self.directory(raw, &rel, &meta)
             }
             b'3' | b'4' | b'6' => {
-                let h = entry.header();
+                let h = &entry.header;
                 let bad = |e: std::io::Error| UnpackError::invalid(raw, format!("bad device number: {e}"));
                 let dev = match ty {
                     b'6' => 0,
@@ -190,14 +189,14 @@ impl<'o> Extractor<'o> {
                 if meta.pax_sparse {
                     return Err(UnpackError::invalid(raw, "PAX sparse files (GNU.sparse.*) are not supported"));
                 }
-                self.file(raw, &rel, entry, &meta)
+                self.file(raw, &rel, data, &meta)
             }
         }
     }
 
-    fn meta<R: Read>(&mut self, raw: &[u8], entry: &mut tar::Entry<'_, R>) -> Result<Meta, UnpackError> {
+    fn meta(&mut self, raw: &[u8], entry: &Entry) -> Result<Meta, UnpackError> {
         let bad = |e: std::io::Error| UnpackError::invalid(raw, format!("bad tar header: {e}"));
-        let h = entry.header();
+        let h = &entry.header;
         let old = h.as_old();
         // An empty numeric field (all NUL/space, as some writers leave uid/gid of devices)
         // reads as 0, as in GNU tar and Go's archive/tar.
@@ -223,23 +222,25 @@ impl<'o> Extractor<'o> {
             pax_sparse: false,
         };
         let mut atime = None;
-        if let Some(exts) = entry.pax_extensions().map_err(bad)? {
-            for ext in exts {
-                let ext = ext.map_err(bad)?;
-                let (k, v) = (ext.key_bytes(), ext.value_bytes());
-                if k == b"mtime" {
-                    if let Some(t) = pax_time(v) {
-                        m.mtime = t;
-                    }
-                } else if k == b"atime" {
-                    atime = pax_time(v);
-                } else if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
-                    m.xattrs.push((name.to_vec(), v.to_vec()));
-                } else if k.starts_with(b"GNU.sparse.") {
-                    m.pax_sparse = true;
-                } else if k.starts_with(b"LIBARCHIVE.xattr.") {
-                    self.notes.push(format!("{}: LIBARCHIVE.xattr record ignored (use SCHILY.xattr)", disp(raw)));
+        for (k, v) in entry.pax() {
+            if k == b"mtime" {
+                if let Some(t) = pax_time(v) {
+                    m.mtime = t;
                 }
+            } else if k == b"atime" {
+                atime = pax_time(v);
+            } else if k == b"uid" || k == b"gid" {
+                let v = std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok());
+                let v =
+                    v.ok_or_else(|| UnpackError::invalid(raw, "bad tar header: a PAX uid or gid is not a number"))?;
+                *(if k == b"uid" { &mut m.uid } else { &mut m.gid }) =
+                    u32::try_from(v).map_err(|_| UnpackError::invalid(raw, format!("PAX id {v} is out of range")))?;
+            } else if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
+                m.xattrs.push((name.to_vec(), v.to_vec()));
+            } else if k.starts_with(b"GNU.sparse.") {
+                m.pax_sparse = true;
+            } else if k.starts_with(b"LIBARCHIVE.xattr.") {
+                self.notes.push(format!("{}: LIBARCHIVE.xattr record ignored (use SCHILY.xattr)", disp(raw)));
             }
         }
         m.atime = atime.unwrap_or(m.mtime);
@@ -289,13 +290,7 @@ impl<'o> Extractor<'o> {
 
     // ---- entry kinds -----------------------------------------------------------------
 
-    fn file<R: Read>(
-        &mut self,
-        raw: &[u8],
-        rel: &[u8],
-        entry: &mut tar::Entry<'_, R>,
-        meta: &Meta,
-    ) -> Result<(), UnpackError> {
+    fn file(&mut self, raw: &[u8], rel: &[u8], data: &mut impl Read, meta: &Meta) -> Result<(), UnpackError> {
         let (parent, leaf) = split(rel);
         let dir = self.parent(raw, parent)?;
         // O_EXCL|O_NOFOLLOW: never open (and so never write through) anything that exists.
@@ -313,7 +308,7 @@ impl<'o> Extractor<'o> {
         };
         let mut file = File::from(fsops::own(fd));
         loop {
-            let n = match entry.read(&mut self.buf) {
+            let n = match data.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -399,7 +394,7 @@ impl<'o> Extractor<'o> {
 
     fn hardlink(&mut self, raw: &[u8], rel: &[u8], target_raw: &[u8]) -> Result<(), UnpackError> {
         let target = normalize(target_raw)
-            .map_err(|r| UnpackError::unsafe_entry(raw, format!("hardlink target {:?}: {r}", disp(target_raw))))?;
+            .map_err(|r| UnpackError::unsafe_entry(raw, format!("hardlink target \"{}\": {r}", disp(target_raw))))?;
         if target.is_empty() {
             return Err(UnpackError::unsafe_entry(raw, "hardlink to the layer root"));
         }
@@ -410,7 +405,7 @@ impl<'o> Extractor<'o> {
             UnpackError::invalid(
                 raw,
                 format!(
-                    "hardlink target {:?} is not an earlier entry of this layer (the target must be \
+                    "hardlink target \"{}\" is not an earlier entry of this layer (the target must be \
                      unpacked before the link)",
                     disp(target_raw)
                 ),
@@ -424,7 +419,7 @@ impl<'o> Extractor<'o> {
         };
         match fsops::lstat_at(tdir.as_raw_fd(), tleaf) {
             Ok(st) if fsops::is_type(&st, SFlag::S_IFDIR) => {
-                return Err(UnpackError::invalid(raw, format!("hardlink to a directory {:?}", disp(target_raw))))
+                return Err(UnpackError::invalid(raw, format!("hardlink to a directory \"{}\"", disp(target_raw))))
             }
             Ok(_) => {}
             Err(Errno::ENOENT) => return Err(not_earlier()),
@@ -510,7 +505,11 @@ impl<'o> Extractor<'o> {
                     Ok(()) => Ok(()),
                     Err(Errno::EEXIST) => {
                         // Whiteouts only hide lower layers; this layer's own file stays.
-                        self.notes.push(format!("{}: whiteout ignored: this layer has {:?}", disp(raw), disp(&target)));
+                        self.notes.push(format!(
+                            "{}: whiteout ignored: this layer has \"{}\"",
+                            disp(raw),
+                            disp(&target)
+                        ));
                         Ok(())
                     }
                     Err(Errno::EPERM) => Err(UnpackError::io(
@@ -524,7 +523,7 @@ impl<'o> Extractor<'o> {
             }
             WhiteoutMode::Apply => {
                 if self.unpacked.as_ref().is_some_and(|s| s.contains(&target)) {
-                    self.notes.push(format!("{}: whiteout ignored: this layer has {:?}", disp(raw), disp(&target)));
+                    self.notes.push(format!("{}: whiteout ignored: this layer has \"{}\"", disp(raw), disp(&target)));
                     return Ok(());
                 }
                 let dir = match self.tree.dir(parent, false) {
@@ -579,7 +578,7 @@ impl<'o> Extractor<'o> {
             let ours = self.unpacked.as_ref().is_some_and(|s| s.contains(&child));
             if !ours {
                 fsops::remove_all_at(dir, &name).map_err(|e| {
-                    UnpackError::io(raw, format!("hiding {:?} below the opaque directory", disp(&child)), e)
+                    UnpackError::io(raw, format!("hiding \"{}\" below the opaque directory", disp(&child)), e)
                 })?;
                 continue;
             }
@@ -732,14 +731,14 @@ fn resolve_err(raw: &[u8], e: ResolveError, what: &str) -> UnpackError {
     match e {
         ResolveError::Symlink(p) => UnpackError::unsafe_entry(
             raw,
-            format!("{what} {:?} is a symlink, and symlinks are never followed while unpacking", disp(&p)),
+            format!("{what} \"{}\" is a symlink, and symlinks are never followed while unpacking", disp(&p)),
         ),
-        ResolveError::NotDir(p) => UnpackError::invalid(raw, format!("{what} {:?} is not a directory", disp(&p))),
-        ResolveError::Missing(p) => UnpackError::invalid(raw, format!("{what} {:?} does not exist", disp(&p))),
+        ResolveError::NotDir(p) => UnpackError::invalid(raw, format!("{what} \"{}\" is not a directory", disp(&p))),
+        ResolveError::Missing(p) => UnpackError::invalid(raw, format!("{what} \"{}\" does not exist", disp(&p))),
         ResolveError::CrossesMount(p) => {
-            UnpackError::unsafe_entry(raw, format!("{what} {:?} crosses a mount point", disp(&p)))
+            UnpackError::unsafe_entry(raw, format!("{what} \"{}\" crosses a mount point", disp(&p)))
         }
-        ResolveError::Sys(p, e) => UnpackError::io(raw, format!("opening {what} {:?}", disp(&p)), e),
+        ResolveError::Sys(p, e) => UnpackError::io(raw, format!("opening {what} \"{}\"", disp(&p)), e),
     }
 }
 

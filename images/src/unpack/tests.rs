@@ -357,3 +357,77 @@ fn garbage_is_a_clear_stream_error() {
     assert!(msg.contains("after entry \"a\""), "{msg}");
     assert!(!msg.contains('\n'));
 }
+
+/// A stream of `head`, then `fill` bytes up to `len` in all, produced as read (never held):
+/// the 3 GiB bombs of issue 11 cost nothing to make here. Counts what was read.
+struct Lazy {
+    head: Vec<u8>,
+    len: u64,
+    pos: u64,
+    fill: u8,
+}
+
+impl std::io::Read for Lazy {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min((self.len - self.pos).try_into().unwrap_or(usize::MAX));
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            let at = self.pos as usize + i;
+            *b = if at < self.head.len() { self.head[at] } else { self.fill };
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Each extension record announcing 3 GiB is refused from its header: the unpacker reads
+/// a few chunks of the stream, not the record (nor buffers it), and the error is one short
+/// line with the size and the limit.
+#[test]
+fn three_gib_extension_records_are_refused_from_their_header() {
+    for (kind, what, limit) in [
+        (b'L', "GNU long name", "4096"),
+        (b'K', "GNU long link name", "4096"),
+        (b'x', "PAX header", "1048576"),
+        (b'g', "PAX global header", "1048576"),
+    ] {
+        let h = Host::new();
+        let mut head = Tb::new().file("ok", b"fine").0;
+        let mut hdr = tar::Header::new_gnu();
+        hdr.as_gnu_mut().expect("gnu").name[..13].copy_from_slice(b"././@LongLink");
+        hdr.set_entry_type(tar::EntryType::new(kind));
+        hdr.set_size(3 << 30);
+        hdr.set_cksum();
+        head.extend_from_slice(hdr.as_bytes());
+        let mut stream = Lazy { head, len: (3 << 30) + 4096, pos: 0, fill: b'a' };
+        let err = unpack_with(&mut stream, &h.layer, &UnpackOptions::default(), true).expect_err(what);
+        let msg = err.to_string();
+        assert!(msg.contains(what) && msg.contains("3221225472 bytes") && msg.contains(limit), "{msg}");
+        assert!(msg.len() < 300 && !msg.contains('\n'), "{msg}");
+        // The pump reads ahead a few 256 KiB chunks: far from 3 GiB.
+        assert!(stream.pos < 8 << 20, "{what}: read {} bytes of the stream", stream.pos);
+        h.assert_untouched(what);
+    }
+}
+
+/// A long entry name with terminal escapes is quoted escaped and cut in the error.
+#[test]
+fn hostile_names_are_escaped_and_cut_in_errors() {
+    let h = Host::new();
+    let name = format!("\u{1b}]0;pwned\u{7}\u{1b}[2J{}/../x", "a".repeat(3000));
+    let mut tar = Vec::new();
+    let mut l = tar::Header::new_gnu();
+    l.as_gnu_mut().expect("gnu").name[..13].copy_from_slice(b"././@LongLink");
+    l.set_entry_type(tar::EntryType::new(b'L'));
+    l.set_size(name.len() as u64 + 1);
+    l.set_cksum();
+    tar.extend_from_slice(l.as_bytes());
+    tar.extend_from_slice(name.as_bytes());
+    tar.push(0);
+    tar.resize(tar.len().div_ceil(512) * 512, 0);
+    tar.extend_from_slice(&Tb::new().file("placeholder", b"x").finish());
+    let err = unpack_with(&tar[..], &h.layer, &UnpackOptions::default(), true).expect_err("..");
+    let msg = err.to_string();
+    assert!(msg.len() < 400 && !msg.chars().any(char::is_control), "{msg}");
+    assert!(msg.contains("\\u{1b}]0;pwned\\u{7}\\u{1b}[2Jaaa") && msg.contains('…'), "{msg}");
+    h.assert_untouched("hostile name");
+}
