@@ -692,13 +692,10 @@ pub fn volume_path(image: &str, v: &str) -> Result<String, BundleError> {
     }
 }
 
-/// `s` quoted for a one-line message: control characters escaped as Rust's `{:?}` does
-/// (`\n`, `\u{1b}`), cut after `max` characters (marked with `...`).
+/// `s` quoted for a one-line message: control and invisible characters escaped
+/// (`crate::text::escape`: `\n`, `\u{1b}`), cut after `max` bytes (marked with `…`).
 pub(crate) fn quoted(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((cut, _)) => format!("{:?}...", &s[..cut]),
-        None => format!("{s:?}"),
-    }
+    format!("\"{}\"", crate::text::clip(&crate::text::escape(s), max))
 }
 
 /// `p` made absolute and lexically clean (`.`/`..` resolved, clamped at `/`); `None` for a
