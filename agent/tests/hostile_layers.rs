@@ -25,9 +25,8 @@ use std::time::Duration;
 
 use flate2::write::GzEncoder;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use skiff_tests::registry::{Registry, OCI_INDEX, OCI_MANIFEST};
-use skiff_tests::Scratch;
+use skiff_tests::{blob_digest, oci_arch, Scratch};
 use tar::{EntryType, Header};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -140,20 +139,6 @@ fn layer_tar(entries: &[Entry]) -> Vec<u8> {
     b.into_inner().expect("finish the tar")
 }
 
-fn sha256(b: &[u8]) -> String {
-    let hex: String = Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-/// The image's architecture: this machine's, so the pull has nothing to warn about.
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
 /// A one-layer image as an OCI image layout in `dir`, tagged `1`.
 struct Image {
     layout: PathBuf,
@@ -162,7 +147,7 @@ struct Image {
 }
 
 fn put_blob(layout: &Path, data: &[u8]) -> (String, usize) {
-    let d = sha256(data);
+    let d = blob_digest(data);
     fs::write(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:")), data).unwrap();
     (d, data.len())
 }
@@ -170,14 +155,14 @@ fn put_blob(layout: &Path, data: &[u8]) -> (String, usize) {
 fn build_image(layout: &Path, entries: &[Entry]) -> Image {
     fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     let tar = layer_tar(entries);
-    let diff_id = sha256(&tar);
+    let diff_id = blob_digest(&tar);
     let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&tar).unwrap();
     let gz = gz.finish().unwrap();
     let (layer, layer_size) = put_blob(layout, &gz);
     let config = json!({
         "created": "2000-01-01T00:00:00Z",
-        "architecture": host_arch(),
+        "architecture": oci_arch(),
         "os": "linux",
         "config": {"Cmd": ["/bin/true"]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},

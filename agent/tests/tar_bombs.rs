@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use skiff_tests::agent::{replicas, Agent};
 use skiff_tests::memcap::{run_peak, Measured, MemCap};
 use skiff_tests::registry::{Registry, OCI_INDEX, OCI_MANIFEST};
-use skiff_tests::Scratch;
+use skiff_tests::{blob_digest, oci_arch, Scratch};
 use tar::{EntryType, Header};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -196,32 +196,19 @@ fn bomb_layer(b: Bomb) -> &'static (Vec<u8>, String) {
 // Images: an OCI layout, an OCI archive of it, a push to the registry
 // ---------------------------------------------------------------------------------------
 
-fn sha256(b: &[u8]) -> String {
-    let hex: String = Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
 /// A one-layer image as an OCI layout in `dir`, tagged `1` (named `name` for `skiff load`).
 fn layout(dir: &Path, b: Bomb) -> PathBuf {
     let (gz, diff_id) = bomb_layer(b);
     let l = dir.join(format!("layout-{}", b.name()));
     fs::create_dir_all(l.join("blobs/sha256")).unwrap();
     let put = |data: &[u8]| {
-        let d = sha256(data);
+        let d = blob_digest(data);
         fs::write(l.join("blobs/sha256").join(d.trim_start_matches("sha256:")), data).unwrap();
         (d, data.len())
     };
     let (layer, layer_size) = put(gz);
     let config = json!({
-        "architecture": host_arch(), "os": "linux", "config": {"Cmd": ["/bin/true"]},
+        "architecture": oci_arch(), "os": "linux", "config": {"Cmd": ["/bin/true"]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
     let (config, config_size) = put(&serde_json::to_vec(&config).unwrap());

@@ -18,9 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use skiff_tests::agent::{replicas, Agent};
-use skiff_tests::Scratch;
+use skiff_tests::{blob_digest, oci_arch, Scratch};
 
 const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -114,19 +113,6 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 // Images: a rootfs on disk, tarred into one layer, written as an OCI archive
 // ---------------------------------------------------------------------------------------
 
-fn sha256(b: &[u8]) -> String {
-    let hex: String = Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
 /// Writes an OCI archive (a tar of an OCI image layout) of a one-layer image named
 /// `reference`: busybox as /bin/busybox (with /bin/sh and /bin/true), what `populate` adds
 /// to the rootfs, `Cmd ["/bin/true"]` and these `Volumes`. Returns the archive's path.
@@ -147,13 +133,13 @@ fn archive(work: &Scratch, reference: &str, volumes: &[&str], populate: impl FnO
     let layer = layer.into_inner().unwrap();
     let vols: serde_json::Map<String, Value> = volumes.iter().map(|v| (v.to_string(), json!({}))).collect();
     let config = serde_json::to_vec(&json!({
-        "architecture": host_arch(),
+        "architecture": oci_arch(),
         "os": "linux",
         "config": {"Cmd": ["/bin/true"], "Volumes": vols},
-        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+        "rootfs": {"type": "layers", "diff_ids": [blob_digest(&layer)]},
     }))
     .unwrap();
-    let desc = |media: &str, data: &[u8]| json!({"mediaType": media, "digest": sha256(data), "size": data.len()});
+    let desc = |media: &str, data: &[u8]| json!({"mediaType": media, "digest": blob_digest(data), "size": data.len()});
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": skiff_tests::registry::OCI_MANIFEST,
@@ -176,7 +162,7 @@ fn archive(work: &Scratch, reference: &str, volumes: &[&str], populate: impl FnO
     add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
     add("index.json", &index);
     for blob in [&layer, &config, &manifest] {
-        add(&format!("blobs/sha256/{}", &sha256(blob)[7..]), blob);
+        add(&format!("blobs/sha256/{}", &blob_digest(blob)[7..]), blob);
     }
     let path = work.join(format!("image-{n}.tar"));
     fs::write(&path, out.into_inner().unwrap()).unwrap();

@@ -958,7 +958,7 @@ impl Cgroup {
             let deadline = Instant::now() + UNDO_BUDGET;
             let mut dir = p.dir.clone();
             loop {
-                if let Err(e) = rmdir_retry(&dir, deadline, false) {
+                if let Err(e) = rmdir_retry(&dir, deadline, OnBusy::Wait) {
                     left.push(format!("{} ({e})", dir.display()));
                     break;
                 }
@@ -1266,7 +1266,7 @@ impl Cgroup {
         let deadline = Instant::now() + REMOVE_BUDGET;
         // libcgroups removes the leaf only: take nested cgroups away first.
         for (_, dir) in &existing {
-            if let Err(e) = sweep_children(dir, deadline) {
+            if let Err(e) = sweep_children(dir, deadline, OnBusy::Kill) {
                 crate::debug!("cgroup {}: removing nested cgroups of {}: {e}", self.path.display(), dir.display());
             }
         }
@@ -1278,7 +1278,7 @@ impl Cgroup {
         // Whatever is left (our own hierarchies, or what libcgroups gave up on).
         let mut left = Vec::new();
         for (_, dir) in &existing {
-            if let Err(e) = sweep(dir, deadline) {
+            if let Err(e) = sweep(dir, deadline, OnBusy::Kill) {
                 left.push((dir.clone(), e));
             }
         }
@@ -1311,7 +1311,7 @@ impl Cgroup {
         }
         let deadline = Instant::now() + REMOVE_BUDGET;
         for dir in &existing {
-            match sweep_unless_populated(dir, deadline) {
+            match sweep(dir, deadline, OnBusy::GiveUpIfPopulated) {
                 Ok(()) => {}
                 // A process is in it (or, rarely, the kernel still reports it busy).
                 Err(e) if e.raw_os_error() == Some(libc_ebusy()) => return Ok(false),
@@ -1352,8 +1352,20 @@ fn first_missing(mount: &Path, dir: &Path) -> Option<PathBuf> {
     None
 }
 
+/// What a removal does while the kernel still reports a cgroup busy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnBusy {
+    /// Kill what is in it and retry (a container's own cgroup on delete).
+    Kill,
+    /// Retry while its processes finish exiting.
+    Wait,
+    /// Retry while it holds no process; give up (EBUSY) once one is alive in it: it is not
+    /// ours to empty (a cgroup shared with another container).
+    GiveUpIfPopulated,
+}
+
 /// Removes `dir`'s nested cgroups (depth first).
-fn sweep_children(dir: &Path, deadline: Instant) -> io::Result<()> {
+fn sweep_children(dir: &Path, deadline: Instant, busy: OnBusy) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -1362,57 +1374,31 @@ fn sweep_children(dir: &Path, deadline: Instant) -> io::Result<()> {
     for entry in entries {
         let entry = entry?;
         if entry.file_type()?.is_dir() {
-            sweep(&entry.path(), deadline)?;
+            sweep(&entry.path(), deadline, busy)?;
         }
     }
     Ok(())
 }
 
-/// Removes `dir` and its nested cgroups, killing their processes.
-fn sweep(dir: &Path, deadline: Instant) -> io::Result<()> {
-    sweep_children(dir, deadline)?;
-    rmdir_retry(dir, deadline, true)
+/// Removes `dir` and its nested cgroups.
+fn sweep(dir: &Path, deadline: Instant, busy: OnBusy) -> io::Result<()> {
+    sweep_children(dir, deadline, busy)?;
+    rmdir_retry(dir, deadline, busy)
 }
 
-/// `rmdir` with retries while the cgroup is busy (processes still exiting).
-fn rmdir_retry(dir: &Path, deadline: Instant, kill_procs: bool) -> io::Result<()> {
+/// `rmdir` with retries while the cgroup is busy, as `busy` says.
+fn rmdir_retry(dir: &Path, deadline: Instant, busy: OnBusy) -> io::Result<()> {
     let mut delay = Duration::from_millis(1);
     loop {
         match fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc_ebusy()) && Instant::now() < deadline => {
-                if kill_procs {
-                    kill_all(dir);
+                match busy {
+                    OnBusy::Kill => kill_all(dir),
+                    OnBusy::GiveUpIfPopulated if has_procs(dir) => return Err(e),
+                    OnBusy::Wait | OnBusy::GiveUpIfPopulated => {}
                 }
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_millis(50));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Removes `dir` and its nested cgroups without killing anything: waits while one is busy
-/// with processes still exiting, gives up (EBUSY) as soon as one holds a live process.
-fn sweep_unless_populated(dir: &Path, deadline: Instant) -> io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            sweep_unless_populated(&entry.path(), deadline)?;
-        }
-    }
-    let mut delay = Duration::from_millis(1);
-    loop {
-        match fs::remove_dir(dir) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc_ebusy()) && !has_procs(dir) && Instant::now() < deadline => {
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_millis(50));
             }

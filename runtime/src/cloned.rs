@@ -15,7 +15,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use crate::error::{Context, Error, Result};
 
@@ -51,13 +51,6 @@ pub fn reexec_protected() -> Result<()> {
 fn readonly_clone() -> Option<OwnedFd> {
     const OPEN_TREE_CLONE: libc::c_uint = 1;
     const MOUNT_ATTR_RDONLY: u64 = 1;
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
     // SAFETY: open_tree with a NUL-terminated path; returns a new fd or -1.
     let fd = unsafe {
         libc::syscall(
@@ -72,19 +65,7 @@ fn readonly_clone() -> Option<OwnedFd> {
     }
     // SAFETY: fd is new and ours.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    // SAFETY: mount_setattr on our detached mount with a struct that outlives the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    (r == 0).then_some(fd)
+    crate::mountapi::mount_setattr(fd.as_fd(), false, MOUNT_ATTR_RDONLY, 0).ok().map(|()| fd)
 }
 
 /// Re-executes the binary behind `fd` with our argv and environment. Returns the

@@ -16,6 +16,7 @@ pub mod error;
 pub mod hooks;
 pub mod init;
 pub mod log;
+pub mod mountapi;
 pub mod process;
 pub mod seccomp;
 pub mod signal;

@@ -1304,6 +1304,23 @@ pub fn sha256(p: &Path) -> String {
     out.stdout.split_whitespace().next().unwrap_or_default().to_string()
 }
 
+/// `sha256:<hex>` of `b`: the digest of a blob of an image a test builds.
+pub fn blob_digest(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let hex: String = Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// This machine's architecture as OCI images name it (so a pull has nothing to warn about).
+pub fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        other => other,
+    }
+}
+
 /// Copies a file (e.g. the runtime binary) into a scratch dir, keeping its mode.
 pub fn copy_binary(src: &Path, dir: &Path) -> PathBuf {
     let dst = dir.join(src.file_name().unwrap());

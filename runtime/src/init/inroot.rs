@@ -318,30 +318,7 @@ pub(super) fn set_attrs(mnt: &OwnedFd, attrs: Attrs, recursive: bool) -> Result<
     if attrs.is_empty() {
         return Ok(());
     }
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let a = MountAttr { attr_set: attrs.set, attr_clr: attrs.clr, propagation: 0, userns_fd: 0 };
-    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
-    // SAFETY: mount_setattr on an fd we own, an empty C string and a struct of the size we pass.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            mnt.as_raw_fd(),
-            c"".as_ptr(),
-            flags as libc::c_uint,
-            &a as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
+    let Err(e) = crate::mountapi::mount_setattr(mnt.as_fd(), recursive, attrs.set, attrs.clr) else { return Ok(()) };
     if e.raw_os_error() != Some(libc::ENOSYS) {
         return Err(Error::Io { what: "change mount attributes".into(), source: e });
     }
