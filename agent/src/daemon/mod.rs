@@ -12,6 +12,7 @@
 //! restarted at any time; the next one adopts what runs. See ARCHITECTURE.md.
 
 pub mod cgstats;
+pub mod control;
 pub mod fds;
 pub mod health;
 pub mod http;

@@ -77,6 +77,11 @@ pub enum Event {
     },
     /// The check for firewalls that drop forwarded traffic has a new answer (for status).
     FirewallChecked,
+    /// A command from the control socket; the answer goes back on `reply`.
+    Control {
+        req: super::control::Request,
+        reply: tokio::sync::oneshot::Sender<super::control::Reply>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -428,8 +433,16 @@ impl Agent {
                 self.check_firewall();
             }
             Event::FirewallChecked => {}
+            Event::Control { req, reply } => {
+                let _ = reply.send(self.on_control(req));
+            }
         }
         self.reconcile();
+    }
+
+    /// A command from the control socket.
+    fn on_control(&mut self, req: super::control::Request) -> super::control::Reply {
+        super::control::Reply::err(format!("{req:?}: not implemented yet"))
     }
 
     fn on_started(&mut self, id: &str, gen: u64, result: Result<(Started, Prepared, String), String>) {
