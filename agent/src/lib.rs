@@ -9,5 +9,6 @@ pub mod daemon;
 pub mod logs;
 pub mod manifest;
 pub mod net;
+pub mod rollout;
 pub mod shim;
 pub mod supervise;
