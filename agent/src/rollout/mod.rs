@@ -400,11 +400,8 @@ impl Rollout {
                     out.actions.push(Action::Stop { id: m.id.clone() });
                 }
             }
-            if ready.is_some() {
-                for m in &old {
-                    out.actions.push(Action::Stop { id: m.id.clone() });
-                }
-            } else if cfg.order == Order::StopFirst && !failed {
+            // The old ones go once the new one is ready; stop-first: at once.
+            if ready.is_some() || (cfg.order == Order::StopFirst && !failed) {
                 for m in &old {
                     out.actions.push(Action::Stop { id: m.id.clone() });
                 }
