@@ -326,8 +326,7 @@ fn a_rollback_that_fails_pauses_and_is_never_rolled_back() {
 
 #[test]
 fn a_replica_not_ready_by_the_deadline_has_failed() {
-    let mut p = Policy::default();
-    p.progress_deadline = 60 * S;
+    let p = Policy { progress_deadline: 60 * S, ..Default::default() };
     let mut s = Sim::new(2, p);
     s.step();
     s.stops_done();
