@@ -1215,9 +1215,9 @@ fn replica_status(r: &Replica, now: Instant) -> ReplicaStatus {
 }
 
 /// Whether a replica made from `a` is what `b` asks for: everything but the replica count
-/// (scaling never replaces the replicas that stay).
+/// (scaling never replaces the replicas that stay) and how changes roll out.
 pub fn same_definition(a: &Service, b: &Service) -> bool {
-    Service { replicas: b.replicas, ..a.clone() } == *b
+    Service { replicas: b.replicas, rollout: b.rollout.clone(), ..a.clone() } == *b
 }
 
 fn save(paths: &Paths, rec: &ReplicaRecord) {

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::network;
+
+mod rollout;
 use super::units;
 use super::yaml::{Node, Pos, Value};
 use super::*;
@@ -579,7 +581,7 @@ pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut 
                 }
             }
             "version" => {}
-            "x-skiff" => m.network = skiff_extension(&mut cx, v),
+            "x-skiff" => (m.network, m.revision_history) = skiff_extension(&mut cx, v),
             "name" => {
                 if let Some(s) = cx.string(v, "name") {
                     if valid_service_name(&s) {
@@ -933,6 +935,24 @@ fn service(
                     }
                 }
             }
+            "x-skiff" => {
+                for (key, k2, v2) in cx.map(v, &f).unwrap_or_default() {
+                    let f2 = format!("{f}.{key}");
+                    match key.as_str() {
+                        "progress_deadline" => {
+                            if let Some(d) = cx.duration(v2, &f2) {
+                                if d.is_zero() {
+                                    cx.err(v2.pos, format!("{f2} must be more than 0 (the default is 10m)"));
+                                } else {
+                                    s.rollout.progress_deadline = d;
+                                }
+                            }
+                        }
+                        x if x.starts_with("x-") => {}
+                        x => cx.unknown(x, k2, &f),
+                    }
+                }
+            }
             x if x.starts_with("x-") => {}
             x => match hint(UNSUPPORTED_SERVICE_KEYS, x) {
                 Some(h) => cx.err(k.pos, format!("{f}: {h}")),
@@ -1078,7 +1098,12 @@ fn deploy(
             "mode" => {
                 if let Some(m) = cx.string(v, &f) {
                     if m != "replicated" {
-                        cx.err(v.pos, format!("{f}: `{m}` is not supported; skiff runs one node (use replicated, or leave mode: out)"));
+                        cx.err(
+                            v.pos,
+                            format!(
+                                "{f}: `{m}` is not supported; skiff runs one node (use replicated, or leave mode: out)"
+                            ),
+                        );
                     }
                 }
             }
@@ -1097,7 +1122,10 @@ fn deploy(
                                     "on-failure" => RestartCondition::OnFailure,
                                     "any" => RestartCondition::Always,
                                     x => {
-                                        cx.err(v2.pos, format!("{f2}: `{x}` is not a condition (none, on-failure, any)"));
+                                        cx.err(
+                                            v2.pos,
+                                            format!("{f2}: `{x}` is not a condition (none, on-failure, any)"),
+                                        );
                                         continue;
                                     }
                                 }
@@ -1144,9 +1172,8 @@ fn deploy(
                     }
                 }
             }
-            "update_config" | "rollback_config" => {
-                cx.err(k.pos, format!("{f}: rolling updates are not supported yet (a changed service replaces its replicas); remove {key}"))
-            }
+            "update_config" => s.rollout.update = rollout::update_config(cx, v, &f, false),
+            "rollback_config" => s.rollout.rollback = rollout::update_config(cx, v, &f, true),
             "placement" | "endpoint_mode" => cx.err(k.pos, format!("{f}: skiff runs on one node; remove {key}")),
             x if x.starts_with("x-") => {}
             x => cx.unknown(x, k, &what),
@@ -1740,9 +1767,10 @@ fn dns(cx: &mut Ctx, n: &Node, what: &str) -> Vec<std::net::IpAddr> {
     out
 }
 
-/// `x-skiff:` — `bridge` and `subnet`; other keys warn.
-fn skiff_extension(cx: &mut Ctx, n: &Node) -> NetworkOverrides {
+/// `x-skiff:` — `bridge`, `subnet`, `revision_history`; other keys warn.
+fn skiff_extension(cx: &mut Ctx, n: &Node) -> (NetworkOverrides, Option<u32>) {
     let mut net = NetworkOverrides::default();
+    let mut history = None;
     for (key, k, v) in cx.map(n, "x-skiff").unwrap_or_default() {
         let f = format!("x-skiff.{key}");
         match key.as_str() {
@@ -1763,9 +1791,12 @@ fn skiff_extension(cx: &mut Ctx, n: &Node) -> NetworkOverrides {
                     }
                 }
             }
+            "revision_history" => {
+                history = cx.int(v, &f, 1, rollout::REVISION_HISTORY_MAX).map(|n| n as u32);
+            }
             x if x.starts_with("x-") => {}
             x => cx.unknown(x, k, "x-skiff"),
         }
     }
-    net
+    (net, history)
 }

@@ -56,6 +56,16 @@ pub struct Manifest {
     /// the agent's defaults.
     #[serde(default)]
     pub network: NetworkOverrides,
+    /// `x-skiff: {revision_history: N}`: revisions kept per service (`None`: 10).
+    #[serde(default)]
+    pub revision_history: Option<u32>,
+}
+
+impl Manifest {
+    /// Revisions kept per service.
+    pub fn revision_history(&self) -> u32 {
+        self.revision_history.unwrap_or(10)
+    }
 }
 
 /// One service (`services.NAME`), with compose's alternatives already resolved
@@ -108,6 +118,10 @@ pub struct Service {
     #[serde(default)]
     pub dns: Vec<std::net::IpAddr>,
     pub pull_policy: PullPolicy,
+    /// `deploy.update_config`, `deploy.rollback_config`, `x-skiff: {progress_deadline}`: how a
+    /// change rolls out (not part of the definition: changing it replaces nothing).
+    #[serde(default)]
+    pub rollout: crate::rollout::Policy,
 }
 
 impl Service {

@@ -222,7 +222,43 @@ fn unsupported_known_key_is_an_error_with_advice() {
     has("services:\n  web:\n    image: a\n    networks: [x]\n", "4:5: error: ", "network_mode");
     has("services:\n  web:\n    image: a\n    profiles: [x]\n", "4:5: error: ", "profiles");
     has("services:\n  web:\n    image: a\nsecrets: {}\n", "4:1: error: ", "secrets");
-    has("services:\n  a:\n    image: a\n    deploy:\n      update_config: {}\n", "5:7: error: ", "rolling updates");
+}
+
+#[test]
+fn update_and_rollback_configs() {
+    use crate::rollout::{FailureAction, Order, PROGRESS_DEADLINE};
+    let m = clean("services:\n  a:\n    image: a\n    deploy:\n      update_config: {parallelism: 2, delay: 10s, order: start-first, monitor: 2s, failure_action: rollback, max_failure_ratio: 0.25}\n      rollback_config: {parallelism: 0, failure_action: continue}\n    x-skiff: {progress_deadline: 90s}\nx-skiff: {revision_history: 3}\n");
+    let p = &m.services["a"].rollout;
+    assert_eq!((p.update.parallelism, p.update.delay, p.update.order), (2, Duration::from_secs(10), Order::StartFirst));
+    assert_eq!(
+        (p.update.monitor, p.update.failure_action, p.update.max_failure_ratio),
+        (Duration::from_secs(2), FailureAction::Rollback, 0.25)
+    );
+    assert_eq!(
+        (p.rollback.parallelism, p.rollback.failure_action, p.rollback.order),
+        (0, FailureAction::Continue, Order::StopFirst)
+    );
+    assert_eq!(p.progress_deadline, Duration::from_secs(90));
+    assert_eq!(m.revision_history(), 3);
+    // Swarm's defaults, skiff's deadline and history.
+    let m = clean("services:\n  a:\n    image: a\n");
+    let p = &m.services["a"].rollout;
+    assert_eq!((p.update.parallelism, p.update.order, p.update.monitor), (1, Order::StopFirst, Duration::from_secs(5)));
+    assert_eq!((p.update.failure_action, p.update.max_failure_ratio), (FailureAction::Pause, 0.0));
+    assert_eq!((p.progress_deadline, m.revision_history()), (PROGRESS_DEADLINE, 10));
+    let dep = "services:\n  a:\n    image: a\n    deploy:\n";
+    has(&format!("{dep}      update_config: {{order: random}}\n"), "5:30: error: ", "stop-first or start-first");
+    has(&format!("{dep}      rollback_config: {{failure_action: rollback}}\n"), "5:41: error: ", "never rolled back");
+    has(
+        &format!("{dep}      update_config: {{failure_action: retry}}\n"),
+        "5:39: error: ",
+        "pause, continue or rollback",
+    );
+    has(&format!("{dep}      update_config: {{max_failure_ratio: 2}}\n"), "5:42: error: ", "between 0 and 1");
+    has(&format!("{dep}      update_config: {{parallelism: -1}}\n"), "5:36: error: ", "between 0 and 1000");
+    has(&format!("{dep}      update_config: {{speed: 3}}\n"), "5:23: warning: ", "unknown key `speed`");
+    has("services:\n  a:\n    image: a\n    x-skiff: {progress_deadline: 0s}\n", "4:34: error: ", "more than 0");
+    has("x-skiff: {revision_history: 0}\nservices:\n  a:\n    image: a\n", "1:29: error: ", "between 1 and 100");
 }
 
 #[test]
