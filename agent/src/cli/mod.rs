@@ -311,7 +311,8 @@ fn prune(root: &std::path::Path) -> Result<i32> {
         eprintln!("waiting for other skiff commands (a pull?) on {} to finish", root.display())
     })?;
     // Containers keep their images' layers (and the agent's will, with issue 4).
-    let keep = run::container_references(root)?;
+    let mut keep = run::container_references(root)?;
+    crate::daemon::revisions::references(root, &mut keep)?;
     let r = store.prune(&keep)?;
     println!(
         "pruned {} blob{}, {} layer{}, {} temporary item{}: {} freed",

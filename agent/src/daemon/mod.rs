@@ -25,6 +25,7 @@ pub mod ports;
 pub mod proc;
 pub mod reconcile;
 pub mod replica;
+pub mod revisions;
 pub mod status;
 pub mod watch;
 

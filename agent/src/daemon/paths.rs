@@ -4,6 +4,8 @@
 //!   container.json for prune, replica.json: the agent's durable record of it).
 //! * `<root>/volumes/<name>/`: named volumes.
 //! * `<root>/logs/<id>/`: a replica's log files (see [`crate::logs`]).
+//! * `<root>/services/<name>.json`: a service's revisions, rollout and overrides
+//!   ([`super::revisions`]).
 //! * `<run>/`: what a reboot wipes. `/run/skiff` for the default root, `<root>/run` otherwise.
 //!   `<run>/runtime/` is the OCI runtime's `--root`; `<run>/shims/<id>/` holds a replica's
 //!   `shim.pid`, `init.pid` and `exit.json` (written by `skiff shim`); `<run>/netns/<id>` its
@@ -28,7 +30,7 @@ pub struct Paths {
 }
 
 /// The agent's entries directly under the root (the store's own: `skiff_images::Store::open`).
-const ROOT_ENTRIES: &[&str] = &["containers", "volumes", "logs", "network", "run"];
+const ROOT_ENTRIES: &[&str] = &["containers", "volumes", "logs", "network", "run", "services"];
 /// The entries directly under the run directory.
 const RUN_ENTRIES: &[&str] = &["runtime", "shims", "netns", "agent.lock", "agent.pid", "ports.json"];
 
