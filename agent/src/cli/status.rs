@@ -379,6 +379,8 @@ mod tests {
             next_restart_in: None,
             message: None,
             address: None,
+            revision: None,
+            slot: 1,
         };
         let mut backoff = replica("web-2", ReplicaState::Backoff, None, 4, Some(137), Health::Unhealthy);
         backoff.next_restart_in = Some(8.4);
@@ -393,6 +395,7 @@ mod tests {
             services: vec![
                 ServiceStatus {
                     name: "web".into(),
+                    revisions: Default::default(),
                     image: "nginx".into(),
                     desired_replicas: 2,
                     running_replicas: 1,

@@ -587,6 +587,8 @@ mod tests {
             next_restart_in: None,
             message: None,
             address: None,
+            revision: None,
+            slot: 1,
         }
     }
 
@@ -601,6 +603,7 @@ mod tests {
             services: vec![
                 ServiceStatus {
                     name: "web".into(),
+                    revisions: Default::default(),
                     image: "nginx:1.27".into(),
                     image_digest: None,
                     desired_replicas: 2,
@@ -621,6 +624,7 @@ mod tests {
                 },
                 ServiceStatus {
                     name: "we\"ird\\name\nx".into(),
+                    revisions: Default::default(),
                     image: "busybox".into(),
                     desired_replicas: 1,
                     replicas: vec![replica("we\"ird\\name\nx-1", Some(7), 1)],

@@ -52,6 +52,10 @@ pub struct ReplicaRecord {
     /// Its address on the bridge network, while it has one (kept for an adopting agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::Ipv4Addr>,
+    /// The service's revision it runs ([`super::revisions`]); 0: recorded by a skiff before
+    /// revisions (the agent finds or makes its revision at adoption).
+    #[serde(default)]
+    pub revision: u32,
 }
 
 /// A resolved health check: what runs in the container and when.

@@ -47,6 +47,43 @@ pub struct ServiceStatus {
     /// Its published ports (bridged services with `ports:`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortStatus>,
+    /// Its revisions, overrides and rollout.
+    #[serde(flatten)]
+    pub revisions: RevisionStatus,
+}
+
+/// A service's revision in force, the manifest's, what overrides the manifest, its last rollout.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RevisionStatus {
+    /// The revision its replicas converge to (`None` before its image is resolved).
+    pub revision: Option<u32>,
+    /// The revision the manifest's definition is.
+    pub manifest_revision: Option<u32>,
+    /// `skiff scale`'s replicas, while they hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<u32>,
+    /// What overrides the manifest (`skiff scale`, `skiff rollback`, a rolled back update).
+    #[serde(rename = "override")]
+    pub override_: Option<String>,
+    /// The last rollout (`None`: there has been none).
+    pub update: Option<UpdateStatus>,
+}
+
+/// A rollout: `state` is `updating`, `paused`, `rolling_back`, `rolled_back` or `completed`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct UpdateStatus {
+    pub state: String,
+    pub from: u32,
+    pub to: u32,
+    /// Slots done (only a ready container of `to` left).
+    pub updated: u32,
+    /// Slots whose new container failed.
+    pub failed: u32,
+    /// Slots to update when it began.
+    pub total: u32,
+    /// RFC 3339.
+    pub started: String,
+    pub message: Option<String>,
 }
 
 /// One published host port of a service.
@@ -75,7 +112,7 @@ pub struct PortStatus {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ReplicaStatus {
-    /// `SERVICE-N`.
+    /// `SERVICE-N` (or `SERVICE-N.b`: see `slot`).
     pub id: String,
     pub state: ReplicaState,
     /// The container's init pid, while it has one.
@@ -96,6 +133,12 @@ pub struct ReplicaStatus {
     /// Its address on the bridge network (`network_mode: bridge`), once connected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The service's revision it runs.
+    #[serde(default)]
+    pub revision: Option<u32>,
+    /// Its slot (`N` of `SERVICE-N`; a start-first update runs `SERVICE-N.b` in the same slot).
+    #[serde(default)]
+    pub slot: u32,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

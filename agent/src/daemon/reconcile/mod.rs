@@ -35,8 +35,11 @@ use super::oci::Runtime;
 use super::paths::Paths;
 use super::ports::Ports;
 use super::replica::{self, Prepared, ReplicaRecord, Started};
+use super::revisions::{self, ServiceRecord};
 use super::status::{Health, ManifestStatus, ReplicaState, ReplicaStatus, ServiceStatus, Snapshot, Status};
 use super::{health, proc};
+
+mod rollouts;
 use crate::manifest::{self, DependsCondition, Manifest, NetworkMode, NetworkSettings, PullPolicy, Service};
 use crate::supervise::restart::{Decision, ExitKind, RestartState, RestartTracker};
 
@@ -125,16 +128,22 @@ struct Replica {
     /// The image digest the bundle on disk was prepared with by this agent (a restart of the
     /// same definition reuses it: only the rootfs mount and the netns are checked).
     prepared_for: Option<String>,
+    /// When it became ready (its first passing check, or running without one) since its last
+    /// start: a rollout's monitor window counts from here.
+    ready_at: Option<Instant>,
+    /// When this agent first tried to start it (or adopted it): a rollout's progress deadline.
+    since: Instant,
 }
 
 impl Replica {
-    fn new(svc: &Service, index: u32) -> Replica {
-        let id = svc.replica_name(index);
+    /// Container `id` in slot `index` of `svc`, running `revision` (0: not resolved yet).
+    fn new(id: String, svc: &Service, index: u32, revision: u32) -> Replica {
         Replica {
             rec: ReplicaRecord {
                 id,
                 service: svc.name.clone(),
                 index,
+                revision,
                 spec: svc.clone(),
                 image_digest: String::new(),
                 stop_signal: "SIGTERM".into(),
@@ -157,6 +166,8 @@ impl Replica {
             message: None,
             cleanup: None,
             prepared_for: None,
+            ready_at: None,
+            since: Instant::now(),
         }
     }
 
@@ -204,6 +215,12 @@ pub struct Agent {
     bridge_maybe_up: bool,
     /// The log directories are to be checked for replicas gone for good ([`Agent::remove_stale_logs`]).
     logs_gc_due: bool,
+    /// Each service's revisions, rollout and overrides (durable: [`super::revisions`]).
+    records: BTreeMap<String, ServiceRecord>,
+    /// The manifest's revision of each service, once its image is resolved.
+    manifest_revs: HashMap<String, u32>,
+    /// The earliest moment a rollout wants to look again.
+    rollout_wake: Option<Instant>,
 }
 
 impl Agent {
@@ -215,6 +232,10 @@ impl Agent {
         snapshots: watch::Sender<Snapshot>,
     ) -> Result<Agent> {
         let store = Store::open(&paths.root)?;
+        let (records, bad) = revisions::load_all(&paths);
+        for b in bad {
+            log(&format!("{b}; its service starts a new revision history"));
+        }
         Ok(Agent {
             ports: Ports::new(&paths.run, network::record_path(&paths).exists()),
             rt,
@@ -236,6 +257,9 @@ impl Agent {
             setup_lock: SetupLock::default(),
             bridge_maybe_up: network::record_path(&paths).exists(),
             logs_gc_due: true,
+            records,
+            manifest_revs: HashMap::new(),
+            rollout_wake: None,
             paths,
         })
     }
@@ -314,7 +338,7 @@ impl Agent {
             let shim = proc::read_pid_file(&shim_dir.join("shim.pid"))
                 .and_then(|p| proc::start_time(p).map(|t| (p, t)))
                 .filter(|(p, t)| rec.shim.is_none_or(|s| s == (*p, *t)) && is_shim(*p, &id));
-            let mut r = Replica::new(&rec.spec, rec.index);
+            let mut r = Replica::new(rec.id.clone(), &rec.spec, rec.index, rec.revision);
             r.rec = rec.clone();
             if let Some(shim) = shim {
                 // Running (or just exiting): adopt it.
@@ -330,6 +354,9 @@ impl Agent {
                 r.rec.shim = Some(shim);
                 r.rec.pid = pid;
                 r.phase = Phase::Running;
+                if r.rec.healthcheck.is_none() {
+                    r.ready_at = Some(now);
+                }
                 log(&format!("{id}: adopted (pid {})", pid.map_or("?".into(), |p| p.to_string())));
                 self.replicas.insert(id.clone(), r);
                 self.watch_running(&id, true);
@@ -364,6 +391,8 @@ impl Agent {
             r.rec.shim = None;
             self.replicas.insert(id, r);
         }
+        // Records of a skiff before revisions: the revision each runs.
+        self.adopt_revisions();
         // Addresses whose replica has no record (an agent killed between allocating and
         // recording) go back to the pool.
         let known: Vec<String> = self.replicas.keys().cloned().collect();
@@ -440,11 +469,6 @@ impl Agent {
         self.reconcile();
     }
 
-    /// A command from the control socket.
-    fn on_control(&mut self, req: super::control::Request) -> super::control::Reply {
-        super::control::Reply::err(format!("{req:?}: not implemented yet"))
-    }
-
     fn on_started(&mut self, id: &str, gen: u64, result: Result<(Started, Prepared, String), String>) {
         let Some(r) = self.replicas.get_mut(id) else { return };
         if r.gen != gen || r.phase != Phase::Starting {
@@ -468,6 +492,7 @@ impl Agent {
                 r.rec.started_at = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
                 r.phase = Phase::Running;
                 r.message = None;
+                r.ready_at = r.rec.healthcheck.is_none().then_some(now);
                 for w in &warnings {
                     log(&format!("{id}: warning: {w}"));
                 }
@@ -484,11 +509,13 @@ impl Agent {
                 let d = r.rec.tracker.exited(now, ExitKind::Code(127), false);
                 Self::apply_decision(r, d, true);
                 save(&self.paths, &r.rec);
+                self.rollout_failure(id, None, "it failed to start");
             }
         }
     }
 
     fn apply_decision(r: &mut Replica, d: Decision, start_failed: bool) {
+        r.ready_at = None;
         r.rec.pid = None;
         r.rec.shim = None;
         r.rec.started_at = None;
@@ -524,12 +551,19 @@ impl Agent {
                 log(&format!("{idc}: {e:#}"));
             }
         }));
+        let ready = r.ready_at;
         let d = r.rec.tracker.exited(Instant::now(), exit, false);
         Self::apply_decision(r, d, false);
         if let Decision::RestartAt(t) = d {
             log(&format!("{id}: restarting in {:.1}s", t.saturating_duration_since(Instant::now()).as_secs_f64()));
         }
         save(&self.paths, &r.rec);
+        if exit == ExitKind::Code(0) && d == Decision::DoNothing {
+            // Done (a one-shot task): that is its success.
+            r.ready_at = Some(Instant::now());
+        } else {
+            self.rollout_failure(id, ready, &format!("it exited ({exit})"));
+        }
     }
 
     fn on_stopped(&mut self, id: &str, gen: u64, result: Result<(), String>) {
@@ -589,6 +623,7 @@ impl Agent {
             r.health = Health::Healthy;
             r.health_failures = 0;
             r.rec.tracker.became_healthy(now);
+            r.ready_at.get_or_insert(now);
             return;
         }
         let in_start_period = r.health_started.is_some_and(|s| now.duration_since(s) < hc.start_period);
@@ -602,7 +637,9 @@ impl Agent {
             log(&format!("{id}: unhealthy after {} failed checks; replacing it", r.health_failures));
             r.health = Health::Unhealthy;
             r.rec.tracker.unhealthy(now);
+            let ready = r.ready_at;
             self.begin_stop(id, AfterStop::Unhealthy);
+            self.rollout_failure(id, ready, "it turned unhealthy");
         }
     }
 
@@ -689,70 +726,29 @@ impl Agent {
             self.publish();
             return;
         };
-        // Stop what is not wanted (any more, or not like this).
+        // The replicas of services gone from the manifest go.
+        let gone: Vec<String> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| !m.services.contains_key(&r.rec.service))
+            .filter(|(_, r)| r.phase != Phase::Stopping || r.after_stop != AfterStop::Remove)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.begin_stop(&id, AfterStop::Remove);
+        }
+        // Each service towards its revision in force (rollouts.rs), dependencies first; a
+        // completed update restarts the services that depend on it with `restart: true`.
+        self.rollout_wake = None;
         let mut updated: Vec<String> = Vec::new();
-        let ids: Vec<String> = self.replicas.keys().cloned().collect();
-        for id in &ids {
-            let r = &self.replicas[id];
-            let wanted = m.services.get(&r.rec.service).filter(|s| r.rec.index >= 1 && r.rec.index <= s.replicas);
-            match wanted {
-                None => {
-                    if r.phase != Phase::Stopping || r.after_stop != AfterStop::Remove {
-                        self.begin_stop(id, AfterStop::Remove);
-                    }
-                }
-                Some(svc) if !same_definition(&r.rec.spec, svc) => match r.phase {
-                    Phase::Waiting | Phase::Pulling => {
-                        // Nothing runs yet: take the new definition as it is.
-                        let fresh = Replica::new(svc, r.rec.index);
-                        self.replicas.insert(id.clone(), fresh);
-                    }
-                    Phase::Stopping if r.after_stop == AfterStop::Remove => {}
-                    _ => {
-                        log(&format!("{id}: its service definition changed; replacing it"));
-                        updated.push(r.rec.service.clone());
-                        self.begin_stop(id, AfterStop::Remove);
-                    }
-                },
-                Some(_) => {}
-            }
-        }
-        // `depends_on.<dep>.restart: true`: an update of dep restarts the dependents (compose).
-        if !updated.is_empty() {
-            let restart: Vec<String> = self
-                .replicas
-                .iter()
-                .filter(|(_, r)| matches!(r.phase, Phase::Running | Phase::Starting))
-                .filter(|(_, r)| {
-                    m.services
-                        .get(&r.rec.service)
-                        .is_some_and(|s| s.depends_on.iter().any(|(dep, d)| d.restart && updated.contains(dep)))
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in restart {
-                log(&format!("{id}: a service it depends on (restart: true) is being updated; restarting it"));
-                self.begin_stop(&id, AfterStop::Restart);
-            }
-        }
-        // Start what is missing, dependencies first.
         for name in m.start_order() {
             let svc = &m.services[name];
-            for n in 1..=svc.replicas {
-                let id = svc.replica_name(n);
-                if !self.replicas.contains_key(&id) {
-                    self.replicas.insert(id.clone(), Replica::new(svc, n));
-                }
-                let r = &self.replicas[&id];
-                let due = match r.phase {
-                    Phase::Waiting | Phase::Pulling => true,
-                    Phase::Backoff => r.backoff_until.is_none_or(|t| t <= now),
-                    _ => false,
-                };
-                if due && same_definition(&r.rec.spec, svc) {
-                    self.try_start(&m, svc, &id);
-                }
+            if self.converge(&m, svc, now) {
+                updated.push(name.to_string());
             }
+        }
+        if !updated.is_empty() {
+            self.restart_dependents(&m, &updated);
         }
         if std::mem::take(&mut self.logs_gc_due) {
             self.remove_stale_logs(&m);
@@ -760,6 +756,26 @@ impl Agent {
         self.teardown_bridge_if_unused(&m);
         self.sync_ports(&m);
         self.publish();
+    }
+
+    /// `depends_on.<dep>.restart: true`: a completed update of dep restarts the dependents
+    /// (compose), once.
+    fn restart_dependents(&mut self, m: &Manifest, updated: &[String]) {
+        let restart: Vec<String> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| matches!(r.phase, Phase::Running | Phase::Starting))
+            .filter(|(_, r)| {
+                m.services
+                    .get(&r.rec.service)
+                    .is_some_and(|s| s.depends_on.iter().any(|(dep, d)| d.restart && updated.contains(dep)))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in restart {
+            log(&format!("{id}: a service it depends on (restart: true) was updated; restarting it"));
+            self.begin_stop(&id, AfterStop::Restart);
+        }
     }
 
     /// Removes the log directories (`<root>/logs/<id>/`) of replicas gone for good: no replica
@@ -879,9 +895,15 @@ impl Agent {
                 }
                 continue;
             };
-            let reps: Vec<&Replica> =
-                (1..=ds.replicas).filter_map(|n| self.replicas.get(&ds.replica_name(n))).collect();
-            let all = |f: &dyn Fn(&Replica) -> bool| reps.len() == ds.replicas as usize && reps.iter().all(|r| f(r));
+            // Every slot has a container that meets the condition (during a start-first update,
+            // either of its two).
+            let want = self.replicas_wanted(ds);
+            let reps: Vec<&Replica> = self
+                .replicas
+                .values()
+                .filter(|r| r.rec.service == *dep && r.phase != Phase::Stopping && r.rec.index <= want)
+                .collect();
+            let all = |f: &dyn Fn(&Replica) -> bool| (1..=want).all(|n| reps.iter().any(|r| r.rec.index == n && f(r)));
             let met = match d.condition {
                 DependsCondition::ServiceStarted => all(&|r| r.phase == Phase::Running),
                 DependsCondition::ServiceHealthy => {
@@ -904,7 +926,12 @@ impl Agent {
         Ok(())
     }
 
-    fn try_start(&mut self, m: &Manifest, svc: &Service, id: &str) {
+    /// Starts replica `id` with its own definition and its revision's image (a service whose
+    /// revision is not resolved yet: the manifest's image, pulled if missing).
+    fn try_start(&mut self, m: &Manifest, id: &str) {
+        let Some(r) = self.replicas.get(id) else { return };
+        let svc = &r.rec.spec.clone();
+        let revision_image = self.records.get(&svc.name).and_then(|s| s.get(r.rec.revision)).map(|v| v.image.clone());
         if let Err(why) = self.dependencies_met(m, svc) {
             if let Some(r) = self.replicas.get_mut(id) {
                 if r.phase != Phase::Backoff {
@@ -914,7 +941,7 @@ impl Agent {
             }
             return;
         }
-        let image = match self.image_for(svc) {
+        let image = match revision_image.map_or_else(|| self.image_for(svc), |i| Ok(Some(i))) {
             Ok(Some(img)) => img,
             Ok(None) => {
                 let err = self.pulls.get(&canonical(&svc.image)).and_then(|p| p.error.clone());
@@ -1123,6 +1150,9 @@ impl Agent {
         if let Some(retry) = self.ports.next_retry() {
             t = t.min(retry);
         }
+        if let Some(w) = self.rollout_wake {
+            t = t.min(w);
+        }
         t.max(now + Duration::from_millis(10))
     }
 
@@ -1142,14 +1172,19 @@ impl Agent {
             let svc = m.services.get(name);
             let reps: Vec<&Replica> = self.replicas.values().filter(|r| &r.rec.service == name).collect();
             let mut statuses: Vec<ReplicaStatus> = reps.iter().map(|r| replica_status(r, now)).collect();
-            statuses.sort_by_key(|s| s.id.rsplit('-').next().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0));
+            statuses.sort_by(|a, b| (a.slot, &a.id).cmp(&(b.slot, &b.id)));
             let image = svc.map(|s| s.image.clone()).or_else(|| reps.first().map(|r| r.rec.spec.image.clone()));
-            let digest = reps.iter().map(|r| r.rec.image_digest.clone()).find(|d| !d.is_empty());
+            // The digest running replicas were made from (never one that does not run).
+            let digest = reps
+                .iter()
+                .filter(|r| r.phase == Phase::Running)
+                .map(|r| r.rec.image_digest.clone())
+                .find(|d| !d.is_empty());
             services.push(ServiceStatus {
                 name: name.clone(),
                 image: image.unwrap_or_default(),
                 image_digest: digest,
-                desired_replicas: svc.map_or(0, |s| s.replicas),
+                desired_replicas: svc.map_or(0, |s| self.replicas_wanted(s)),
                 running_replicas: statuses.iter().filter(|s| s.state == ReplicaState::Running).count() as u32,
                 healthy_replicas: statuses
                     .iter()
@@ -1165,6 +1200,7 @@ impl Agent {
                 },
                 replicas: statuses,
                 ports: self.ports.status(name),
+                revisions: rollouts::record_status(self.records.get(name), self.manifest_revs.get(name).copied()),
             });
         }
         let mut status = Status {
@@ -1211,6 +1247,8 @@ fn replica_status(r: &Replica, now: Instant) -> ReplicaStatus {
         },
         message: r.message.clone(),
         address: r.rec.address.map(|a| a.to_string()),
+        revision: (r.rec.revision != 0).then_some(r.rec.revision),
+        slot: r.rec.index,
     }
 }
 
@@ -1264,9 +1302,10 @@ pub fn log(msg: &str) {
 
 /// Whether the manifest wants a replica `id` (`SERVICE-N`, N in 1..=replicas).
 fn log_dir_wanted(id: &str, m: &Manifest) -> bool {
-    let Some((service, n)) = id.rsplit_once('-') else { return false };
+    let slot = id.strip_suffix(".b").unwrap_or(id);
+    let Some((service, n)) = slot.rsplit_once('-') else { return false };
     let Some(n) = n.parse::<u32>().ok().filter(|n| *n >= 1) else { return false };
-    m.services.get(service).is_some_and(|s| n <= s.replicas && s.replica_name(n) == id)
+    m.services.get(service).is_some_and(|s| n <= s.replicas && rollouts::slot_ids(service, n).iter().any(|x| x == id))
 }
 
 #[cfg(test)]
