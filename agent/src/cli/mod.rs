@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod down;
+pub mod history;
 pub mod logs;
 mod progress;
 pub mod run;
@@ -63,6 +64,8 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Stop the agent and every container it runs, gracefully
     Down(down::DownArgs),
+    /// Show a service's revisions, newest first (what changed, which is in force, which failed)
+    History(history::HistoryArgs),
     /// Internal: keeps one container's stdout/stderr and exit status (started by the agent)
     #[command(hide = true)]
     Shim(crate::shim::ShimArgs),
@@ -136,6 +139,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Status(a) => status::status(a),
         Command::Logs(a) => logs::logs(&cli.root, a),
         Command::Down(a) => down::down(&cli.root, a),
+        Command::History(a) => history::run(&cli.root, a),
         Command::Shim(a) => crate::shim::shim(a),
     }
 }

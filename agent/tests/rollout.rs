@@ -1,0 +1,197 @@
+//! Issue 12: revisions, rolling updates, rollbacks and scaling of a running service, end to end
+//! (the semantics in detail are the rollout machine's unit tests: agent/src/rollout/tests.rs).
+//! The zero-failed-requests update under a client loop is in network.rs (it needs the bridge).
+
+use serde_json::Value;
+use skiff_tests::agent::{service, Agent, WAIT};
+use skiff_tests::registry::{Registry, BUSYBOX_DOCKER, BUSYBOX_OCI};
+use skiff_tests::wait_until;
+
+const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// A web-like service of `replicas` busybox replicas whose definition differs by `gen`; healthy
+/// when `/tmp/ok` exists (`bad`: never), checked every 200 ms.
+fn manifest(image: &str, replicas: u32, gen: u32, bad: bool, update: &str) -> String {
+    let ok = if bad { "" } else { "touch /tmp/ok; " };
+    format!(
+        r#"services:
+  web:
+    image: {image}
+    command: ["sh", "-c", "{ok}exec sleep 3600"]
+    environment: {{GEN: "{gen}"}}
+    stop_grace_period: 1s
+    healthcheck:
+      test: ["CMD", "test", "-e", "/tmp/ok"]
+      interval: 200ms
+      timeout: 2s
+      retries: 1
+    deploy:
+      replicas: {replicas}
+      update_config: {update}
+    x-skiff: {{progress_deadline: 4s}}
+"#
+    )
+}
+
+fn replicas(st: &Value) -> Vec<Value> {
+    service(st, "web")["replicas"].as_array().cloned().unwrap_or_default()
+}
+
+/// Every replica of web running, healthy, on `rev`, `n` of them, and no other.
+fn all_on(st: &Value, rev: u64, n: usize) -> bool {
+    let rs = replicas(st);
+    rs.len() == n
+        && rs.iter().all(|r| r["state"] == "running" && r["health"] == "healthy" && r["revision"].as_u64() == Some(rev))
+}
+
+fn update_state(st: &Value) -> String {
+    service(st, "web")["update"]["state"].as_str().unwrap_or("").to_string()
+}
+
+fn agent(image: &str) -> Agent {
+    let a = Agent::new(SKIFF);
+    let out = a.skiff(&["pull", image]);
+    assert!(out.success(), "{out}");
+    a
+}
+
+#[test]
+fn a_bad_update_is_rolled_back_automatically_and_not_tried_again() {
+    let image = Registry::shared().image(BUSYBOX_OCI);
+    let mut a = agent(&image);
+    let cfg = "{parallelism: 1, monitor: 1s, failure_action: rollback}";
+    a.write_manifest(&manifest(&image, 3, 1, false, cfg));
+    a.start();
+    let st = a.wait_status("3 healthy replicas on revision 1", |st| all_on(st, 1, 3));
+    let pids: Vec<i64> = replicas(&st).iter().map(|r| r["pid"].as_i64().unwrap_or(0)).collect();
+    // Revision 2 never turns healthy: its first replica is not ready within the deadline.
+    a.write_manifest(&manifest(&image, 3, 2, true, cfg));
+    let st = a.wait_status("the update rolled back", |st| update_state(st) == "rolled_back" && all_on(st, 1, 3));
+    let svc = service(&st, "web");
+    assert_eq!((svc["revision"].as_u64(), svc["manifest_revision"].as_u64()), (Some(1), Some(2)), "{svc:#}");
+    assert!(svc["override"].as_str().is_some_and(|o| o.contains("revision 2 failed")), "{svc:#}");
+    assert!(svc["update"]["message"].as_str().is_some_and(|m| m.contains("rolled back to revision 1")), "{svc:#}");
+    // Stop-first with parallelism 1: only web-1 was replaced; web-2 and web-3 never stopped.
+    let now: Vec<i64> = replicas(&st).iter().map(|r| r["pid"].as_i64().unwrap_or(0)).collect();
+    assert_eq!(now[1..], pids[1..], "only the first slot was touched");
+    let log = a.log();
+    assert!(log.contains("web: update to revision 2:"), "{log}");
+    // The failed revision is not tried again while the manifest wants it...
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let st = a.status();
+    assert!(all_on(&st, 1, 3) && update_state(&st) == "rolled_back", "{st:#}");
+    // ...a new edit is a new revision, rolled out.
+    a.write_manifest(&manifest(&image, 3, 3, false, cfg));
+    a.wait_status("revision 3 in force", |st| all_on(st, 3, 3) && update_state(st) == "completed");
+    a.down();
+}
+
+#[test]
+fn a_failure_pauses_and_max_failure_ratio_counts_strictly() {
+    let image = Registry::shared().image(BUSYBOX_OCI);
+    let mut a = agent(&image);
+    // 1 failure of 4 is not more than 0.25: the update goes on (all at once, parallelism 4)...
+    let cfg = "{parallelism: 4, monitor: 1s, max_failure_ratio: 0.25}";
+    a.write_manifest(&manifest(&image, 4, 1, false, cfg));
+    a.start();
+    a.wait_status("4 healthy on revision 1", |st| all_on(st, 1, 4));
+    a.write_manifest(&manifest(&image, 4, 2, true, cfg));
+    let st = a.wait_status("the update paused", |st| update_state(st) == "paused");
+    let u = &service(&st, "web")["update"];
+    // All four fail their deadline together: 4/4 > 0.25 pauses, and nothing is replaced more.
+    assert!(u["failed"].as_u64().is_some_and(|f| f >= 2), "{u:#}");
+    assert!(u["message"].as_str().is_some_and(|m| m.contains("paused")), "{u:#}");
+    // `skiff rollout resume` after a fix is not needed: a new edit resumes (a new revision).
+    a.write_manifest(&manifest(&image, 4, 3, false, cfg));
+    a.wait_status("revision 3 completed", |st| all_on(st, 3, 4) && update_state(st) == "completed");
+    a.down();
+}
+
+#[test]
+fn scale_holds_across_an_agent_restart_and_ends_with_a_manifest_edit() {
+    let image = Registry::shared().image(BUSYBOX_OCI);
+    let mut a = agent(&image);
+    a.write_manifest(&manifest(&image, 1, 1, false, "{}"));
+    let out = a.skiff(&["scale", "web=3"]);
+    assert!(!out.success() && out.stderr.contains("no agent is running"), "no agent: {out}");
+    a.start();
+    a.wait_status("1 replica", |st| all_on(st, 1, 1));
+    let out = a.skiff(&["scale", "web=3"]);
+    assert!(out.success(), "{out}");
+    let st = a.wait_status("3 replicas", |st| all_on(st, 1, 3));
+    assert_eq!(service(&st, "web")["scale"].as_u64(), Some(3), "{st:#}");
+    assert!(service(&st, "web")["override"].as_str().is_some_and(|o| o.contains("skiff scale")), "{st:#}");
+    let out = a.skiff(&["scale", "nosuch=2"]);
+    assert!(!out.success() && out.stderr.contains("no service"), "{out}");
+    // SIGKILL and restart: still 3 (the same containers, adopted).
+    a.stop_with(libc::SIGKILL);
+    a.start();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let st = a.wait_status("3 replicas after the restart", |st| all_on(st, 1, 3));
+    assert_eq!(service(&st, "web")["desired_replicas"].as_u64(), Some(3));
+    // The manifest changes the replicas: the override ends.
+    a.write_manifest(&manifest(&image, 2, 1, false, "{}"));
+    let st = a.wait_status("2 replicas", |st| all_on(st, 1, 2));
+    assert!(service(&st, "web")["override"].is_null(), "{st:#}");
+    a.down();
+}
+
+#[test]
+fn rollback_to_revision_1_works_offline_and_history_tells_the_story() {
+    let reg = Registry::start();
+    let image = reg.image(BUSYBOX_OCI);
+    let mut a = agent(&image);
+    a.write_manifest(&manifest(&image, 2, 1, false, "{parallelism: 0, monitor: 500ms}"));
+    a.start();
+    a.wait_status("revision 1", |st| all_on(st, 1, 2));
+    for gen in 2..=3 {
+        a.write_manifest(&manifest(&image, 2, gen, false, "{parallelism: 0, monitor: 500ms}"));
+        a.wait_status("the next revision", |st| all_on(st, gen as u64, 2) && update_state(st) == "completed");
+    }
+    drop(reg); // offline from here
+    let out = a.skiff(&["rollback", "web", "--to", "1"]);
+    assert!(out.success(), "{out}");
+    let st = a.wait_status("revision 1 back", |st| all_on(st, 1, 2) && update_state(st) == "rolled_back");
+    let svc = service(&st, "web");
+    assert_eq!((svc["revision"].as_u64(), svc["manifest_revision"].as_u64()), (Some(1), Some(3)));
+    assert!(svc["override"].as_str().is_some_and(|o| o.contains("skiff rollback")), "{svc:#}");
+    let out = a.skiff(&["history", "web"]);
+    assert!(out.success(), "{out}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines.len() >= 4, "{out}");
+    assert!(lines[1].trim_start().starts_with('3') && lines[1].contains("environment"), "newest first: {out}");
+    assert!(out.stdout.lines().any(|l| l.trim_start().starts_with('1') && l.contains("in force")), "{out}");
+    // The default: the one before the one in force (none before 1).
+    let out = a.skiff(&["rollback", "web"]);
+    assert!(!out.success() && out.stderr.contains("no revision before 1"), "{out}");
+    a.down();
+}
+
+#[test]
+fn a_new_digest_of_the_same_tag_is_rolled_out_by_skiff_update() {
+    let reg = Registry::start();
+    let src = |name: &str| format!("docker://{}", reg.image(name));
+    let out = reg.push(&src(BUSYBOX_OCI), "app:1", &["--src-tls-verify=false"]);
+    assert!(out.success(), "{out}");
+    let image = reg.image("app:1");
+    let mut a = agent(&image);
+    a.write_manifest(&manifest(&image, 2, 1, false, "{order: start-first, monitor: 500ms}"));
+    a.start();
+    let st = a.wait_status("revision 1", |st| all_on(st, 1, 2));
+    let first = service(&st, "web")["image_digest"].as_str().unwrap_or_default().to_string();
+    // The tag moves (the same busybox as a Docker manifest: another digest).
+    let out = reg.push(&src(BUSYBOX_DOCKER), "app:1", &["--src-tls-verify=false"]);
+    assert!(out.success(), "{out}");
+    let out = a.skiff(&["update", "web"]);
+    assert!(out.success(), "{out}");
+    let st =
+        a.wait_status("revision 2 (the new digest) in force", |st| all_on(st, 2, 2) && update_state(st) == "completed");
+    let now = service(&st, "web")["image_digest"].as_str().unwrap_or_default().to_string();
+    assert_ne!(now, first, "{st:#}");
+    let out = a.skiff(&["history", "web"]);
+    assert!(out.stdout.contains("image digest"), "{out}");
+    wait_until("nothing left of the old slot containers", WAIT, || {
+        replicas(&a.status()).iter().all(|r| r["revision"] == 2)
+    });
+    a.down();
+}
