@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use skiff_tests::agent::{all_running, pids, replica, service, Agent, WAIT};
+use skiff_tests::agent::{all_running, pids, replica, replica_ids, service, Agent, WAIT};
 use skiff_tests::netns::{http_get, TestNetns};
 use skiff_tests::registry::{http_request, Registry, BUSYBOX_OCI};
 use skiff_tests::skip;
@@ -526,6 +526,83 @@ fn scaling_while_a_client_loops_never_fails_a_request() {
     }
     drop(outside);
     down_leaves_no_network(&ns, &mut a, "sktest3");
+}
+
+/// Issue 12: rolling updates of 4 replicas behind a published port while clients loop (a new
+/// connection every 10 ms on 127.0.0.1 through the kernel's DNAT, on [::1] through the proxy,
+/// and from another machine): start-first, then stop-first. Start-first fails no request (a new
+/// replica takes traffic after its first passing check; an old one leaves the backends before
+/// it is signalled); stop-first runs one replica short at a time and fails none either.
+#[test]
+fn rolling_updates_under_a_client_loop_fail_no_request() {
+    let Some((ns, mut a)) = setup_with_env(&["SKIFF_BRIDGE=sktest12", "SKIFF_SUBNET=10.123.12.0/24"]) else { return };
+    let manifest = |gen: u32, order: &str| {
+        let svc = web(4, r#"["8080:80"]"#, SERVES).replace(
+            "    deploy:\n",
+            &format!(
+                "    environment: {{GEN: \"{gen}\"}}\n    deploy:\n      update_config: {{order: {order}, parallelism: 1, monitor: 500ms}}\n"
+            ),
+        );
+        format!("services:\n{svc}")
+    };
+    let on = |st: &Value, rev: u64| {
+        all_healthy(st, "web", 4)
+            && service(st, "web")["replicas"].as_array().is_some_and(|rs| rs.iter().all(|r| r["revision"] == rev))
+            && service(st, "web")["update"]["state"].as_str().is_none_or(|s| s == "completed")
+            && port(st, "web", "8080:80/tcp")["backends"] == 4
+    };
+    a.write_manifest(&manifest(1, "start-first"));
+    a.spawn();
+    wait_status(&ns, &a, "4 healthy replicas behind 8080", |st| on(st, 1));
+    let outside = outside_of(&ns);
+    skiff_tests::wait_until("the DNAT rule for 8080", WAIT, || {
+        ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1.contains("tcp dport 8080 dnat")
+    });
+    for (rev, order) in [(2u64, "start-first"), (3, "stop-first")] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen: [Arc<Mutex<Answers>>; 3] = Default::default();
+        let client = |ns: &TestNetns, addr: &str, seen: &Arc<Mutex<Answers>>| {
+            let (stop, seen, addr) = (stop.clone(), seen.clone(), addr.parse::<SocketAddr>().unwrap());
+            ns.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let r = http_get(addr);
+                    tally(&mut seen.lock().unwrap(), r);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let clients = [
+            client(&ns, "127.0.0.1:8080", &seen[0]),
+            client(&ns, "[::1]:8080", &seen[1]),
+            client(&outside, "192.0.2.1:8080", &seen[2]),
+        ];
+        std::thread::sleep(Duration::from_millis(300));
+        a.write_manifest(&manifest(rev as u32, order));
+        let st = wait_status(&ns, &a, &format!("the {order} update to revision {rev} completed"), |st| on(st, rev));
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        for c in clients {
+            c.join().expect("client thread");
+        }
+        let ids: Vec<String> = replica_ids(&st, "web");
+        for (what, seen) in ["loopback", "IPv6 loopback", "another machine"].iter().zip(&seen) {
+            let (by, errors) = seen.lock().unwrap().clone();
+            let n = by.values().sum::<usize>();
+            eprintln!("{order}: {what}: {n} requests, {} failed, answered by {by:?}", errors.len());
+            assert!(
+                errors.is_empty(),
+                "{order} update, {what}: {} failed requests (of {n}): {:?}",
+                errors.len(),
+                &errors[..errors.len().min(5)]
+            );
+            assert!(
+                ids.iter().any(|id| by.contains_key(id)),
+                "{order}, {what}: no answer from the new replicas {ids:?}: {by:?}"
+            );
+        }
+    }
+    drop(outside);
+    down_leaves_no_network(&ns, &mut a, "sktest12");
 }
 
 /// A host port already in use is an error on that port of that service (in status), the rest
