@@ -153,11 +153,19 @@ pub fn call(root: &Path, req: &Request) -> Result<Reply> {
     s.set_read_timeout(Some(control::REPLY_TIMEOUT + Duration::from_secs(5))).context("setting a read timeout")?;
     let mut line = serde_json::to_vec(req).context("encoding the request")?;
     line.push(b'\n');
-    s.write_all(&line).with_context(|| format!("sending the request to {}", path.display()))?;
+    // The agent may answer without reading (a refusal, or it is busy) and close: its reply is
+    // read all the same.
+    let sent = s.write_all(&line);
     let mut answer = Vec::new();
     let read = BufReader::new((&s).take(MAX_REPLY)).read_until(b'\n', &mut answer);
+    if let Err(e) = sent {
+        if answer.is_empty() {
+            return Err(e).with_context(|| format!("sending the request to {}", path.display()));
+        }
+    }
     match read {
         Ok(_) => {}
+        Err(_) if answer.ends_with(b"\n") => {}
         Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => bail!(
             "the agent did not answer within {}s: the request may still be carried out (see `skiff status`)",
             (control::REPLY_TIMEOUT + Duration::from_secs(5)).as_secs()
