@@ -1,5 +1,6 @@
 //! The `skiff` command line: image commands (`pull`, `images`, `rmi`, `prune`, `load`) and
-//! `run`/`rm` (one container in the foreground, see [`run`]).
+//! `run`/`rm` (one container in the foreground, see [`run`]); the imperative commands to the
+//! running agent (`scale`, `rollback`, `rollout resume`, `update`: see [`control`]).
 //!
 //! Every command takes `--root DIR` (env `SKIFF_ROOT`, default /var/lib/skiff). Errors are
 //! one line on stderr (`skiff: error: ...`) and exit status 1; usage errors exit 2.
