@@ -1,10 +1,12 @@
 //! The `skiff` command line: image commands (`pull`, `images`, `rmi`, `prune`, `load`) and
-//! `run`/`rm` (one container in the foreground, see [`run`]).
+//! `run`/`rm` (one container in the foreground, see [`run`]); the imperative commands to the
+//! running agent (`scale`, `rollback`, `rollout resume`, `update`: see [`control`]).
 //!
 //! Every command takes `--root DIR` (env `SKIFF_ROOT`, default /var/lib/skiff). Errors are
 //! one line on stderr (`skiff: error: ...`) and exit status 1; usage errors exit 2.
 
 pub mod agent;
+pub mod control;
 pub mod down;
 pub mod history;
 pub mod logs;
@@ -66,6 +68,14 @@ pub enum Command {
     Down(down::DownArgs),
     /// Show a service's revisions, newest first (what changed, which is in force, which failed)
     History(history::HistoryArgs),
+    /// Set the replicas of services (SERVICE=N ...), over the manifest's, in the running agent
+    Scale(control::ScaleArgs),
+    /// Run an earlier revision of a service (until the manifest changes it)
+    Rollback(control::RollbackArgs),
+    /// Act on a service's update (rollout): `skiff rollout resume SERVICE`
+    Rollout(control::RolloutArgs),
+    /// Check the registry for new image digests now (all services, or those given)
+    Update(control::UpdateArgs),
     /// Internal: keeps one container's stdout/stderr and exit status (started by the agent)
     #[command(hide = true)]
     Shim(crate::shim::ShimArgs),
@@ -140,6 +150,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Logs(a) => logs::logs(&cli.root, a),
         Command::Down(a) => down::down(&cli.root, a),
         Command::History(a) => history::run(&cli.root, a),
+        Command::Scale(a) => control::scale(&cli.root, a),
+        Command::Rollback(a) => control::rollback(&cli.root, a),
+        Command::Rollout(a) => control::rollout(&cli.root, a),
+        Command::Update(a) => control::update(&cli.root, a),
         Command::Shim(a) => crate::shim::shim(a),
     }
 }
@@ -428,5 +442,18 @@ mod tests {
         assert_eq!(c.root, PathBuf::from("/x"));
         let c = Cli::try_parse_from(["skiff", "images", "--json", "--root", "/y"]).unwrap();
         assert_eq!(c.root, PathBuf::from("/y"));
+        let c = Cli::try_parse_from(["skiff", "rollout", "resume", "web", "--root", "/z"]).unwrap();
+        match c.command {
+            Command::Rollout(control::RolloutArgs { command: control::RolloutCommand::Resume { service } }) => {
+                assert_eq!(service, "web")
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = Cli::try_parse_from(["skiff", "rollback", "web", "--to", "2"]).unwrap();
+        assert!(matches!(c.command, Command::Rollback(control::RollbackArgs { to: Some(2), .. })));
+        assert!(Cli::try_parse_from(["skiff", "rollback", "web", "--to", "0"]).is_err());
+        assert!(Cli::try_parse_from(["skiff", "scale"]).is_err(), "SERVICE=N is required");
+        let c = Cli::try_parse_from(["skiff", "update"]).unwrap();
+        assert!(matches!(c.command, Command::Update(control::UpdateArgs { ref services }) if services.is_empty()));
     }
 }

@@ -266,6 +266,8 @@ async fn main_loop(o: Options, paths: Paths, (nofile_was, nofile): (u64, u64)) -
     agent.adopt().await;
     agent.reconcile();
 
+    // Imperative commands (`skiff scale`, ...): served once the state is loaded.
+    let control = control::serve(&paths, tx.clone())?;
     endpoint.serve(snap_rx);
     tokio::spawn(watch::watch(o.manifest.clone(), tx.clone()));
     if !o.no_bridge {
@@ -290,6 +292,7 @@ async fn main_loop(o: Options, paths: Paths, (nofile_was, nofile): (u64, u64)) -
         }
     }
     let _ = notify::notify("STOPPING=1");
+    control.stop();
     endpoint.stop();
     log("exiting; the containers keep running (`skiff down` stops them)");
     Ok(0)

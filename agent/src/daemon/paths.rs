@@ -9,7 +9,8 @@
 //! * `<run>/`: what a reboot wipes. `/run/skiff` for the default root, `<root>/run` otherwise.
 //!   `<run>/runtime/` is the OCI runtime's `--root`; `<run>/shims/<id>/` holds a replica's
 //!   `shim.pid`, `init.pid` and `exit.json` (written by `skiff shim`); `<run>/netns/<id>` its
-//!   network namespace; `<run>/agent.pid`.
+//!   network namespace; `<run>/agent.pid`; `<run>/control.sock`, the socket of imperative
+//!   commands (0600, root's: [`crate::daemon::control`]).
 //!
 //! Every directory here is 0700 and every file skiff writes for itself 0600: only root reaches
 //! anything (why 0700 and not Docker's 0710: [`skiff_images::fsutil::PRIVATE_DIR`]). Of the
@@ -32,7 +33,7 @@ pub struct Paths {
 /// The agent's entries directly under the root (the store's own: `skiff_images::Store::open`).
 const ROOT_ENTRIES: &[&str] = &["containers", "volumes", "logs", "network", "run", "services"];
 /// The entries directly under the run directory.
-const RUN_ENTRIES: &[&str] = &["runtime", "shims", "netns", "agent.lock", "agent.pid", "ports.json"];
+const RUN_ENTRIES: &[&str] = &["runtime", "shims", "netns", "agent.lock", "agent.pid", "ports.json", "control.sock"];
 
 impl Paths {
     pub fn new(root: &Path) -> Paths {
