@@ -3,7 +3,7 @@
 //! The zero-failed-requests update under a client loop is in network.rs (it needs the bridge).
 
 use serde_json::Value;
-use skiff_tests::agent::{service, Agent, WAIT};
+use skiff_tests::agent::{metric, parse_metrics, service, Agent, WAIT};
 use skiff_tests::registry::{Registry, BUSYBOX_DOCKER, BUSYBOX_OCI};
 use skiff_tests::wait_until;
 
@@ -76,6 +76,12 @@ fn a_bad_update_is_rolled_back_automatically_and_not_tried_again() {
     assert_eq!(now[1..], pids[1..], "only the first slot was touched");
     let log = a.log();
     assert!(log.contains("web: update to revision 2:"), "{log}");
+    let m = parse_metrics(&a.metrics()).expect("metrics");
+    assert_eq!(metric(&m, "skiff_service_revision", &[("service", "web")]), Some(1.0));
+    assert_eq!(metric(&m, "skiff_update_state", &[("service", "web"), ("state", "rolled_back")]), Some(1.0));
+    assert_eq!(metric(&m, "skiff_update_state", &[("service", "web"), ("state", "updating")]), Some(0.0));
+    let text = a.skiff(&["status", "--listen", &a.listen()]);
+    assert!(text.stdout.contains("revision 1 in force, manifest wants 2: rolled back: revision 2 failed"), "{text}");
     // The failed revision is not tried again while the manifest wants it...
     std::thread::sleep(std::time::Duration::from_secs(2));
     let st = a.status();

@@ -195,6 +195,39 @@ fn dechunk(mut data: &[u8], max: usize) -> Result<Vec<u8>> {
 }
 
 /// The human-readable status.
+/// A service's line under UPDATES: its rollout while one is under way or stopped short, and
+/// what overrides its manifest (`revision 3 in force, manifest wants 5: rolled back by skiff
+/// rollback`).
+fn update_line(s: &crate::daemon::status::ServiceStatus) -> Option<String> {
+    let r = &s.revisions;
+    let mut parts = Vec::new();
+    if let Some(u) = r.update.as_ref().filter(|u| u.state != "completed" && u.state != "rolled_back") {
+        let verb = if u.state == "rolling_back" { "rolling back" } else { u.state.as_str() };
+        parts.push(format!(
+            "{verb} from revision {} to {}: {} of {} done, {} failed (since {})",
+            u.from,
+            u.to,
+            u.updated.min(u.total),
+            u.total,
+            u.failed,
+            one_line(&u.started)
+        ));
+        if let Some(m) = &u.message {
+            parts.push(one_line(m));
+        }
+    }
+    if let (Some(inf), Some(want)) = (r.revision, r.manifest_revision) {
+        if inf != want {
+            let why = r.override_.as_deref().map(one_line).unwrap_or_else(|| "updating".into());
+            parts.push(format!("revision {inf} in force, manifest wants {want}: {why}"));
+        }
+    }
+    if let (Some(o), true) = (&r.override_, r.scale.is_some()) {
+        parts.push(one_line(o));
+    }
+    (!parts.is_empty()).then(|| format!("{}: {}", s.name, parts.join("; ")))
+}
+
 pub fn render(status: &Status, now: SystemTime) -> String {
     let mut out = String::new();
     let m = &status.manifest;
@@ -226,15 +259,17 @@ pub fn render(status: &Status, now: SystemTime) -> String {
         return out;
     }
     out.push('\n');
-    let header =
-        ["SERVICE", "REPLICA", "STATE", "HEALTH", "PID", "ADDRESS", "RESTARTS", "EXIT", "UPTIME"].map(String::from);
-    let mut rows: Vec<[String; 9]> = Vec::new();
+    let header = ["SERVICE", "REPLICA", "REV", "STATE", "HEALTH", "PID", "ADDRESS", "RESTARTS", "EXIT", "UPTIME"]
+        .map(String::from);
+    let mut rows: Vec<[String; 10]> = Vec::new();
+    let mut updates = Vec::new();
     let mut notes = Vec::new();
     for s in &status.services {
         if s.replicas.is_empty() {
             let what = if s.desired_replicas == 0 { "scaled to 0" } else { "no replica yet" };
-            rows.push([&s.name, "-", what, "-", "-", "-", "-", "-", "-"].map(String::from));
+            rows.push([&s.name, "-", "-", what, "-", "-", "-", "-", "-", "-"].map(String::from));
         }
+        updates.extend(update_line(s));
         for r in &s.replicas {
             let state = match (r.state, r.next_restart_in) {
                 (ReplicaState::Backoff, Some(secs)) => format!("backoff ({})", duration(secs.max(0.0) as u64)),
@@ -247,6 +282,7 @@ pub fn render(status: &Status, now: SystemTime) -> String {
             rows.push([
                 s.name.clone(),
                 r.id.clone(),
+                r.revision.map_or("-".into(), |n| n.to_string()),
                 state,
                 health_name(r.health).to_string(),
                 r.pid.map_or("-".into(), |p| p.to_string()),
@@ -270,6 +306,13 @@ pub fn render(status: &Status, now: SystemTime) -> String {
         let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    if !updates.is_empty() {
+        out.push_str("\nUPDATES\n");
+        for u in updates {
+            out.push_str(&u);
+            out.push('\n');
+        }
     }
     let mut published = Vec::new();
     for s in &status.services {
@@ -385,6 +428,23 @@ mod tests {
         let mut backoff = replica("web-2", ReplicaState::Backoff, None, 4, Some(137), Health::Unhealthy);
         backoff.next_restart_in = Some(8.4);
         backoff.message = Some("exited with 137\n(killed)".into());
+        backoff.revision = Some(2);
+        backoff.slot = 2;
+        let updating = crate::daemon::status::RevisionStatus {
+            revision: Some(3),
+            manifest_revision: Some(3),
+            update: Some(crate::daemon::status::UpdateStatus {
+                state: "updating".into(),
+                from: 2,
+                to: 3,
+                updated: 1,
+                failed: 0,
+                total: 2,
+                started: "2024-05-01T10:03:00Z".into(),
+                message: None,
+            }),
+            ..Default::default()
+        };
         Status {
             manifest: ManifestStatus {
                 path: "/etc/skiff/compose.yaml".into(),
@@ -395,7 +455,7 @@ mod tests {
             services: vec![
                 ServiceStatus {
                     name: "web".into(),
-                    revisions: Default::default(),
+                    revisions: updating,
                     image: "nginx".into(),
                     desired_replicas: 2,
                     running_replicas: 1,
@@ -403,6 +463,7 @@ mod tests {
                     replicas: vec![
                         ReplicaStatus {
                             address: Some("10.88.0.2".into()),
+                            revision: Some(3),
                             ..replica("web-1", ReplicaState::Running, Some(4242), 0, None, Health::Healthy)
                         },
                         backoff,
@@ -442,6 +503,17 @@ mod tests {
                     ..Default::default()
                 },
                 ServiceStatus { name: "idle".into(), image: "busybox".into(), ..Default::default() },
+                ServiceStatus {
+                    name: "db".into(),
+                    image: "redis".into(),
+                    revisions: crate::daemon::status::RevisionStatus {
+                        revision: Some(4),
+                        manifest_revision: Some(5),
+                        override_: Some("rolled back to revision 4 by skiff rollback".into()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
             ],
         }
     }
@@ -457,10 +529,15 @@ manifest error (still running revision 0123456789ab):
 warning: /etc/skiff/compose.yaml:9:3: warning: unknown key x-foo
 warning: web: memory limit not applied: the kernel has no memory cgroup controller
 
-SERVICE  REPLICA  STATE         HEALTH     PID   ADDRESS    RESTARTS  EXIT  UPTIME
-web      web-1    running       healthy    4242  10.88.0.2  0         -     3m12s
-web      web-2    backoff (8s)  unhealthy  -     -          4         137   -
-idle     -        scaled to 0   -          -     -          -         -     -
+SERVICE  REPLICA  REV  STATE         HEALTH     PID   ADDRESS    RESTARTS  EXIT  UPTIME
+web      web-1    3    running       healthy    4242  10.88.0.2  0         -     3m12s
+web      web-2    2    backoff (8s)  unhealthy  -     -          4         137   -
+idle     -        -    scaled to 0   -          -     -          -         -     -
+db       -        -    scaled to 0   -          -     -          -         -     -
+
+UPDATES
+web: updating from revision 2 to 3: 1 of 2 done, 0 failed (since 2024-05-01T10:03:00Z)
+db: revision 4 in force, manifest wants 5: rolled back to revision 4 by skiff rollback
 
 PORTS
 web: *:8080 -> 80/tcp (1 replica)

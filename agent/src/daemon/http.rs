@@ -400,6 +400,26 @@ pub fn metrics(status: &Status, mut stats: impl FnMut(i32) -> Option<cgstats::St
             sample(&mut out, name, &[("service", &s.name)], value(s) as f64);
         }
     }
+    family(&mut out, "skiff_service_revision", "gauge", "The revision of the service in force.");
+    for s in services {
+        if let Some(n) = s.revisions.revision {
+            sample(&mut out, "skiff_service_revision", &[("service", &s.name)], f64::from(n));
+        }
+    }
+    family(
+        &mut out,
+        "skiff_update_state",
+        "gauge",
+        "1 for the state of the service's last rollout (updating, paused, rolling_back, rolled_back, completed), 0 for the others.",
+    );
+    for s in services {
+        if let Some(u) = &s.revisions.update {
+            for st in ["updating", "paused", "rolling_back", "rolled_back", "completed"] {
+                let v = if u.state == st { 1.0 } else { 0.0 };
+                sample(&mut out, "skiff_update_state", &[("service", &s.name), ("state", st)], v);
+            }
+        }
+    }
     family(
         &mut out,
         "skiff_port_backends",
