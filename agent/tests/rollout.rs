@@ -201,3 +201,45 @@ fn a_new_digest_of_the_same_tag_is_rolled_out_by_skiff_update() {
     });
     a.down();
 }
+
+/// The agent SIGKILLed at 10 moments of updates of 4 replicas (5 during a start-first update, 5
+/// during a stop-first one), and started again each time: the update goes on from the
+/// containers it adopts and completes; at no kill do more than replicas + parallelism
+/// containers run (start-first), nor fewer than replicas - parallelism (stop-first).
+#[test]
+fn an_update_survives_agent_sigkills_at_any_moment() {
+    let image = Registry::shared().image(BUSYBOX_OCI);
+    let mut a = agent(&image);
+    let cfg = |order: &str| format!("{{order: {order}, parallelism: 1, monitor: 500ms}}");
+    a.write_manifest(&manifest(&image, 4, 1, false, &cfg("start-first")));
+    a.start();
+    a.wait_status("4 on revision 1", |st| all_on(st, 1, 4));
+    // Moments spread over each update (which takes a few seconds), varied by the clock.
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_millis());
+    let running = |a: &Agent| a.rt_list().iter().filter(|c| c["status"] == "running").count();
+    for (rev, order) in [(2u32, "start-first"), (3, "stop-first")] {
+        a.write_manifest(&manifest(&image, 4, rev, false, &cfg(order)));
+        let mut seen = Vec::new();
+        for i in 0..5u32 {
+            let ms = 100 + (seed * (i + 7) + rev * 131) % 600;
+            std::thread::sleep(std::time::Duration::from_millis(ms as u64));
+            let during = update_state(&a.status()) == "updating";
+            a.stop_with(libc::SIGKILL);
+            let n = running(&a);
+            seen.push((n, during));
+            if order == "start-first" {
+                assert!(n <= 5, "{order}, kill {i}: {n} containers run (4 replicas + parallelism 1 at most)");
+            } else {
+                assert!(n >= 3, "{order}, kill {i}: {n} containers run (4 replicas - parallelism 1 at least)");
+            }
+            a.start();
+        }
+        a.wait_status("the update completed after the kills", |st| {
+            all_on(st, rev as u64, 4) && update_state(st) == "completed"
+        });
+        wait_until("only the 4 containers of the new revision left", WAIT, || running(&a) == 4);
+        eprintln!("{order}: containers running at each kill, and whether it was mid-update: {seen:?}");
+        assert!(seen.iter().filter(|(_, d)| *d).count() >= 3, "{order}: most kills must fall in the update: {seen:?}");
+    }
+    a.down();
+}
