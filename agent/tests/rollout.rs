@@ -243,3 +243,47 @@ fn an_update_survives_agent_sigkills_at_any_moment() {
     }
     a.down();
 }
+
+/// `pull_policy: every_2s`: a new digest of the tag is found by the HEAD poll, pulled and
+/// rolled out with no command; with the registry gone the check fails, status says so (time
+/// and error), the log says it once, and what runs keeps running.
+#[test]
+fn pull_policy_every_polls_the_tag_and_rolls_out_a_new_digest() {
+    let reg = Registry::start();
+    let src = |name: &str| format!("docker://{}", reg.image(name));
+    let out = reg.push(&src(BUSYBOX_OCI), "app:2", &["--src-tls-verify=false"]);
+    assert!(out.success(), "{out}");
+    let image = reg.image("app:2");
+    let mut a = agent(&image);
+    let m = manifest(&image, 2, 1, false, "{parallelism: 2, monitor: 500ms}")
+        .replace("    stop_grace_period: 1s\n", "    stop_grace_period: 1s\n    pull_policy: every_2s\n");
+    a.write_manifest(&m);
+    a.start();
+    a.wait_status("revision 1", |st| all_on(st, 1, 2));
+    let out = reg.push(&src(BUSYBOX_DOCKER), "app:2", &["--src-tls-verify=false"]);
+    assert!(out.success(), "{out}");
+    let st = a
+        .wait_status("the new digest rolled out by the poll", |st| all_on(st, 2, 2) && update_state(st) == "completed");
+    let check = &service(&st, "web")["image_check"];
+    assert!(check["at"].is_string(), "{check:#}");
+    assert!(a.log().contains("now names"), "{}", a.log());
+    // The registry goes away: the checks fail, the replicas run on.
+    drop(reg);
+    let st = a.wait_status("a failed check in status", |st| service(st, "web")["image_check"]["error"].is_string());
+    assert!(all_on(&st, 2, 2), "{st:#}");
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let st = a.status();
+    assert!(all_on(&st, 2, 2), "{st:#}");
+    let fails = service(&st, "web")["image_check"]["counts"][3].as_u64().unwrap_or(0);
+    assert!(fails >= 2, "checks go on failing: {st:#}");
+    let said = a.log().matches("what runs keeps running").count();
+    assert_eq!(said, 1, "the log says it once, not at every poll:\n{}", a.log());
+    let m = parse_metrics(&a.metrics()).expect("metrics");
+    assert!(
+        metric(&m, "skiff_image_update_checks_total", &[("service", "web"), ("result", "error")]).unwrap_or(0.0) >= 2.0
+    );
+    assert!(
+        metric(&m, "skiff_image_update_checks_total", &[("service", "web"), ("result", "new")]).unwrap_or(0.0) >= 1.0
+    );
+    a.down();
+}

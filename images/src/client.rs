@@ -101,6 +101,36 @@ impl Client {
         Ok((body, ct))
     }
 
+    /// The digest a tag names now, by a `HEAD` of its manifest (Docker Hub does not count a
+    /// HEAD against its pull limit): `Docker-Content-Digest`, or, from a registry that does not
+    /// send it, the sha256 of the manifest a GET returns. A 429 is [`Error::RateLimited`] with
+    /// the registry's `Retry-After`.
+    pub async fn manifest_digest(&self, r: &Reference, reference: &str) -> Result<Digest> {
+        let what = format!("checking the digest of {}", display_ref(r, reference));
+        let url = format!("{}/manifests/{reference}", self.base(r));
+        let mut h = HeaderMap::new();
+        h.insert(ACCEPT, HeaderValue::from_static(manifest::ACCEPT));
+        let resp = self.send(reqwest::Method::HEAD, r, &url, h, &what).await?;
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            return Err(Error::RateLimited { what, retry_after });
+        }
+        let resp = check(resp, &what, self.auth_hint(r)).await?;
+        let header = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
+        if let Some(d) = header {
+            return d.trim().parse::<Digest>().map_err(|e| Error::BadDigest {
+                context: format!("{what}: the registry's Docker-Content-Digest"),
+                source: e,
+            });
+        }
+        let (body, _) = self.manifest(r, reference).await?;
+        Ok(Digest::of(&body))
+    }
+
     /// Starts a blob download at `offset` (a `Range` request when > 0). The response is 200
     /// or 206; the caller checks which, and `Content-Range`.
     pub async fn blob(&self, r: &Reference, digest: &Digest, offset: u64) -> Result<Response> {
@@ -132,12 +162,24 @@ impl Client {
     /// GET with auth and redirects. A 401 from the registry itself is answered once with
     /// fresh authorization (from the challenge) before the response is returned.
     async fn get(&self, r: &Reference, url: &str, headers: HeaderMap, what: &str) -> Result<Response> {
+        self.send(reqwest::Method::GET, r, url, headers, what).await
+    }
+
+    /// [`Client::get`] with another method (HEAD).
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        r: &Reference,
+        url: &str,
+        headers: HeaderMap,
+        what: &str,
+    ) -> Result<Response> {
         let start = Url::parse(url).map_err(|e| Error::Other(format!("{what}: bad URL {url}: {e}")))?;
         let key = format!("{}/{}", r.registry, r.repository);
         let mut auth = self.tokens.lock().map(|t| t.get(&key).cloned()).unwrap_or(None);
         let mut renewed = false;
         loop {
-            let resp = self.follow(start.clone(), &headers, auth.as_deref(), what).await?;
+            let resp = self.follow(method.clone(), start.clone(), &headers, auth.as_deref(), what).await?;
             if resp.status() == StatusCode::UNAUTHORIZED && same_origin(resp.url(), &start) && !renewed {
                 renewed = true;
                 // Lossy rather than ASCII-only: a challenge with other bytes is still shown
@@ -157,10 +199,17 @@ impl Client {
 
     /// Sends a GET, following redirects by hand: `Authorization` only on requests to the
     /// registry's origin; no downgrade from https to a plain-http host that is not allowed.
-    async fn follow(&self, start: Url, headers: &HeaderMap, auth: Option<&str>, what: &str) -> Result<Response> {
+    async fn follow(
+        &self,
+        method: reqwest::Method,
+        start: Url,
+        headers: &HeaderMap,
+        auth: Option<&str>,
+        what: &str,
+    ) -> Result<Response> {
         let mut url = start.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let mut req = self.http.get(url.clone()).headers(headers.clone());
+            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
             if let Some(a) = auth {
                 if same_origin(&url, &start) {
                     req = req.header(AUTHORIZATION, a);

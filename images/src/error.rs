@@ -26,6 +26,10 @@ pub enum Error {
     #[error("{what}: the registry answered {status}{detail}")]
     Status { what: String, status: u16, detail: String },
 
+    /// 429 Too Many Requests, with how long the registry asks to wait (`Retry-After`, seconds).
+    #[error("{what}: the registry answered 429 (too many requests){}", retry_after.map(|s| format!("; it asks to wait {s}s")).unwrap_or_default())]
+    RateLimited { what: String, retry_after: Option<u64> },
+
     #[error("{what}: {detail}")]
     Unauthorized { what: String, detail: String },
 
@@ -80,6 +84,7 @@ impl Error {
         match self {
             Error::Network { .. } => true,
             Error::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            Error::RateLimited { .. } => true,
             _ => false,
         }
     }

@@ -225,6 +225,12 @@ fn update_line(s: &crate::daemon::status::ServiceStatus) -> Option<String> {
     if let (Some(o), true) = (&r.override_, r.scale.is_some()) {
         parts.push(one_line(o));
     }
+    if let Some(c) = &s.image_check {
+        if let Some(e) = &c.error {
+            let at = c.at.as_deref().map(one_line).unwrap_or_default();
+            parts.push(format!("image check failed ({at}): {}; what runs keeps running", one_line(e)));
+        }
+    }
     (!parts.is_empty()).then(|| format!("{}: {}", s.name, parts.join("; ")))
 }
 
@@ -456,6 +462,7 @@ mod tests {
                 ServiceStatus {
                     name: "web".into(),
                     revisions: updating,
+                    image_check: None,
                     image: "nginx".into(),
                     desired_replicas: 2,
                     running_replicas: 1,

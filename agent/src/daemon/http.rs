@@ -422,6 +422,20 @@ pub fn metrics(status: &Status, mut stats: impl FnMut(i32) -> Option<cgstats::St
     }
     family(
         &mut out,
+        "skiff_image_update_checks_total",
+        "counter",
+        "Checks of the service's image tag against the registry, by result (unchanged, new, failed_before, error).",
+    );
+    for s in services {
+        if let Some(c) = &s.image_check {
+            for (i, result) in ["unchanged", "new", "failed_before", "error"].iter().enumerate() {
+                let labels = [("service", s.name.as_str()), ("result", result)];
+                sample(&mut out, "skiff_image_update_checks_total", &labels, c.counts[i] as f64);
+            }
+        }
+    }
+    family(
+        &mut out,
         "skiff_port_backends",
         "gauge",
         "Replicas a published port sends connections to (0: it is not published, or none is healthy).",
@@ -624,6 +638,7 @@ mod tests {
                 ServiceStatus {
                     name: "web".into(),
                     revisions: Default::default(),
+                    image_check: None,
                     image: "nginx:1.27".into(),
                     image_digest: None,
                     desired_replicas: 2,
@@ -645,6 +660,7 @@ mod tests {
                 ServiceStatus {
                     name: "we\"ird\\name\nx".into(),
                     revisions: Default::default(),
+                    image_check: None,
                     image: "busybox".into(),
                     desired_replicas: 1,
                     replicas: vec![replica("we\"ird\\name\nx-1", Some(7), 1)],

@@ -140,7 +140,7 @@ impl ServiceRecord {
 /// image's content moved.
 pub fn changed_keys(a: &Service, ai: &ImageRecord, b: &Service, bi: &ImageRecord) -> Vec<String> {
     let strip = |s: &Service| {
-        let s = Service { replicas: 0, rollout: Default::default(), ..s.clone() };
+        let s = Service { replicas: 0, rollout: Default::default(), pull_policy: Default::default(), ..s.clone() };
         serde_json::to_value(s).unwrap_or_default()
     };
     let (va, vb) = (strip(a), strip(b));

@@ -50,6 +50,25 @@ pub struct ServiceStatus {
     /// Its revisions, overrides and rollout.
     #[serde(flatten)]
     pub revisions: RevisionStatus,
+    /// The last check of its image tag against the registry (`pull_policy` daily, weekly,
+    /// every_..., always, or `skiff update`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_check: Option<ImageCheckStatus>,
+}
+
+/// A service's checks of its image tag.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ImageCheckStatus {
+    /// RFC 3339, the last one.
+    pub at: Option<String>,
+    /// `unchanged`, `new digest ...`, `failed before: ...`, `error`.
+    pub result: Option<String>,
+    /// The last one's error (what runs keeps running).
+    pub error: Option<String>,
+    /// Seconds to the next scheduled one.
+    pub next_in: Option<u64>,
+    /// Checks so far by result: unchanged, new, failed_before, error.
+    pub counts: [u64; 4],
 }
 
 /// A service's revision in force, the manifest's, what overrides the manifest, its last rollout.

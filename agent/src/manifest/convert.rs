@@ -924,12 +924,25 @@ fn service(
                         "missing" | "if_not_present" => PullPolicy::Missing,
                         "always" => PullPolicy::Always,
                         "never" => PullPolicy::Never,
+                        "daily" => PullPolicy::Every(Duration::from_secs(86400)),
+                        "weekly" => PullPolicy::Every(Duration::from_secs(7 * 86400)),
                         "build" => {
-                            cx.err(v.pos, format!("{f}: skiff does not build images; use missing, always or never"));
+                            cx.err(v.pos, format!("{f}: skiff does not build images; use missing, always, never, daily, weekly or every_<duration>"));
                             continue;
                         }
+                        x if x.starts_with("every_") => match units::parse_duration(&x["every_".len()..]) {
+                            Ok(d) if d >= Duration::from_secs(1) => PullPolicy::Every(d),
+                            Ok(_) => {
+                                cx.err(v.pos, format!("{f}: `{x}`: check at most once a second (like every_12h)"));
+                                continue;
+                            }
+                            Err(e) => {
+                                cx.err(v.pos, format!("{f}: `{x}`: {e} (like every_12h, every_30m)"));
+                                continue;
+                            }
+                        },
                         x => {
-                            cx.err(v.pos, format!("{f}: `{x}` is not supported (use missing, always or never)"));
+                            cx.err(v.pos, format!("{f}: `{x}` is not supported (use missing, always, never, daily, weekly or every_<duration>)"));
                             continue;
                         }
                     }

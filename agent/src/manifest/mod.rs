@@ -297,8 +297,21 @@ pub enum PullPolicy {
     /// Pull only when the image is not in the store (`missing`, `if_not_present`).
     #[default]
     Missing,
+    /// Check the registry before each replica start.
     Always,
     Never,
+    /// `daily`, `weekly`, `every_<duration>`: check the tag's digest (a HEAD) on this schedule.
+    Every(Duration),
+}
+
+impl PullPolicy {
+    /// How often the tag's digest is checked, for the scheduled policies.
+    pub fn interval(self) -> Option<Duration> {
+        match self {
+            PullPolicy::Every(d) => Some(d),
+            _ => None,
+        }
+    }
 }
 
 /// A top-level `volumes.NAME`.

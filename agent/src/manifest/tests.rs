@@ -289,7 +289,17 @@ fn invalid_values_have_positions() {
     has("services:\n  a:\n    image: a\n    stop_signal: SIGNOPE\n", "4:18: error: ", "not a signal");
     has("services:\n  a:\n    image: a\n    cap_add: [NET_FLY]\n", "4:15: error: ", "not a Linux capability");
     has("services:\n  a:\n    image: a\n    network_mode: overlay\n", "4:19: error: ", "host, none or bridge");
-    has("services:\n  a:\n    image: a\n    pull_policy: daily\n", "4:18: error: ", "missing, always or never");
+    has(
+        "services:\n  a:\n    image: a\n    pull_policy: hourly\n",
+        "4:18: error: ",
+        "daily, weekly or every_<duration>",
+    );
+    has("services:\n  a:\n    image: a\n    pull_policy: every_x\n", "4:18: error: ", "like every_12h");
+    has("services:\n  a:\n    image: a\n    pull_policy: every_10ms\n", "4:18: error: ", "at most once a second");
+    for (p, secs) in [("daily", 86400), ("weekly", 604800), ("every_2s", 2), ("every_1h30m", 5400)] {
+        let m = clean(&format!("services:\n  a:\n    image: a\n    pull_policy: {p}\n"));
+        assert_eq!(m.services["a"].pull_policy.interval(), Some(Duration::from_secs(secs)), "{p}");
+    }
     has("services:\n  a:\n    image: \"UPPER CASE\"\n", "3:12: error: ", "not a valid image reference");
     has("services:\n  a:\n    image: a\n    working_dir: app\n", "4:18: error: ", "absolute path");
     has("services:\n  a:\n    image: a\n    command: echo \"unterminated\n", "4:14: error: ", "unterminated");

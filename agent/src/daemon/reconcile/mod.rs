@@ -39,6 +39,7 @@ use super::revisions::{self, ServiceRecord};
 use super::status::{Health, ManifestStatus, ReplicaState, ReplicaStatus, ServiceStatus, Snapshot, Status};
 use super::{health, proc};
 
+mod checks;
 mod rollouts;
 use crate::manifest::{self, DependsCondition, Manifest, NetworkMode, NetworkSettings, PullPolicy, Service};
 use crate::supervise::restart::{Decision, ExitKind, RestartState, RestartTracker};
@@ -80,6 +81,11 @@ pub enum Event {
     },
     /// The check for firewalls that drop forwarded traffic has a new answer (for status).
     FirewallChecked,
+    /// A check of a service's image tag against the registry ([`checks`]) answered.
+    ImageChecked {
+        service: String,
+        result: checks::CheckResult,
+    },
     /// A command from the control socket; the answer goes back on `reply`.
     Control {
         req: super::control::Request,
@@ -221,6 +227,8 @@ pub struct Agent {
     manifest_revs: HashMap<String, u32>,
     /// The earliest moment a rollout wants to look again.
     rollout_wake: Option<Instant>,
+    /// Each service's checks of its image tag ([`checks`]).
+    checks: HashMap<String, checks::Check>,
 }
 
 impl Agent {
@@ -260,6 +268,7 @@ impl Agent {
             records,
             manifest_revs: HashMap::new(),
             rollout_wake: None,
+            checks: HashMap::new(),
             paths,
         })
     }
@@ -462,6 +471,7 @@ impl Agent {
                 self.check_firewall();
             }
             Event::FirewallChecked => {}
+            Event::ImageChecked { service, result } => self.on_checked(&service, result),
             Event::Control { req, reply } => {
                 let _ = reply.send(self.on_control(req));
             }
@@ -740,6 +750,8 @@ impl Agent {
         // Each service towards its revision in force (rollouts.rs), dependencies first; a
         // completed update restarts the services that depend on it with `restart: true`.
         self.rollout_wake = None;
+        let services: Vec<Service> = m.services.values().cloned().collect();
+        self.poll_images(&services, now);
         let mut updated: Vec<String> = Vec::new();
         for name in m.start_order() {
             let svc = &m.services[name];
@@ -932,6 +944,9 @@ impl Agent {
         let Some(r) = self.replicas.get(id) else { return };
         let svc = &r.rec.spec.clone();
         let revision_image = self.records.get(&svc.name).and_then(|s| s.get(r.rec.revision)).map(|v| v.image.clone());
+        if svc.pull_policy == PullPolicy::Always {
+            self.check_now(svc, true);
+        }
         if let Err(why) = self.dependencies_met(m, svc) {
             if let Some(r) = self.replicas.get_mut(id) {
                 if r.phase != Phase::Backoff {
@@ -1071,13 +1086,9 @@ impl Agent {
         let reference = Reference::parse(&svc.image).map_err(|e| format!("image {:?}: {e}", svc.image))?;
         let key = reference.to_string();
         let present = self.store.image(&key).map_err(|e| format!("reading the image store: {e}"))?;
-        let refresh = svc.pull_policy == PullPolicy::Always && !self.pulls.contains_key(&key);
         if let Some(img) = present {
-            if refresh {
-                // `always`: refresh in the background; what is present runs meanwhile (a
-                // service whose image is present never waits for the network).
-                self.pull(reference);
-            }
+            // `always` is checked before each start ([`checks`]); what is present runs
+            // meanwhile (a service whose image is present never waits for the network).
             return Ok(Some(img));
         }
         if svc.pull_policy == PullPolicy::Never {
@@ -1087,6 +1098,16 @@ impl Agent {
         }
         self.pull(reference);
         Ok(None)
+    }
+
+    /// The registry client (made on first use).
+    fn registry_client(&mut self) -> Result<Arc<Client>> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let c = client()?;
+        self.client = Some(c.clone());
+        Ok(c)
     }
 
     fn pull(&mut self, reference: Reference) {
@@ -1102,20 +1123,15 @@ impl Agent {
             return;
         }
         p.in_flight = true;
-        let client = match &self.client {
-            Some(c) => c.clone(),
-            None => match client() {
-                Ok(c) => {
-                    self.client = Some(c.clone());
-                    c
-                }
-                Err(e) => {
-                    let _ = self.tx.send(Event::Pulled { reference: key, result: Err(format!("{e:#}")) });
-                    return;
-                }
-            },
+        let first = p.failures == 0;
+        let client = match self.registry_client() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.tx.send(Event::Pulled { reference: key, result: Err(format!("{e:#}")) });
+                return;
+            }
         };
-        if p.failures == 0 {
+        if first {
             // Retries are told by the failure lines (deduplicated), not one line each.
             log(&format!("pulling {key}"));
         }
@@ -1152,6 +1168,11 @@ impl Agent {
         }
         if let Some(w) = self.rollout_wake {
             t = t.min(w);
+        }
+        for c in self.checks.values() {
+            if let Some(n) = c.next {
+                t = t.min(n);
+            }
         }
         t.max(now + Duration::from_millis(10))
     }
@@ -1201,6 +1222,7 @@ impl Agent {
                 replicas: statuses,
                 ports: self.ports.status(name),
                 revisions: rollouts::record_status(self.records.get(name), self.manifest_revs.get(name).copied()),
+                image_check: svc.and_then(|s| self.check_status(name, s.pull_policy)),
             });
         }
         let mut status = Status {
@@ -1253,9 +1275,10 @@ fn replica_status(r: &Replica, now: Instant) -> ReplicaStatus {
 }
 
 /// Whether a replica made from `a` is what `b` asks for: everything but the replica count
-/// (scaling never replaces the replicas that stay) and how changes roll out.
+/// (scaling never replaces the replicas that stay), how changes roll out and when the image is
+/// checked.
 pub fn same_definition(a: &Service, b: &Service) -> bool {
-    Service { replicas: b.replicas, rollout: b.rollout.clone(), ..a.clone() } == *b
+    Service { replicas: b.replicas, rollout: b.rollout.clone(), pull_policy: b.pull_policy, ..a.clone() } == *b
 }
 
 fn save(paths: &Paths, rec: &ReplicaRecord) {

@@ -405,18 +405,11 @@ impl Agent {
                         Ok(s) => s,
                         Err(e) => return e,
                     };
-                    match skiff_images::Reference::parse(&svc.image) {
-                        Ok(r) => {
-                            let key = r.to_string();
-                            // Now, whatever the back-off says.
-                            if let Some(p) = self.pulls.get_mut(&key) {
-                                p.next_try = now_instant();
-                            }
-                            self.pull(r);
-                            out.push(format!("{s}: checking {key}"));
-                        }
-                        Err(e) => out.push(format!("{s}: image {:?}: {e}", svc.image)),
-                    }
+                    self.check_now(&svc, false);
+                    out.push(format!(
+                        "{s}: checking {} (a new digest is pulled and rolled out; `skiff status` shows the check)",
+                        svc.image
+                    ));
                 }
                 Reply::ok(out.join("\n"))
             }
@@ -424,10 +417,6 @@ impl Agent {
         self.reconcile();
         reply
     }
-}
-
-fn now_instant() -> Instant {
-    Instant::now()
 }
 
 fn member_phase(r: &Replica) -> MPhase {
