@@ -287,3 +287,38 @@ fn pull_policy_every_polls_the_tag_and_rolls_out_a_new_digest() {
     );
     a.down();
 }
+
+/// The scheduled checks are HEAD requests (no manifest GET: they are not pulls), and a 429 with
+/// `Retry-After: 5` holds the next check back for those 5 s although the schedule says 1 s.
+#[test]
+fn image_checks_are_heads_and_a_429_is_honoured() {
+    use skiff_tests::registry::{Action, Answer, Fault, FaultProxy, Match};
+    let reg = Registry::start();
+    let proxy = FaultProxy::to(&reg);
+    let image = proxy.image(BUSYBOX_OCI);
+    let mut a = agent(&image);
+    let pulled = proxy.requests().len();
+    let m = manifest(&image, 1, 1, false, "{}")
+        .replace("    stop_grace_period: 1s\n", "    stop_grace_period: 1s\n    pull_policy: every_1s\n");
+    a.write_manifest(&m);
+    a.start();
+    a.wait_status("running", |st| all_on(st, 1, 1));
+    let heads = |p: &FaultProxy| p.requests()[pulled..].iter().filter(|s| s.method == "HEAD").count();
+    wait_until("two checks", WAIT, || heads(&proxy) >= 2);
+    let since: Vec<String> = proxy.requests()[pulled..].iter().map(|s| format!("{} {}", s.method, s.path)).collect();
+    assert!(since.iter().all(|r| r.starts_with("HEAD ") && r.contains("/manifests/")), "checks only HEAD: {since:?}");
+    proxy.inject(Fault::new(
+        Match::PathContains("/manifests/".into()),
+        Action::Answer(Answer::new(429, "slow down").header("Retry-After", "5")),
+    ));
+    wait_until("the 429", WAIT, || proxy.requests().iter().any(|s| s.status == Some(429)));
+    let at = heads(&proxy);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(heads(&proxy), at, "no check within Retry-After");
+    let st = a.status();
+    let err = service(&st, "web")["image_check"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("429") && err.contains("5s"), "{st:#}");
+    wait_until("checks again after Retry-After", WAIT, || heads(&proxy) > at);
+    a.wait_status("the error gone", |st| service(st, "web")["image_check"]["error"].is_null());
+    a.down();
+}
