@@ -92,24 +92,87 @@ fn a_bad_update_is_rolled_back_automatically_and_not_tried_again() {
     a.down();
 }
 
+/// Replicas whose hostname is in `bad` fail their check: revision `gen` of 4 replicas, stop-first,
+/// one at a time, 25% of failures tolerated.
+fn picky(image: &str, gen: u32, bad: &str, flag_dir: &std::path::Path) -> String {
+    format!(
+        r#"services:
+  web:
+    image: {image}
+    command: ["sh", "-c", "exec sleep 3600"]
+    environment: {{GEN: "{gen}", BAD: " {bad} "}}
+    volumes: ["{flags}:/flags"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: ["CMD-SHELL", "test -e /flags/ok || ! echo \"$$BAD\" | grep -q \" $$(hostname) \""]
+      interval: 200ms
+      timeout: 2s
+      retries: 1
+    deploy:
+      replicas: 4
+      update_config: {{parallelism: 1, monitor: 500ms, max_failure_ratio: 0.25}}
+"#,
+        flags = flag_dir.display()
+    )
+}
+
 #[test]
-fn a_failure_pauses_and_max_failure_ratio_counts_strictly() {
+fn max_failure_ratio_counts_strictly_and_a_paused_update_resumes() {
     let image = Registry::shared().image(BUSYBOX_OCI);
     let mut a = agent(&image);
-    // 1 failure of 4 is not more than 0.25: the update goes on (all at once, parallelism 4)...
-    let cfg = "{parallelism: 4, monitor: 1s, max_failure_ratio: 0.25}";
-    a.write_manifest(&manifest(&image, 4, 1, false, cfg));
+    let flags = a.dir().join("flags");
+    std::fs::create_dir_all(&flags).expect("flags dir");
+    a.write_manifest(&picky(&image, 1, "", &flags));
     a.start();
     a.wait_status("4 healthy on revision 1", |st| all_on(st, 1, 4));
-    a.write_manifest(&manifest(&image, 4, 2, true, cfg));
+    // One failure of 4 is not more than 0.25: the update goes on and completes.
+    a.write_manifest(&picky(&image, 2, "web-2", &flags));
+    let st = a.wait_status("the update completed with one failure", |st| update_state(st) == "completed");
+    let u = &service(&st, "web")["update"];
+    assert_eq!((u["failed"].as_u64(), u["to"].as_u64()), (Some(1), Some(2)), "{u:#}");
+    assert!(u["message"].as_str().is_some_and(|m| m.contains("1 of 4 replicas failed")), "{u:#}");
+    // Two failures are more: the update pauses at the second; slots 3 and 4 keep revision 2.
+    a.write_manifest(&picky(&image, 3, "web-1 web-2", &flags));
     let st = a.wait_status("the update paused", |st| update_state(st) == "paused");
     let u = &service(&st, "web")["update"];
-    // All four fail their deadline together: 4/4 > 0.25 pauses, and nothing is replaced more.
-    assert!(u["failed"].as_u64().is_some_and(|f| f >= 2), "{u:#}");
+    assert_eq!(u["failed"].as_u64(), Some(2), "{u:#}");
     assert!(u["message"].as_str().is_some_and(|m| m.contains("paused")), "{u:#}");
-    // `skiff rollout resume` after a fix is not needed: a new edit resumes (a new revision).
-    a.write_manifest(&manifest(&image, 4, 3, false, cfg));
-    a.wait_status("revision 3 completed", |st| all_on(st, 3, 4) && update_state(st) == "completed");
+    let revs: Vec<u64> = replicas(&st).iter().filter_map(|r| r["revision"].as_u64()).collect();
+    assert!(revs.contains(&2), "slots not reached keep revision 2: {revs:?}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(update_state(&a.status()), "paused", "paused stays paused");
+    // The cause is fixed (the check passes now); `skiff rollout resume` goes on.
+    std::fs::write(flags.join("ok"), "").expect("flag");
+    let out = a.skiff(&["rollout", "resume", "web"]);
+    assert!(out.success(), "{out}");
+    a.wait_status("revision 3 completed after resume", |st| all_on(st, 3, 4) && update_state(st) == "completed");
+    let out = a.skiff(&["rollout", "resume", "web"]);
+    assert!(!out.success() && out.stderr.contains("no paused update"), "{out}");
+    a.down();
+}
+
+/// `depends_on: {restart: true}`: the dependent restarts once the whole update of its
+/// dependency completed, not once per replaced replica.
+#[test]
+fn dependents_restart_once_per_completed_update() {
+    let image = Registry::shared().image(BUSYBOX_OCI);
+    let mut a = agent(&image);
+    let m = |gen: u32| {
+        format!(
+            "{}  app:\n    image: {image}\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    depends_on:\n      web: {{condition: service_started, restart: true}}\n",
+            manifest(&image, 3, gen, false, "{parallelism: 1, monitor: 500ms}")
+        )
+    };
+    a.write_manifest(&m(1));
+    a.start();
+    a.wait_status("web and app", |st| all_on(st, 1, 3) && skiff_tests::agent::all_running(st, "app", 1));
+    a.write_manifest(&m(2));
+    a.wait_status("web updated, app running", |st| {
+        all_on(st, 2, 3) && update_state(st) == "completed" && skiff_tests::agent::all_running(st, "app", 1)
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let restarts = a.log().matches("app-1: a service it depends on (restart: true) was updated").count();
+    assert_eq!(restarts, 1, "app restarted once for the whole update:\n{}", a.log());
     a.down();
 }
 
