@@ -9,14 +9,11 @@
 //! deciding what happens to a replica.
 //!
 //! After each event (and at least every second, for back-off timers) [`Agent::reconcile`]
-//! walks the replicas:
-//! * a replica whose service is gone, whose index is above the service's replicas, or whose
-//!   recorded definition differs from the manifest's is stopped (gracefully) and removed; a
-//!   replaced one is then created anew;
-//! * a missing replica `SERVICE-N` (N in 1..=replicas) is created and started once the
-//!   services it depends on meet their condition and its image is in the store (pulled on
-//!   demand, retried with back-off while offline);
-//! * a replica in back-off whose time has come is started again.
+//! stops the replicas of services gone from the manifest and converges each service in
+//! dependency order (`rollouts.rs`): the revision in force, the slots, the rolling update
+//! between revisions, the starts that are due (dependencies met, image in the store: pulled
+//! on demand by `pulls.rs`, checked for new digests by `checks.rs`), and the restarts whose
+//! back-off is over. `net.rs` keeps the bridge and the published ports' backends in step.
 //!
 //! Then it publishes a [`Snapshot`] for the HTTP endpoint.
 
@@ -25,8 +22,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{anyhow, Context, Result};
-use skiff_images::{text, Client, ClientOptions, ImageRecord, PullOptions, Reference, Store};
+use anyhow::{anyhow, Result};
+use skiff_images::{text, Client, ImageRecord, Reference, Store};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
@@ -36,10 +33,13 @@ use super::paths::Paths;
 use super::ports::Ports;
 use super::replica::{self, Prepared, ReplicaRecord, Started};
 use super::revisions::{self, ServiceRecord};
-use super::status::{Health, ManifestStatus, ReplicaState, ReplicaStatus, ServiceStatus, Snapshot, Status};
+use super::status::{Health, Snapshot};
 use super::{health, proc};
 
 mod checks;
+mod net;
+mod publish;
+mod pulls;
 mod rollouts;
 use crate::manifest::{self, DependsCondition, Manifest, NetworkMode, NetworkSettings, PullPolicy, Service};
 use crate::supervise::restart::{Decision, ExitKind, RestartState, RestartTracker};
@@ -811,93 +811,6 @@ impl Agent {
         }
     }
 
-    /// Published ports: bound, and fed with the replicas that may take traffic.
-    fn sync_ports(&mut self, m: &Manifest) {
-        let replicas = &self.replicas;
-        self.ports.sync(m, self.bridge_disabled, |service| {
-            replicas
-                .values()
-                .filter(|r| r.rec.service == service && r.phase == Phase::Running)
-                .filter(|r| r.rec.healthcheck.is_none() || r.health == Health::Healthy)
-                .filter_map(|r| r.rec.address)
-                .collect()
-        });
-    }
-
-    /// Tables of ours deleted by someone else: the NAT table is applied again while the bridge
-    /// is in use (in the background, under the setup lock), and the published ports' rules at
-    /// the next sync when there are any. What the agent removed itself is not wanted any more,
-    /// so nothing comes back.
-    fn on_tables_lost(&mut self, names: &[String]) {
-        if names.iter().any(|n| n == crate::net::nft::PORTS_TABLE) && self.ports.rules_lost() {
-            log(&format!(
-                "nftables: table ip {} was deleted by someone else (a firewall reload?); applying it again",
-                crate::net::nft::PORTS_TABLE
-            ));
-        }
-        if names.iter().any(|n| n == crate::net::nft::TABLE) {
-            if let Some(net) = self.net.clone() {
-                tokio::spawn(async move {
-                    match net.repair().await {
-                        Ok(true) => log(&format!(
-                            "nftables: table ip {} (the bridge's NAT) was deleted by someone else (a firewall reload?); applied it again",
-                            crate::net::nft::TABLE
-                        )),
-                        Ok(false) => {}
-                        Err(e) => log(&format!("nftables: putting back the NAT table of the bridge: {e:#}")),
-                    }
-                });
-            }
-        }
-    }
-
-    /// Asks the bridge network (in the background) whether another firewall drops forwarded
-    /// traffic; status shows the answer once it changes.
-    fn check_firewall(&self) {
-        let Some(net) = self.net.clone() else { return };
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            if net.check_firewall().await {
-                let _ = tx.send(Event::FirewallChecked);
-            }
-        });
-    }
-
-    /// The bridge and its NAT rules go when no bridged service is left: no replica on the
-    /// bridge (stopping ones included) and no bridged service in the manifest.
-    fn teardown_bridge_if_unused(&mut self, m: &Manifest) {
-        if !self.bridge_maybe_up || self.bridge_disabled {
-            return;
-        }
-        let wanted = m.services.values().any(|s| s.network_mode == NetworkMode::Bridge && s.replicas > 0);
-        let left = self.replicas.values().any(|r| r.rec.spec.network_mode == NetworkMode::Bridge);
-        if wanted || left {
-            return;
-        }
-        // Taken here, not in the task: a bridged start that comes next waits for the teardown
-        // (and sets everything up again) instead of racing it. Busy (a setup runs): next pass.
-        let Ok(setup) = self.setup_lock.clone().try_lock_owned() else { return };
-        self.bridge_maybe_up = false;
-        if let Some(net) = self.net.take() {
-            net.retire();
-        }
-        let paths = self.paths.clone();
-        tokio::spawn(async move {
-            let _setup = setup;
-            let res = tokio::task::spawn_blocking(move || network::teardown(&paths, None))
-                .await
-                .map_err(|e| anyhow!("{e}"))
-                .and_then(|r| r);
-            match res {
-                Ok(Some(bridge)) => {
-                    log(&format!("no bridged service left: removed the bridge {bridge} and its NAT rules"))
-                }
-                Ok(None) => {}
-                Err(e) => log(&format!("removing the bridge network: {e:#}")),
-            }
-        });
-    }
-
     /// Whether `svc`'s dependencies meet their conditions; else what it waits for.
     fn dependencies_met(&self, m: &Manifest, svc: &Service) -> Result<(), String> {
         for (dep, d) in &svc.depends_on {
@@ -1050,102 +963,6 @@ impl Agent {
         r.tasks.push(task.abort_handle());
     }
 
-    /// The bridge network of the manifest's `x-skiff` settings (opened on first use; a changed
-    /// setting opens the new one: replicas connected to the old bridge keep it until replaced).
-    fn bridge_net(&mut self, m: &Manifest) -> Result<Arc<BridgeNet>> {
-        let settings = m.network.resolve(&self.network_defaults);
-        if let Some(n) = self.net.as_ref().filter(|n| n.is(&settings)) {
-            return Ok(n.clone());
-        }
-        let n = Arc::new(BridgeNet::open(&self.paths, &settings, self.setup_lock.clone())?);
-        self.net = Some(n.clone());
-        self.bridge_maybe_up = true;
-        Ok(n)
-    }
-
-    /// Rewrites the hosts files of the bridged replicas that run or start (in the background).
-    fn refresh_hosts(&self) {
-        let Some(net) = self.net.clone() else { return };
-        let list: Vec<(String, Service)> = self
-            .replicas
-            .values()
-            .filter(|r| r.rec.spec.network_mode == NetworkMode::Bridge)
-            .filter(|r| matches!(r.phase, Phase::Running | Phase::Starting))
-            .map(|r| (r.rec.id.clone(), r.rec.spec.clone()))
-            .collect();
-        if list.is_empty() {
-            return;
-        }
-        let paths = self.paths.clone();
-        tokio::task::spawn_blocking(move || net.refresh_hosts(&paths, &list));
-    }
-
-    /// The image of a service when the store has it; else starts (or keeps waiting for) a pull.
-    /// `Err`: it cannot be had (bad reference, pull_policy never and absent).
-    fn image_for(&mut self, svc: &Service) -> Result<Option<ImageRecord>, String> {
-        let reference = Reference::parse(&svc.image).map_err(|e| format!("image {:?}: {e}", svc.image))?;
-        let key = reference.to_string();
-        let present = self.store.image(&key).map_err(|e| format!("reading the image store: {e}"))?;
-        if let Some(img) = present {
-            // `always` is checked before each start ([`checks`]); what is present runs
-            // meanwhile (a service whose image is present never waits for the network).
-            return Ok(Some(img));
-        }
-        if svc.pull_policy == PullPolicy::Never {
-            return Err(format!(
-                "image {key} is not in the store and pull_policy is never: `skiff load` or `skiff pull` it"
-            ));
-        }
-        self.pull(reference);
-        Ok(None)
-    }
-
-    /// The registry client (made on first use).
-    fn registry_client(&mut self) -> Result<Arc<Client>> {
-        if let Some(c) = &self.client {
-            return Ok(c.clone());
-        }
-        let c = client()?;
-        self.client = Some(c.clone());
-        Ok(c)
-    }
-
-    fn pull(&mut self, reference: Reference) {
-        let key = reference.to_string();
-        let now = Instant::now();
-        let p = self.pulls.entry(key.clone()).or_insert(PullState {
-            in_flight: false,
-            next_try: now,
-            failures: 0,
-            error: None,
-        });
-        if p.in_flight || p.next_try > now {
-            return;
-        }
-        p.in_flight = true;
-        let first = p.failures == 0;
-        let client = match self.registry_client() {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = self.tx.send(Event::Pulled { reference: key, result: Err(format!("{e:#}")) });
-                return;
-            }
-        };
-        if first {
-            // Retries are told by the failure lines (deduplicated), not one line each.
-            log(&format!("pulling {key}"));
-        }
-        let (store, tx) = (self.store.clone(), self.tx.clone());
-        tokio::spawn(async move {
-            let opts = PullOptions::default();
-            let res = skiff_images::pull(&store, client, &reference, &opts, Arc::new(skiff_images::pull::NoProgress))
-                .await
-                .map(|p| p.record)
-                .map_err(|e| format!("{e}"));
-            let _ = tx.send(Event::Pulled { reference: key, result: res });
-        });
-    }
-
     /// When the loop must look again without an event: the next back-off or pull retry due,
     /// at most 5 s away (the status endpoint's liveness check wants a recent tick).
     pub fn next_wake(&self) -> Instant {
@@ -1176,102 +993,6 @@ impl Agent {
         }
         t.max(now + Duration::from_millis(10))
     }
-
-    /// Builds the status and publishes it.
-    pub fn publish(&self) {
-        let now = Instant::now();
-        let mut services = Vec::new();
-        let empty = Manifest::default();
-        let m = self.manifest.as_ref().unwrap_or(&empty);
-        let mut names: Vec<&String> = m.services.keys().collect();
-        for r in self.replicas.values() {
-            if !m.services.contains_key(&r.rec.service) && !names.contains(&&r.rec.service) {
-                names.push(&r.rec.service);
-            }
-        }
-        for name in names {
-            let svc = m.services.get(name);
-            let reps: Vec<&Replica> = self.replicas.values().filter(|r| &r.rec.service == name).collect();
-            let mut statuses: Vec<ReplicaStatus> = reps.iter().map(|r| replica_status(r, now)).collect();
-            statuses.sort_by(|a, b| (a.slot, &a.id).cmp(&(b.slot, &b.id)));
-            let image = svc.map(|s| s.image.clone()).or_else(|| reps.first().map(|r| r.rec.spec.image.clone()));
-            // The digest running replicas were made from (never one that does not run).
-            let digest = reps
-                .iter()
-                .filter(|r| r.phase == Phase::Running)
-                .map(|r| r.rec.image_digest.clone())
-                .find(|d| !d.is_empty());
-            services.push(ServiceStatus {
-                name: name.clone(),
-                image: image.unwrap_or_default(),
-                image_digest: digest,
-                desired_replicas: svc.map_or(0, |s| self.replicas_wanted(s)),
-                running_replicas: statuses.iter().filter(|s| s.state == ReplicaState::Running).count() as u32,
-                healthy_replicas: statuses
-                    .iter()
-                    .filter(|s| s.state == ReplicaState::Running && matches!(s.health, Health::Healthy | Health::None))
-                    .count() as u32,
-                warnings: {
-                    let mut w = self.service_warnings.get(name).cloned().unwrap_or_default();
-                    let bridged = svc.is_some_and(|s| s.network_mode == NetworkMode::Bridge);
-                    if let Some(fw) = self.net.as_ref().filter(|_| bridged).and_then(|n| n.firewall_warning()) {
-                        w.push(fw);
-                    }
-                    w
-                },
-                replicas: statuses,
-                ports: self.ports.status(name),
-                revisions: rollouts::record_status(self.records.get(name), self.manifest_revs.get(name).copied()),
-                image_check: svc.and_then(|s| self.check_status(name, s.pull_policy)),
-            });
-        }
-        let mut status = Status {
-            manifest: ManifestStatus {
-                path: self.manifest_path.display().to_string(),
-                revision: self.revision.clone(),
-                error: self.manifest_error.clone(),
-                warnings: self.manifest_warnings.clone(),
-            },
-            services,
-        };
-        status.bound_texts();
-        self.snapshots.send_replace(Snapshot {
-            status: Arc::new(status),
-            manifest_loaded: self.manifest.is_some(),
-            tick: now,
-        });
-    }
-}
-
-fn replica_status(r: &Replica, now: Instant) -> ReplicaStatus {
-    let t = r.rec.tracker.status(now);
-    let state = match r.phase {
-        Phase::Waiting => ReplicaState::Created,
-        Phase::Pulling => ReplicaState::Pulling,
-        Phase::Starting => ReplicaState::Created,
-        Phase::Running => ReplicaState::Running,
-        Phase::Backoff => ReplicaState::Backoff,
-        Phase::Exited => ReplicaState::Exited,
-        Phase::Failed => ReplicaState::Failed,
-        Phase::Stopping => ReplicaState::Stopping,
-    };
-    ReplicaStatus {
-        id: r.rec.id.clone(),
-        state,
-        pid: if r.phase == Phase::Running || r.phase == Phase::Stopping { r.rec.pid } else { None },
-        restarts: t.restarts,
-        last_exit_code: t.last_exit.map(|e| e.exit_code()),
-        health: if r.phase == Phase::Running { r.health } else { Health::None },
-        started_at: r.rec.started_at.clone(),
-        next_restart_in: match r.phase {
-            Phase::Backoff => r.backoff_until.map(|u| u.saturating_duration_since(now).as_secs_f64()),
-            _ => None,
-        },
-        message: r.message.clone(),
-        address: r.rec.address.map(|a| a.to_string()),
-        revision: (r.rec.revision != 0).then_some(r.rec.revision),
-        slot: r.rec.index,
-    }
 }
 
 /// Whether a replica made from `a` is what `b` asks for: everything but the replica count
@@ -1296,17 +1017,6 @@ fn is_shim(pid: i32, id: &str) -> bool {
 
 fn canonical(image: &str) -> String {
     Reference::parse(image).map(|r| r.to_string()).unwrap_or_else(|_| image.to_string())
-}
-
-fn client() -> Result<Arc<Client>> {
-    let auth = skiff_images::auth::AuthConfig::load_default()?;
-    let insecure = std::env::var("SKIFF_INSECURE_REGISTRIES")
-        .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default();
-    Ok(Arc::new(
-        Client::new(ClientOptions { auth, insecure_registries: insecure, ..Default::default() })
-            .context("setting up the registry client")?,
-    ))
 }
 
 fn sha256(data: &[u8]) -> Vec<u8> {
