@@ -385,3 +385,79 @@ fn image_checks_are_heads_and_a_429_is_honoured() {
     a.wait_status("the error gone", |st| service(st, "web")["image_check"]["error"].is_null());
     a.down();
 }
+
+/// A new digest that fails its update is rolled back and remembered: later checks do not pull
+/// or try it again, while the replicas run the earlier digest (status and `skiff images` say
+/// which); the next digest of the tag is rolled out.
+#[test]
+fn a_digest_that_failed_is_not_tried_again_until_the_tag_moves() {
+    use skiff_tests::registry::LAYERS;
+    let reg = Registry::start();
+    let src = |name: &str| format!("docker://{}", reg.image(name));
+    let push = |name: &str| {
+        let out = reg.push(&src(name), "app:3", &["--src-tls-verify=false"]);
+        assert!(out.success(), "{out}");
+    };
+    push(BUSYBOX_OCI);
+    let image = reg.image("app:3");
+    let mut a = agent(&image);
+    // Healthy unless the image has /fixtures (the layers test image does).
+    let m = manifest(&image, 2, 1, false, "{parallelism: 2, monitor: 500ms, failure_action: rollback}")
+        .replace("touch /tmp/ok; ", "[ -e /fixtures ] || touch /tmp/ok; ")
+        .replace("    stop_grace_period: 1s\n", "    stop_grace_period: 1s\n    pull_policy: every_2s\n");
+    a.write_manifest(&m);
+    a.start();
+    let st = a.wait_status("revision 1", |st| all_on(st, 1, 2));
+    let good = service(&st, "web")["image_digest"].as_str().unwrap_or_default().to_string();
+    push(LAYERS);
+    let st = a.wait_status("the bad digest rolled back", |st| update_state(st) == "rolled_back" && all_on(st, 1, 2));
+    assert_eq!(service(&st, "web")["image_digest"].as_str(), Some(good.as_str()), "status names what runs");
+    for r in replicas(&st) {
+        assert_eq!(r["image_digest"].as_str(), Some(good.as_str()), "{r:#}");
+    }
+    // Several polls later: no new update, no new pull.
+    let pulls = a.log().matches("pulling ").count();
+    let checks = |st: &Value| service(st, "web")["image_check"]["counts"][0].as_u64().unwrap_or(0);
+    let before = checks(&a.status());
+    wait_until("two more checks", WAIT, || checks(&a.status()) >= before + 2);
+    let st = a.status();
+    assert!(all_on(&st, 1, 2) && update_state(&st) == "rolled_back", "{st:#}");
+    assert_eq!(a.log().matches("pulling ").count(), pulls, "the failed digest is not pulled again");
+    let out = a.skiff(&["images"]);
+    assert!(out.stdout.contains("(earlier digest)") && out.stdout.contains("web (revision 1, in force)"), "{out}");
+    let out = a.skiff(&["history", "web"]);
+    assert!(out.stdout.lines().any(|l| l.starts_with('2') && l.contains("failed")), "{out}");
+    // The tag moves again: that digest is rolled out.
+    push(BUSYBOX_DOCKER);
+    a.wait_status("revision 3 in force", |st| all_on(st, 3, 2) && update_state(st) == "completed");
+    a.down();
+}
+
+/// `pull_policy: always` checks the registry before each replica start: a replica that dies
+/// after the tag moved brings the new digest in (rolled out to every replica).
+#[test]
+fn pull_policy_always_checks_before_each_start() {
+    let reg = Registry::start();
+    let src = |name: &str| format!("docker://{}", reg.image(name));
+    let out = reg.push(&src(BUSYBOX_OCI), "app:4", &["--src-tls-verify=false"]);
+    assert!(out.success(), "{out}");
+    let image = reg.image("app:4");
+    let mut a = agent(&image);
+    let m = manifest(&image, 2, 1, false, "{parallelism: 2, monitor: 500ms}").replace(
+        "    stop_grace_period: 1s\n",
+        "    stop_grace_period: 1s\n    pull_policy: always\n    restart: always\n",
+    );
+    a.write_manifest(&m);
+    a.start();
+    let st = a.wait_status("revision 1", |st| all_on(st, 1, 2));
+    let out = reg.push(&src(BUSYBOX_DOCKER), "app:4", &["--src-tls-verify=false"]);
+    assert!(out.success(), "{out}");
+    // No start, no check: what runs stays. (`always` checks at most every 10 s: the next
+    // start comes after that.)
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    assert!(all_on(&a.status(), 1, 2), "no start, no check");
+    let pid = replicas(&st)[0]["pid"].as_i64().unwrap_or(0) as i32;
+    skiff_tests::agent::kill(pid, libc::SIGKILL);
+    a.wait_status("the new digest rolled out", |st| all_on(st, 2, 2) && update_state(st) == "completed");
+    a.down();
+}

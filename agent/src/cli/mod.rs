@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use skiff_images::auth::AuthConfig;
 use skiff_images::fsutil::LockKind;
-use skiff_images::{text, Client, ClientOptions, ImageRecord, Platform, PullOptions, Reference, Store};
+use skiff_images::{text, Client, ClientOptions, Digest, ImageRecord, Platform, PullOptions, Reference, Store};
 
 /// The default store.
 pub const DEFAULT_ROOT: &str = "/var/lib/skiff";
@@ -216,33 +216,66 @@ fn pull(root: &std::path::Path, a: PullArgs) -> Result<i32> {
 
 fn images(root: &std::path::Path, a: ImagesArgs) -> Result<i32> {
     let store = open_store(root)?;
-    let (records, bad) = store.images()?;
+    let (mut records, bad) = store.images()?;
     for b in &bad {
         eprintln!("skiff: warning: unreadable image record {b}");
     }
+    // The agent's services: which revision uses which digest. A tag that moved on keeps its
+    // old digest in the store for the revisions that use it: listed too, untagged.
+    let (services, _) = crate::daemon::revisions::load_all(&crate::daemon::paths::Paths::new(root));
+    let used_by = |digest: &Digest| -> Vec<String> {
+        let mut v = Vec::new();
+        for (name, rec) in &services {
+            for r in rec.revisions.iter().filter(|r| &r.image.digest == digest) {
+                let tag = if r.n == rec.in_force { ", in force" } else { "" };
+                v.push(format!("{name} (revision {}{tag})", r.n));
+            }
+        }
+        v
+    };
+    let tagged = records.len();
+    for rec in services.values() {
+        for r in &rec.revisions {
+            if !records.iter().any(|x| x.digest == r.image.digest) {
+                records.push(r.image.clone());
+            }
+        }
+    }
     let mut out = std::io::stdout().lock();
     if a.json {
-        let list: Vec<serde_json::Value> = records.iter().map(image_json).collect();
+        let list: Vec<serde_json::Value> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut v = image_json(r);
+                v["used_by"] = serde_json::json!(used_by(&r.digest));
+                v["tagged"] = serde_json::json!(i < tagged);
+                v
+            })
+            .collect();
         serde_json::to_writer_pretty(&mut out, &list)?;
         writeln!(out)?;
     } else if a.quiet {
-        for r in &records {
+        for r in &records[..tagged] {
             writeln!(out, "{}", r.reference)?;
         }
     } else {
-        let rows: Vec<[String; 5]> = records
+        let rows: Vec<[String; 6]> = records
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(i, r)| {
+                let used = used_by(&r.digest);
                 [
-                    r.reference.clone(),
+                    if i < tagged { r.reference.clone() } else { format!("{} (earlier digest)", r.reference) },
                     r.digest.short(),
                     r.platform.clone(),
                     human_size(r.size),
                     r.created.as_deref().map(ago).unwrap_or_else(|| "-".into()),
+                    if used.is_empty() { "-".into() } else { used.join(", ") },
                 ]
             })
             .collect();
-        let header = ["REFERENCE", "DIGEST", "PLATFORM", "SIZE", "CREATED"].map(String::from);
+        let header = ["REFERENCE", "DIGEST", "PLATFORM", "SIZE", "CREATED", "USED BY"].map(String::from);
         let mut widths = header.clone().map(|h| h.len());
         for row in &rows {
             for (w, c) in widths.iter_mut().zip(row) {

@@ -429,6 +429,7 @@ mod tests {
             message: None,
             address: None,
             revision: None,
+            image_digest: None,
             slot: 1,
         };
         let mut backoff = replica("web-2", ReplicaState::Backoff, None, 4, Some(137), Health::Unhealthy);

@@ -622,6 +622,7 @@ mod tests {
             message: None,
             address: None,
             revision: None,
+            image_digest: None,
             slot: 1,
         }
     }

@@ -35,7 +35,8 @@ pub struct ServiceStatus {
     pub name: String,
     /// The image reference as written in the manifest.
     pub image: String,
-    /// The manifest digest in use (`None` until the image is in the store).
+    /// The manifest digest its running replicas were made from (`None` while none runs); during
+    /// an update, that of the revision in force when one runs it.
     pub image_digest: Option<String>,
     pub desired_replicas: u32,
     pub running_replicas: u32,
@@ -155,6 +156,9 @@ pub struct ReplicaStatus {
     /// The service's revision it runs.
     #[serde(default)]
     pub revision: Option<u32>,
+    /// The image manifest digest its rootfs was made from (whatever the tag names now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
     /// Its slot (`N` of `SERVICE-N`; a start-first update runs `SERVICE-N.b` in the same slot).
     #[serde(default)]
     pub slot: u32,

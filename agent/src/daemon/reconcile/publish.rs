@@ -27,11 +27,13 @@ impl Agent {
             statuses.sort_by(|a, b| (a.slot, &a.id).cmp(&(b.slot, &b.id)));
             let image = svc.map(|s| s.image.clone()).or_else(|| reps.first().map(|r| r.rec.spec.image.clone()));
             // The digest running replicas were made from (never one that does not run).
-            let digest = reps
-                .iter()
-                .filter(|r| r.phase == Phase::Running)
-                .map(|r| r.rec.image_digest.clone())
-                .find(|d| !d.is_empty());
+            // Of the running replicas, those of the revision in force first.
+            let in_force = self.records.get(name.as_str()).map_or(0, |r| r.in_force);
+            let running = || reps.iter().filter(|r| r.phase == Phase::Running && !r.rec.image_digest.is_empty());
+            let digest = running()
+                .find(|r| r.rec.revision == in_force)
+                .or_else(|| running().next())
+                .map(|r| r.rec.image_digest.clone());
             services.push(ServiceStatus {
                 name: name.clone(),
                 image: image.unwrap_or_default(),
@@ -101,6 +103,8 @@ fn replica_status(r: &Replica, now: Instant) -> ReplicaStatus {
         message: r.message.clone(),
         address: r.rec.address.map(|a| a.to_string()),
         revision: (r.rec.revision != 0).then_some(r.rec.revision),
+        image_digest: (!r.rec.image_digest.is_empty() && matches!(r.phase, Phase::Running | Phase::Stopping))
+            .then(|| r.rec.image_digest.clone()),
         slot: r.rec.index,
     }
 }
