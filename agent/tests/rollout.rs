@@ -202,6 +202,11 @@ fn scale_holds_across_an_agent_restart_and_ends_with_a_manifest_edit() {
     a.write_manifest(&manifest(&image, 2, 1, false, "{}"));
     let st = a.wait_status("2 replicas", |st| all_on(st, 1, 2));
     assert!(service(&st, "web")["override"].is_null(), "{st:#}");
+    // The service leaves the manifest: its record goes once its replicas are gone.
+    let record = a.root().join("services/web.json");
+    assert!(record.is_file());
+    a.write_manifest("services: {}\n");
+    wait_until("web's record removed", WAIT, || !record.exists());
     a.down();
 }
 

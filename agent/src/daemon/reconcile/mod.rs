@@ -747,6 +747,7 @@ impl Agent {
         for id in gone {
             self.begin_stop(&id, AfterStop::Remove);
         }
+        self.forget_removed_services(&m);
         // Each service towards its revision in force (rollouts.rs), dependencies first; a
         // completed update restarts the services that depend on it with `restart: true`.
         self.rollout_wake = None;

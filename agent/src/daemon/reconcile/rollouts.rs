@@ -39,6 +39,27 @@ impl Agent {
         }
     }
 
+    /// A service gone from the manifest, once none of its replicas is left, takes its revisions
+    /// and overrides with it (and no longer keeps its images from `skiff prune`), as Swarm
+    /// forgets a removed service.
+    pub(super) fn forget_removed_services(&mut self, m: &Manifest) {
+        let gone: Vec<String> = self
+            .records
+            .keys()
+            .filter(|s| !m.services.contains_key(*s) && !self.replicas.values().any(|r| &r.rec.service == *s))
+            .cloned()
+            .collect();
+        for s in gone {
+            self.records.remove(&s);
+            self.manifest_revs.remove(&s);
+            match std::fs::remove_file(revisions::path(&self.paths, &s)) {
+                Ok(()) => log(&format!("{s}: removed from the manifest: its revisions are forgotten")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log(&format!("{s}: removing its revisions: {e}")),
+            }
+        }
+    }
+
     /// Replicas recorded by a skiff before revisions get the revision of what they run.
     pub(super) fn adopt_revisions(&mut self) {
         let ids: Vec<String> =
