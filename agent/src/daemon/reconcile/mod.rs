@@ -229,6 +229,10 @@ pub struct Agent {
     rollout_wake: Option<Instant>,
     /// Each service's checks of its image tag ([`checks`]).
     checks: HashMap<String, checks::Check>,
+    /// When each service's manifest revision was last resolved, and whether every one must be
+    /// resolved again at the next pass (a new manifest, a pull, a check, a command).
+    resolved_at: HashMap<String, Instant>,
+    resolve_all: bool,
 }
 
 impl Agent {
@@ -269,6 +273,8 @@ impl Agent {
             manifest_revs: HashMap::new(),
             rollout_wake: None,
             checks: HashMap::new(),
+            resolved_at: HashMap::new(),
+            resolve_all: true,
             paths,
         })
     }
@@ -422,6 +428,9 @@ impl Agent {
 
     /// Handles one event, then reconciles.
     pub fn handle(&mut self, ev: Event) {
+        if matches!(ev, Event::Reload | Event::Pulled { .. } | Event::ImageChecked { .. } | Event::Control { .. }) {
+            self.resolve_all = true;
+        }
         match ev {
             Event::Reload => self.load_manifest(),
             Event::Pulled { reference, result } => {
@@ -760,6 +769,7 @@ impl Agent {
                 updated.push(name.to_string());
             }
         }
+        self.resolve_all = false;
         if !updated.is_empty() {
             self.restart_dependents(&m, &updated);
         }

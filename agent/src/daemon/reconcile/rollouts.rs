@@ -12,6 +12,10 @@ use super::{log, AfterStop, Agent, Phase, Replica};
 use crate::manifest::{Manifest, Service};
 use crate::rollout::{Action, Kind, Member, Phase as MPhase, Rollout, Slot, State, Step};
 
+/// How long a resolved manifest revision is taken as it is (a tag moved by `skiff pull` by
+/// hand is seen within this).
+const RESOLVE_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn now_text() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
@@ -103,12 +107,12 @@ impl Agent {
             .collect()
     }
 
-    /// One service towards its revision in force; `true` when an update of it completed in
-    /// this pass.
-    pub(super) fn converge(&mut self, m: &Manifest, svc: &Service, now: Instant) -> bool {
+    /// The manifest's revision of `svc` (a new one when its definition or its tag's digest is
+    /// new); `None` while its image is not in the store (being pulled) or cannot be had.
+    fn resolve(&mut self, m: &Manifest, svc: &Service, now: Instant) -> Option<u32> {
         let name = svc.name.clone();
-        // The manifest's revision: its definition on the image its tag names in the store.
-        let manifest_rev = match self.image_for(svc) {
+        self.resolved_at.insert(name.clone(), now);
+        match self.image_for(svc) {
             Ok(Some(img)) => {
                 let rec = self.records.entry(name.clone()).or_default();
                 let (n, new) = rec.revision_for(svc, &img, &now_text());
@@ -126,11 +130,15 @@ impl Agent {
                     rec.trim(m.revision_history(), &named);
                     self.save_record(&name);
                 }
-                self.manifest_revs.insert(name.clone(), n);
+                self.manifest_revs.insert(name, n);
                 Some(n)
             }
-            Ok(None) => None,
+            Ok(None) => {
+                self.manifest_revs.remove(&name);
+                None
+            }
             Err(e) => {
+                self.manifest_revs.remove(&name);
                 for r in self.replicas.values_mut().filter(|r| r.rec.service == name) {
                     if matches!(r.phase, Phase::Waiting | Phase::Pulling) {
                         r.phase = Phase::Failed;
@@ -139,6 +147,21 @@ impl Agent {
                 }
                 None
             }
+        }
+    }
+
+    /// One service towards its revision in force; `true` when an update of it completed in
+    /// this pass.
+    pub(super) fn converge(&mut self, m: &Manifest, svc: &Service, now: Instant) -> bool {
+        let name = svc.name.clone();
+        // The manifest's revision: its definition on the image its tag names in the store.
+        // Resolved again after anything that may change it (a new manifest, a pull, a check, a
+        // command) and every few seconds (a `skiff pull` by hand), not at every pass of the loop.
+        let fresh =
+            !self.resolve_all && self.resolved_at.get(&name).is_some_and(|t| now.duration_since(*t) < RESOLVE_EVERY);
+        let manifest_rev = match self.manifest_revs.get(&name).copied().filter(|_| fresh) {
+            Some(n) => Some(n),
+            None => self.resolve(m, svc, now),
         };
         let replicas = self.replicas_wanted(svc);
         let rec = self.records.entry(name.clone()).or_default();
