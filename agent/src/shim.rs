@@ -34,8 +34,8 @@
 //!    above 2 are closed (a long-lived shim must not hold someone else's pipe open, nor hand it to
 //!    the container). The id must be a name (`[A-Za-z0-9][A-Za-z0-9_.-]*`, never an option).
 //!    `--run-dir` is created if missing;
-//!    `<run-dir>/shim.pid` (decimal) is written atomically, and a stale `exit.json`/`init.pid`
-//!    of an earlier container of the same run dir are removed.
+//!    `<run-dir>/shim.pid` (decimal) is written atomically, and a stale `exit.json`/`init.pid`/
+//!    `started` of an earlier container of the same run dir are removed.
 //! 2. Two pipes (container stdout and stderr; read ends close-on-exec and non-blocking) are made.
 //!    `RUNTIME --root RUNTIME_ROOT state ID` must fail first (a container of that id exists
 //!    already: the shim fails without touching it). Then
@@ -45,7 +45,9 @@
 //!    The shim's copies of the write ends are closed as soon as `create` is spawned, so the read
 //!    ends see EOF when the container (and whatever inherited its stdio) is gone. Then
 //!    `RUNTIME --root RUNTIME_ROOT start ID` (stdout /dev/null, stderr a pipe of its own). Each
-//!    runtime call gets 60 s, after which it is killed by its pid. What a failing runtime printed
+//!    runtime call gets 60 s, after which it is killed by its pid. Once `start` succeeded,
+//!    `<run-dir>/started` is made (an agent that adopts the container before it read the
+//!    report below learns from it that the container runs). What a failing runtime printed
 //!    on stderr (for `create`, that is the container's stderr pipe) is collected with
 //!    non-blocking reads for the report (at most 4 KiB); whatever comes through the container's
 //!    pipes meanwhile goes to the log as usual, a failing `create`'s message included.
@@ -132,6 +134,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 const BUF_SIZE: usize = 64 * 1024;
 /// Most runtime error text kept for the report.
 const MAX_ERROR_TEXT: usize = 4096;
+/// `<run-dir>/started`: made once `start` succeeded.
+pub const STARTED: &str = "started";
+
 /// Children reaped before the init pid is known (kept to match it later).
 const MAX_EARLY_REAPED: usize = 64;
 
@@ -368,7 +373,7 @@ impl Shim {
 
         skiff_images::fsutil::create_private_dir(&run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
-        for stale in ["exit.json", "init.pid"] {
+        for stale in ["exit.json", "init.pid", STARTED] {
             match std::fs::remove_file(run_dir.join(stale)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     return Err(e).with_context(|| format!("removing {}", run_dir.join(stale).display()))
@@ -432,6 +437,8 @@ impl Shim {
         self.early = Vec::new();
         self.step(os(&["start", &id]), Stdio::null(), StepErr::Capture)
             .map_err(|e| Failure::after(format!("starting container {}: {e}", self.id)))?;
+        // For an agent that adopts the container before it heard this report: it started.
+        let _ = std::fs::File::create(self.run_dir.join(STARTED));
         Ok(pid)
     }
 

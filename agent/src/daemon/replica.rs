@@ -127,7 +127,7 @@ pub fn resolve_healthcheck(svc: &Service, image: Option<&ImageHealthcheck>) -> O
 }
 
 /// What preparing a container found out.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Prepared {
     /// Normalised (`SIGTERM`).
     pub stop_signal: String,
@@ -382,7 +382,21 @@ pub fn prepare(
     let healthcheck = resolve_healthcheck(svc, config.healthcheck.as_ref());
     let (spec, info) = bundle::build_spec(&config, &rootfs_dir, &o)?;
     bundle::write_bundle(&cdir, &spec)?;
-    Ok(Prepared { stop_signal: info.stop_signal, warnings, healthcheck, address: None })
+    let prepared = Prepared { stop_signal: info.stop_signal, warnings, healthcheck, address: None };
+    // Kept beside the bundle before anything starts: an agent killed between this start and
+    // hearing back adopts the container with its real health check and stop signal.
+    let data = serde_json::to_vec_pretty(&prepared)?;
+    fsutil::write_atomic(&cdir, &cdir.join(PREPARED), &data)
+        .with_context(|| format!("writing {}", cdir.join(PREPARED).display()))?;
+    Ok(prepared)
+}
+
+const PREPARED: &str = "prepared.json";
+
+/// What [`prepare`] found out for container `id` (`None`: not prepared, or unreadable).
+pub fn read_prepared(paths: &Paths, id: &str) -> Option<Prepared> {
+    let data = fs::read(paths.container(id).join(PREPARED)).ok()?;
+    serde_json::from_slice(&data).ok()
 }
 
 /// What a restart of an unchanged, already prepared replica needs: its rootfs mounted and its

@@ -139,7 +139,14 @@ struct Replica {
     ready_at: Option<Instant>,
     /// When this agent first tried to start it (or adopted it): a rollout's progress deadline.
     since: Instant,
+    /// Adopted between its shim's `create` and `start` (the earlier agent died before it heard
+    /// the start back), at this moment: its failed checks do not count until the shim says it
+    /// started (`<run>/shims/<id>/started`), for at most [`START_UNCONFIRMED_MAX`].
+    start_unconfirmed: Option<Instant>,
 }
+
+/// How long failed checks of a container adopted mid-start are not counted at most.
+const START_UNCONFIRMED_MAX: Duration = Duration::from_secs(60);
 
 impl Replica {
     /// Container `id` in slot `index` of `svc`, running `revision` (0: not resolved yet).
@@ -174,6 +181,7 @@ impl Replica {
             prepared_for: None,
             ready_at: None,
             since: Instant::now(),
+            start_unconfirmed: None,
         }
     }
 
@@ -365,16 +373,36 @@ impl Agent {
                     // The earlier agent died between spawning the shim and hearing back.
                     _ => rec.tracker.started(now),
                 }
+                let mid_start = rec.started_at.is_none();
+                if mid_start {
+                    // The earlier agent died before it heard the start back: what preparing
+                    // found (the image's health check, its stop signal) is beside the bundle.
+                    match replica::read_prepared(&self.paths, &id) {
+                        Some(p) => {
+                            rec.healthcheck = p.healthcheck;
+                            rec.stop_signal = p.stop_signal;
+                        }
+                        None => rec.healthcheck = replica::resolve_healthcheck(&rec.spec, None),
+                    }
+                    rec.tracker.set_has_healthcheck(rec.healthcheck.is_some());
+                    rec.started_at = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+                    save(&self.paths, &rec);
+                }
                 r.rec = rec;
                 r.rec.shim = Some(shim);
                 r.rec.pid = pid;
                 r.phase = Phase::Running;
+                if mid_start && !shim_dir.join(crate::shim::STARTED).exists() {
+                    r.start_unconfirmed = Some(now);
+                }
                 if r.rec.healthcheck.is_none() {
                     r.ready_at = Some(now);
                 }
                 log(&format!("{id}: adopted (pid {})", pid.map_or("?".into(), |p| p.to_string())));
                 self.replicas.insert(id.clone(), r);
-                self.watch_running(&id, true);
+                // Checked at once when it was running before; one that was just starting is checked
+                // as a fresh start is (its first check after the interval).
+                self.watch_running(&id, !mid_start);
                 continue;
             }
             match rec.tracker.state() {
@@ -644,6 +672,15 @@ impl Agent {
             r.rec.tracker.became_healthy(now);
             r.ready_at.get_or_insert(now);
             return;
+        }
+        if let Some(t) = r.start_unconfirmed {
+            if self.paths.shim(id).join(crate::shim::STARTED).exists() || now.duration_since(t) > START_UNCONFIRMED_MAX
+            {
+                r.start_unconfirmed = None;
+            } else {
+                r.message = Some(format!("waiting for its start (adopted while starting): {}", output.trim()));
+                return;
+            }
         }
         let in_start_period = r.health_started.is_some_and(|s| now.duration_since(s) < hc.start_period);
         if in_start_period && r.health != Health::Healthy {
