@@ -532,7 +532,9 @@ fn scaling_while_a_client_loops_never_fails_a_request() {
 /// connection every 10 ms on 127.0.0.1 through the kernel's DNAT, on [::1] through the proxy,
 /// and from another machine): start-first, then stop-first. Start-first fails no request (a new
 /// replica takes traffic after its first passing check; an old one leaves the backends before
-/// it is signalled); stop-first runs one replica short at a time and fails none either.
+/// it is signalled); stop-first runs one replica short at a time and fails none either; and a
+/// start-first update with the agent SIGKILLed and restarted in the middle fails none through
+/// the kernel (IPv6 goes through the agent's proxy, which is down while the agent is).
 #[test]
 fn rolling_updates_under_a_client_loop_fail_no_request() {
     let Some((ns, mut a)) = setup_with_env(&["SKIFF_BRIDGE=sktest12", "SKIFF_SUBNET=10.123.12.0/24"]) else { return };
@@ -558,7 +560,7 @@ fn rolling_updates_under_a_client_loop_fail_no_request() {
     skiff_tests::wait_until("the DNAT rule for 8080", WAIT, || {
         ns.run(&["nft", "list", "table", "ip", "skiff_ports"]).1.contains("tcp dport 8080 dnat")
     });
-    for (rev, order) in [(2u64, "start-first"), (3, "stop-first")] {
+    for (rev, order, kill) in [(2u64, "start-first", false), (3, "stop-first", false), (4, "start-first", true)] {
         let stop = Arc::new(AtomicBool::new(false));
         let seen: [Arc<Mutex<Answers>>; 3] = Default::default();
         let client = |ns: &TestNetns, addr: &str, seen: &Arc<Mutex<Answers>>| {
@@ -578,6 +580,16 @@ fn rolling_updates_under_a_client_loop_fail_no_request() {
         ];
         std::thread::sleep(Duration::from_millis(300));
         a.write_manifest(&manifest(rev as u32, order));
+        if kill {
+            // SIGKILL the agent once the first new replica serves, and start it again: the kernel
+            // keeps serving meanwhile, and the next agent goes on with the update.
+            wait_status(&ns, &a, "the first slot done", |st| {
+                service(st, "web")["update"]["updated"].as_u64().is_some_and(|n| n >= 1)
+                    && service(st, "web")["update"]["to"] == rev
+            });
+            a.stop_with(libc::SIGKILL);
+            a.spawn();
+        }
         let st = wait_status(&ns, &a, &format!("the {order} update to revision {rev} completed"), |st| on(st, rev));
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, Ordering::SeqCst);
@@ -588,7 +600,14 @@ fn rolling_updates_under_a_client_loop_fail_no_request() {
         for (what, seen) in ["loopback", "IPv6 loopback", "another machine"].iter().zip(&seen) {
             let (by, errors) = seen.lock().unwrap().clone();
             let n = by.values().sum::<usize>();
-            eprintln!("{order}: {what}: {n} requests, {} failed, answered by {by:?}", errors.len());
+            eprintln!(
+                "{order}{}: {what}: {n} requests, {} failed, answered by {by:?}",
+                if kill { " + agent SIGKILL" } else { "" },
+                errors.len()
+            );
+            if kill && *what == "IPv6 loopback" {
+                continue; // the proxy is the agent's: it does not serve while the agent is dead
+            }
             assert!(
                 errors.is_empty(),
                 "{order} update, {what}: {} failed requests (of {n}): {:?}",

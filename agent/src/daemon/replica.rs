@@ -56,6 +56,10 @@ pub struct ReplicaRecord {
     /// revisions (the agent finds or makes its revision at adoption).
     #[serde(default)]
     pub revision: u32,
+    /// It passed its last health check (saved when that changes): an adopting agent keeps it
+    /// among the published ports' backends until its own first check says otherwise.
+    #[serde(default)]
+    pub healthy: bool,
 }
 
 /// A resolved health check: what runs in the container and when.
@@ -382,16 +386,20 @@ pub fn prepare(
     let healthcheck = resolve_healthcheck(svc, config.healthcheck.as_ref());
     let (spec, info) = bundle::build_spec(&config, &rootfs_dir, &o)?;
     bundle::write_bundle(&cdir, &spec)?;
-    let prepared = Prepared { stop_signal: info.stop_signal, warnings, healthcheck, address: None };
-    // Kept beside the bundle before anything starts: an agent killed between this start and
-    // hearing back adopts the container with its real health check and stop signal.
-    let data = serde_json::to_vec_pretty(&prepared)?;
-    fsutil::write_atomic(&cdir, &cdir.join(PREPARED), &data)
-        .with_context(|| format!("writing {}", cdir.join(PREPARED).display()))?;
-    Ok(prepared)
+    Ok(Prepared { stop_signal: info.stop_signal, warnings, healthcheck, address: None })
 }
 
 const PREPARED: &str = "prepared.json";
+
+/// Keeps what preparing found (and the bridge address) beside the bundle, before the start:
+/// an agent killed between the start and hearing back adopts the container with its real
+/// health check, stop signal and address.
+pub fn save_prepared(paths: &Paths, id: &str, prepared: &Prepared) -> Result<()> {
+    let cdir = paths.container(id);
+    let data = serde_json::to_vec_pretty(prepared)?;
+    fsutil::write_atomic(&cdir, &cdir.join(PREPARED), &data)
+        .with_context(|| format!("writing {}", cdir.join(PREPARED).display()))
+}
 
 /// What [`prepare`] found out for container `id` (`None`: not prepared, or unreadable).
 pub fn read_prepared(paths: &Paths, id: &str) -> Option<Prepared> {

@@ -167,6 +167,7 @@ impl Replica {
                 stopped: false,
                 healthcheck: None,
                 address: None,
+                healthy: false,
             },
             gen: 0,
             phase: Phase::Waiting,
@@ -381,6 +382,9 @@ impl Agent {
                         Some(p) => {
                             rec.healthcheck = p.healthcheck;
                             rec.stop_signal = p.stop_signal;
+                            if p.address.is_some() {
+                                rec.address = p.address;
+                            }
                         }
                         None => rec.healthcheck = replica::resolve_healthcheck(&rec.spec, None),
                     }
@@ -563,6 +567,7 @@ impl Agent {
 
     fn apply_decision(r: &mut Replica, d: Decision, start_failed: bool) {
         r.ready_at = None;
+        r.rec.healthy = false;
         r.rec.pid = None;
         r.rec.shim = None;
         r.rec.started_at = None;
@@ -671,6 +676,10 @@ impl Agent {
             r.health_failures = 0;
             r.rec.tracker.became_healthy(now);
             r.ready_at.get_or_insert(now);
+            if !r.rec.healthy {
+                r.rec.healthy = true;
+                save(&self.paths, &r.rec);
+            }
             return;
         }
         if let Some(t) = r.start_unconfirmed {
@@ -692,6 +701,7 @@ impl Agent {
         if r.health_failures >= hc.retries.max(1) {
             log(&format!("{id}: unhealthy after {} failed checks; replacing it", r.health_failures));
             r.health = Health::Unhealthy;
+            r.rec.healthy = false;
             r.rec.tracker.unhealthy(now);
             let ready = r.ready_at;
             self.begin_stop(id, AfterStop::Unhealthy);
@@ -727,7 +737,16 @@ impl Agent {
         });
         r.tasks.push(watcher.abort_handle());
         if let Some(hc) = r.rec.healthcheck.clone() {
-            r.health = Health::Starting;
+            // Adopted and healthy when the earlier agent last looked: still a backend of its
+            // ports until the first check (at once) says otherwise, so that an agent restart
+            // drops no connection.
+            if adopted && r.rec.healthy {
+                r.health = Health::Healthy;
+                r.ready_at.get_or_insert(Instant::now());
+            } else {
+                r.health = Health::Starting;
+                r.rec.healthy = false;
+            }
             r.health_failures = 0;
             r.health_started = Some(Instant::now());
             let task = tokio::spawn(health::run(self.rt.clone(), id.to_string(), gen, hc, adopted, self.tx.clone()));
@@ -1001,6 +1020,7 @@ impl Agent {
                 .await
                 .map_err(|e| anyhow!("{e}"))??;
                 prepared.address = address;
+                replica::save_prepared(&paths, &idc, &prepared)?;
                 let started = replica::start(&paths, &rt, &svc, &idc).await?;
                 Ok::<_, anyhow::Error>((started, prepared, digest))
             }
