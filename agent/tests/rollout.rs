@@ -514,3 +514,25 @@ fn a_replica_adopted_mid_start_keeps_its_health_check_and_stop_signal() {
     assert_eq!(rec["stop_signal"], "SIGINT", "the image's StopSignal: {rec:#}");
     a.down();
 }
+
+/// `x-skiff: {progress_deadline}`: a new replica that is neither healthy nor failed (its checks
+/// fail inside a long start period, which does not count them) counts as failed once the
+/// deadline passes, and the update pauses.
+#[test]
+fn a_replica_neither_healthy_nor_failed_fails_at_the_progress_deadline() {
+    let image = Registry::shared().image(BUSYBOX_OCI);
+    let mut a = agent(&image);
+    a.write_manifest(&manifest(&image, 2, 1, false, "{monitor: 500ms}"));
+    a.start();
+    a.wait_status("revision 1", |st| all_on(st, 1, 2));
+    let stuck = manifest(&image, 2, 2, true, "{monitor: 500ms}")
+        .replace("      retries: 1\n", "      retries: 1\n      start_period: 1h\n");
+    a.write_manifest(&stuck);
+    let st = a.wait_status("the update paused by the deadline", |st| update_state(st) == "paused");
+    let msg = service(&st, "web")["update"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("paused"), "{st:#}");
+    assert!(a.log().contains("not ready within the progress deadline (4s)"), "{}", a.log());
+    // The slot not reached still runs revision 1.
+    assert!(replicas(&st).iter().any(|r| r["revision"] == 1 && r["state"] == "running"), "{st:#}");
+    a.down();
+}

@@ -79,17 +79,19 @@ impl Target {
     }
 }
 
-/// The replica number of a log directory name `SERVICE-<digits>` of `service`.
+/// The replica number (slot) of a log directory name `SERVICE-<digits>` of `service`, or
+/// `SERVICE-<digits>.b` (the second container of a slot during a start-first update).
 fn replica_number(name: &str, service: &str) -> Option<u32> {
     let n = name.strip_prefix(service)?.strip_prefix('-')?;
+    let n = n.strip_suffix(".b").unwrap_or(n);
     if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     n.parse().ok()
 }
 
-/// The replica log directories of `service`, by replica number.
-fn service_dirs(logs: &Path, service: &str) -> Result<BTreeMap<u32, (String, PathBuf)>> {
+/// The replica log directories of `service`, by replica number (slot) and name.
+fn service_dirs(logs: &Path, service: &str) -> Result<BTreeMap<(u32, String), (String, PathBuf)>> {
     let mut out = BTreeMap::new();
     let rd = match std::fs::read_dir(logs) {
         Ok(rd) => rd,
@@ -101,7 +103,7 @@ fn service_dirs(logs: &Path, service: &str) -> Result<BTreeMap<u32, (String, Pat
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
         let Some(n) = replica_number(&name, service) else { continue };
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            out.insert(n, (name, entry.path()));
+            out.insert((n, name.clone()), (name, entry.path()));
         }
     }
     Ok(out)
@@ -277,12 +279,20 @@ pub fn logs(root: &Path, a: LogsArgs) -> Result<i32> {
     let logs_dir = Paths::new(root).logs_dir();
     let found: Vec<(String, PathBuf)> = match &target {
         Target::Replica(service, n) => {
-            let name = format!("{service}-{n}");
-            let dir = logs_dir.join(&name);
-            if !dir.is_dir() {
-                bail!("no such replica: {service}/{n} (no log directory {})", dir.display());
+            // The slot's containers: `SERVICE-N`, and `SERVICE-N.b` of start-first updates.
+            let found: Vec<(String, PathBuf)> = [format!("{service}-{n}"), format!("{service}-{n}.b")]
+                .into_iter()
+                .map(|name| (logs_dir.join(&name), name))
+                .filter(|(dir, _)| dir.is_dir())
+                .map(|(dir, name)| (name, dir))
+                .collect();
+            if found.is_empty() {
+                bail!(
+                    "no such replica: {service}/{n} (no log directory {})",
+                    logs_dir.join(format!("{service}-{n}")).display()
+                );
             }
-            vec![(name, dir)]
+            found
         }
         Target::Service(service) => {
             let dirs = service_dirs(&logs_dir, service)?;
@@ -405,12 +415,14 @@ mod tests {
         assert_eq!(replica_number("webx-1", "web"), None);
         assert_eq!(replica_number("web-", "web"), None);
         let dir = tempfile::tempdir().unwrap();
-        for d in ["web-2", "web-10", "web-1-1", "api-1"] {
+        assert_eq!(replica_number("web-2.b", "web"), Some(2));
+        assert_eq!(replica_number("web-2.c", "web"), None);
+        for d in ["web-2", "web-10", "web-1-1", "api-1", "web-2.b"] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
         std::fs::write(dir.path().join("web-3"), "").unwrap();
         let names: Vec<String> = service_dirs(dir.path(), "web").unwrap().into_values().map(|(n, _)| n).collect();
-        assert_eq!(names, ["web-2", "web-10"]);
+        assert_eq!(names, ["web-2", "web-2.b", "web-10"]);
         assert!(service_dirs(&dir.path().join("none"), "web").unwrap().is_empty());
     }
 
