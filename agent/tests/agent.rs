@@ -1241,3 +1241,36 @@ fn an_updated_dependency_restarts_dependents_that_ask_for_it() {
     assert!(out.success() && out.stdout.contains("kept"), "app was restarted, not replaced: {out}");
     a.down();
 }
+
+/// Issue 13: replacing the `skiff` binary on disk while the agent runs (an upgrade by package
+/// or `hack/install`: a new file renamed over the old one) must not stop container starts: a
+/// killed replica comes back and a scale-up starts new ones. Before, the shim was started from
+/// `current_exe()`, which named `.../skiff (deleted)` by then.
+#[test]
+fn replacing_the_binary_on_disk_keeps_containers_starting() {
+    let bin = skiff_tests::Scratch::new("skiff-bin");
+    let exe = bin.join("skiff");
+    std::fs::copy(SKIFF, &exe).expect("copy skiff");
+    let mut a = Agent::new(&exe);
+    a.write_manifest(&format!(
+        "services:\n{}",
+        sleeper("web", 1, "      restart_policy:\n        condition: any\n        delay: 100ms\n")
+    ));
+    a.start();
+    let st = a.wait_running("web", 1);
+    let before = pid_of(&st, "web-1");
+    // The upgrade: a new file renamed over the running binary.
+    let new = bin.join("skiff.new");
+    std::fs::copy(SKIFF, &new).expect("copy skiff");
+    std::fs::rename(&new, &exe).expect("rename over the running binary");
+    let target = std::fs::read_link(format!("/proc/{}/exe", a.pid())).expect("readlink");
+    assert!(target.to_string_lossy().ends_with("(deleted)"), "the agent's binary is gone from disk: {target:?}");
+    skiff_tests::agent::kill(before as i32, libc::SIGKILL);
+    a.wait_status("web-1 restarted", |st| {
+        all_running(st, "web", 1) && replica(st, "web-1")["pid"].as_i64().is_some_and(|p| p != before)
+    });
+    let out = a.skiff(&["scale", "web=3"]);
+    assert!(out.success(), "{out}");
+    a.wait_running("web", 3);
+    a.down();
+}

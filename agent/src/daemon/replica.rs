@@ -443,7 +443,10 @@ pub async fn start(paths: &Paths, rt: &Runtime, svc: &Service, id: &str) -> Resu
     // Whatever an earlier container of this replica left (its exit status was read already).
     let _ = fs::remove_dir_all(&shim_dir);
     fsutil::create_private_dir(&shim_dir).with_context(|| format!("creating {}", shim_dir.display()))?;
-    let exe = std::env::current_exe().context("finding the skiff binary")?;
+    // The agent's own binary through /proc/self/exe: it still names the running binary's
+    // inode after an upgrade replaced (or removed) the file, where current_exe() would give
+    // "/usr/bin/skiff (deleted)" and no container could start until the agent restarts.
+    let exe = Path::new("/proc/self/exe");
     let log = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -452,6 +455,7 @@ pub async fn start(paths: &Paths, rt: &Runtime, svc: &Service, id: &str) -> Resu
         .open(shim_dir.join("shim.log"))
         .with_context(|| format!("creating {}", shim_dir.display()))?;
     let mut child = tokio::process::Command::new(exe)
+        .arg0("skiff")
         .arg("shim")
         .arg("--runtime")
         .arg(&rt.bin)
