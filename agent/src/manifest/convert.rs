@@ -29,7 +29,6 @@ const UNSUPPORTED_SERVICE_KEYS: &[(&str, &str)] = &[
     ("privileged", "privileged containers are not supported; grant what the service needs with cap_add"),
     ("security_opt", "security_opt is not supported; remove it"),
     ("volumes_from", "volumes_from is not supported; share a named volume instead"),
-    ("expose", "expose is not supported (it only documents ports); remove it"),
     ("dns_search", "dns_search is not supported yet; remove it"),
     ("dns_opt", "dns_opt is not supported yet; remove it"),
     ("domainname", "domainname is not supported; remove it"),
@@ -945,6 +944,36 @@ fn service(
                             cx.err(v.pos, format!("{f}: `{x}` is not supported (use missing, always, never, daily, weekly or every_<duration>)"));
                             continue;
                         }
+                    }
+                }
+            }
+            // Documents ports: every port of a bridged replica is reachable from the others
+            // already. Checked, not kept (a changed `expose` replaces nothing).
+            "expose" => {
+                let items = match &v.value {
+                    Value::Seq(items) => items.iter().collect::<Vec<_>>(),
+                    _ => {
+                        cx.err(
+                            v.pos,
+                            format!("{f} must be a list of ports (like [\"80\", \"8000-8010\", \"53/udp\"])"),
+                        );
+                        Vec::new()
+                    }
+                };
+                for (i, it) in items.into_iter().enumerate() {
+                    let text = match &it.value {
+                        Value::Int(n) => n.to_string(),
+                        Value::Str(t) => t.clone(),
+                        _ => {
+                            cx.err(it.pos, format!("{f}[{i}] must be a port (like 80 or \"53/udp\")"));
+                            continue;
+                        }
+                    };
+                    let (port, proto) = text.split_once('/').unwrap_or((text.as_str(), "tcp"));
+                    if let Err(e) = network::parse_port_range(port) {
+                        cx.err(it.pos, format!("{f}[{i}]: {e}"));
+                    } else if !matches!(proto, "tcp" | "udp" | "sctp") {
+                        cx.err(it.pos, format!("{f}[{i}]: `{proto}` is not a protocol (tcp or udp)"));
                     }
                 }
             }

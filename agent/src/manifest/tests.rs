@@ -225,6 +225,15 @@ fn unsupported_known_key_is_an_error_with_advice() {
 }
 
 #[test]
+fn expose_is_accepted_and_checked() {
+    clean("services:\n  a:\n    image: a\n    expose: [\"80\", 8080, \"8000-8010\", \"53/udp\"]\n");
+    has("services:\n  a:\n    image: a\n    expose: [\"http\"]\n", "4:14: error: ", "not a port number");
+    has("services:\n  a:\n    image: a\n    expose: [\"70000\"]\n", "4:14: error: ", "out of range");
+    has("services:\n  a:\n    image: a\n    expose: [\"80/icmp\"]\n", "4:14: error: ", "not a protocol");
+    has("services:\n  a:\n    image: a\n    expose: \"80\"\n", "4:13: error: ", "must be a list");
+}
+
+#[test]
 fn update_and_rollback_configs() {
     use crate::rollout::{FailureAction, Order, PROGRESS_DEADLINE};
     let m = clean("services:\n  a:\n    image: a\n    deploy:\n      update_config: {parallelism: 2, delay: 10s, order: start-first, monitor: 2s, failure_action: rollback, max_failure_ratio: 0.25}\n      rollback_config: {parallelism: 0, failure_action: continue}\n    x-skiff: {progress_deadline: 90s}\nx-skiff: {revision_history: 3}\n");
