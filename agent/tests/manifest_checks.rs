@@ -282,7 +282,7 @@ fn binds_and_capabilities_that_hand_over_the_host_are_warned_about() {
         (at(6, 15), "spy.cap_add: every capability"),
         (at(8, 9), "spy.volumes: binding `/` hands the host's whole filesystem to the container"),
         (at(9, 9), "binding `/etc` hands the host's configuration"),
-        (at(10, 9), "binding `/var/run/docker.sock` hands the Docker daemon (root on the host)"),
+        (at(10, 9), "binding `/var/run/docker.sock`: there is no Docker API on a skiff box"),
         (at(11, 9), "binding `/run/containerd/containerd.sock` hands containerd"),
         (
             at(12, 9),

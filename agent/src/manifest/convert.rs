@@ -13,7 +13,6 @@ use super::*;
 
 /// Compose service keys skiff knows but does not support, with what to do instead.
 const UNSUPPORTED_SERVICE_KEYS: &[(&str, &str)] = &[
-    ("build", "skiff does not build images; build elsewhere, push to a registry (or `skiff load` an archive) and use image:"),
     ("secrets", "skiff has no secrets store yet; bind-mount a root-only file read-only (volumes: - /etc/app/secret:/run/secrets/x:ro)"),
     ("configs", "skiff has no configs store; bind-mount the file read-only instead (volumes: - ./app.conf:/etc/app.conf:ro)"),
     ("devices", "device access is not supported yet; remove it"),
@@ -763,6 +762,7 @@ fn service(
     let entries = cx.map(n, &what)?;
     let mut s = Service { name: name.to_string(), replicas: 1, ..Default::default() };
     let mut image = None;
+    let mut build_pos: Option<Pos> = None;
     let mut restart_key: Option<Pos> = None;
     let mut deploy_restart: Option<(RestartPolicy, Pos)> = None;
     let mut limits_top = Resources::default();
@@ -947,6 +947,7 @@ fn service(
                     }
                 }
             }
+            "build" => build_pos = Some(k.pos),
             // Documents ports: every port of a bridged replica is reachable from the others
             // already. Checked, not kept (a changed `expose` replaces nothing).
             "expose" => {
@@ -1002,14 +1003,29 @@ fn service(
             },
         }
     }
-    match image {
-        Some(i) => s.image = i,
-        None => {
-            if entries.iter().any(|(k, _, _)| k == "build") {
-                // The `build` error already says what to do.
-            } else {
-                cx.err(key.pos, format!("{what} has no image:"));
-            }
+    // skiff does not build: with an image: it runs that image (a warning); without, an error.
+    // Either way, the two ways to get a built image here.
+    let how = |img: &str| {
+        format!("build it elsewhere and push it (`docker build -t {img} . && docker push {img}`), or bring it here as an archive (`docker save -o image.tar {img}`, then `skiff load image.tar`)")
+    };
+    match (image, build_pos) {
+        (Some(i), Some(pos)) => {
+            cx.warn(
+                pos,
+                format!(
+                    "{name}.build: skiff does not build images: it runs image {i} from its store or registry; {}",
+                    how(&i)
+                ),
+            );
+            s.image = i;
+        }
+        (Some(i), None) => s.image = i,
+        (None, Some(pos)) => {
+            cx.err(pos, format!("{name}.build: skiff does not build images; add image: NAME and {}", how("NAME")));
+            return None;
+        }
+        (None, None) => {
+            cx.err(key.pos, format!("{what} has no image:"));
             return None;
         }
     }

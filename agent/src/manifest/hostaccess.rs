@@ -122,6 +122,11 @@ pub(super) fn bind_warning(source: &Path, read_only: bool) -> Option<String> {
             } else {
                 format!("{} ({})", written.display(), src.display())
             };
+            if src == p && p.ends_with("docker.sock") {
+                return Some(format!(
+                    "binding `{shown}`: there is no Docker API on a skiff box (no dockerd runs here), so a service that talks to Docker (Portainer, Watchtower, Traefik's docker provider) will not find one; where a Docker daemon does run, its socket hands {what} to the container. Remove it"
+                ));
+            }
             if src == p || (*subtree && src.starts_with(p)) {
                 return Some(format!(
                     "binding `{shown}` hands {what} to the container; remove it, or bind only the files the service needs"

@@ -216,9 +216,17 @@ fn missing_image() {
 
 #[test]
 fn unsupported_known_key_is_an_error_with_advice() {
-    let r = has("services:\n  web:\n    image: a\n    build: .\n", "4:5: error: ", "skiff does not build images");
-    assert!(lines(&r)[0].contains("use image:"));
-    assert_eq!(r.errors(), 1, "{:?}", lines(&r)); // no extra "no image" error
+    // build: beside image: runs the image, with a warning that says how to get a build here.
+    let r = has(
+        "services:\n  web:\n    image: a\n    build: .\n",
+        "4:5: warning: ",
+        "skiff does not build images: it runs image a",
+    );
+    assert!(lines(&r)[0].contains("docker push a") && lines(&r)[0].contains("skiff load image.tar"), "{:?}", lines(&r));
+    assert!(r.manifest.is_some());
+    // build: alone: an error with the same two ways, and no extra "no image" error.
+    let r = has("services:\n  web:\n    build: .\n", "3:5: error: ", "add image: NAME");
+    assert_eq!(r.errors(), 1, "{:?}", lines(&r));
     has("services:\n  web:\n    image: a\n    networks: [x]\n", "4:5: error: ", "network_mode");
     has("services:\n  web:\n    image: a\n    profiles: [x]\n", "4:5: error: ", "profiles");
     has("services:\n  web:\n    image: a\nsecrets: {}\n", "4:1: error: ", "secrets");
