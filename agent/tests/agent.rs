@@ -1274,3 +1274,28 @@ fn replacing_the_binary_on_disk_keeps_containers_starting() {
     a.wait_running("web", 3);
     a.down();
 }
+
+/// Issue 13: `network_mode: host` gets the host's /etc/hosts, /etc/resolv.conf and hostname (as
+/// Docker gives): `localhost` resolves inside (Homebridge's own check failed on it).
+#[test]
+fn host_networking_gets_the_hosts_name_files_and_hostname() {
+    let mut a = agent();
+    a.write_manifest(&format!("services:\n{}", sleeper("web", 1, "    network_mode: host\n")));
+    a.start();
+    a.wait_running("web", 1);
+    let inside = |args: &[&str]| {
+        let mut v = vec!["exec", "--", "web-1"];
+        v.extend_from_slice(args);
+        let out = a.rt(&v);
+        assert!(out.success(), "{out}");
+        out.stdout
+    };
+    let host = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    assert_eq!(inside(&["cat", "/etc/hosts"]), host("/etc/hosts"));
+    assert_eq!(inside(&["cat", "/etc/resolv.conf"]), host("/etc/resolv.conf"));
+    assert_eq!(inside(&["hostname"]).trim(), host("/proc/sys/kernel/hostname").trim());
+    // localhost resolves (busybox's getent-less check: ping -c1 would need a capability).
+    let out = inside(&["sh", "-c", "grep -qw localhost /etc/hosts && echo ok"]);
+    assert_eq!(out.trim(), "ok");
+    a.down();
+}

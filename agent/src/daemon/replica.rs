@@ -315,7 +315,11 @@ pub fn prepare(
         memory_limit: svc.resources.memory.filter(|_| !lacks("memory")).map(|m| m.min(i64::MAX as u64) as i64),
         cpus: svc.resources.cpus.filter(|_| !lacks("cpu")),
         pids_limit: svc.resources.pids.filter(|_| !lacks("pids")),
-        hostname: Some(svc.hostname.clone().unwrap_or_else(|| id.chars().take(63).collect())),
+        // Host networking: the host's name, as Docker gives (its own UTS namespace still).
+        hostname: Some(svc.hostname.clone().unwrap_or_else(|| match svc.network_mode {
+            NetworkMode::Host => host_name().unwrap_or_else(|| id.chars().take(63).collect()),
+            _ => id.chars().take(63).collect(),
+        })),
         readonly_rootfs: svc.read_only,
         cap_add: svc.cap_add.clone(),
         cap_drop: svc.cap_drop.clone(),
@@ -326,7 +330,18 @@ pub fn prepare(
         sysctls: svc.sysctls.clone(),
         ..Default::default()
     };
-    if bridged {
+    if svc.network_mode == NetworkMode::Host {
+        // The host's name files, copied (as Docker does): `localhost` resolves, and so do the
+        // host's resolvers. Copies, not binds: a bind would pin the host file's inode.
+        for (src, file) in
+            [("/etc/hosts", super::network::HOSTS_FILE), ("/etc/resolv.conf", super::network::RESOLV_FILE)]
+        {
+            let data = host_file(Path::new(src)).with_context(|| format!("reading the host's {src}"))?;
+            fsutil::write_atomic_mode(&cdir, &cdir.join(file), &data, 0o644)
+                .with_context(|| format!("writing {}", cdir.join(file).display()))?;
+        }
+    }
+    if bridged || svc.network_mode == NetworkMode::Host {
         for (file, target) in
             [(super::network::HOSTS_FILE, "/etc/hosts"), (super::network::RESOLV_FILE, "/etc/resolv.conf")]
         {
@@ -390,6 +405,25 @@ pub fn prepare(
 }
 
 const PREPARED: &str = "prepared.json";
+
+/// The host's name (`None` when it has none that is text).
+fn host_name() -> Option<String> {
+    nix::unistd::gethostname().ok()?.into_string().ok().filter(|h| !h.is_empty())
+}
+
+/// A host file for a host-networked container: at most 1 MiB of it (a missing one is empty).
+fn host_file(p: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    match fs::File::open(p) {
+        Ok(f) => {
+            let mut data = Vec::new();
+            f.take(1 << 20).read_to_end(&mut data)?;
+            Ok(data)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Keeps what preparing found (and the bridge address) beside the bundle, before the start:
 /// an agent killed between the start and hearing back adopts the container with its real
