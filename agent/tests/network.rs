@@ -597,6 +597,11 @@ fn rolling_updates_under_a_client_loop_fail_no_request() {
             c.join().expect("client thread");
         }
         let ids: Vec<String> = replica_ids(&st, "web");
+        // The service's name lists every replica, whatever its container id (`web-N.b`).
+        let hosts =
+            std::fs::read_to_string(a.root().join("containers").join(&ids[0]).join("hosts")).unwrap_or_default();
+        let named = hosts.lines().filter(|l| l.split_whitespace().nth(1) == Some("web")).count();
+        assert_eq!(named, 4, "{order}: `web` names every replica in {}'s hosts:\n{hosts}", ids[0]);
         for (what, seen) in ["loopback", "IPv6 loopback", "another machine"].iter().zip(&seen) {
             let (by, errors) = seen.lock().unwrap().clone();
             let n = by.values().sum::<usize>();

@@ -330,8 +330,10 @@ pub fn hostname(svc: &Service, id: &str) -> String {
     svc.hostname.clone().unwrap_or_else(|| id.chars().take(63).collect())
 }
 
-/// The service of replica id `SERVICE-N`.
+/// The service of replica id `SERVICE-N` (or `SERVICE-N.b`, the second container of a slot
+/// during a start-first update).
 fn service_of(id: &str) -> Option<&str> {
+    let id = id.strip_suffix(".b").unwrap_or(id);
     let (service, n) = id.rsplit_once('-')?;
     n.parse::<u32>().ok().filter(|_| !service.is_empty()).map(|_| service)
 }
@@ -475,6 +477,8 @@ mod tests {
     #[test]
     fn service_names_from_replica_ids() {
         assert_eq!(service_of("web-1"), Some("web"));
+        assert_eq!(service_of("web-1.b"), Some("web"), "a start-first update's container");
+        assert_eq!(service_of("web-1.c"), None);
         assert_eq!(service_of("my-app-12"), Some("my-app"));
         assert_eq!(service_of("web"), None);
         assert_eq!(service_of("-1"), None);
