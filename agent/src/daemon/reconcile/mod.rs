@@ -813,6 +813,7 @@ impl Agent {
             self.begin_stop(&id, AfterStop::Remove);
         }
         self.forget_removed_services(&m);
+        self.learn_adopted_pids();
         // Each service towards its revision in force (rollouts.rs), dependencies first; a
         // completed update restarts the services that depend on it with `restart: true`.
         self.rollout_wake = None;
@@ -835,6 +836,17 @@ impl Agent {
         self.teardown_bridge_if_unused(&m);
         self.sync_ports(&m);
         self.publish();
+    }
+
+    /// A replica adopted before its shim's `create` wrote the init pid (the earlier agent died
+    /// while starting it) learns its pid once the shim has it.
+    fn learn_adopted_pids(&mut self) {
+        for r in self.replicas.values_mut().filter(|r| r.phase == Phase::Running && r.rec.pid.is_none()) {
+            if let Some(p) = proc::read_pid_file(&self.paths.shim(&r.rec.id).join("init.pid")) {
+                r.rec.pid = Some(p);
+                save(&self.paths, &r.rec);
+            }
+        }
     }
 
     /// `depends_on.<dep>.restart: true`: a completed update of dep restarts the dependents
