@@ -674,6 +674,7 @@ impl Agent {
             }
             r.health = Health::Healthy;
             r.health_failures = 0;
+            r.start_unconfirmed = None;
             r.rec.tracker.became_healthy(now);
             r.ready_at.get_or_insert(now);
             if !r.rec.healthy {
@@ -683,13 +684,15 @@ impl Agent {
             return;
         }
         if let Some(t) = r.start_unconfirmed {
+            // Not counted: the shim has not started it yet; or it just did (or a minute went
+            // by), and its checks count from the next one on, as after a fresh start.
             if self.paths.shim(id).join(crate::shim::STARTED).exists() || now.duration_since(t) > START_UNCONFIRMED_MAX
             {
                 r.start_unconfirmed = None;
-            } else {
-                r.message = Some(format!("waiting for its start (adopted while starting): {}", output.trim()));
-                return;
+                r.health_started = Some(now);
             }
+            r.message = Some(format!("waiting for its start (adopted while starting): {}", output.trim()));
+            return;
         }
         let in_start_period = r.health_started.is_some_and(|s| now.duration_since(s) < hc.start_period);
         if in_start_period && r.health != Health::Healthy {
