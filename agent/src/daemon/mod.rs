@@ -108,25 +108,29 @@ fn lock(paths: &Paths) -> Result<fs::File> {
             paths.root.display()
         )
     };
-    let f = open(&p)?;
-    if try_flock(&f)? {
+    // Ok(Ok(file)): taken; Ok(Err(holders)): held by processes that are not root's only (a
+    // leftover to replace); Err: busy.
+    let attempt = || -> Result<Result<fs::File, Vec<i32>>> {
+        let f = open(&p)?;
+        if try_flock(&f)? {
+            return Ok(Ok(f));
+        }
+        let holders = lock_holders(&f);
+        if holders.is_empty() || holders.iter().any(|&pid| !foreign(pid)) {
+            return Err(busy(&holders));
+        }
+        Ok(Err(holders))
+    };
+    if let Ok(f) = attempt()? {
         return Ok(f);
-    }
-    let holders = lock_holders(&f);
-    if holders.is_empty() || holders.iter().any(|&pid| !foreign(pid)) {
-        return Err(busy(&holders));
     }
     // One replacement at a time: an agent starting meanwhile finds the new file held by us.
     let _guard = FileLock::lock(&paths.run.join("agent.lock.replace"), LockKind::Exclusive)
         .with_context(|| format!("locking {}.replace", p.display()))?;
-    let f = open(&p)?;
-    if try_flock(&f)? {
-        return Ok(f);
-    }
-    let holders = lock_holders(&f);
-    if holders.is_empty() || holders.iter().any(|&pid| !foreign(pid)) {
-        return Err(busy(&holders));
-    }
+    let holders = match attempt()? {
+        Ok(f) => return Ok(f),
+        Err(holders) => holders,
+    };
     let tmp = paths.run.join(format!("agent.lock.new-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let nf = open(&tmp)?;
