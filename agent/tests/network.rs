@@ -117,6 +117,24 @@ fn tally(a: &mut Answers, r: Result<String, String>) {
     }
 }
 
+/// A client inside `ns` that opens a new connection to `addr` every 10 ms until `stop`,
+/// counting what answered into `seen`.
+fn client_loop(
+    ns: &TestNetns,
+    addr: &str,
+    stop: &Arc<AtomicBool>,
+    seen: &Arc<Mutex<Answers>>,
+) -> std::thread::JoinHandle<()> {
+    let (stop, seen, addr) = (stop.clone(), seen.clone(), addr.parse::<SocketAddr>().unwrap());
+    ns.spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let r = http_get(addr);
+            tally(&mut seen.lock().unwrap(), r);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+}
+
 /// `n` requests to `addr` from inside the namespace: how many each replica answered, and the
 /// failures.
 fn spread(ns: &TestNetns, addr: SocketAddr, n: usize) -> Answers {
@@ -477,16 +495,7 @@ fn scaling_while_a_client_loops_never_fails_a_request() {
     let seen: Arc<Mutex<Answers>> = Arc::default();
     let seen_v6: Arc<Mutex<Answers>> = Arc::default();
     let seen_outside: Arc<Mutex<Answers>> = Arc::default();
-    let client = |ns: &TestNetns, addr: &str, seen: &Arc<Mutex<Answers>>| {
-        let (stop, seen, addr) = (stop.clone(), seen.clone(), addr.parse::<SocketAddr>().unwrap());
-        ns.spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let r = http_get(addr);
-                tally(&mut seen.lock().unwrap(), r);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
+    let client = |ns: &TestNetns, addr: &str, seen: &Arc<Mutex<Answers>>| client_loop(ns, addr, &stop, seen);
     let clients = [
         client(&ns, "127.0.0.1:8080", &seen),
         client(&ns, "[::1]:8080", &seen_v6),
@@ -563,16 +572,7 @@ fn rolling_updates_under_a_client_loop_fail_no_request() {
     for (rev, order, kill) in [(2u64, "start-first", false), (3, "stop-first", false), (4, "start-first", true)] {
         let stop = Arc::new(AtomicBool::new(false));
         let seen: [Arc<Mutex<Answers>>; 3] = Default::default();
-        let client = |ns: &TestNetns, addr: &str, seen: &Arc<Mutex<Answers>>| {
-            let (stop, seen, addr) = (stop.clone(), seen.clone(), addr.parse::<SocketAddr>().unwrap());
-            ns.spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let r = http_get(addr);
-                    tally(&mut seen.lock().unwrap(), r);
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            })
-        };
+        let client = |ns: &TestNetns, addr: &str, seen: &Arc<Mutex<Answers>>| client_loop(ns, addr, &stop, seen);
         let clients = [
             client(&ns, "127.0.0.1:8080", &seen[0]),
             client(&ns, "[::1]:8080", &seen[1]),
