@@ -325,9 +325,21 @@ impl BridgeNet {
 pub const HOSTS_FILE: &str = "hosts";
 pub const RESOLV_FILE: &str = "resolv.conf";
 
-/// The container's hostname (as `replica::prepare` sets it).
+/// The container's hostname (as `replica::prepare` sets it): the service's `hostname`, else
+/// the host's name with host networking (as Docker gives; its own UTS namespace still), else
+/// the replica id.
 pub fn hostname(svc: &Service, id: &str) -> String {
-    svc.hostname.clone().unwrap_or_else(|| id.chars().take(63).collect())
+    let own = || id.chars().take(63).collect();
+    match (&svc.hostname, &svc.network_mode) {
+        (Some(h), _) => h.clone(),
+        (None, crate::manifest::NetworkMode::Host) => host_name().unwrap_or_else(own),
+        (None, _) => own(),
+    }
+}
+
+/// The host's name (`None` when it has none that is text).
+fn host_name() -> Option<String> {
+    nix::unistd::gethostname().ok()?.into_string().ok().filter(|h| !h.is_empty())
 }
 
 /// The service of replica id `SERVICE-N` (or `SERVICE-N.b`, the second container of a slot

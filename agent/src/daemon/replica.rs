@@ -315,11 +315,7 @@ pub fn prepare(
         memory_limit: svc.resources.memory.filter(|_| !lacks("memory")).map(|m| m.min(i64::MAX as u64) as i64),
         cpus: svc.resources.cpus.filter(|_| !lacks("cpu")),
         pids_limit: svc.resources.pids.filter(|_| !lacks("pids")),
-        // Host networking: the host's name, as Docker gives (its own UTS namespace still).
-        hostname: Some(svc.hostname.clone().unwrap_or_else(|| match svc.network_mode {
-            NetworkMode::Host => host_name().unwrap_or_else(|| id.chars().take(63).collect()),
-            _ => id.chars().take(63).collect(),
-        })),
+        hostname: Some(super::network::hostname(svc, id)),
         readonly_rootfs: svc.read_only,
         cap_add: svc.cap_add.clone(),
         cap_drop: svc.cap_drop.clone(),
@@ -406,22 +402,13 @@ pub fn prepare(
 
 const PREPARED: &str = "prepared.json";
 
-/// The host's name (`None` when it has none that is text).
-fn host_name() -> Option<String> {
-    nix::unistd::gethostname().ok()?.into_string().ok().filter(|h| !h.is_empty())
-}
-
-/// A host file for a host-networked container: at most 1 MiB of it (a missing one is empty).
+/// A host file for a host-networked container, through the manifest's bounded reader (at most
+/// 1 MiB, a regular file: never a FIFO that would block the start); a missing one is empty.
 fn host_file(p: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    match fs::File::open(p) {
-        Ok(f) => {
-            let mut data = Vec::new();
-            f.take(1 << 20).read_to_end(&mut data)?;
-            Ok(data)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e.into()),
+    match crate::manifest::read_bounded(p, 1 << 20, true) {
+        Ok(data) => Ok(data),
+        Err(e) if e.is_not_found() => Ok(Vec::new()),
+        Err(e) => Err(anyhow!("{e}")),
     }
 }
 
