@@ -428,7 +428,7 @@ pub fn metrics(status: &Status, mut stats: impl FnMut(i32) -> Option<cgstats::St
     );
     for s in services {
         if let Some(c) = &s.image_check {
-            for (i, result) in ["unchanged", "new", "failed_before", "error"].iter().enumerate() {
+            for (i, result) in crate::daemon::status::IMAGE_CHECK_RESULTS.iter().enumerate() {
                 let labels = [("service", s.name.as_str()), ("result", result)];
                 sample(&mut out, "skiff_image_update_checks_total", &labels, c.counts[i] as f64);
             }

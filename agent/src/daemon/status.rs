@@ -68,9 +68,13 @@ pub struct ImageCheckStatus {
     pub error: Option<String>,
     /// Seconds to the next scheduled one.
     pub next_in: Option<u64>,
-    /// Checks so far by result: unchanged, new, failed_before, error.
+    /// Checks so far by result, in the order of [`IMAGE_CHECK_RESULTS`].
     pub counts: [u64; 4],
 }
+
+/// The results an image check counts, in [`ImageCheckStatus::counts`]'s order (`/metrics`'
+/// `result` label).
+pub const IMAGE_CHECK_RESULTS: [&str; 4] = ["unchanged", "new", "failed_before", "error"];
 
 /// A service's revision in force, the manifest's, what overrides the manifest, its last rollout.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -30,7 +30,7 @@ pub(super) struct Check {
     pub error: Option<String>,
     /// Errors in a row (429 back-off).
     pub failures: u32,
-    /// Checks by result: unchanged, new, failed_digest, error.
+    /// Checks by result, in the order of [`crate::daemon::status::IMAGE_CHECK_RESULTS`].
     pub counts: [u64; 4],
     /// When the last one began (`always`'s rate limit).
     pub started: Option<Instant>,

@@ -163,7 +163,6 @@ impl Agent {
             Some(n) => Some(n),
             None => self.resolve(m, svc, now),
         };
-        let replicas = self.replicas_wanted(svc);
         let rec = self.records.entry(name.clone()).or_default();
         let mut changed = false;
         // Overrides end when the manifest changes what they override.
@@ -190,7 +189,8 @@ impl Agent {
             (None, Some(mr)) => Some(mr),
             (None, None) => Some(rec.in_force).filter(|n| *n != 0),
         };
-        let replicas_now = if changed { self.replicas_wanted(svc) } else { replicas };
+        // After the overrides that ended.
+        let replicas_now = self.replicas_wanted(svc);
         let slots = self.slot_view(&name, replicas_now);
         let rec = self.records.entry(name.clone()).or_default();
         if let Some(t) = target {
@@ -208,15 +208,8 @@ impl Agent {
                 rec.in_force = t;
                 changed = true;
                 if let Some(from) = stale.map(|_| from).filter(|f| *f != 0) {
-                    let cause = if manifest_rev == Some(t) {
-                        if rec.get(t).is_some_and(|r| r.changed == ["image digest"]) {
-                            "image"
-                        } else {
-                            "manifest"
-                        }
-                    } else {
-                        "manifest"
-                    };
+                    let image_only = rec.get(t).is_some_and(|r| r.changed == ["image digest"]);
+                    let cause = if manifest_rev == Some(t) && image_only { "image" } else { "manifest" };
                     let ro = Rollout::begin(Kind::Update, from, t, &slots, now_text(), cause);
                     log(&format!(
                         "{name}: updating from revision {from} to {t} ({} replicas, {:?} parallelism {})",
