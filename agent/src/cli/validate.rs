@@ -24,6 +24,11 @@ pub fn validate(a: ValidateArgs) -> Result<i32> {
     for d in &report.diagnostics {
         writeln!(err, "{}", d.render(&file))?;
     }
+    if let Some(m) = &report.manifest {
+        for (name, profiles) in &m.inactive {
+            println!("{file}: service `{name}` is not run: none of its profiles ({}) is active", profiles.join(", "));
+        }
+    }
     println!("{}", summary(&file, &report));
     Ok(if report.errors() > 0 { 1 } else { 0 })
 }

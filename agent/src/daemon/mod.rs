@@ -274,6 +274,7 @@ async fn main_loop(o: Options, paths: Paths, (nofile_was, nofile): (u64, u64)) -
     let control = control::serve(&paths, tx.clone())?;
     endpoint.serve(snap_rx);
     tokio::spawn(watch::watch(o.manifest.clone(), tx.clone()));
+    tokio::spawn(watch::watch_files(agent.manifest_files(), tx.clone()));
     if !o.no_bridge {
         watch_tables(tx.clone());
     }

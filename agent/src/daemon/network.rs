@@ -330,7 +330,7 @@ pub const RESOLV_FILE: &str = "resolv.conf";
 /// the replica id.
 pub fn hostname(svc: &Service, id: &str) -> String {
     let own = || id.chars().take(63).collect();
-    match (&svc.hostname, &svc.network_mode) {
+    match (svc.hostname.as_ref().or(svc.container_name.as_ref()), &svc.network_mode) {
         (Some(h), _) => h.clone(),
         (None, crate::manifest::NetworkMode::Host) => host_name().unwrap_or_else(own),
         (None, _) => own(),

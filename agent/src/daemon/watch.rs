@@ -81,7 +81,8 @@ async fn run(
                     ) {
                         dir_gone = true;
                     }
-                    if e.name.as_deref() == name || e.name.is_none() {
+                    // The manifest, or the `.env` next to it (its variables).
+                    if e.name.as_deref() == name || e.name.is_none() || e.name.as_deref() == Some(".env".as_ref()) {
                         relevant = true;
                     }
                 }
@@ -103,6 +104,34 @@ async fn run(
         }
         if dir_gone {
             return Err(std::io::Error::other("the manifest's directory was removed or moved"));
+        }
+    }
+}
+
+/// Runs for the life of the agent: the other files the manifest reads (`include:`,
+/// `extends: {file:}`; anywhere, so not under the directory's inotify) are looked at every
+/// 2 s (their modification time, size and inode), and a change is an [`Event::Reload`].
+pub async fn watch_files(mut files: tokio::sync::watch::Receiver<Vec<PathBuf>>, tx: mpsc::UnboundedSender<Event>) {
+    use std::os::unix::fs::MetadataExt;
+    let stamp = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.mtime(), m.mtime_nsec(), m.len(), m.ino()));
+    let mut last: Vec<_> = files.borrow_and_update().iter().map(|p| stamp(p)).collect();
+    loop {
+        tokio::select! {
+            changed = files.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                last = files.borrow_and_update().iter().map(|p| stamp(p)).collect();
+            }
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                let now: Vec<_> = files.borrow().iter().map(|p| stamp(p)).collect();
+                if now != last {
+                    last = now;
+                    if tx.send(Event::Reload).is_err() {
+                        return;
+                    }
+                }
+            }
         }
     }
 }

@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use super::network;
 
+mod extends;
+mod files;
+#[cfg(test)]
+pub(super) use files::home_dir as home_dir_for_tests;
+mod include;
+mod profiles;
 mod rollout;
 use super::units;
 use super::yaml::{Node, Pos, Value};
@@ -18,12 +24,9 @@ const UNSUPPORTED_SERVICE_KEYS: &[(&str, &str)] = &[
     ("devices", "device access is not supported yet; remove it"),
     ("device_cgroup_rules", "device access is not supported yet; remove it"),
     ("gpus", "GPUs are not supported; remove it"),
-    ("profiles", "skiff runs every service of the manifest; remove profiles: (use deploy.replicas: 0 to keep a service defined but stopped)"),
     ("links", "links are legacy compose; remove it (with network_mode: host services reach each other on localhost)"),
     ("external_links", "links are legacy compose; remove it"),
-    ("extends", "extends is not supported; use YAML anchors and merge keys (x-common: &common ... <<: *common) instead"),
     ("networks", "service networks are not supported yet; use network_mode: host, none or bridge"),
-    ("container_name", "skiff names replicas SERVICE-1..N; remove container_name"),
     ("scale", "use deploy.replicas instead of scale"),
     ("privileged", "privileged containers are not supported; grant what the service needs with cap_add"),
     ("security_opt", "security_opt is not supported; remove it"),
@@ -77,7 +80,6 @@ const UNSUPPORTED_TOP_KEYS: &[(&str, &str)] = &[
     ("networks", "networks are not supported yet; remove them and use network_mode: host, none or bridge"),
     ("secrets", "skiff has no secrets store yet; bind-mount a root-only file read-only"),
     ("configs", "skiff has no configs store; bind-mount the file read-only instead"),
-    ("include", "include is not supported; put every service in the one manifest"),
     ("models", "models are not supported; remove them"),
 ];
 
@@ -109,6 +111,11 @@ fn valid_service_name(s: &str) -> bool {
         && s.as_bytes()[0].is_ascii_alphanumeric()
 }
 
+/// Docker's rule (`[a-zA-Z0-9][a-zA-Z0-9_.-]+`), within a host name's 63 bytes.
+fn valid_container_name(s: &str) -> bool {
+    s.len() <= 63 && valid_volume_name(s)
+}
+
 fn valid_volume_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
@@ -118,7 +125,11 @@ fn valid_volume_name(s: &str) -> bool {
 
 struct Ctx<'a> {
     diags: &'a mut Vec<Diagnostic>,
+    /// The directory of the document being converted (its `.env`); relative paths resolve
+    /// against the directory of the file each value is in (see [`Files`]).
     base: &'a Path,
+    /// The files brought in by `include:` and `extends: {file:}`.
+    files: &'a mut files::Files,
     /// `<base>/.env`, read on first use (the process environment wins over it, as in compose).
     dotenv: Option<std::collections::HashMap<String, String>>,
     /// Why `.env` could not be read, until reported (at the first place that needed it).
@@ -253,20 +264,14 @@ type Entries<'n> = Vec<(String, &'n Node, &'n Node)>;
 
 impl Ctx<'_> {
     fn err(&mut self, pos: Pos, msg: impl Into<String>) {
-        self.diags.push(Diagnostic {
-            severity: Severity::Error,
-            line: pos.line,
-            column: pos.column,
-            message: msg.into(),
-        });
+        self.diag(Severity::Error, pos, msg.into());
     }
     fn warn(&mut self, pos: Pos, msg: impl Into<String>) {
-        self.diags.push(Diagnostic {
-            severity: Severity::Warning,
-            line: pos.line,
-            column: pos.column,
-            message: msg.into(),
-        });
+        self.diag(Severity::Warning, pos, msg.into());
+    }
+    fn diag(&mut self, severity: Severity, pos: Pos, message: String) {
+        let file = self.files.name(pos.file);
+        self.diags.push(Diagnostic { severity, file, line: pos.line, column: pos.column, message });
     }
 
     /// The entries of a mapping (keys as text). `null` is an empty mapping.
@@ -541,29 +546,66 @@ impl Ctx<'_> {
         self.key_values(n, what, false).into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect()
     }
 
-    fn path(&self, s: &str) -> PathBuf {
-        let p = Path::new(s);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base.join(p)
+    /// `s` (written at `pos`) as an absolute path: relative to the directory of the file it
+    /// is written in; `~` and `~/...` are the home of the user skiff runs as.
+    fn path(&mut self, s: &str, pos: Pos) -> Option<PathBuf> {
+        if s == "~" || s.starts_with("~/") {
+            let Some(home) = files::home_dir() else {
+                self.err(pos, format!("`{s}`: the home directory of the user skiff runs as is unknown (no HOME, no passwd entry); give an absolute path"));
+                return None;
+            };
+            return Some(home.join(s[1..].trim_start_matches('/')));
         }
+        if s.starts_with('~') {
+            self.err(pos, format!("`{s}`: only `~` (the home of the user skiff runs as) is expanded, not `~user`; give an absolute path"));
+            return None;
+        }
+        let p = Path::new(s);
+        Some(if p.is_absolute() { p.to_path_buf() } else { self.files.dir(pos.file).join(p) })
     }
 }
 
 /// Checks and converts the whole document.
-pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut Vec<Diagnostic>) -> Option<Manifest> {
-    let mut cx = Ctx { diags, base, dotenv: None, dotenv_error: None, check_files };
+/// `read` gets the other files read (`include:`, `extends: {file:}`), even on error.
+pub(super) fn manifest(
+    root: &Node,
+    base: &Path,
+    check_files: bool,
+    diags: &mut Vec<Diagnostic>,
+    read: &mut Vec<PathBuf>,
+) -> Option<Manifest> {
+    let mut files = files::Files::new(base);
+    let mut cx = Ctx { diags, base, files: &mut files, dotenv: None, dotenv_error: None, check_files };
     if matches!(root.value, Value::Null) {
         cx.err(root.pos, "the manifest is empty: it needs services:");
         return None;
     }
+    let m = document(&mut cx, root, true).map(|mut m| {
+        profiles::apply(&mut cx, &mut m);
+        cycles(&mut cx, &m);
+        m
+    });
+    *read = files.paths();
+    m
+}
+
+/// One compose file (the manifest, or a file it includes: `main` is false) and what it
+/// includes.
+fn document(cx: &mut Ctx, root: &Node, main: bool) -> Option<Manifest> {
     let entries = cx.map(root, "the manifest")?;
     let mut m = Manifest::default();
+    // Included files first: the services and volumes of this file may name theirs.
+    for (key, _, v) in &entries {
+        if key == "include" {
+            include::all(cx, v, &mut m);
+        }
+    }
+    let included: BTreeSet<String> = m.services.keys().cloned().collect();
     let mut services_node = None;
     for (key, k, v) in &entries {
         match key.as_str() {
             "services" => services_node = Some((*k, *v)),
+            "include" => {}
             "volumes" => {
                 for (name, kn, vn) in cx.map(v, "volumes").unwrap_or_default() {
                     if name.starts_with("x-") {
@@ -573,13 +615,17 @@ pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut 
                         cx.err(kn.pos, format!("`{name}` is not a valid volume name (letters, digits, '.', '-', '_', starting with a letter or digit)"));
                         continue;
                     }
-                    if let Some(d) = volume_decl(&mut cx, &name, vn) {
+                    if let Some(d) = volume_decl(cx, &name, vn) {
+                        if m.volumes.get(&name).is_some_and(|e| *e != d) {
+                            cx.err(kn.pos, format!("volume `{name}` is also declared, differently, in an included file: declare it once"));
+                        }
                         m.volumes.insert(name, d);
                     }
                 }
             }
             "version" => {}
-            "x-skiff" => (m.network, m.revision_history) = skiff_extension(&mut cx, v),
+            "x-skiff" if main => (m.network, m.revision_history, m.profiles) = skiff_extension(cx, v),
+            "x-skiff" => cx.warn(k.pos, "x-skiff in an included file is ignored: set it in the manifest itself"),
             "name" => {
                 if let Some(s) = cx.string(v, "name") {
                     if valid_service_name(&s) {
@@ -600,6 +646,9 @@ pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut 
         }
     }
     let Some((services_key, services)) = services_node else {
+        if !main || !m.services.is_empty() {
+            return Some(m); // a file of volumes only, or services all included
+        }
         cx.err(root.pos, "the manifest has no services:");
         return None;
     };
@@ -607,8 +656,9 @@ pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut 
     let mut volume_sites: Vec<(String, Pos)> = Vec::new();
     let mut port_sites: Vec<PortSite> = Vec::new();
     let svc_entries = cx.map(services, "services").unwrap_or_default();
-    let declared: BTreeSet<String> = svc_entries.iter().map(|(n, _, _)| n.clone()).collect();
-    if svc_entries.is_empty() && matches!(services.value, Value::Null | Value::Map(_)) {
+    let mut declared: BTreeSet<String> = svc_entries.iter().map(|(n, _, _)| n.clone()).collect();
+    declared.extend(included.iter().cloned());
+    if svc_entries.is_empty() && included.is_empty() && matches!(services.value, Value::Null | Value::Map(_)) {
         cx.warn(services_key.pos, "services: is empty: nothing will run");
     }
     for (name, kn, vn) in svc_entries {
@@ -621,12 +671,23 @@ pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut 
                 format!("`{name}` is not a valid service name (lowercase letters, digits, '-', '_', starting with a letter or digit, at most 57 characters)"),
             );
         }
-        if let Some(s) = service(&mut cx, &name, kn, vn, &mut dep_sites, &mut volume_sites, &mut port_sites) {
+        if included.contains(&name) {
+            cx.err(kn.pos, format!("service `{name}` is also defined in an included file: a service is defined once (rename one, or use extends:)"));
+            continue;
+        }
+        let vn = match files::get(vn, "extends") {
+            Some(ext) => match extends::resolve(cx, &name, vn, ext, services) {
+                Some(merged) => std::borrow::Cow::Owned(merged),
+                None => continue,
+            },
+            None => std::borrow::Cow::Borrowed(vn),
+        };
+        if let Some(s) = service(cx, &name, kn, &vn, &mut dep_sites, &mut volume_sites, &mut port_sites) {
             m.services.insert(name, s);
         }
     }
     // Cross-references.
-    port_collisions(&mut cx, &port_sites);
+    port_collisions(cx, &port_sites);
     for (svc, dep, pos, required) in &dep_sites {
         if *required && !declared.contains(dep.as_str()) {
             cx.err(*pos, format!("service `{svc}` depends on `{dep}`, which is not a service of this manifest"));
@@ -655,11 +716,12 @@ pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut 
             }
         }
     }
-    cycles(&mut cx, &m, &dep_sites);
+    cx.files.dep_sites.extend(dep_sites);
     Some(m)
 }
 
-fn cycles(cx: &mut Ctx, m: &Manifest, sites: &[DepSite]) {
+fn cycles(cx: &mut Ctx, m: &Manifest) {
+    let sites = std::mem::take(&mut cx.files.dep_sites);
     // Depth-first search; every back edge closes a cycle. Each cycle is reported once.
     let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 = on stack, 2 = done
     let mut reported: BTreeSet<Vec<String>> = BTreeSet::new();
@@ -769,6 +831,7 @@ fn service(
     let mut limits_deploy = Resources::default();
     let mut limit_pos: BTreeMap<&str, Pos> = BTreeMap::new();
     let mut ports_key: Option<Pos> = None;
+    let mut container_name_pos: Option<Pos> = None;
     // Checked once network_mode is known (keys come in any order).
     let mut sysctl_sites: Vec<(String, Pos)> = Vec::new();
     let mut cap_sites: Vec<(String, Pos)> = Vec::new();
@@ -948,6 +1011,27 @@ fn service(
                 }
             }
             "build" => build_pos = Some(k.pos),
+            "profiles" => {
+                let mut list = Vec::new();
+                for (p, pos) in cx.strings(v, &f, false).unwrap_or_default() {
+                    if profiles::valid(&p) {
+                        list.push(p);
+                    } else {
+                        cx.err(pos, format!("{f}: `{p}` is not a profile name (letters, digits, '_', '.', '-')"));
+                    }
+                }
+                cx.files.profiles.insert(name.to_string(), (list, k.pos));
+            }
+            "container_name" => {
+                if let Some(c) = cx.nonempty_string(v, &f) {
+                    if valid_container_name(&c) {
+                        s.container_name = Some(c);
+                        container_name_pos = Some(v.pos);
+                    } else {
+                        cx.err(v.pos, format!("{f}: `{c}` is not a valid container name (letters, digits, '_', '.', '-', starting with a letter or digit, at most 63: it is also the host name)"));
+                    }
+                }
+            }
             // Documents ports: every port of a bridged replica is reachable from the others
             // already. Checked, not kept (a changed `expose` replaces nothing).
             "expose" => {
@@ -1027,6 +1111,11 @@ fn service(
         (None, None) => {
             cx.err(key.pos, format!("{what} has no image:"));
             return None;
+        }
+    }
+    if let Some(pos) = container_name_pos {
+        if s.replicas > 1 {
+            cx.err(pos, format!("{name}.container_name: a container name is unique, so the service can have only one replica (it has {}); remove container_name or the replicas", s.replicas));
         }
     }
     if let (Some(pos), false) = (ports_key, s.ports.is_empty()) {
@@ -1112,13 +1201,19 @@ fn env_files(cx: &mut Ctx, n: &Node, what: &str) -> Vec<EnvFile> {
                     }
                 }
                 match path {
-                    Some(p) => out.push((EnvFile { path: cx.path(&p), required }, it.pos)),
+                    Some(p) => {
+                        if let Some(path) = cx.path(&p, it.pos) {
+                            out.push((EnvFile { path, required }, it.pos))
+                        }
+                    }
                     None => cx.err(it.pos, format!("{what}: an entry needs path:")),
                 }
             }
             _ => {
                 if let Some(p) = cx.nonempty_string(it, what) {
-                    out.push((EnvFile { path: cx.path(&p), required: true }, it.pos));
+                    if let Some(path) = cx.path(&p, it.pos) {
+                        out.push((EnvFile { path, required: true }, it.pos));
+                    }
                 }
             }
         }
@@ -1366,11 +1461,8 @@ fn source_kind(
     volume_sites: &mut Vec<(String, Pos)>,
     create_host_path: bool,
 ) -> Option<MountKind> {
-    if s.starts_with('~') {
-        cx.err(pos, format!("{what}: `~` is not expanded; give an absolute path"));
-        None
-    } else if s.starts_with('/') || s.starts_with('.') {
-        Some(MountKind::Bind { source: cx.path(s), create_host_path })
+    if s.starts_with('/') || s.starts_with('.') || s.starts_with('~') {
+        Some(MountKind::Bind { source: cx.path(s, pos)?, create_host_path })
     } else if valid_volume_name(s) {
         volume_sites.push((s.to_string(), pos));
         Some(MountKind::Volume { name: s.to_string(), external: false })
@@ -1826,9 +1918,10 @@ fn dns(cx: &mut Ctx, n: &Node, what: &str) -> Vec<std::net::IpAddr> {
 }
 
 /// `x-skiff:` — `bridge`, `subnet`, `revision_history`; other keys warn.
-fn skiff_extension(cx: &mut Ctx, n: &Node) -> (NetworkOverrides, Option<u32>) {
+fn skiff_extension(cx: &mut Ctx, n: &Node) -> (NetworkOverrides, Option<u32>, Vec<String>) {
     let mut net = NetworkOverrides::default();
     let mut history = None;
+    let mut active = Vec::new();
     for (key, k, v) in cx.map(n, "x-skiff").unwrap_or_default() {
         let f = format!("x-skiff.{key}");
         match key.as_str() {
@@ -1852,9 +1945,18 @@ fn skiff_extension(cx: &mut Ctx, n: &Node) -> (NetworkOverrides, Option<u32>) {
             "revision_history" => {
                 history = cx.int(v, &f, 1, rollout::REVISION_HISTORY_MAX).map(|n| n as u32);
             }
+            "profiles" => {
+                for (p, pos) in cx.strings(v, &f, false).unwrap_or_default() {
+                    if profiles::valid(&p) || p == "*" {
+                        active.push(p);
+                    } else {
+                        cx.err(pos, format!("{f}: `{p}` is not a profile name (letters, digits, '_', '.', '-')"));
+                    }
+                }
+            }
             x if x.starts_with("x-") => {}
             x => cx.unknown(x, k, "x-skiff"),
         }
     }
-    (net, history)
+    (net, history, active)
 }

@@ -28,6 +28,8 @@ pub mod yaml;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_files;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -59,6 +61,13 @@ pub struct Manifest {
     /// `x-skiff: {revision_history: N}`: revisions kept per service (`None`: 10).
     #[serde(default)]
     pub revision_history: Option<u32>,
+    /// `x-skiff: {profiles: [...]}`: the profiles active unless `SKIFF_PROFILES` (or
+    /// `COMPOSE_PROFILES`) says otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
+    /// Services not run because none of their `profiles:` is active, with those profiles.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inactive: BTreeMap<String, Vec<String>>,
 }
 
 impl Manifest {
@@ -100,6 +109,10 @@ pub struct Service {
     /// Default 10 s when `None`.
     pub stop_grace_period: Option<Duration>,
     pub hostname: Option<String>,
+    /// `container_name` (one replica only): the replica's host name unless `hostname` is
+    /// given, and one more name for it on the bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
     /// Normalised to `CAP_X` (or `ALL`).
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
@@ -361,15 +374,24 @@ pub enum Severity {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diagnostic {
     pub severity: Severity,
+    /// The file it is in when that is not the manifest itself (an `include:`d file, the
+    /// file of an `extends:`), as the manifest named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     pub line: u32,
     pub column: u32,
     pub message: String,
 }
 
 impl Diagnostic {
-    /// `FILE:LINE:COLUMN: error: MESSAGE`.
-    pub fn render(&self, file: &str) -> String {
-        format!("{file}:{self}")
+    pub fn error(line: u32, column: u32, message: String) -> Diagnostic {
+        Diagnostic { severity: Severity::Error, file: None, line, column, message }
+    }
+
+    /// `FILE:LINE:COLUMN: error: MESSAGE`, where FILE is `manifest` unless the place is in
+    /// another file.
+    pub fn render(&self, manifest: &str) -> String {
+        format!("{}:{self}", self.file.as_deref().unwrap_or(manifest))
     }
 }
 
@@ -391,6 +413,9 @@ pub struct Report {
     pub manifest: Option<Manifest>,
     /// Sorted by position.
     pub diagnostics: Vec<Diagnostic>,
+    /// The other files it read (`include:`, `extends: {file:}`), by their real paths: a
+    /// change of any of them is a change of the manifest.
+    pub files: Vec<PathBuf>,
 }
 
 impl Report {
@@ -444,21 +469,17 @@ pub fn parse_str_with_limits(src: &str, base_dir: &Path, limits: &Limits) -> Rep
 
 fn parse(src: &str, base_dir: &Path, limits: &Limits, check_files: bool) -> Report {
     let mut diagnostics = Vec::new();
+    let mut files = Vec::new();
     let manifest = match yaml::parse(src, limits) {
-        Ok(root) => convert::manifest(&root, base_dir, check_files, &mut diagnostics),
+        Ok(root) => convert::manifest(&root, base_dir, check_files, &mut diagnostics, &mut files),
         Err(e) => {
-            diagnostics.push(Diagnostic {
-                severity: Severity::Error,
-                line: e.pos.line,
-                column: e.pos.column,
-                message: e.message,
-            });
+            diagnostics.push(Diagnostic::error(e.pos.line, e.pos.column, e.message));
             None
         }
     };
-    diagnostics.sort_by_key(|d| (d.line, d.column, d.severity));
+    diagnostics.sort_by(|a, b| (&a.file, a.line, a.column, a.severity).cmp(&(&b.file, b.line, b.column, b.severity)));
     let failed = diagnostics.iter().any(|d| d.severity == Severity::Error);
-    Report { manifest: if failed { None } else { manifest }, diagnostics }
+    Report { manifest: if failed { None } else { manifest }, diagnostics, files }
 }
 
 /// The largest env file read (`.env` next to the manifest, each `env_file:`), as compose
@@ -601,7 +622,8 @@ pub fn load_bytes(data: Vec<u8>, path: &Path) -> Report {
     let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let error = |message: String| Report {
         manifest: None,
-        diagnostics: vec![Diagnostic { severity: Severity::Error, line: 1, column: 1, message }],
+        diagnostics: vec![Diagnostic::error(1, 1, message)],
+        files: Vec::new(),
     };
     if data.len() > limits.max_bytes {
         return error(format!(

@@ -8,11 +8,19 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
-/// 1-based line and column (0:0 when unknown).
+/// 1-based line and column (0:0 when unknown), in file `file`: 0 is the manifest itself,
+/// others index the files it brought in (`include:`, `extends: {file:}`), see [`Node::set_file`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pos {
+    pub file: u16,
     pub line: u32,
     pub column: u32,
+}
+
+impl Pos {
+    pub fn at(line: u32, column: u32) -> Pos {
+        Pos { file: 0, line, column }
+    }
 }
 
 impl fmt::Display for Pos {
@@ -60,6 +68,19 @@ impl Node {
             Value::Float(f) => Some(f.to_string()),
             Value::Bool(b) => Some(b.to_string()),
             _ => None,
+        }
+    }
+
+    /// Marks every position of the tree as being in file `file`.
+    pub fn set_file(&mut self, file: u16) {
+        self.pos.file = file;
+        match &mut self.value {
+            Value::Seq(items) => items.iter_mut().for_each(|n| n.set_file(file)),
+            Value::Map(m) => m.iter_mut().for_each(|(k, v)| {
+                k.set_file(file);
+                v.set_file(file);
+            }),
+            _ => {}
         }
     }
 }
@@ -134,7 +155,7 @@ impl<'de> Deserialize<'de> for Value {
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = Spanned::<Value>::deserialize(d)?;
-        Ok(Node { value: s.value, pos: Pos { line: s.referenced.line() as u32, column: s.referenced.column() as u32 } })
+        Ok(Node { value: s.value, pos: Pos::at(s.referenced.line() as u32, s.referenced.column() as u32) })
     }
 }
 
@@ -176,7 +197,7 @@ pub struct YamlError {
 pub fn parse(src: &str, limits: &Limits) -> Result<Node, YamlError> {
     if src.len() > limits.max_bytes {
         return Err(YamlError {
-            pos: Pos { line: 1, column: 1 },
+            pos: Pos::at(1, 1),
             message: format!("the manifest is {} bytes, more than the limit of {} bytes", src.len(), limits.max_bytes),
         });
     }
@@ -206,10 +227,9 @@ pub fn parse(src: &str, limits: &Limits) -> Result<Node, YamlError> {
     };
     match serde_saphyr::from_str_with_options::<Option<Node>>(src, options) {
         Ok(Some(n)) => Ok(n),
-        Ok(None) => Ok(Node { value: Value::Null, pos: Pos { line: 1, column: 1 } }),
+        Ok(None) => Ok(Node { value: Value::Null, pos: Pos::at(1, 1) }),
         Err(e) => {
-            let pos =
-                e.location().map(|l| Pos { line: l.line() as u32, column: l.column() as u32 }).unwrap_or_default();
+            let pos = e.location().map(|l| Pos::at(l.line() as u32, l.column() as u32)).unwrap_or_default();
             Err(YamlError { pos, message: friendly(error_message(&e), limits) })
         }
     }

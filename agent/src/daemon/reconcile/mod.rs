@@ -18,7 +18,7 @@
 //! Then it publishes a [`Snapshot`] for the HTTP endpoint.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -200,6 +200,22 @@ struct PullState {
     error: Option<String>,
 }
 
+/// The manifest's revision: a digest of its bytes, of the `.env` next to it and of the other
+/// files it reads (each file's path and content, or why it could not be read).
+fn manifest_revision(data: &[u8], dotenv: Option<&Path>, files: &[PathBuf]) -> String {
+    let mut all = data.to_vec();
+    for f in dotenv.into_iter().chain(files.iter().map(PathBuf::as_path)) {
+        all.extend_from_slice(b"\0");
+        all.extend_from_slice(f.as_os_str().as_encoded_bytes());
+        all.extend_from_slice(b"\0");
+        match manifest::read_manifest(f, true) {
+            Ok(d) => all.extend_from_slice(&d),
+            Err(e) => all.extend_from_slice(format!("unreadable: {e}").as_bytes()),
+        }
+    }
+    format!("sha256:{}", hex(&sha256(&all)))
+}
+
 pub struct Agent {
     paths: Paths,
     rt: Runtime,
@@ -210,6 +226,9 @@ pub struct Agent {
     revision: Option<String>,
     manifest_error: Option<String>,
     manifest_warnings: Vec<String>,
+    /// The other files the manifest read (`include:`, `extends: {file:}`), for the watcher
+    /// and the revision.
+    manifest_files: watch::Sender<Vec<PathBuf>>,
     replicas: BTreeMap<String, Replica>,
     service_warnings: HashMap<String, Vec<String>>,
     pulls: HashMap<String, PullState>,
@@ -267,6 +286,7 @@ impl Agent {
             revision: None,
             manifest_error: None,
             manifest_warnings: Vec::new(),
+            manifest_files: watch::channel(Vec::new()).0,
             replicas: BTreeMap::new(),
             service_warnings: HashMap::new(),
             pulls: HashMap::new(),
@@ -320,11 +340,15 @@ impl Agent {
                 return;
             }
         };
-        let revision = format!("sha256:{}", hex(&sha256(&data)));
+        let dotenv = self.manifest_path.parent().map(|d| d.join(".env"));
+        let revision = manifest_revision(&data, dotenv.as_deref(), &self.manifest_files.borrow());
         if self.revision.as_deref() == Some(&revision) && self.manifest_error.is_none() {
             return;
         }
-        let report = manifest::load_bytes(data, &self.manifest_path);
+        let report = manifest::load_bytes(data.clone(), &self.manifest_path);
+        // The revision covers the files this version reads (a new include: is read now).
+        let revision = manifest_revision(&data, dotenv.as_deref(), &report.files);
+        self.manifest_files.send_replace(report.files.clone());
         for d in &report.diagnostics {
             log(&d.render(&shown));
         }
@@ -346,6 +370,11 @@ impl Agent {
                 self.manifest_error = Some(err);
             }
         }
+    }
+
+    /// The other files the manifest reads, as they change ([`super::watch::watch_files`]).
+    pub fn manifest_files(&self) -> watch::Receiver<Vec<PathBuf>> {
+        self.manifest_files.subscribe()
     }
 
     /// Takes over the replicas an earlier agent left (after an agent restart: running ones are
