@@ -17,72 +17,6 @@ use super::units;
 use super::yaml::{Node, Pos, Value};
 use super::*;
 
-/// Compose service keys skiff knows but does not support, with what to do instead.
-const UNSUPPORTED_SERVICE_KEYS: &[(&str, &str)] = &[
-    ("secrets", "skiff has no secrets store yet; bind-mount a root-only file read-only (volumes: - /etc/app/secret:/run/secrets/x:ro)"),
-    ("configs", "skiff has no configs store; bind-mount the file read-only instead (volumes: - ./app.conf:/etc/app.conf:ro)"),
-    ("devices", "device access is not supported yet; remove it"),
-    ("device_cgroup_rules", "device access is not supported yet; remove it"),
-    ("gpus", "GPUs are not supported; remove it"),
-    ("links", "links are legacy compose; remove it (with network_mode: host services reach each other on localhost)"),
-    ("external_links", "links are legacy compose; remove it"),
-    ("networks", "service networks are not supported yet; use network_mode: host, none or bridge"),
-    ("scale", "use deploy.replicas instead of scale"),
-    ("privileged", "privileged containers are not supported; grant what the service needs with cap_add"),
-    ("security_opt", "security_opt is not supported; remove it"),
-    ("volumes_from", "volumes_from is not supported; share a named volume instead"),
-    ("dns_search", "dns_search is not supported yet; remove it"),
-    ("dns_opt", "dns_opt is not supported yet; remove it"),
-    ("domainname", "domainname is not supported; remove it"),
-    ("mac_address", "mac_address is not supported; remove it"),
-    ("ipc", "ipc is not supported; remove it"),
-    ("pid", "pid is not supported; remove it"),
-    ("uts", "uts is not supported; remove it"),
-    ("userns_mode", "userns_mode is not supported; remove it"),
-    ("cgroup", "cgroup is not supported; remove it"),
-    ("cgroup_parent", "skiff places containers in its own cgroup; remove cgroup_parent"),
-    ("init", "init is not supported; use an image with an init (tini, dumb-init) as entrypoint"),
-    ("tty", "tty is not supported (logs go to files); remove it"),
-    ("stdin_open", "stdin_open is not supported; remove it"),
-    ("shm_size", "shm_size is not supported; mount a tmpfs on /dev/shm instead (tmpfs: - /dev/shm:size=64m)"),
-    ("platform", "skiff pulls the image for this machine's platform; remove platform"),
-    ("runtime", "choose the OCI runtime for the whole agent with `skiff agent --runtime`; remove runtime"),
-    ("isolation", "isolation is not supported; remove it"),
-    ("group_add", "group_add is not supported yet; remove it"),
-    ("oom_score_adj", "oom_score_adj is not supported yet; remove it"),
-    ("oom_kill_disable", "oom_kill_disable is not supported; remove it"),
-    ("mem_reservation", "skiff enforces limits only; use mem_limit"),
-    ("mem_swappiness", "mem_swappiness is not supported; remove it"),
-    ("memswap_limit", "memswap_limit is not supported; use mem_limit"),
-    ("cpu_shares", "use cpus: (a CPU limit) instead of cpu_shares"),
-    ("cpu_quota", "use cpus: instead of cpu_quota"),
-    ("cpu_period", "use cpus: instead of cpu_period"),
-    ("cpu_count", "use cpus: instead of cpu_count"),
-    ("cpu_percent", "use cpus: instead of cpu_percent"),
-    ("cpu_rt_runtime", "real-time CPU scheduling is not supported; remove it"),
-    ("cpu_rt_period", "real-time CPU scheduling is not supported; remove it"),
-    ("cpuset", "cpuset is not supported yet; remove it"),
-    ("blkio_config", "blkio_config is not supported; remove it"),
-    ("storage_opt", "storage_opt is not supported; remove it"),
-    ("credential_spec", "credential_spec is Windows only; remove it"),
-    ("annotations", "annotations are not supported; use labels"),
-    ("attach", "attach is not supported; use `skiff logs`"),
-    ("develop", "develop (watch) is not supported; remove it"),
-    ("post_start", "lifecycle hooks are not supported yet; remove post_start"),
-    ("pre_stop", "lifecycle hooks are not supported yet; remove pre_stop"),
-    ("label_file", "label_file is not supported; write the labels under labels:"),
-    ("models", "models are not supported; remove it"),
-    ("provider", "providers are not supported; remove it"),
-    ("use_api_socket", "skiff has no engine API socket; remove it"),
-];
-
-const UNSUPPORTED_TOP_KEYS: &[(&str, &str)] = &[
-    ("networks", "networks are not supported yet; remove them and use network_mode: host, none or bridge"),
-    ("secrets", "skiff has no secrets store yet; bind-mount a root-only file read-only"),
-    ("configs", "skiff has no configs store; bind-mount the file read-only instead"),
-    ("models", "models are not supported; remove them"),
-];
-
 /// Every name that looks like a variable in `s` (a superset of what [`interpolate`] looks up).
 fn referenced_names(s: &str) -> Vec<String> {
     let b = s.as_bytes();
@@ -98,10 +32,6 @@ fn referenced_names(s: &str) -> Vec<String> {
         }
     }
     out
-}
-
-fn hint(table: &[(&str, &'static str)], key: &str) -> Option<&'static str> {
-    table.iter().find(|(k, _)| *k == key).map(|(_, h)| *h)
 }
 
 fn valid_service_name(s: &str) -> bool {
@@ -639,7 +569,7 @@ fn document(cx: &mut Ctx, root: &Node, main: bool) -> Option<Manifest> {
                 }
             }
             x if x.starts_with("x-") => {}
-            x => match hint(UNSUPPORTED_TOP_KEYS, x) {
+            x => match super::keys::refusal(x, true) {
                 Some(h) => cx.err(k.pos, format!("{x}: {h}")),
                 None => cx.unknown(x, k, "the manifest"),
             },
@@ -1081,7 +1011,7 @@ fn service(
                 }
             }
             x if x.starts_with("x-") => {}
-            x => match hint(UNSUPPORTED_SERVICE_KEYS, x) {
+            x => match super::keys::refusal(x, false) {
                 Some(h) => cx.err(k.pos, format!("{f}: {h}")),
                 None => cx.unknown(x, k, &what),
             },

@@ -19,6 +19,7 @@
 
 mod convert;
 mod hostaccess;
+pub mod keys;
 pub mod network;
 /// runc's sysctl rule, the very file skiff-runtime applies (see its documentation).
 #[path = "../../../runtime/src/sysctl.rs"]
