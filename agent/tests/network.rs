@@ -1341,6 +1341,25 @@ services:
     assert_eq!(tcp_err.kind(), std::io::ErrorKind::ConnectionRefused, "{tcp_err}");
     drop(outside);
 
+    // Over TCP too (a client retries there after a truncated answer).
+    let tcp_answer = in_replica(&a, "client-1", || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect("10.124.0.1:53").expect("connect to the gateway's port 53");
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let q = dns_query(0x5151, "db");
+        let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&q);
+        c.write_all(&msg).unwrap();
+        let mut len = [0u8; 2];
+        c.read_exact(&mut len).unwrap();
+        let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
+        c.read_exact(&mut r).unwrap();
+        r
+    });
+    assert_eq!(&tcp_answer[..2], &[0x51, 0x51], "the query's id");
+    assert_eq!(u16::from_be_bytes([tcp_answer[6], tcp_answer[7]]), 2, "both db addresses over TCP");
+    assert!(tcp_answer.windows(4).any(|w| w == db2.octets()), "db-2's address in the answer");
+
     // A flood from client-1: 50k queries, half for names the agent answers, half forwarded
     // to an upstream that never answers them. The agent's memory stays bounded and it answers.
     let agent_pid = a.pid();
@@ -1360,6 +1379,7 @@ services:
         answered
     });
     let rss_after = skiff_tests::agent::rss_kib(agent_pid);
+    eprintln!("flood: {answered} answers read; agent RSS {rss_before} KiB before, {rss_after} KiB after");
     assert!(answered > 0, "some of the flood was answered");
     assert!(
         rss_after < rss_before + 16 * 1024,
