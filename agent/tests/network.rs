@@ -289,8 +289,9 @@ services:
     }
     assert!(hosts.contains("192.0.2.7\tdb.example\n"), "extra_hosts:\n{hosts}");
     assert!(hosts.contains(&format!("{}\tclient-1", address(&st, "client-1"))), "its own name:\n{hosts}");
+    // The bridge's name server is the nameserver (it forwards to `dns:`).
     let resolv = a.rt(&["exec", "client-1", "cat", "/etc/resolv.conf"]).stdout;
-    assert!(resolv.contains("nameserver 192.0.2.53"), "dns:\n{resolv}");
+    assert!(resolv.contains("nameserver 10.123.0.1\n") && !resolv.contains("192.0.2.53"), "dns:\n{resolv}");
 
     // Outbound: a second namespace of the test's ("the outside", 192.0.2.2) joined to the
     // agent's by a veth pair, with no route back to the bridge subnet: the client's connection
@@ -1181,4 +1182,224 @@ fn shell_words(s: &str) -> Vec<&str> {
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------
+// DNS on the bridge (issue 13)
+
+/// A DNS query for `name` (type A, id `id`), as a client sends it.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut p = id.to_be_bytes().to_vec();
+    p.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        p.push(label.len() as u8);
+        p.extend_from_slice(label.as_bytes());
+    }
+    p.extend_from_slice(&[0, 0, 1, 0, 1]);
+    p
+}
+
+/// A tiny upstream name server on 127.0.0.1:53 of `ns`, for the service's `dns:`: it answers
+/// `known.example` (A 192.0.2.99; NODATA for other types) and nothing else, until `stop`.
+/// Returns how many queries it saw.
+fn tiny_upstream(ns: &TestNetns, stop: &Arc<AtomicBool>) -> (std::thread::JoinHandle<()>, Arc<Mutex<usize>>) {
+    let sock = ns.enter(|| std::net::UdpSocket::bind("127.0.0.1:53").expect("bind 127.0.0.1:53 in the test namespace"));
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let (stop, seen) = (stop.clone(), Arc::new(Mutex::new(0)));
+    let counter = seen.clone();
+    let h = std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        let want = dns_query(0, "known.example");
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+            *counter.lock().unwrap() += 1;
+            let q = &buf[..n];
+            // the question (case-insensitively) is known.example; its type decides the answer
+            let qend = want.len() - 4;
+            if n < want.len() || !q[12..qend].eq_ignore_ascii_case(&want[12..qend]) {
+                continue;
+            }
+            let mut r = q[..want.len()].to_vec();
+            r[2] |= 0x80;
+            r[3] = 0x80;
+            r[10] = 0;
+            r[11] = 0; // no OPT in return
+            if q[qend..qend + 2] == [0, 1] {
+                r[7] = 1;
+                r.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 192, 0, 2, 99]);
+            }
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    (h, seen)
+}
+
+/// `nslookup NAME` in client-1 (busybox: DNS only): its output.
+fn nslookup(a: &Agent, name: &str) -> String {
+    let out = a.rt(&["exec", "client-1", "nslookup", name]);
+    format!("{}{}", out.stdout, out.stderr)
+}
+
+/// Runs `f` on a thread that joined replica `id`'s network namespace.
+fn in_replica<T: Send + 'static>(a: &Agent, id: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = a.run_dir().join("netns").join(id);
+    let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("join the replica's namespace");
+        f()
+    })
+    .join()
+    .expect("the thread in the replica's namespace panicked")
+}
+
+/// Bridged replicas find services over DNS on the bridge's gateway (busybox `nslookup` asks
+/// DNS only, never /etc/hosts): every replica's address, a new one after scaling, replica
+/// names; other names go to the service's `dns:` server (a tiny one of the test's on the
+/// agent's loopback, which a container could not reach itself). The gateway's port 53 answers
+/// nothing that arrives from outside the bridge; a flood of 50k queries from a replica leaves
+/// the agent's memory bounded and it answers after; after a SIGKILL the adopted replicas are
+/// answered again.
+#[test]
+fn services_resolve_over_dns_on_the_gateway_and_nowhere_else() {
+    const BRIDGE: &str = "sktest7";
+    let Some((ns, mut a)) = setup() else { return };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (upstream, upstream_seen) = tiny_upstream(&ns, &stop);
+    let img = image();
+    let manifest = |db: u32| {
+        format!(
+            r#"x-skiff:
+  bridge: {BRIDGE}
+  subnet: 10.124.0.0/24
+services:
+  db:
+    image: {img}
+    command: ["sleep", "1000"]
+    stop_grace_period: 1s
+    hostname: database
+    deploy:
+      replicas: {db}
+  client:
+    image: {img}
+    command: ["sleep", "1000"]
+    stop_grace_period: 1s
+    dns: [127.0.0.1]
+"#
+        )
+    };
+    a.write_manifest(&manifest(1));
+    a.spawn();
+    let st =
+        wait_status(&ns, &a, "db and client running", |st| all_running(st, "db", 1) && all_running(st, "client", 1));
+    let db1 = address(&st, "db-1");
+    let resolv = a.rt(&["exec", "client-1", "cat", "/etc/resolv.conf"]).stdout;
+    assert!(resolv.contains("nameserver 10.124.0.1\n") && resolv.contains("options ndots:0"), "{resolv}");
+    assert_eq!(resolv.matches("nameserver").count(), 1, "the gateway only:\n{resolv}");
+    let mut out = String::new();
+    skiff_tests::wait_until("nslookup db to answer", WAIT, || {
+        out = nslookup(&a, "db");
+        out.contains(&format!("Address: {db1}"))
+    });
+    assert!(out.contains("Server:") && out.contains("10.124.0.1"), "asked the gateway:\n{out}");
+    for name in ["db-1", "DB", "database"] {
+        let out = nslookup(&a, name);
+        assert!(out.contains(&format!("Address: {db1}")), "{name}:\n{out}");
+    }
+
+    // Scaling up: the new replica is answered too.
+    a.write_manifest(&manifest(2));
+    let st = wait_status(&ns, &a, "db-2 running", |st| all_running(st, "db", 2));
+    let db2 = address(&st, "db-2");
+    skiff_tests::wait_until("nslookup db to give db-2 too", WAIT, || {
+        out = nslookup(&a, "db");
+        out.contains(&format!("Address: {db1}")) && out.contains(&format!("Address: {db2}"))
+    });
+
+    // Other names are forwarded to the client's `dns:` server.
+    let before = *upstream_seen.lock().unwrap();
+    let out = nslookup(&a, "known.example");
+    assert!(out.contains("Address: 192.0.2.99"), "forwarded to the dns: server:\n{out}");
+    assert!(*upstream_seen.lock().unwrap() > before, "the upstream was asked");
+
+    // From outside the bridge: a second namespace routed to the gateway address gets refused
+    // (the kernel's port unreachable / reset: no socket takes it), never an answer.
+    let outside = outside_of(&ns);
+    assert!(outside.run(&["ip", "route", "add", "10.124.0.0/24", "via", "192.0.2.1"]).0);
+    let (udp, tcp) = outside.enter(|| {
+        let s = std::net::UdpSocket::bind("192.0.2.2:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.connect("10.124.0.1:53").unwrap();
+        s.send(&dns_query(77, "db")).unwrap();
+        let mut buf = [0u8; 512];
+        let udp = s.recv(&mut buf).map(|n| buf[..n].to_vec());
+        let tcp = std::net::TcpStream::connect_timeout(&"10.124.0.1:53".parse().unwrap(), Duration::from_secs(3));
+        (udp, tcp.map(drop))
+    });
+    let udp_err = udp.expect_err("an answer to a query from outside the bridge");
+    assert_eq!(udp_err.kind(), std::io::ErrorKind::ConnectionRefused, "reached the namespace, no socket: {udp_err}");
+    let tcp_err = tcp.expect_err("a TCP connection to the gateway's port 53 from outside the bridge");
+    assert_eq!(tcp_err.kind(), std::io::ErrorKind::ConnectionRefused, "{tcp_err}");
+    drop(outside);
+
+    // Over TCP too (a client retries there after a truncated answer).
+    let tcp_answer = in_replica(&a, "client-1", || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect("10.124.0.1:53").expect("connect to the gateway's port 53");
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let q = dns_query(0x5151, "db");
+        let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&q);
+        c.write_all(&msg).unwrap();
+        let mut len = [0u8; 2];
+        c.read_exact(&mut len).unwrap();
+        let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
+        c.read_exact(&mut r).unwrap();
+        r
+    });
+    assert_eq!(&tcp_answer[..2], &[0x51, 0x51], "the query's id");
+    assert_eq!(u16::from_be_bytes([tcp_answer[6], tcp_answer[7]]), 2, "both db addresses over TCP");
+    assert!(tcp_answer.windows(4).any(|w| w == db2.octets()), "db-2's address in the answer");
+
+    // A flood from client-1: 50k queries, half for names the agent answers, half forwarded
+    // to an upstream that never answers them. The agent's memory stays bounded and it answers.
+    let agent_pid = a.pid();
+    let rss_before = skiff_tests::agent::rss_kib(agent_pid);
+    let answered = in_replica(&a, "client-1", || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect("10.124.0.1:53").unwrap();
+        s.set_nonblocking(true).unwrap();
+        let (mut answered, mut buf) = (0usize, [0u8; 1500]);
+        for i in 0..50_000u32 {
+            let name = if i % 2 == 0 { "db".to_string() } else { format!("flood-{i}.example") };
+            let _ = s.send(&dns_query(i as u16, &name));
+            while s.recv(&mut buf).is_ok() {
+                answered += 1;
+            }
+        }
+        answered
+    });
+    let rss_after = skiff_tests::agent::rss_kib(agent_pid);
+    eprintln!("flood: {answered} answers read; agent RSS {rss_before} KiB before, {rss_after} KiB after");
+    assert!(answered > 0, "some of the flood was answered");
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "the agent's RSS stays bounded under the flood: {rss_before} KiB before, {rss_after} KiB after"
+    );
+    skiff_tests::wait_until("nslookup db to answer after the flood", WAIT, || {
+        nslookup(&a, "db").contains(&format!("Address: {db1}"))
+    });
+
+    // After a SIGKILL the adopted replicas are answered by the new agent's server.
+    a.stop_with(libc::SIGKILL);
+    a.spawn();
+    wait_status(&ns, &a, "db and client adopted", |st| all_running(st, "db", 2) && all_running(st, "client", 1));
+    skiff_tests::wait_until("nslookup db after the agent restart", WAIT, || {
+        let out = nslookup(&a, "db");
+        out.contains(&format!("Address: {db1}")) && out.contains(&format!("Address: {db2}"))
+    });
+    assert!(nslookup(&a, "known.example").contains("Address: 192.0.2.99"), "the client's dns: is known again");
+
+    stop.store(true, Ordering::SeqCst);
+    upstream.join().expect("upstream thread");
+    down_leaves_no_network(&ns, &mut a, BRIDGE);
 }

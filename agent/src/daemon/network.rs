@@ -11,7 +11,12 @@
 //! attach a veth pair to the bridge, and write `<root>/containers/<id>/hosts` and
 //! `resolv.conf`, which `prepare` bind-mounts read-only at /etc/hosts and /etc/resolv.conf.
 //!
-//! Service names resolve through /etc/hosts: every file lists each service name once per
+//! Service names resolve over DNS on the bridge's gateway (port 53, [`net::dns`]; the
+//! containers' resolv.conf names it) and through /etc/hosts. The name server starts with the
+//! bridge's setup, or at agent start for adopted replicas ([`BridgeNet::start_dns`]); its table
+//! is rebuilt from the address allocations whenever a hosts file is written ([`BridgeNet::publish_names`]).
+//! When it cannot listen (port 53 of the gateway taken), containers get the host's nameservers
+//! as before. Every hosts file lists each service name once per
 //! address allocated to one of its replicas (owner = replica id `SERVICE-N`). When replicas
 //! come and go the agent rewrites the files of the others ([`BridgeNet::refresh_hosts`]) *in
 //! place*: the bind mount pins the inode, so a rename would not be seen by the container. The
@@ -43,7 +48,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::paths::Paths;
 use crate::manifest::{NetworkSettings, Service};
 use crate::net::ipam::{Ipam, Subnet};
-use crate::net::{self, files, link, nft};
+use crate::net::{self, dns, files, link, nft};
 
 /// The bridge network of the agent's bridged replicas.
 #[derive(Debug)]
@@ -62,6 +67,12 @@ pub struct BridgeNet {
     firewall_again: std::sync::atomic::AtomicBool,
     /// Serialises the writes of hosts files (a start's and the refreshes).
     hosts_lock: Mutex<()>,
+    /// The bridge's name server (once started), its names and its counters.
+    dns: Mutex<Option<dns::Server>>,
+    names: Arc<dns::Table>,
+    pub dns_counters: Arc<dns::Counters>,
+    /// What the name table needs of each replica's service: hostname and `dns:` servers.
+    name_info: Mutex<BTreeMap<String, NameInfo>>,
     setup: SetupLock,
     record: PathBuf,
 }
@@ -106,6 +117,10 @@ impl BridgeNet {
             firewall_check: tokio::sync::Mutex::new(None),
             firewall_again: std::sync::atomic::AtomicBool::new(false),
             hosts_lock: Mutex::new(()),
+            dns: Mutex::new(None),
+            names: Arc::default(),
+            dns_counters: Arc::default(),
+            name_info: Mutex::default(),
             setup,
             record: record_path(paths),
         })
@@ -156,6 +171,7 @@ impl BridgeNet {
                     super::reconcile::log(&format!("warning: {w}"));
                 }
                 *self.firewall.lock().unwrap_or_else(|e| e.into_inner()) = warning;
+                self.start_dns();
                 Ok::<_, anyhow::Error>(())
             })
             .await
@@ -208,6 +224,50 @@ impl BridgeNet {
     /// Marks this network torn down: [`BridgeNet::repair`] leaves it alone from now on.
     pub fn retire(&self) {
         self.retired.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.dns.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Starts the bridge's name server on `GATEWAY:53` unless it runs (the bridge must be up).
+    /// A failure is logged; the containers then get the host's nameservers.
+    pub fn start_dns(&self) {
+        let mut cur = self.dns.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.is_some() || self.retired.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let Some(rt) = dns_runtime() else { return };
+        let addr = std::net::SocketAddrV4::new(self.subnet.gateway(), 53);
+        match dns::start(&rt, &self.bridge, addr, self.names.clone(), "/etc/resolv.conf", self.dns_counters.clone()) {
+            Ok(server) => *cur = Some(server),
+            Err(e) => super::reconcile::log(&format!(
+                "warning: cannot serve DNS on {addr} ({}): {e}; containers get the host's nameservers and \
+                 find services through /etc/hosts only",
+                self.bridge
+            )),
+        }
+    }
+
+    /// The address containers use as their nameserver, when the name server runs.
+    fn dns_address(&self) -> Option<Ipv4Addr> {
+        self.dns.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| *s.addr.ip())
+    }
+
+    /// Rebuilds the name table from the allocations `owned`: each owner `SERVICE-N` (or
+    /// `SERVICE-N.b`) is known as `SERVICE-N`, `SERVICE` and its hostname.
+    fn publish_names(&self, owned: &[net::ipam::Allocation]) {
+        let info = self.name_info.lock().unwrap_or_else(|e| e.into_inner());
+        let entries: Vec<dns::Entry> = owned
+            .iter()
+            .filter_map(|a| {
+                let id = a.owner.as_deref()?;
+                let service = service_of(id)?;
+                let replica = id.strip_suffix(".b").unwrap_or(id);
+                let mut names = vec![replica.to_string(), service.to_string()];
+                let (hostname, upstreams) = info.get(id).cloned().unwrap_or_default();
+                names.extend(hostname);
+                Some(dns::Entry { addr: a.addr, names, upstreams })
+            })
+            .collect();
+        self.names.set(&entries);
     }
 
     /// Applies the NAT table again (then `ip_forward` and `route_localnet`, which a reload of
@@ -263,9 +323,14 @@ impl BridgeNet {
             .iter()
             .find_map(|p| fs::read_to_string(p).ok())
             .unwrap_or_default();
-        let resolv = files::resolv_conf(&host_resolv, Some(&svc.dns));
+        let resolv = match self.dns_address() {
+            Some(gw) => files::resolv_conf_gateway(&host_resolv, IpAddr::V4(gw)),
+            None => files::resolv_conf(&host_resolv, Some(&svc.dns)),
+        };
         write_name_file(&dir, &dir.join(RESOLV_FILE), resolv.as_bytes())?;
         let _guard = self.hosts_lock.lock().map_err(|_| anyhow!("hosts lock poisoned"))?;
+        self.name_info.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), name_info(svc));
+        self.publish_names(&self.ipam.owned()?);
         let text = self.hosts_text(svc, id, addr)?;
         write_name_file(&dir, &dir.join(HOSTS_FILE), text.as_bytes())
     }
@@ -297,6 +362,9 @@ impl BridgeNet {
                 return;
             }
         };
+        *self.name_info.lock().unwrap_or_else(|e| e.into_inner()) =
+            replicas.iter().map(|(id, svc)| (id.clone(), name_info(svc))).collect();
+        self.publish_names(&owned);
         for (id, svc) in replicas {
             let Some(addr) = owned.iter().find(|a| a.owner.as_deref() == Some(id.as_str())).map(|a| a.addr) else {
                 continue;
@@ -319,6 +387,28 @@ impl BridgeNet {
             }
         }
     }
+}
+
+/// What the name table keeps of a replica's service: its hostname and `dns:` servers.
+type NameInfo = (Option<String>, Vec<IpAddr>);
+
+/// [`NameInfo`] of `svc`.
+fn name_info(svc: &Service) -> NameInfo {
+    (svc.hostname.clone(), svc.dns.clone())
+}
+
+/// The thread the bridges' name servers run on (started on first use; `None`, logged, when it
+/// cannot be).
+fn dns_runtime() -> Option<tokio::runtime::Handle> {
+    static RT: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+    RT.get_or_init(|| match super::runtime_thread("skiff-dns") {
+        Ok(h) => Some(h),
+        Err(e) => {
+            super::reconcile::log(&format!("starting the DNS thread: {e}; no DNS on the bridge"));
+            None
+        }
+    })
+    .clone()
 }
 
 /// The file names under `<root>/containers/<id>/`.

@@ -18,6 +18,11 @@
 //!   a comment says why and what to do, and none is added: skiff never invents a public resolver.
 //!   On systemd-resolved hosts the caller should pass `/run/systemd/resolve/resolv.conf` (the
 //!   real upstream servers) when it exists. `dns: []` means the same as no `dns:`.
+//! - **resolv.conf with the bridge's name server** ([`resolv_conf_gateway`], when the agent
+//!   serves DNS on the bridge, see [`super::dns`]): the gateway is the only nameserver (it
+//!   forwards to `dns:` or the host's servers, loopback ones included), the host's `search`
+//!   and `options` stay, and `options ndots:0` is added unless an `ndots` is set, as Docker
+//!   writes for its 127.0.0.11.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -90,6 +95,25 @@ pub fn resolv_conf(host_resolv: &str, dns: Option<&[IpAddr]>) -> String {
              # no nameserver is set. Give the service `dns:` in the manifest.",
             list.join(", ")
         );
+    }
+    out
+}
+
+/// `/etc/resolv.conf` of a container whose nameserver is the bridge's `gateway`: the host's
+/// lines but its nameservers, then the gateway, then `options ndots:0` unless an `ndots` is set.
+pub fn resolv_conf_gateway(host_resolv: &str, gateway: IpAddr) -> String {
+    let mut out = String::new();
+    for line in host_resolv.lines().filter(|l| nameserver(l).is_none()) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    let _ = writeln!(out, "nameserver {gateway}");
+    let ndots = host_resolv.lines().any(|l| {
+        let mut w = l.split_whitespace();
+        w.next() == Some("options") && w.any(|o| o.starts_with("ndots:"))
+    });
+    if !ndots {
+        out.push_str("options ndots:0\n");
     }
     out
 }
@@ -189,6 +213,18 @@ mod tests {
         let out = resolv_conf(RESOLVED, Some(&dns));
         assert!(!out.contains("127.0.0.53") && !out.contains("# skiff"), "{out}");
         assert!(out.contains("nameserver 9.9.9.9\n"), "{out}");
+    }
+
+    #[test]
+    fn with_the_bridges_name_server_the_gateway_is_the_only_nameserver() {
+        let out = resolv_conf_gateway(RESOLVED, ip("10.88.0.1"));
+        assert_eq!(
+            out,
+            "# managed by systemd-resolved\noptions edns0 trust-ad\nsearch lan\nnameserver 10.88.0.1\noptions ndots:0\n"
+        );
+        let out = resolv_conf_gateway("nameserver 1.1.1.1\noptions ndots:2 timeout:1\n", ip("10.88.0.1"));
+        assert_eq!(out, "options ndots:2 timeout:1\nnameserver 10.88.0.1\n");
+        assert_eq!(resolv_conf_gateway("", ip("10.9.0.1")), "nameserver 10.9.0.1\noptions ndots:0\n");
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! forwarding and the published ports' DNAT through nftables ([`nft`]; [`nftwatch`] notices
 //! when someone else deletes those tables), the bridge and each
 //! container's veth via netlink ([`link`]), the container's /etc/hosts and /etc/resolv.conf
-//! ([`files`]), and the L4 proxy of published ports ([`proxy`]). `daemon::network` and
+//! ([`files`]), the bridge's name server ([`dns`]), and the L4 proxy of published ports
+//! ([`proxy`]). `daemon::network` and
 //! `daemon::ports` drive them.
 
+pub mod dns;
 pub mod files;
 pub mod ipam;
 pub mod link;

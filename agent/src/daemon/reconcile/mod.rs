@@ -477,12 +477,15 @@ impl Agent {
             Ok(n) => log(&format!("released {n} address(es) of replicas that no longer exist")),
             Err(e) => log(&format!("checking the address allocations: {e:#}")),
         }
-        // Adopted bridged replicas: their network, for the hosts files of the next ones.
+        // Adopted bridged replicas: their network, for the hosts files of the next ones, and
+        // its name server (the bridge is up: they run on it) with their names.
         if self.replicas.values().any(|r| r.rec.address.is_some()) && !self.bridge_disabled {
             if let Some(m) = self.manifest.clone() {
-                if let Err(e) = self.bridge_net(&m) {
-                    log(&format!("the bridge network: {e:#}"));
+                match self.bridge_net(&m) {
+                    Ok(net) => net.start_dns(),
+                    Err(e) => log(&format!("the bridge network: {e:#}")),
                 }
+                self.refresh_hosts();
             }
         }
     }
