@@ -1403,3 +1403,41 @@ services:
     upstream.join().expect("upstream thread");
     down_leaves_no_network(&ns, &mut a, BRIDGE);
 }
+
+/// `container_name` is the replica's host name and one more name for it on the bridge, in
+/// the other replicas' hosts files and over DNS.
+#[test]
+fn a_container_name_is_a_name_on_the_bridge() {
+    const BRIDGE: &str = "sktest8";
+    let Some((ns, mut a)) = setup() else { return };
+    let img = image();
+    a.write_manifest(&format!(
+        r#"x-skiff:
+  bridge: {BRIDGE}
+  subnet: 10.125.0.0/24
+services:
+  ha:
+    image: {img}
+    container_name: homeassistant
+    command: ["sleep", "1000"]
+    stop_grace_period: 1s
+  client:
+    image: {img}
+    command: ["sleep", "1000"]
+    stop_grace_period: 1s
+"#
+    ));
+    a.spawn();
+    let st =
+        wait_status(&ns, &a, "ha and client running", |st| all_running(st, "ha", 1) && all_running(st, "client", 1));
+    let ha = address(&st, "ha-1");
+    assert_eq!(a.rt(&["exec", "ha-1", "hostname"]).stdout.trim(), "homeassistant");
+    let mut hosts = String::new();
+    skiff_tests::wait_until("client's hosts file to name homeassistant", WAIT, || {
+        hosts = a.rt(&["exec", "client-1", "cat", "/etc/hosts"]).stdout;
+        hosts.contains(&format!("{ha}\thomeassistant\n"))
+    });
+    let out = nslookup(&a, "homeassistant");
+    assert!(out.contains(&format!("Address: {ha}")), "{out}");
+    down_leaves_no_network(&ns, &mut a, BRIDGE);
+}

@@ -262,8 +262,8 @@ impl BridgeNet {
                 let service = service_of(id)?;
                 let replica = id.strip_suffix(".b").unwrap_or(id);
                 let mut names = vec![replica.to_string(), service.to_string()];
-                let (hostname, upstreams) = info.get(id).cloned().unwrap_or_default();
-                names.extend(hostname);
+                let (extra, upstreams) = info.get(id).cloned().unwrap_or_default();
+                names.extend(extra);
                 Some(dns::Entry { addr: a.addr, names, upstreams })
             })
             .collect();
@@ -343,10 +343,19 @@ impl BridgeNet {
                 by_service.entry(service.to_string()).or_default().push(a.addr);
             }
         }
-        let entries: Vec<(&str, IpAddr)> = by_service
+        let mut entries: Vec<(&str, IpAddr)> = by_service
             .iter()
             .flat_map(|(name, addrs)| addrs.iter().map(move |a| (name.as_str(), IpAddr::V4(*a))))
             .collect();
+        // Each replica's other names (container_name, hostname), as the DNS answers them.
+        let info = self.name_info.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut extra_names: Vec<(String, IpAddr)> = Vec::new();
+        for a in self.ipam.owned()? {
+            if let Some((names, _)) = a.owner.as_deref().and_then(|o| info.get(o)) {
+                extra_names.extend(names.iter().map(|n| (n.clone(), IpAddr::V4(a.addr))));
+            }
+        }
+        entries.extend(extra_names.iter().map(|(n, a)| (n.as_str(), *a)));
         let extra: Vec<(&str, IpAddr)> = svc.extra_hosts.iter().map(|h| (h.name.as_str(), h.ip)).collect();
         files::hosts_file(&hostname(svc, id), IpAddr::V4(addr), &entries, &extra)
     }
@@ -389,12 +398,15 @@ impl BridgeNet {
     }
 }
 
-/// What the name table keeps of a replica's service: its hostname and `dns:` servers.
-type NameInfo = (Option<String>, Vec<IpAddr>);
+/// What the name table keeps of a replica's service: its names beyond the service's and the
+/// replica's (`container_name`, `hostname`) and its `dns:` servers.
+type NameInfo = (Vec<String>, Vec<IpAddr>);
 
 /// [`NameInfo`] of `svc`.
 fn name_info(svc: &Service) -> NameInfo {
-    (svc.hostname.clone(), svc.dns.clone())
+    let mut names: Vec<String> = svc.container_name.iter().chain(svc.hostname.iter()).cloned().collect();
+    names.dedup();
+    (names, svc.dns.clone())
 }
 
 /// The thread the bridges' name servers run on (started on first use; `None`, logged, when it
