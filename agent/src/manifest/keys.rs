@@ -44,7 +44,7 @@ pub const SERVICE_KEYS: &[(&str, Support)] = &[
     ("develop", No("develop (watch) is not supported; remove it")),
     ("device_cgroup_rules", No("device access is not supported yet; remove it")),
     ("devices", No("device access is not supported yet; remove it")),
-    ("dns", Yes),
+    ("dns", Partly("on a bridge, the container asks the agent's name server on the gateway (service names), which forwards other names to these servers; with host networking they are written to resolv.conf")),
     ("dns_opt", No("dns_opt is not supported yet; remove it")),
     ("dns_search", No("dns_search is not supported yet; remove it")),
     ("domainname", No("domainname is not supported; remove it")),
