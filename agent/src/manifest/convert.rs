@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use super::network;
 
+mod devices;
+mod files;
 mod rollout;
 use super::units;
 use super::yaml::{Node, Pos, Value};
@@ -13,10 +15,6 @@ use super::*;
 
 /// Compose service keys skiff knows but does not support, with what to do instead.
 const UNSUPPORTED_SERVICE_KEYS: &[(&str, &str)] = &[
-    ("secrets", "skiff has no secrets store yet; bind-mount a root-only file read-only (volumes: - /etc/app/secret:/run/secrets/x:ro)"),
-    ("configs", "skiff has no configs store; bind-mount the file read-only instead (volumes: - ./app.conf:/etc/app.conf:ro)"),
-    ("devices", "device access is not supported yet; remove it"),
-    ("device_cgroup_rules", "device access is not supported yet; remove it"),
     ("gpus", "GPUs are not supported; remove it"),
     ("profiles", "skiff runs every service of the manifest; remove profiles: (use deploy.replicas: 0 to keep a service defined but stopped)"),
     ("links", "links are legacy compose; remove it (with network_mode: host services reach each other on localhost)"),
@@ -25,7 +23,6 @@ const UNSUPPORTED_SERVICE_KEYS: &[(&str, &str)] = &[
     ("networks", "service networks are not supported yet; use network_mode: host, none or bridge"),
     ("container_name", "skiff names replicas SERVICE-1..N; remove container_name"),
     ("scale", "use deploy.replicas instead of scale"),
-    ("privileged", "privileged containers are not supported; grant what the service needs with cap_add"),
     ("security_opt", "security_opt is not supported; remove it"),
     ("volumes_from", "volumes_from is not supported; share a named volume instead"),
     ("dns_search", "dns_search is not supported yet; remove it"),
@@ -75,8 +72,6 @@ const UNSUPPORTED_SERVICE_KEYS: &[(&str, &str)] = &[
 
 const UNSUPPORTED_TOP_KEYS: &[(&str, &str)] = &[
     ("networks", "networks are not supported yet; remove them and use network_mode: host, none or bridge"),
-    ("secrets", "skiff has no secrets store yet; bind-mount a root-only file read-only"),
-    ("configs", "skiff has no configs store; bind-mount the file read-only instead"),
     ("include", "include is not supported; put every service in the one manifest"),
     ("models", "models are not supported; remove them"),
 ];
@@ -125,6 +120,8 @@ struct Ctx<'a> {
     dotenv_error: Option<String>,
     /// Read the files the manifest names (env files) and check them.
     check_files: bool,
+    /// Secrets and configs: the top level's and the services' (see [`files`]).
+    files: files::Pending,
 }
 
 /// Compose's interpolation: `$$` is a `$`; `$VAR` and `${VAR}` are replaced by the variable
@@ -553,7 +550,7 @@ impl Ctx<'_> {
 
 /// Checks and converts the whole document.
 pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut Vec<Diagnostic>) -> Option<Manifest> {
-    let mut cx = Ctx { diags, base, dotenv: None, dotenv_error: None, check_files };
+    let mut cx = Ctx { diags, base, dotenv: None, dotenv_error: None, check_files, files: Default::default() };
     if matches!(root.value, Value::Null) {
         cx.err(root.pos, "the manifest is empty: it needs services:");
         return None;
@@ -579,6 +576,7 @@ pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut 
                 }
             }
             "version" => {}
+            "secrets" | "configs" => files::declarations(&mut cx, key, v),
             "x-skiff" => (m.network, m.revision_history) = skiff_extension(&mut cx, v),
             "name" => {
                 if let Some(s) = cx.string(v, "name") {
@@ -655,6 +653,7 @@ pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut 
             }
         }
     }
+    files::resolve(&mut cx, &mut m);
     cycles(&mut cx, &m, &dep_sites);
     Some(m)
 }
@@ -948,6 +947,10 @@ fn service(
                 }
             }
             "build" => build_pos = Some(k.pos),
+            "privileged" => s.privileged = devices::privileged(cx, v, &f),
+            "devices" => s.devices = devices::devices(cx, v, &f),
+            "device_cgroup_rules" => s.device_cgroup_rules = devices::rules(cx, v, &f),
+            "secrets" | "configs" => files::uses(cx, name, key, v),
             // Documents ports: every port of a bridged replica is reachable from the others
             // already. Checked, not kept (a changed `expose` replaces nothing).
             "expose" => {
