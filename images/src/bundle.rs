@@ -374,6 +374,43 @@ pub struct BundleOverrides {
     pub rlimits: Vec<(String, u64, u64)>,
     /// `linux.sysctl` (the runtime refuses those that are not namespaced).
     pub sysctls: BTreeMap<String, String>,
+    /// `linux.devices`: nodes the runtime makes in the container (compose `devices:`).
+    pub devices: Vec<DeviceNode>,
+    /// Allow rules of the device cgroup, after its deny-all and the standard list (each
+    /// [`DeviceNode`] needs one too: it is not added for it).
+    pub device_rules: Vec<DeviceAllow>,
+    /// Docker's privileged: every capability, the device cgroup allows everything, no masked
+    /// or read-only paths, /sys and /sys/fs/cgroup writable, no no_new_privileges.
+    /// `cap_add`/`cap_drop` are ignored, as Docker does. (The host's device nodes are the
+    /// caller's to list in `devices`.)
+    pub privileged: bool,
+}
+
+/// A device node in the container (`linux.devices`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    /// Absolute path in the container.
+    pub path: PathBuf,
+    /// `c` or `b`.
+    pub kind: char,
+    pub major: i64,
+    pub minor: i64,
+    /// Permission bits of the node (the host's).
+    pub file_mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// An allow rule of the device cgroup (`linux.resources.devices`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAllow {
+    /// `a`, `b` or `c`.
+    pub kind: char,
+    /// `None`: any.
+    pub major: Option<i64>,
+    pub minor: Option<i64>,
+    /// From `rwm`.
+    pub access: String,
 }
 
 /// A port the image exposes.
@@ -464,8 +501,20 @@ pub fn build_spec(
         return Err(invalid("hostname", format!("{hostname:?} is not a valid hostname")));
     }
     let cwd = working_dir(image, o)?;
-    let caps = capabilities(&o.cap_add, &o.cap_drop)?;
-    let mounts = mounts(&o.mounts)?;
+    let caps = if o.privileged { privileged_capabilities() } else { capabilities(&o.cap_add, &o.cap_drop)? };
+    let mut mounts = mounts(&o.mounts)?;
+    if o.privileged {
+        // /sys and the cgroup mount writable (Docker's privileged).
+        for m in &mut mounts {
+            let d = m["destination"].as_str().unwrap_or_default();
+            if (d == "/sys" || d == "/sys/fs/cgroup") && m["type"] != "bind" {
+                if let Some(opts) = m["options"].as_array_mut() {
+                    opts.retain(|x| x != "ro");
+                }
+            }
+        }
+    }
+    let devices = device_nodes(&o.devices)?;
     let stop =
         parse_signal(image.stop_signal.as_deref().unwrap_or("SIGTERM")).ok_or_else(|| BundleError::ImageConfig {
             image: name.clone(),
@@ -500,7 +549,7 @@ pub fn build_spec(
         json!({"type": "cgroup"}),
     ]);
 
-    let mut resources = json!({ "devices": device_rules() });
+    let mut resources = json!({ "devices": device_rules(o.privileged, &o.device_rules)? });
     if let Some(m) = o.memory_limit {
         resources["memory"] = json!({ "limit": m });
     }
@@ -535,12 +584,16 @@ pub fn build_spec(
     if !user.additional_gids.is_empty() {
         user_json["additionalGids"] = json!(user.additional_gids);
     }
+    let (masked, readonly): (&[&str], &[&str]) = if o.privileged { (&[], &[]) } else { (MASKED_PATHS, READONLY_PATHS) };
     let mut linux = json!({
         "resources": resources,
         "namespaces": namespaces,
-        "maskedPaths": MASKED_PATHS,
-        "readonlyPaths": READONLY_PATHS,
+        "maskedPaths": masked,
+        "readonlyPaths": readonly,
     });
+    if !devices.is_empty() {
+        linux["devices"] = json!(devices);
+    }
     if let Some(p) = &o.cgroups_path {
         linux["cgroupsPath"] = json!(p);
     }
@@ -557,7 +610,7 @@ pub fn build_spec(
             "cwd": cwd,
             "capabilities": { "bounding": caps, "effective": caps, "permitted": caps },
             "rlimits": rlimits,
-            "noNewPrivileges": true,
+            "noNewPrivileges": !o.privileged,
         },
         "root": { "path": rootfs, "readonly": o.readonly_rootfs },
         "hostname": hostname,
@@ -947,6 +1000,22 @@ fn resolve_user(root: &OwnedFd, rootfs: &Path, spec: &str, image: &str) -> Resul
 
 // ----------------------------------------------------------------------------- the rest
 
+/// Every capability this process may pass on: [`ALL_CAPABILITIES`] (in the kernel's
+/// numbering) within this process's bounding set (`CapBnd` of /proc/self/status), as a
+/// runtime cannot grant more (Docker's privileged is every capability its daemon holds).
+/// Unreadable: every one.
+fn privileged_capabilities() -> Vec<String> {
+    let bounding = fs::read_to_string("/proc/self/status").ok().and_then(|t| {
+        t.lines().find_map(|l| l.strip_prefix("CapBnd:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+    });
+    ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bounding.is_none_or(|b| b & (1u64 << i) != 0))
+        .map(|(_, c)| c.to_string())
+        .collect()
+}
+
 fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, BundleError> {
     let norm = |c: &String| -> Result<String, BundleError> {
         let up = c.trim().to_ascii_uppercase();
@@ -1027,8 +1096,57 @@ fn mounts(user: &[Mount]) -> Result<Vec<Value>, BundleError> {
     Ok(out)
 }
 
-/// The device cgroup: deny everything, then what every container needs (runc's list).
-fn device_rules() -> Value {
+/// `linux.devices` entries, checked: absolute clean paths, not twice, `c` or `b`.
+fn device_nodes(nodes: &[DeviceNode]) -> Result<Vec<Value>, BundleError> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(nodes.len());
+    for d in nodes {
+        let p = d.path.to_str().and_then(clean_abs).filter(|p| p != "/").ok_or_else(|| {
+            invalid("device", format!("{} is not an absolute path in the container", d.path.display()))
+        })?;
+        if d.path.components().any(|c| c == Component::ParentDir) {
+            return Err(invalid("device", format!("{} contains '..'", d.path.display())));
+        }
+        if !matches!(d.kind, 'c' | 'b') {
+            return Err(invalid("device", format!("{p}: type {:?} is not c or b", d.kind)));
+        }
+        if !seen.insert(p.clone()) {
+            return Err(invalid("device", format!("{p} is given twice")));
+        }
+        out.push(json!({
+            "path": p,
+            "type": d.kind.to_string(),
+            "major": d.major,
+            "minor": d.minor,
+            "fileMode": d.file_mode & 0o7777,
+            "uid": d.uid,
+            "gid": d.gid,
+        }));
+    }
+    Ok(out)
+}
+
+/// The device cgroup: deny everything, then what every container needs (runc's list), then
+/// the caller's rules (everything when privileged).
+fn device_rules(privileged: bool, extra: &[DeviceAllow]) -> Result<Value, BundleError> {
+    let mut rules = standard_device_rules();
+    let list = rules.as_array_mut().expect("a list");
+    if privileged {
+        list.push(json!({ "allow": true, "access": "rwm" }));
+    }
+    for r in extra {
+        if !matches!(r.kind, 'a' | 'b' | 'c')
+            || r.access.is_empty()
+            || !r.access.chars().all(|c| matches!(c, 'r' | 'w' | 'm'))
+        {
+            return Err(invalid("device rule", format!("{r:?} is not a device cgroup rule")));
+        }
+        list.push(json!({ "allow": true, "type": r.kind.to_string(), "major": r.major, "minor": r.minor, "access": r.access }));
+    }
+    Ok(rules)
+}
+
+fn standard_device_rules() -> Value {
     let c = |major: i64, minor: Option<i64>| json!({ "allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm" });
     json!([
         { "allow": false, "access": "rwm" },

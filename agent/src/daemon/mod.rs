@@ -13,7 +13,9 @@
 
 pub mod cgstats;
 pub mod control;
+pub mod devices;
 pub mod fds;
+pub mod grants;
 pub mod health;
 pub mod http;
 pub mod netns;

@@ -326,6 +326,9 @@ pub fn prepare(
         sysctls: svc.sysctls.clone(),
         ..Default::default()
     };
+    (o.devices, o.device_rules) = super::devices::for_service(svc)?;
+    o.privileged = svc.privileged;
+    o.mounts.extend(super::grants::install(&cdir, svc)?);
     if svc.network_mode == NetworkMode::Host {
         // The host's name files, copied (as Docker does): `localhost` resolves, and so do the
         // host's resolvers. Copies, not binds: a bind would pin the host file's inode.
@@ -434,6 +437,8 @@ pub fn remount(paths: &Paths, store: &Store, image: &ImageRecord, svc: &Service,
     let cdir = paths.container(id);
     let layers = rootfs::image_layers(store, image);
     rootfs::mount_rootfs(&layers, &cdir).with_context(|| format!("preparing the root filesystem of {id}"))?;
+    // Secrets and configs anew (the tmpfs is gone after a reboot; a file source is read again).
+    super::grants::install(&cdir, svc)?;
     if svc.network_mode != NetworkMode::Host {
         let ns = paths.netns(id);
         super::netns::ensure(&ns).with_context(|| format!("making the network namespace {}", ns.display()))?;

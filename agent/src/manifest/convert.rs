@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use super::network;
 
+mod devices;
 mod extends;
 mod files;
+mod grants;
 #[cfg(test)]
 pub(super) use files::home_dir as home_dir_for_tests;
 mod include;
@@ -66,6 +68,8 @@ struct Ctx<'a> {
     dotenv_error: Option<String>,
     /// Read the files the manifest names (env files) and check them.
     check_files: bool,
+    /// Secrets and configs: the top level's and the services' (see [`grants`]).
+    grants: grants::Pending,
 }
 
 /// Compose's interpolation: `$$` is a `$`; `$VAR` and `${VAR}` are replaced by the variable
@@ -505,7 +509,15 @@ pub(super) fn manifest(
     read: &mut Vec<PathBuf>,
 ) -> Option<Manifest> {
     let mut files = files::Files::new(base);
-    let mut cx = Ctx { diags, base, files: &mut files, dotenv: None, dotenv_error: None, check_files };
+    let mut cx = Ctx {
+        diags,
+        base,
+        files: &mut files,
+        dotenv: None,
+        dotenv_error: None,
+        check_files,
+        grants: Default::default(),
+    };
     if matches!(root.value, Value::Null) {
         cx.err(root.pos, "the manifest is empty: it needs services:");
         return None;
@@ -516,6 +528,17 @@ pub(super) fn manifest(
         m
     });
     *read = files.paths();
+    // Secret and config files: a change of one is a change of the manifest (their digest is
+    // part of the definition).
+    for svc in m.iter().flat_map(|m| m.services.values()) {
+        for g in &svc.files {
+            if let GrantSource::File { path, .. } = &g.source {
+                if !read.contains(path) {
+                    read.push(path.clone());
+                }
+            }
+        }
+    }
     m
 }
 
@@ -554,6 +577,7 @@ fn document(cx: &mut Ctx, root: &Node, main: bool) -> Option<Manifest> {
                 }
             }
             "version" => {}
+            "secrets" | "configs" => grants::declarations(cx, key, v),
             "x-skiff" if main => (m.network, m.revision_history, m.profiles) = skiff_extension(cx, v),
             "x-skiff" => cx.warn(k.pos, "x-skiff in an included file is ignored: set it in the manifest itself"),
             "name" => {
@@ -646,6 +670,7 @@ fn document(cx: &mut Ctx, root: &Node, main: bool) -> Option<Manifest> {
             }
         }
     }
+    grants::resolve(cx, &mut m);
     cx.files.dep_sites.extend(dep_sites);
     Some(m)
 }
@@ -962,6 +987,10 @@ fn service(
                     }
                 }
             }
+            "privileged" => s.privileged = devices::privileged(cx, v, &f),
+            "devices" => s.devices = devices::devices(cx, v, &f),
+            "device_cgroup_rules" => s.device_cgroup_rules = devices::rules(cx, v, &f),
+            "secrets" | "configs" => grants::uses(cx, name, key, v),
             // Documents ports: every port of a bridged replica is reachable from the others
             // already. Checked, not kept (a changed `expose` replaces nothing).
             "expose" => {

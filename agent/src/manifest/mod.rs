@@ -136,6 +136,19 @@ pub struct Service {
     /// change rolls out (not part of the definition: changing it replaces nothing).
     #[serde(default)]
     pub rollout: crate::rollout::Policy,
+    /// `privileged: true`: every capability, every host device, no masked or read-only paths,
+    /// /sys writable, no no_new_privileges (Docker's meaning).
+    #[serde(default)]
+    pub privileged: bool,
+    /// `devices:`, in order (directories are expanded to their device nodes at start).
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// `device_cgroup_rules:`, in order.
+    #[serde(default)]
+    pub device_cgroup_rules: Vec<DeviceRule>,
+    /// `secrets:` and `configs:` of the service, resolved against the top-level declarations.
+    #[serde(default)]
+    pub files: Vec<FileGrant>,
 }
 
 impl Service {
@@ -256,6 +269,68 @@ pub enum MountKind {
     /// A tmpfs (`tmpfs:` or `type: tmpfs`).
     Tmpfs { size: Option<u64>, mode: Option<u32> },
 }
+
+/// A `devices:` entry: the host's node (or a directory of nodes) at `target` in the container.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Absolute host path.
+    pub source: PathBuf,
+    /// Absolute path in the container (the source's when not given).
+    pub target: String,
+    /// A non-empty subset of `rwm`, in that order.
+    pub permissions: String,
+}
+
+/// A `device_cgroup_rules:` entry (`c 189:* rmw`): an allow rule of the device cgroup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRule {
+    /// `a`, `b` or `c`.
+    pub kind: char,
+    /// `None`: `*`.
+    pub major: Option<u32>,
+    pub minor: Option<u32>,
+    /// A non-empty subset of `rwm`, in that order.
+    pub access: String,
+}
+
+/// A secret or a config given to a service: a file copied into a tmpfs of the container's,
+/// owned and moded as asked, mounted read-only at `target`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileGrant {
+    pub kind: GrantKind,
+    /// The top-level name (`source:`).
+    pub name: String,
+    pub source: GrantSource,
+    /// Absolute path in the container.
+    pub target: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantKind {
+    Secret,
+    Config,
+}
+
+/// Where a secret's or config's content comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantSource {
+    /// `file:` (relative to the manifest's directory), read at each start; `digest` (sha256
+    /// of the content when the manifest was loaded) makes a changed file a changed definition.
+    File { path: PathBuf, digest: Option<String> },
+    /// `environment: VAR`: the variable's value (the agent's environment, then `.env`) when
+    /// the manifest was loaded.
+    Environment { var: String, value: String },
+    /// `content:`, as written (interpolated).
+    Content(String),
+}
+
+/// The largest secret or config (a file source over it is an error).
+pub const GRANT_MAX: u64 = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ulimit {
@@ -414,7 +489,7 @@ pub struct Report {
     pub manifest: Option<Manifest>,
     /// Sorted by position.
     pub diagnostics: Vec<Diagnostic>,
-    /// The other files it read (`include:`, `extends: {file:}`), by their real paths: a
+    /// The other files it read (`include:`, `extends: {file:}`, secret and config files): a
     /// change of any of them is a change of the manifest.
     pub files: Vec<PathBuf>,
 }

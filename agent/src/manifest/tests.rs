@@ -229,7 +229,7 @@ fn unsupported_known_key_is_an_error_with_advice() {
     assert_eq!(r.errors(), 1, "{:?}", lines(&r));
     has("services:\n  web:\n    image: a\n    networks: [x]\n", "4:5: error: ", "network_mode");
     has("services:\n  web:\n    image: a\n    gpus: all\n", "4:5: error: ", "GPUs");
-    has("services:\n  web:\n    image: a\nsecrets: {}\n", "4:1: error: ", "secrets");
+    has("services:\n  web:\n    image: a\nmodels: {}\n", "4:1: error: ", "models");
 }
 
 #[test]

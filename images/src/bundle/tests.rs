@@ -509,3 +509,66 @@ fn limits_and_sysctls_reach_the_spec() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+#[test]
+fn devices_and_their_rules() {
+    let o = BundleOverrides {
+        devices: vec![DeviceNode {
+            path: "/dev/net/tun".into(),
+            kind: 'c',
+            major: 10,
+            minor: 200,
+            file_mode: 0o20666,
+            uid: 0,
+            gid: 0,
+        }],
+        device_rules: vec![
+            DeviceAllow { kind: 'c', major: Some(10), minor: Some(200), access: "rw".into() },
+            DeviceAllow { kind: 'c', major: Some(189), minor: None, access: "rwm".into() },
+        ],
+        ..Default::default()
+    };
+    let (v, _, _r) = build(&image(), &o);
+    assert_eq!(
+        v["linux"]["devices"],
+        json!([{"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200, "fileMode": 0o666, "uid": 0, "gid": 0}])
+    );
+    let rules = v["linux"]["resources"]["devices"].as_array().unwrap();
+    assert_eq!(rules[0], json!({"allow": false, "access": "rwm"}), "deny-all first");
+    let n = rules.len();
+    assert_eq!(rules[n - 2], json!({"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rw"}));
+    assert_eq!(rules[n - 1], json!({"allow": true, "type": "c", "major": 189, "access": "rwm"}));
+    assert!(!rules.iter().any(|r| r["allow"] == true && r.get("type").is_none()), "no allow-all");
+    assert_eq!(v["process"]["noNewPrivileges"], true);
+    assert!(!v["linux"]["maskedPaths"].as_array().unwrap().is_empty());
+
+    let twice = BundleOverrides { devices: vec![o.devices[0].clone(), o.devices[0].clone()], ..Default::default() };
+    let r = Rootfs::new();
+    assert!(build_spec(&image(), r.path(), &twice).unwrap_err().to_string().contains("given twice"));
+    let mut rel = o.devices[0].clone();
+    rel.path = "dev/x".into();
+    let bad = BundleOverrides { devices: vec![rel], ..Default::default() };
+    assert!(build_spec(&image(), r.path(), &bad).is_err());
+}
+
+#[test]
+fn privileged_as_docker_has_it() {
+    let o = BundleOverrides { privileged: true, cap_drop: vec!["ALL".into()], ..Default::default() };
+    let (v, _, _r) = build(&image(), &o);
+    let caps = strs(&v["process"]["capabilities"]["bounding"]);
+    assert_eq!(caps.len(), privileged_capabilities().len(), "every capability held, cap_drop ignored: {caps:?}");
+    assert!(caps.contains(&"CAP_SYS_ADMIN".to_string()));
+    let set = |v: &Value| strs(v).into_iter().collect::<BTreeSet<_>>();
+    assert_eq!(set(&v["process"]["capabilities"]["bounding"]), set(&v["process"]["capabilities"]["effective"]));
+    assert_eq!(v["process"]["noNewPrivileges"], false);
+    assert_eq!(v["linux"]["maskedPaths"], json!([]));
+    assert_eq!(v["linux"]["readonlyPaths"], json!([]));
+    let rules = v["linux"]["resources"]["devices"].as_array().unwrap();
+    assert!(rules.contains(&json!({"allow": true, "access": "rwm"})), "{rules:?}");
+    for m in v["mounts"].as_array().unwrap() {
+        if m["destination"] == "/sys" || m["destination"] == "/sys/fs/cgroup" {
+            assert!(!strs(&m["options"]).contains(&"ro".to_string()), "{m}");
+        }
+    }
+    assert!(v.get("seccomp").is_none() && v["linux"].get("seccomp").is_none());
+}

@@ -107,6 +107,7 @@ fn one(cx: &mut Ctx, written: &str, pos: Pos, dir: Option<PathBuf>) -> Option<Ma
         dotenv: None,
         dotenv_error: None,
         check_files: cx.check_files,
+        grants: Default::default(),
     };
     let inc = document(&mut child, &root, false);
     cx.files.including.pop();
