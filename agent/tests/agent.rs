@@ -1251,6 +1251,8 @@ fn replacing_the_binary_on_disk_keeps_containers_starting() {
     let bin = skiff_tests::Scratch::new("skiff-bin");
     let exe = bin.join("skiff");
     std::fs::copy(SKIFF, &exe).expect("copy skiff");
+    let shim = bin.join("skiff-shim");
+    std::fs::copy(env!("CARGO_BIN_EXE_skiff-shim"), &shim).expect("copy skiff-shim");
     let mut a = Agent::new(&exe);
     a.write_manifest(&format!(
         "services:\n{}",
@@ -1259,10 +1261,17 @@ fn replacing_the_binary_on_disk_keeps_containers_starting() {
     a.start();
     let st = a.wait_running("web", 1);
     let before = pid_of(&st, "web-1");
-    // The upgrade: a new file renamed over the running binary.
-    let new = bin.join("skiff.new");
-    std::fs::copy(SKIFF, &new).expect("copy skiff");
-    std::fs::rename(&new, &exe).expect("rename over the running binary");
+    // The shims are the small skiff-shim next to the agent's binary.
+    let shim_exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).expect("readlink shim");
+    for (id, pid) in a.shim_pids() {
+        assert_eq!(shim_exe(pid), shim, "{id}'s shim runs skiff-shim");
+    }
+    // The upgrade: new files renamed over the running binaries.
+    for (from, to) in [(SKIFF, &exe), (env!("CARGO_BIN_EXE_skiff-shim"), &shim)] {
+        let new = bin.join("new");
+        std::fs::copy(from, &new).expect("copy");
+        std::fs::rename(&new, to).expect("rename over the running binary");
+    }
     let target = std::fs::read_link(format!("/proc/{}/exe", a.pid())).expect("readlink");
     assert!(target.to_string_lossy().ends_with("(deleted)"), "the agent's binary is gone from disk: {target:?}");
     skiff_tests::agent::kill(before as i32, libc::SIGKILL);
@@ -1272,6 +1281,11 @@ fn replacing_the_binary_on_disk_keeps_containers_starting() {
     let out = a.skiff(&["scale", "web=3"]);
     assert!(out.success(), "{out}");
     a.wait_running("web", 3);
+    // Started from the skiff-shim the agent opened at start (its file is gone from disk now).
+    for (id, pid) in a.shim_pids() {
+        let target = shim_exe(pid).to_string_lossy().to_string();
+        assert!(target.contains("skiff-shim"), "{id}'s shim: {target}");
+    }
     a.down();
 }
 

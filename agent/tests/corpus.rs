@@ -43,7 +43,9 @@ fn expected_warnings(file: &str) -> &'static [&'static str] {
         "monitoring.yaml" => &["binding `/proc`", "binding `/sys`"],
         "traefik.yaml" => &["no Docker API on a skiff box"],
         // A clone's files are 0644: the secrets' files should be root's alone.
-        "nextcloud.yaml" => &["db_root_password.txt is readable by every user", "db_password.txt is readable by every user"],
+        "nextcloud.yaml" => {
+            &["db_root_password.txt is readable by every user", "db_password.txt is readable by every user"]
+        }
         // No Zigbee stick on a test machine.
         "zigbee2mqtt.yaml" => &["/dev/ttyACM0 does not exist on this host now"],
         _ => &[],

@@ -268,6 +268,8 @@ async fn main_loop(o: Options, paths: Paths, (nofile_was, nofile): (u64, u64)) -
         Err(e) => log(&format!("preload: {e}")),
     }
 
+    // Before anything is started: the shim binary the agent started with.
+    replica::open_shim_binary();
     agent.load_manifest();
     agent.adopt().await;
     agent.reconcile();

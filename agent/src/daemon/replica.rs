@@ -462,6 +462,50 @@ struct Report {
     error: Option<String>,
 }
 
+static SHIM_BINARY: std::sync::OnceLock<Option<fs::File>> = std::sync::OnceLock::new();
+
+/// Opens `skiff-shim` next to the agent's binary (once, at agent start), to start every
+/// shim from: a small binary of the shim alone ([`crate::shim`]), whose resident memory is a
+/// fraction of the agent binary's. It must be a regular file that only root can change (the
+/// agent runs it as root); `None` (the shims are `skiff shim`, from the agent's own binary)
+/// when it is missing or unsafe, which is said once.
+pub fn open_shim_binary() -> Option<&'static fs::File> {
+    SHIM_BINARY
+        .get_or_init(|| {
+            let path = std::env::current_exe().ok()?.with_file_name("skiff-shim");
+            let found = (|| -> Result<fs::File> {
+                let f =
+                    fs::OpenOptions::new().read(true).custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW).open(&path)?;
+                let md = f.metadata()?;
+                use std::os::unix::fs::MetadataExt;
+                if !md.is_file() || md.uid() != 0 || md.mode() & 0o022 != 0 || md.mode() & 0o100 == 0 {
+                    bail!(
+                        "not a root-owned executable that only root can write (mode {:o}, uid {})",
+                        md.mode() & 0o7777,
+                        md.uid()
+                    );
+                }
+                Ok(f)
+            })();
+            match found {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    let not_there =
+                        e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+                    if !not_there {
+                        super::reconcile::log(&format!("{}: {e:#}; shims run from the agent's binary", path.display()));
+                    }
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn shim_binary() -> Option<&'static fs::File> {
+    SHIM_BINARY.get().and_then(Option::as_ref)
+}
+
 /// Starts the container of `<root>/containers/<id>` through a new `skiff shim`, which runs
 /// the runtime's `create` and `start` and then holds the container's stdio and exit status.
 pub async fn start(paths: &Paths, rt: &Runtime, svc: &Service, id: &str) -> Result<Started> {
@@ -469,10 +513,14 @@ pub async fn start(paths: &Paths, rt: &Runtime, svc: &Service, id: &str) -> Resu
     // Whatever an earlier container of this replica left (its exit status was read already).
     let _ = fs::remove_dir_all(&shim_dir);
     fsutil::create_private_dir(&shim_dir).with_context(|| format!("creating {}", shim_dir.display()))?;
-    // The agent's own binary through /proc/self/exe: it still names the running binary's
-    // inode after an upgrade replaced (or removed) the file, where current_exe() would give
+    // The small skiff-shim through the descriptor opened at agent start, else the agent's
+    // own binary through /proc/self/exe: either still names the inode the agent started with
+    // after an upgrade replaced (or removed) the files, where a path would give
     // "/usr/bin/skiff (deleted)" and no container could start until the agent restarts.
-    let exe = Path::new("/proc/self/exe");
+    let (exe, arg0) = match shim_binary() {
+        Some(fd) => (PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd))), "skiff-shim"),
+        None => (PathBuf::from("/proc/self/exe"), "skiff"),
+    };
     let log = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -480,8 +528,8 @@ pub async fn start(paths: &Paths, rt: &Runtime, svc: &Service, id: &str) -> Resu
         .mode(fsutil::PRIVATE_FILE)
         .open(shim_dir.join("shim.log"))
         .with_context(|| format!("creating {}", shim_dir.display()))?;
-    let mut child = tokio::process::Command::new(exe)
-        .arg0("skiff")
+    let mut child = tokio::process::Command::new(&exe)
+        .arg0(arg0)
         .arg("shim")
         .arg("--runtime")
         .arg(&rt.bin)
