@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::network;
 
+mod networks;
 mod rollout;
 use super::units;
 use super::yaml::{Node, Pos, Value};
@@ -22,7 +23,6 @@ const UNSUPPORTED_SERVICE_KEYS: &[(&str, &str)] = &[
     ("links", "links are legacy compose; remove it (with network_mode: host services reach each other on localhost)"),
     ("external_links", "links are legacy compose; remove it"),
     ("extends", "extends is not supported; use YAML anchors and merge keys (x-common: &common ... <<: *common) instead"),
-    ("networks", "service networks are not supported yet; use network_mode: host, none or bridge"),
     ("container_name", "skiff names replicas SERVICE-1..N; remove container_name"),
     ("scale", "use deploy.replicas instead of scale"),
     ("privileged", "privileged containers are not supported; grant what the service needs with cap_add"),
@@ -74,7 +74,6 @@ const UNSUPPORTED_SERVICE_KEYS: &[(&str, &str)] = &[
 ];
 
 const UNSUPPORTED_TOP_KEYS: &[(&str, &str)] = &[
-    ("networks", "networks are not supported yet; remove them and use network_mode: host, none or bridge"),
     ("secrets", "skiff has no secrets store yet; bind-mount a root-only file read-only"),
     ("configs", "skiff has no configs store; bind-mount the file read-only instead"),
     ("include", "include is not supported; put every service in the one manifest"),
@@ -561,9 +560,11 @@ pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut 
     let entries = cx.map(root, "the manifest")?;
     let mut m = Manifest::default();
     let mut services_node = None;
+    let mut top_networks = networks::TopNetworks::default();
     for (key, k, v) in &entries {
         match key.as_str() {
             "services" => services_node = Some((*k, *v)),
+            "networks" => top_networks = networks::top_level(&mut cx, v, &mut m),
             "volumes" => {
                 for (name, kn, vn) in cx.map(v, "volumes").unwrap_or_default() {
                     if name.starts_with("x-") {
@@ -606,6 +607,7 @@ pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut 
     let mut dep_sites: Vec<DepSite> = Vec::new();
     let mut volume_sites: Vec<(String, Pos)> = Vec::new();
     let mut port_sites: Vec<PortSite> = Vec::new();
+    let mut net_sites: Vec<networks::NetSite> = Vec::new();
     let svc_entries = cx.map(services, "services").unwrap_or_default();
     let declared: BTreeSet<String> = svc_entries.iter().map(|(n, _, _)| n.clone()).collect();
     if svc_entries.is_empty() && matches!(services.value, Value::Null | Value::Map(_)) {
@@ -621,12 +623,19 @@ pub(super) fn manifest(root: &Node, base: &Path, check_files: bool, diags: &mut 
                 format!("`{name}` is not a valid service name (lowercase letters, digits, '-', '_', starting with a letter or digit, at most 57 characters)"),
             );
         }
-        if let Some(s) = service(&mut cx, &name, kn, vn, &mut dep_sites, &mut volume_sites, &mut port_sites) {
+        let sites = Sites {
+            deps: &mut dep_sites,
+            volumes: &mut volume_sites,
+            ports: &mut port_sites,
+            networks: &mut net_sites,
+        };
+        if let Some(s) = service(&mut cx, &name, kn, vn, sites) {
             m.services.insert(name, s);
         }
     }
     // Cross-references.
     port_collisions(&mut cx, &port_sites);
+    networks::check_manifest(&mut cx, &mut m, &top_networks, &net_sites);
     for (svc, dep, pos, required) in &dep_sites {
         if *required && !declared.contains(dep.as_str()) {
             cx.err(*pos, format!("service `{svc}` depends on `{dep}`, which is not a service of this manifest"));
@@ -745,15 +754,16 @@ fn volume_decl(cx: &mut Ctx, name: &str, n: &Node) -> Option<VolumeDecl> {
     Some(d)
 }
 
-fn service(
-    cx: &mut Ctx,
-    name: &str,
-    key: &Node,
-    n: &Node,
-    dep_sites: &mut Vec<DepSite>,
-    volume_sites: &mut Vec<(String, Pos)>,
-    port_sites: &mut Vec<PortSite>,
-) -> Option<Service> {
+/// Where the services refer to things declared elsewhere, for the checks made once all are read.
+struct Sites<'a> {
+    deps: &'a mut Vec<DepSite>,
+    volumes: &'a mut Vec<(String, Pos)>,
+    ports: &'a mut Vec<PortSite>,
+    networks: &'a mut Vec<networks::NetSite>,
+}
+
+fn service(cx: &mut Ctx, name: &str, key: &Node, n: &Node, sites: Sites) -> Option<Service> {
+    let Sites { deps: dep_sites, volumes: volume_sites, ports: port_sites, networks: net_sites } = sites;
     let what = format!("service `{name}`");
     if matches!(n.value, Value::Null) {
         cx.err(key.pos, format!("{what} is empty: it needs at least image:"));
@@ -769,6 +779,7 @@ fn service(
     let mut limits_deploy = Resources::default();
     let mut limit_pos: BTreeMap<&str, Pos> = BTreeMap::new();
     let mut ports_key: Option<Pos> = None;
+    let mut networks_key: Option<Pos> = None;
     // Checked once network_mode is known (keys come in any order).
     let mut sysctl_sites: Vec<(String, Pos)> = Vec::new();
     let mut cap_sites: Vec<(String, Pos)> = Vec::new();
@@ -916,6 +927,10 @@ fn service(
                 ports_key = Some(k.pos);
             }
             "extra_hosts" => s.extra_hosts = extra_hosts(cx, v, &f),
+            "networks" => {
+                s.networks = networks::service_networks(cx, name, v, &f, net_sites);
+                networks_key = Some(k.pos);
+            }
             "dns" => s.dns = dns(cx, v, &f),
             "pull_policy" => {
                 if let Some(p) = cx.string(v, &f) {
@@ -1036,6 +1051,7 @@ fn service(
             NetworkMode::None => cx.warn(pos, format!("{name}.ports: not published with network_mode: none (the service has no network); remove ports or use network_mode: bridge")),
         }
     }
+    networks::check_service(cx, &s, networks_key, net_sites);
     for (key, pos) in &sysctl_sites {
         if let Some(e) = hostaccess::sysctl_error(key, s.network_mode) {
             cx.err(*pos, format!("{name}.sysctls: {e}"));
