@@ -38,6 +38,7 @@ use super::{health, proc};
 
 mod checks;
 mod net;
+use net::connect;
 mod publish;
 mod pulls;
 mod rollouts;
@@ -217,6 +218,10 @@ pub struct Agent {
     snapshots: watch::Sender<Snapshot>,
     /// The bridge network, once a bridged replica needed it.
     net: Option<Arc<BridgeNet>>,
+    /// The user-defined networks opened so far, by key.
+    user_nets: BTreeMap<String, Arc<BridgeNet>>,
+    /// A user-defined network may be set up (recorded at start, or one was opened since).
+    networks_maybe_up: bool,
     /// `--no-bridge`: never set up the bridge network.
     bridge_disabled: bool,
     /// `--bridge`, `--subnet`: where the manifest's `x-skiff` says nothing.
@@ -258,7 +263,7 @@ impl Agent {
             log(&format!("{b}; its service starts a new revision history"));
         }
         Ok(Agent {
-            ports: Ports::new(&paths.run, network::record_path(&paths).exists()),
+            ports: Ports::new(&paths.run, network::any_recorded(&paths)),
             rt,
             store,
             client: None,
@@ -273,6 +278,8 @@ impl Agent {
             tx,
             snapshots,
             net: None,
+            user_nets: BTreeMap::new(),
+            networks_maybe_up: network::any_recorded(&paths),
             bridge_disabled: false,
             network_defaults: NetworkSettings::default(),
             setup_lock: SetupLock::default(),
@@ -448,11 +455,19 @@ impl Agent {
             Ok(n) => log(&format!("released {n} address(es) of replicas that no longer exist")),
             Err(e) => log(&format!("checking the address allocations: {e:#}")),
         }
-        // Adopted bridged replicas: their network, for the hosts files of the next ones.
-        if self.replicas.values().any(|r| r.rec.address.is_some()) && !self.bridge_disabled {
+        // Adopted bridged replicas: their networks, for the hosts files of the next ones.
+        if !self.bridge_disabled {
             if let Some(m) = self.manifest.clone() {
-                if let Err(e) = self.bridge_net(&m) {
-                    log(&format!("the bridge network: {e:#}"));
+                let specs: Vec<Service> = self
+                    .replicas
+                    .values()
+                    .filter(|r| r.rec.spec.network_mode == NetworkMode::Bridge)
+                    .map(|r| r.rec.spec.clone())
+                    .collect();
+                for spec in specs {
+                    if let Err(e) = self.networks_of(&m, &spec) {
+                        log(&format!("the networks of {}: {e:#}", spec.name));
+                    }
                 }
             }
         }
@@ -974,9 +989,9 @@ impl Agent {
                 return;
             }
         };
-        let net = match svc.network_mode {
-            NetworkMode::Bridge if !self.bridge_disabled => match self.bridge_net(m) {
-                Ok(n) => Some(n),
+        let nets = match svc.network_mode {
+            NetworkMode::Bridge if !self.bridge_disabled => match self.networks_of(m, svc) {
+                Ok(n) => n,
                 Err(e) => {
                     if let Some(r) = self.replicas.get_mut(id) {
                         r.phase = Phase::Failed;
@@ -985,7 +1000,7 @@ impl Agent {
                     return;
                 }
             },
-            _ => None,
+            _ => Vec::new(),
         };
         let Some(r) = self.replicas.get_mut(id) else { return };
         r.gen += 1;
@@ -1023,11 +1038,8 @@ impl Agent {
                     }
                 }
                 // Bridged: address, veth and name files first (prepare mounts the files).
-                let address = match &net {
-                    Some(n) => Some(n.connect(&paths, &svc, &idc).await?),
-                    None => None,
-                };
-                let (p, s, i, sv, bridged) = (paths.clone(), store.clone(), idc.clone(), svc.clone(), net.is_some());
+                let address = connect(&paths, &svc, &idc, &nets).await?;
+                let (p, s, i, sv, bridged) = (paths.clone(), store.clone(), idc.clone(), svc.clone(), !nets.is_empty());
                 let mut prepared = tokio::task::spawn_blocking(move || match reuse {
                     Some(kept) => replica::remount(&p, &s, &image, &sv, &i).map(|_| kept),
                     None => replica::prepare(&p, &s, &image, &sv, &i, bridged),
