@@ -167,7 +167,8 @@ impl Nat {
             (
                 format!("\t\tip saddr {s} oifname != \"{b}\" masquerade\n"),
                 format!(
-                    "\t\toifname \"{b}\" iifname != \"{b}\" ct state new ct status != dnat counter drop\n\
+                    "\t\toifname \"{b}\" ct status dnat accept\n\
+                     \t\toifname \"{b}\" iifname != \"{b}\" ct state new counter drop\n\
                      \t\tiifname \"{b}\" oifname \"{d}\" ct state new counter drop\n\
                      \t\tiifname \"{b}\" accept\n\
                      \t\toifname \"{b}\" ct state established,related accept\n"
