@@ -880,6 +880,22 @@ mod tests {
     }
 
     #[test]
+    fn an_external_network_is_one_this_agent_made() {
+        use crate::manifest::NetworkDecl;
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        let default = NetworkSettings::default();
+        let external = NetworkDecl { external: true, ..Default::default() };
+        let e = BridgeNet::open_network(&paths, "shared", &external, &default, &[], SetupLock::default()).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("skiff has no network `shared`") && msg.contains("remove `external: true`"), "{msg}");
+        let decl = NetworkDecl { subnet: Some("10.90.3.0/24".into()), ..Default::default() };
+        let made = BridgeNet::open_network(&paths, "shared", &decl, &default, &[], SetupLock::default()).unwrap();
+        let joined = BridgeNet::open_network(&paths, "shared", &external, &default, &[], SetupLock::default()).unwrap();
+        assert_eq!((joined.bridge.as_str(), joined.subnet), (made.bridge.as_str(), made.subnet));
+    }
+
+    #[test]
     fn network_bridge_names() {
         assert_eq!(network_bridge("front"), "sk-front");
         assert_eq!(network_bridge("backend12345"), "sk-backend12345");

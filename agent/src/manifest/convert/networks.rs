@@ -491,6 +491,15 @@ networks:
     }
 
     #[test]
+    fn external_networks_are_accepted_here_and_checked_by_the_agent() {
+        let m = clean("services:\n  a:\n    image: a\n    networks: [shared]\nnetworks:\n  shared:\n    external: true\n    name: skiff-shared\n");
+        assert_eq!(
+            m.networks["shared"],
+            NetworkDecl { external: true, name: Some("skiff-shared".into()), ..Default::default() }
+        );
+    }
+
+    #[test]
     fn errors() {
         let svc = |nets: &str| format!("services:\n  a:\n    image: a\n    networks: {nets}\n");
         has(&svc("[nope]"), "4:16: error: ", "network `nope` is not declared");
