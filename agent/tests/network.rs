@@ -1355,3 +1355,57 @@ fn user_defined_networks_isolate_their_services_and_resolve_names_per_network() 
         .unwrap_or_default();
     assert!(records.is_empty(), "no network record left: {records:?}");
 }
+
+/// A user-defined network without a subnet gets a /24 of the pool that stays its own across an
+/// agent restart (the replicas are adopted, and a new one joins the same subnet); when no
+/// service is on it any more, its bridge, table and record go while the agent runs.
+#[test]
+fn a_network_keeps_its_subnet_across_restarts_and_goes_when_unused() {
+    let Some((ns, mut a)) = setup() else { return };
+    let on_solo = |n: u32| {
+        format!(
+            "x-skiff:\n  bridge: sktest2\n  subnet: 10.126.0.0/24\nservices:\n{}networks:\n  solo:\n",
+            httpd_service("x", &format!("    networks: [solo]\n    deploy:\n      replicas: {n}\n"))
+        )
+    };
+    a.write_manifest(&on_solo(1));
+    a.spawn();
+    let st = wait_status(&ns, &a, "x-1 running", |st| all_running(st, "x", 1));
+    let x1 = address(&st, "x-1");
+    assert!(ns.run(&["ip", "link", "show", "sk-solo"]).0, "the network's bridge");
+    assert!(!ns.run(&["ip", "link", "show", "sktest2"]).0, "no default bridge: no service is on it");
+    let record = a.root().join("network").join("networks").join("sk-solo.json");
+    let rec = std::fs::read_to_string(&record).expect("the network's record");
+    let subnet = serde_json::from_str::<Value>(&rec).unwrap()["subnet"].as_str().unwrap().to_string();
+    assert!(subnet.starts_with("10.89.") && subnet.ends_with("/24"), "from the pool: {rec}");
+    assert!(ns.run(&["nft", "list", "table", "ip", "skiff_net_sk_solo"]).0, "its table");
+
+    a.stop_with(libc::SIGKILL);
+    a.write_manifest(&on_solo(2));
+    a.spawn();
+    let st = wait_status(&ns, &a, "x-1 and x-2 running", |st| all_running(st, "x", 2));
+    assert_eq!(address(&st, "x-1"), x1, "adopted with its address");
+    let x2 = address(&st, "x-2");
+    assert_eq!(x2.octets()[..3], x1.octets()[..3], "x-2 {x2} on the same subnet as x-1 {x1}");
+    let again = std::fs::read_to_string(&record).expect("the record");
+    assert!(again.contains(&subnet), "the same subnet after the restart: {again}");
+    skiff_tests::wait_until("x-1 to reach x-2 by name", WAIT, || {
+        a.rt(&["exec", "x-1", "cat", "/etc/hosts"]).stdout.contains(&format!("{x2}\tx\n"))
+    });
+
+    // Off the network: x moves to the default one; solo's bridge, table and record go.
+    a.write_manifest(&format!(
+        "x-skiff:\n  bridge: sktest2\n  subnet: 10.126.0.0/24\nservices:\n{}",
+        httpd_service("x", "")
+    ));
+    skiff_tests::wait_until("solo's bridge, table and record to go", WAIT, || {
+        !ns.run(&["ip", "link", "show", "sk-solo"]).0
+            && !ns.run(&["nft", "list", "table", "ip", "skiff_net_sk_solo"]).0
+            && !record.exists()
+    });
+    let st = wait_status(&ns, &a, "x-1 on the default bridge", |st| {
+        all_running(st, "x", 1) && replica(st, "x-1")["address"].as_str().is_some_and(|s| s.starts_with("10.126.0."))
+    });
+    drop(st);
+    down_leaves_no_network(&ns, &mut a, "sktest2");
+}
