@@ -27,6 +27,18 @@
 //! Setup and teardown take one lock ([`SetupLock`]): a bridged service added while the
 //! teardown runs waits for it, then sets everything up again.
 //!
+//! User-defined networks (the manifest's top-level `networks:`) are [`BridgeNet`]s too, one
+//! per network, opened by [`BridgeNet::open_network`]: a bridge of their own
+//! ([`network_bridge`]: `sk-NAME`), a subnet (declared, else a /24 of [`NETWORK_POOL`] that
+//! overlaps nothing, recorded at once in `<root>/network/networks/<bridge>.json` so it stays
+//! the network's), and a NAT table of their own ([`nft::network_table`]) that isolates them:
+//! nothing new crosses from one network to another, an internal network forwards nothing in or
+//! out. A replica on several networks gets a veth per network (`eth0`, `eth1`, ... in the
+//! order listed; the default route via the first that is not internal), and its hosts file
+//! lists the names of the networks it is on ([`BridgeNet::names`]: services and their aliases,
+//! at their addresses on that network). A network goes (bridge, table, record) when no service
+//! and no replica is on it any more, and at `skiff down` ([`teardown`] removes every record).
+//!
 //! Before the bridge is made, the host's addresses are checked: a subnet that overlaps a
 //! network of another interface is a clear error on each bridged service (`x-skiff: subnet`
 //! says where to change it), and nothing is created.

@@ -377,6 +377,16 @@ pub(super) fn check_manifest(cx: &mut Ctx, m: &mut Manifest, top: &TopNetworks, 
             }
         }
     }
+    // Published ports need a network with a way in.
+    for svc in m.services.values() {
+        let internal = |n: &ServiceNetwork| m.networks.get(&n.name).is_some_and(|d| d.internal);
+        if svc.ports.is_empty() || svc.networks.is_empty() || !svc.networks.iter().all(internal) {
+            continue;
+        }
+        if let Some(site) = sites.iter().find(|x| x.service == svc.name) {
+            cx.warn(site.pos, format!("{}.ports: not published: the service is on internal networks only (nothing reaches them from outside); add a network that is not internal", svc.name));
+        }
+    }
     // Declared subnets: apart from each other and from the default network's.
     let mut seen: Vec<(String, Subnet)> = Vec::new();
     if let Some(d) = default_subnet {
@@ -573,6 +583,11 @@ networks:
             "services:\n  a:\n    image: a\nnetworks:\n  a: {ipam: {config: [{subnet: 10.90.0.0/16}]}}\n  b: {ipam: {config: [{subnet: 10.90.1.0/24}]}}\n",
             "6:3: error: ",
             "overlaps 10.90.0.0/16 of network `a`",
+        );
+        has(
+            "services:\n  a:\n    image: a\n    ports: [\"80:80\"]\n    networks: [i]\nnetworks:\n  i: {internal: true}\n",
+            "5:16: warning: ",
+            "not published: the service is on internal networks only",
         );
         has(
             "services:\n  a:\n    image: a\nnetworks:\n  default: {internal: true}\n",
