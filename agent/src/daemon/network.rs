@@ -13,7 +13,7 @@
 //!
 //! Service names resolve through /etc/hosts: every file lists each service name once per
 //! address allocated to one of its replicas (owner = replica id `SERVICE-N`). When replicas
-//! come and go the agent rewrites the files of the others ([`BridgeNet::refresh_hosts`]) *in
+//! come and go the agent rewrites the files of the others ([`refresh_hosts`]) *in
 //! place*: the bind mount pins the inode, so a rename would not be seen by the container. The
 //! file is opened with `O_TRUNC` and written in one `write`: a reader in the container may see
 //! an empty or short file in that small window (a lookup then fails once, like a resolver
@@ -29,7 +29,7 @@
 //!
 //! User-defined networks (the manifest's top-level `networks:`) are [`BridgeNet`]s too, one
 //! per network, opened by [`BridgeNet::open_network`]: a bridge of their own
-//! ([`network_bridge`]: `sk-NAME`), a subnet (declared, else a /24 of [`NETWORK_POOL`] that
+//! ([`network_bridge`]: `sk-NAME`), a subnet (declared, else a /24 of `NETWORK_POOL` that
 //! overlaps nothing, recorded at once in `<root>/network/networks/<bridge>.json` so it stays
 //! the network's), and a NAT table of their own ([`nft::network_table`]) that isolates them:
 //! nothing new crosses from one network to another, an internal network forwards nothing in or
@@ -176,7 +176,7 @@ impl BridgeNet {
 
     /// The user-defined network `key` (`decl`), next to the default bridge `default`: its
     /// bridge ([`network_bridge`] of its name), and its subnet — the declared one, else the
-    /// one recorded for it, else the first /24 of [`NETWORK_POOL`] that overlaps no address of
+    /// one recorded for it, else the first /24 of `NETWORK_POOL` that overlaps no address of
     /// the host, no other recorded network, the default bridge's subnet and `avoid` (the
     /// subnets other networks of the manifest declare). A picked subnet is recorded at once, so
     /// it stays the network's across agent restarts. Blocking.
@@ -625,7 +625,7 @@ pub fn recorded_networks(paths: &Paths) -> Vec<(String, String)> {
     all_records(paths).into_iter().filter_map(|(_, r)| Some((r.network?, r.bridge))).collect()
 }
 
-/// The first /24 of [`NETWORK_POOL`] that overlaps none of `taken` nor an address of the
+/// The first /24 of `NETWORK_POOL` that overlaps none of `taken` nor an address of the
 /// host's interfaces (but `bridge`, the network's own, if left over).
 fn pick_subnet(taken: &[Subnet], bridge: &str) -> Result<Subnet> {
     let (pool, prefix) = NETWORK_POOL;
@@ -653,7 +653,7 @@ fn mask(prefix: u8) -> u32 {
     }
 }
 
-/// Deletes every bridge network recorded (see [`teardown_record`]): the default bridge's and
+/// Deletes every bridge network recorded (see `teardown_record`): the default bridge's and
 /// each user-defined network's, and the published ports' DNAT table. Returns the bridges
 /// removed. For `skiff down`.
 pub fn teardown(paths: &Paths, netns: Option<&fs::File>) -> Result<Vec<String>> {
@@ -669,12 +669,12 @@ pub fn teardown(paths: &Paths, netns: Option<&fs::File>) -> Result<Vec<String>> 
     Ok(removed)
 }
 
-/// Removes the default bridge network (see [`teardown_record`]).
+/// Removes the default bridge network (see `teardown_record`).
 pub fn teardown_default(paths: &Paths, netns: Option<&fs::File>) -> Result<Option<String>> {
     teardown_record(&record_path(paths), netns)
 }
 
-/// Removes the user-defined network on `bridge` (see [`teardown_record`]).
+/// Removes the user-defined network on `bridge` (see `teardown_record`).
 pub fn teardown_network(paths: &Paths, bridge: &str, netns: Option<&fs::File>) -> Result<Option<String>> {
     teardown_record(&network_record_path(paths, bridge), netns)
 }
