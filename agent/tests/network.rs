@@ -1441,3 +1441,255 @@ services:
     assert!(out.contains(&format!("Address: {ha}")), "{out}");
     down_leaves_no_network(&ns, &mut a, BRIDGE);
 }
+
+/// An httpd serving its hostname (= its replica id), for the user-defined networks' test.
+fn httpd_service(name: &str, extra: &str) -> String {
+    format!(
+        r#"  {name}:
+    image: {img}
+    user: root
+    command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"]
+    stop_grace_period: 1s
+{extra}"#,
+        img = image()
+    )
+}
+
+/// `GET /` from replica `from` to `host` (a name or an address) with nc: the page, or an error
+/// with what nc said.
+fn fetch(a: &Agent, from: &str, host: &str) -> Result<String, String> {
+    let get = format!(r#"printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 {host} 80"#);
+    let out = a.rt(&["exec", from, "sh", "-c", &get]);
+    match out.stdout.split_once("\r\n\r\n") {
+        Some((_, body)) if out.success() && !body.trim().is_empty() => Ok(body.trim().to_string()),
+        _ => Err(format!("{out}")),
+    }
+}
+
+/// The IPv4 address of `ifname` in replica `id` (from `ip -o -4 addr`).
+fn addr_in(a: &Agent, id: &str, ifname: &str) -> Ipv4Addr {
+    let out = a.rt(&["exec", id, "ip", "-o", "-4", "addr", "show", ifname]);
+    let word = out.stdout.split_whitespace().skip_while(|w| *w != "inet").nth(1).unwrap_or_default();
+    word.split('/').next().unwrap_or_default().parse().unwrap_or_else(|_| panic!("{id} {ifname}: {out}"))
+}
+
+/// User-defined networks (compose's top-level `networks:`): `web` on front, `db` on an
+/// internal back network with a fixed subnet, `api` on both (aliases, a fixed address, a
+/// published port), `plain` on the default network. Each network is a bridge of its own;
+/// names resolve only between services that share a network; nothing crosses from one network
+/// to another (by address either); the internal network has no way out; `skiff down` leaves
+/// no bridge, veth or table.
+#[test]
+fn user_defined_networks_isolate_their_services_and_resolve_names_per_network() {
+    let Some((ns, mut a)) = setup() else { return };
+    let manifest = format!(
+        "x-skiff:\n  bridge: sktest1\n  subnet: 10.124.0.0/24\nservices:\n{}{}{}{}networks:\n  front: {{}}\n  back:\n    internal: true\n    ipam:\n      config:\n        - subnet: 10.125.2.0/24\n",
+        httpd_service("web", "    networks: [front]\n"),
+        httpd_service(
+            "api",
+            "    ports: [\"8080:80\"]\n    networks:\n      front:\n        aliases: [api-front]\n      back:\n        aliases: [backend]\n        ipv4_address: 10.125.2.10\n"
+        ),
+        httpd_service("db", "    networks: [back]\n"),
+        httpd_service("plain", ""),
+    );
+    a.write_manifest(&manifest);
+    a.spawn();
+    let st = wait_status(&ns, &a, "web, api, db and plain running", |st| {
+        ["web", "api", "db", "plain"].iter().all(|s| all_running(st, s, 1))
+    });
+
+    // Each network has its bridge; api has one interface per network, in order.
+    for bridge in ["sk-front", "sk-back", "sktest1"] {
+        assert!(ns.run(&["ip", "link", "show", bridge]).0, "bridge {bridge}");
+    }
+    let api_back = addr_in(&a, "api-1", "eth1");
+    assert_eq!(api_back, Ipv4Addr::new(10, 125, 2, 10), "ipv4_address is honoured");
+    let api_front = addr_in(&a, "api-1", "eth0");
+    assert_eq!(address(&st, "api-1"), api_front, "published ports go to the address on the non-internal network");
+    let web = addr_in(&a, "web-1", "eth0");
+    let db = addr_in(&a, "db-1", "eth0");
+    let plain = address(&st, "plain-1");
+    assert_eq!(db.octets()[..3], [10, 125, 2], "db {db} in back's subnet");
+    assert_eq!(plain.octets()[..3], [10, 124, 0], "plain {plain} on the default bridge");
+    let front_gw = Ipv4Addr::from(u32::from(api_front) & 0xffff_ff00 | 1);
+    let route = a.rt(&["exec", "api-1", "ip", "route"]).stdout;
+    assert!(route.contains(&format!("default via {front_gw} dev eth0")), "api's default route via front:\n{route}");
+    let route = a.rt(&["exec", "db-1", "ip", "route"]).stdout;
+    assert!(!route.contains("default"), "an internal network gives no default route:\n{route}");
+
+    // Names: api reaches web, db and db's alias; web reaches api and its front alias.
+    let mut got = Ok(String::new());
+    for (from, host, want) in [
+        ("api-1", "web", "web-1"),
+        ("api-1", "db", "db-1"),
+        ("web-1", "api", "api-1"),
+        ("web-1", "api-front", "api-1"),
+        ("db-1", "backend", "api-1"),
+    ] {
+        skiff_tests::wait_until(&format!("{from} to fetch http://{host}/"), WAIT, || {
+            got = fetch(&a, from, host);
+            got.as_deref() == Ok(want)
+        });
+    }
+    let hosts = |id: &str| a.rt(&["exec", id, "cat", "/etc/hosts"]).stdout;
+    let (web_hosts, db_hosts, api_hosts) = (hosts("web-1"), hosts("db-1"), hosts("api-1"));
+    assert!(
+        web_hosts.contains(&format!("{api_front}\tapi\n")) && !web_hosts.contains(&api_back.to_string()),
+        "{web_hosts}"
+    );
+    assert!(
+        !web_hosts.contains("\tdb") && !web_hosts.contains("backend") && !web_hosts.contains("plain"),
+        "{web_hosts}"
+    );
+    assert!(db_hosts.contains(&format!("{api_back}\tbackend\n")) && !db_hosts.contains("\tweb"), "{db_hosts}");
+    assert!(api_hosts.contains(&format!("{db}\tdb\n")) && api_hosts.contains(&format!("{web}\tweb\n")), "{api_hosts}");
+    assert!(!api_hosts.contains("plain"), "api shares no network with plain:\n{api_hosts}");
+
+    // The same names over DNS (busybox nslookup asks DNS only): each network's name server
+    // answers its own names, and api (on both) finds the names of both through its first
+    // network's server; web does not find db's, nor db's internal server anything outside.
+    let ask = |id: &str, name: &str| {
+        let out = a.rt(&["exec", id, "nslookup", name]);
+        format!("{}{}", out.stdout, out.stderr)
+    };
+    for (from, name, addr) in [
+        ("api-1", "db", db),
+        ("api-1", "backend", api_back),
+        ("api-1", "web", web),
+        ("web-1", "api-front", api_front),
+        ("db-1", "backend", api_back),
+    ] {
+        let mut out = String::new();
+        skiff_tests::wait_until(&format!("{from}: nslookup {name}"), WAIT, || {
+            out = ask(from, name);
+            out.contains(&format!("Address: {addr}"))
+        });
+    }
+    for (from, name, addr) in [("web-1", "db", db), ("db-1", "web", web), ("web-1", "plain", plain)] {
+        let out = ask(from, name);
+        assert!(!out.contains(&format!("Address: {addr}")), "{from} found {name} over DNS:\n{out}");
+    }
+
+    // Isolation by address: no network reaches another (user-defined or default), both ways.
+    for (from, to) in
+        [("web-1", db), ("db-1", web), ("web-1", plain), ("plain-1", web), ("plain-1", db), ("db-1", plain)]
+    {
+        let r = fetch(&a, from, &to.to_string());
+        assert!(r.is_err(), "{from} reached {to} on a network it is not on: {r:?}");
+    }
+    assert_eq!(fetch(&a, "api-1", &db.to_string()).as_deref(), Ok("db-1"), "on a shared network, by address too");
+
+    // Outbound: from the default and the front network it works, from the internal one not.
+    let outside = outside_of(&ns);
+    let listener = outside.enter(|| std::net::TcpListener::bind("192.0.2.2:9999").expect("bind 192.0.2.2:9999"));
+    listener.set_nonblocking(true).unwrap();
+    let accept = std::thread::spawn(move || {
+        let (mut peers, start) = (Vec::new(), std::time::Instant::now());
+        while peers.len() < 2 && start.elapsed() < WAIT {
+            match listener.accept() {
+                Ok((_, p)) => peers.push(p.ip().to_string()),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        peers
+    });
+    for from in ["plain-1", "web-1"] {
+        let out = a.rt(&["exec", from, "sh", "-c", "echo hi | nc -w 3 192.0.2.2 9999"]);
+        assert!(out.success(), "{from} reaches an address outside: {out}");
+    }
+    let peers = accept.join().expect("accept thread");
+    assert_eq!(peers, ["192.0.2.1", "192.0.2.1"], "both connections arrived, masqueraded");
+    let out = a.rt(&["exec", "db-1", "sh", "-c", "echo hi | nc -w 2 192.0.2.2 9999"]);
+    assert!(!out.success(), "the internal network has no way out: {out}");
+    // Not even with a default route of its own: the table drops what leaves the bridge.
+    let db_ns = a.run_dir().join("netns").join("db-1");
+    let st_route = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", db_ns.display()))
+        .args(["ip", "route", "add", "default", "via", "10.125.2.1"])
+        .status()
+        .expect("nsenter");
+    assert!(st_route.success());
+    let out = a.rt(&["exec", "db-1", "sh", "-c", "echo hi | nc -w 2 192.0.2.2 9999"]);
+    assert!(!out.success(), "the internal network forwards nothing out: {out}");
+
+    // The published port of the two-network service: from the namespace's loopback (DNAT in
+    // output) and from "another machine" (DNAT in prerouting, forwarded into front).
+    let (from_lo, _) = spread(&ns, "127.0.0.1:8080".parse().unwrap(), 3);
+    assert_eq!(from_lo.get("api-1"), Some(&3), "{from_lo:?}");
+    let mut page = Err(String::new());
+    skiff_tests::wait_until("api's port from outside", WAIT, || {
+        page = outside.enter(|| http_get("192.0.2.1:8080".parse().unwrap()));
+        page.as_deref() == Ok("api-1")
+    });
+    drop(outside);
+
+    a.down();
+    skiff_tests::wait_until("the veths to go", WAIT, || {
+        let (ok, out) = ns.run(&["ip", "-o", "link", "show", "type", "veth"]);
+        ok && out.trim().is_empty()
+    });
+    for bridge in ["sk-front", "sk-back", "sktest1"] {
+        assert!(!ns.run(&["ip", "link", "show", bridge]).0, "skiff down removed the bridge {bridge}");
+    }
+    let (ok, tables) = ns.run(&["nft", "list", "tables"]);
+    assert!(ok && !tables.contains("skiff"), "skiff down removed every table: {tables}");
+    assert!(held_addresses(&a).is_empty(), "every address released");
+    let records: Vec<_> = std::fs::read_dir(a.root().join("network").join("networks"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(records.is_empty(), "no network record left: {records:?}");
+}
+
+/// A user-defined network without a subnet gets a /24 of the pool that stays its own across an
+/// agent restart (the replicas are adopted, and a new one joins the same subnet); when no
+/// service is on it any more, its bridge, table and record go while the agent runs.
+#[test]
+fn a_network_keeps_its_subnet_across_restarts_and_goes_when_unused() {
+    let Some((ns, mut a)) = setup() else { return };
+    let on_solo = |n: u32| {
+        format!(
+            "x-skiff:\n  bridge: sktest2\n  subnet: 10.126.0.0/24\nservices:\n{}networks:\n  solo:\n",
+            httpd_service("x", &format!("    networks: [solo]\n    deploy:\n      replicas: {n}\n"))
+        )
+    };
+    a.write_manifest(&on_solo(1));
+    a.spawn();
+    let st = wait_status(&ns, &a, "x-1 running", |st| all_running(st, "x", 1));
+    let x1 = address(&st, "x-1");
+    assert!(ns.run(&["ip", "link", "show", "sk-solo"]).0, "the network's bridge");
+    assert!(!ns.run(&["ip", "link", "show", "sktest2"]).0, "no default bridge: no service is on it");
+    let record = a.root().join("network").join("networks").join("sk-solo.json");
+    let rec = std::fs::read_to_string(&record).expect("the network's record");
+    let subnet = serde_json::from_str::<Value>(&rec).unwrap()["subnet"].as_str().unwrap().to_string();
+    assert!(subnet.starts_with("10.89.") && subnet.ends_with("/24"), "from the pool: {rec}");
+    assert!(ns.run(&["nft", "list", "table", "ip", "skiff_net_sk_solo"]).0, "its table");
+
+    a.stop_with(libc::SIGKILL);
+    a.write_manifest(&on_solo(2));
+    a.spawn();
+    let st = wait_status(&ns, &a, "x-1 and x-2 running", |st| all_running(st, "x", 2));
+    assert_eq!(address(&st, "x-1"), x1, "adopted with its address");
+    let x2 = address(&st, "x-2");
+    assert_eq!(x2.octets()[..3], x1.octets()[..3], "x-2 {x2} on the same subnet as x-1 {x1}");
+    let again = std::fs::read_to_string(&record).expect("the record");
+    assert!(again.contains(&subnet), "the same subnet after the restart: {again}");
+    skiff_tests::wait_until("x-1 to reach x-2 by name", WAIT, || {
+        a.rt(&["exec", "x-1", "cat", "/etc/hosts"]).stdout.contains(&format!("{x2}\tx\n"))
+    });
+
+    // Off the network: x moves to the default one; solo's bridge, table and record go.
+    a.write_manifest(&format!(
+        "x-skiff:\n  bridge: sktest2\n  subnet: 10.126.0.0/24\nservices:\n{}",
+        httpd_service("x", "")
+    ));
+    skiff_tests::wait_until("solo's bridge, table and record to go", WAIT, || {
+        !ns.run(&["ip", "link", "show", "sk-solo"]).0
+            && !ns.run(&["nft", "list", "table", "ip", "skiff_net_sk_solo"]).0
+            && !record.exists()
+    });
+    let st = wait_status(&ns, &a, "x-1 on the default bridge", |st| {
+        all_running(st, "x", 1) && replica(st, "x-1")["address"].as_str().is_some_and(|s| s.starts_with("10.126.0."))
+    });
+    drop(st);
+    down_leaves_no_network(&ns, &mut a, "sktest2");
+}

@@ -89,11 +89,12 @@ fn remove_network(paths: &Paths, netns: Option<&std::fs::File>, all_gone: bool) 
         return true;
     }
     match crate::daemon::network::teardown(paths, netns) {
-        Ok(Some(bridge)) => {
-            println!("removed the bridge {bridge} and its NAT rules");
+        Ok(bridges) => {
+            for bridge in bridges {
+                println!("removed the bridge {bridge} and its NAT rules");
+            }
             true
         }
-        Ok(None) => true,
         Err(e) => {
             eprintln!("skiff: error: removing the bridge network: {e:#}");
             false

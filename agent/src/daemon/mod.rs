@@ -311,7 +311,7 @@ async fn main_loop(o: Options, paths: Paths, (nofile_was, nofile): (u64, u64)) -
 /// else deleted ([`crate::net::nftwatch`]).
 fn watch_tables(tx: mpsc::UnboundedSender<Event>) {
     use crate::net::{nft, nftwatch::TableWatch};
-    let mut w = match TableWatch::open(&[nft::TABLE, nft::PORTS_TABLE]) {
+    let mut w = match TableWatch::open(&[nft::TABLE, nft::PORTS_TABLE, &format!("{}*", nft::NETWORK_TABLE_PREFIX)]) {
         Ok(w) => w,
         Err(e) => {
             log(&format!(

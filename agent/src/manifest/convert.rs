@@ -13,6 +13,7 @@ mod grants;
 #[cfg(test)]
 pub(super) use files::home_dir as home_dir_for_tests;
 mod include;
+mod networks;
 mod profiles;
 mod rollout;
 use super::units;
@@ -555,10 +556,12 @@ fn document(cx: &mut Ctx, root: &Node, main: bool) -> Option<Manifest> {
     }
     let included: BTreeSet<String> = m.services.keys().cloned().collect();
     let mut services_node = None;
+    let mut top_networks = networks::TopNetworks::default();
     for (key, k, v) in &entries {
         match key.as_str() {
             "services" => services_node = Some((*k, *v)),
             "include" => {}
+            "networks" => top_networks = networks::top_level(cx, v, &mut m),
             "volumes" => {
                 for (name, kn, vn) in cx.map(v, "volumes").unwrap_or_default() {
                     if name.starts_with("x-") {
@@ -609,6 +612,7 @@ fn document(cx: &mut Ctx, root: &Node, main: bool) -> Option<Manifest> {
     let mut dep_sites: Vec<DepSite> = Vec::new();
     let mut volume_sites: Vec<(String, Pos)> = Vec::new();
     let mut port_sites: Vec<PortSite> = Vec::new();
+    let mut net_sites: Vec<networks::NetSite> = Vec::new();
     let svc_entries = cx.map(services, "services").unwrap_or_default();
     let mut declared: BTreeSet<String> = svc_entries.iter().map(|(n, _, _)| n.clone()).collect();
     declared.extend(included.iter().cloned());
@@ -636,12 +640,20 @@ fn document(cx: &mut Ctx, root: &Node, main: bool) -> Option<Manifest> {
             },
             None => std::borrow::Cow::Borrowed(vn),
         };
-        if let Some(s) = service(cx, &name, kn, &vn, &mut dep_sites, &mut volume_sites, &mut port_sites) {
+
+        let sites = Sites {
+            deps: &mut dep_sites,
+            volumes: &mut volume_sites,
+            ports: &mut port_sites,
+            networks: &mut net_sites,
+        };
+        if let Some(s) = service(cx, &name, kn, &vn, sites) {
             m.services.insert(name, s);
         }
     }
     // Cross-references.
     port_collisions(cx, &port_sites);
+    networks::check_manifest(cx, &mut m, &top_networks, &net_sites);
     for (svc, dep, pos, required) in &dep_sites {
         if *required && !declared.contains(dep.as_str()) {
             cx.err(*pos, format!("service `{svc}` depends on `{dep}`, which is not a service of this manifest"));
@@ -762,15 +774,16 @@ fn volume_decl(cx: &mut Ctx, name: &str, n: &Node) -> Option<VolumeDecl> {
     Some(d)
 }
 
-fn service(
-    cx: &mut Ctx,
-    name: &str,
-    key: &Node,
-    n: &Node,
-    dep_sites: &mut Vec<DepSite>,
-    volume_sites: &mut Vec<(String, Pos)>,
-    port_sites: &mut Vec<PortSite>,
-) -> Option<Service> {
+/// Where the services refer to things declared elsewhere, for the checks made once all are read.
+struct Sites<'a> {
+    deps: &'a mut Vec<DepSite>,
+    volumes: &'a mut Vec<(String, Pos)>,
+    ports: &'a mut Vec<PortSite>,
+    networks: &'a mut Vec<networks::NetSite>,
+}
+
+fn service(cx: &mut Ctx, name: &str, key: &Node, n: &Node, sites: Sites) -> Option<Service> {
+    let Sites { deps: dep_sites, volumes: volume_sites, ports: port_sites, networks: net_sites } = sites;
     let what = format!("service `{name}`");
     if matches!(n.value, Value::Null) {
         cx.err(key.pos, format!("{what} is empty: it needs at least image:"));
@@ -787,6 +800,7 @@ fn service(
     let mut limit_pos: BTreeMap<&str, Pos> = BTreeMap::new();
     let mut ports_key: Option<Pos> = None;
     let mut container_name_pos: Option<Pos> = None;
+    let mut networks_key: Option<Pos> = None;
     // Checked once network_mode is known (keys come in any order).
     let mut sysctl_sites: Vec<(String, Pos)> = Vec::new();
     let mut cap_sites: Vec<(String, Pos)> = Vec::new();
@@ -934,6 +948,10 @@ fn service(
                 ports_key = Some(k.pos);
             }
             "extra_hosts" => s.extra_hosts = extra_hosts(cx, v, &f),
+            "networks" => {
+                s.networks = networks::service_networks(cx, name, v, &f, net_sites);
+                networks_key = Some(k.pos);
+            }
             "dns" => s.dns = dns(cx, v, &f),
             "pull_policy" => {
                 if let Some(p) = cx.string(v, &f) {
@@ -1084,6 +1102,7 @@ fn service(
             NetworkMode::None => cx.warn(pos, format!("{name}.ports: not published with network_mode: none (the service has no network); remove ports or use network_mode: bridge")),
         }
     }
+    networks::check_service(cx, &s, networks_key, net_sites);
     for (key, pos) in &sysctl_sites {
         if let Some(e) = hostaccess::sysctl_error(key, s.network_mode) {
             cx.err(*pos, format!("{name}.sysctls: {e}"));

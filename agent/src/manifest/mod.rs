@@ -40,7 +40,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use network::{ExtraHost, NetworkOverrides, NetworkSettings, PortMapping, PortRange, Protocol};
+pub use network::{
+    ExtraHost, NetworkDecl, NetworkOverrides, NetworkSettings, PortMapping, PortRange, Protocol, ServiceNetwork,
+    DEFAULT_NETWORK,
+};
 pub use yaml::{Limits, Pos};
 
 /// The default manifest path.
@@ -69,6 +72,9 @@ pub struct Manifest {
     /// Services not run because none of their `profiles:` is active, with those profiles.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inactive: BTreeMap<String, Vec<String>>,
+    /// Top-level `networks:` other than `default` (whose settings go to `network`), by key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, NetworkDecl>,
 }
 
 impl Manifest {
@@ -131,6 +137,10 @@ pub struct Service {
     /// `dns:` nameservers; empty: the host's.
     #[serde(default)]
     pub dns: Vec<std::net::IpAddr>,
+    /// `networks:` in order; empty: the `default` network only (a list of just `default`
+    /// without settings is stored empty too, so it compares equal to no key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<ServiceNetwork>,
     pub pull_policy: PullPolicy,
     /// `deploy.update_config`, `deploy.rollback_config`, `x-skiff: {progress_deadline}`: how a
     /// change rolls out (not part of the definition: changing it replaces nothing).

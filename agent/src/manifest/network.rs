@@ -321,3 +321,52 @@ pub fn valid_interface_name(s: &str) -> bool {
         && s != ".."
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
 }
+
+/// The network a service is on when it names none (compose's `default`): the agent's bridge
+/// (`x-skiff: {bridge, subnet}`), exactly as before user-defined networks.
+pub const DEFAULT_NETWORK: &str = "default";
+
+/// A user-defined network: an entry of the top-level `networks:` (other than `default`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkDecl {
+    /// `name:`, the network's own name when it differs from its key (for `external`: the skiff
+    /// network to join).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `internal: true`: no outbound NAT and no forwarding out of (or into) the bridge.
+    #[serde(default)]
+    pub internal: bool,
+    /// `external: true`: a network this agent made earlier, joined and never removed.
+    #[serde(default)]
+    pub external: bool,
+    /// `ipam.config[0].subnet`, normalised (`10.90.0.0/24`); `None`: picked from a pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+}
+
+impl NetworkDecl {
+    /// The network's name (`name:`, else its key).
+    pub fn real_name<'a>(&'a self, key: &'a str) -> &'a str {
+        self.name.as_deref().unwrap_or(key)
+    }
+}
+
+/// One network of a service (`services.NAME.networks`), in the order written.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceNetwork {
+    /// The key of the network under the top-level `networks:` (or `default`).
+    pub name: String,
+    /// Extra names of the service on this network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// A fixed address (one replica only; inside the network's declared subnet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<std::net::Ipv4Addr>,
+}
+
+/// A network name compose takes: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 64 bytes.
+pub fn valid_network_name(s: &str) -> bool {
+    s.len() <= 64
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}

@@ -227,7 +227,7 @@ fn unsupported_known_key_is_an_error_with_advice() {
     // build: alone: an error with the same two ways, and no extra "no image" error.
     let r = has("services:\n  web:\n    build: .\n", "3:5: error: ", "add image: NAME");
     assert_eq!(r.errors(), 1, "{:?}", lines(&r));
-    has("services:\n  web:\n    image: a\n    networks: [x]\n", "4:5: error: ", "network_mode");
+    has("services:\n  web:\n    image: a\n    networks: [x]\n", "4:16: error: ", "network `x` is not declared");
     has("services:\n  web:\n    image: a\n    gpus: all\n", "4:5: error: ", "GPUs");
     has("services:\n  web:\n    image: a\nmodels: {}\n", "4:1: error: ", "models");
 }

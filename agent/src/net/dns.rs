@@ -283,7 +283,7 @@ fn reverse_v4(name: &str) -> Option<Ipv4Addr> {
 // Names
 
 /// One replica as the table knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Entry {
     pub addr: Ipv4Addr,
     /// Its names: replica id, service, hostname, aliases (any case; a trailing dot is ignored).
@@ -291,12 +291,16 @@ pub struct Entry {
     pub names: Vec<String>,
     /// The service's `dns:` servers (empty: the host's).
     pub upstreams: Vec<IpAddr>,
+    /// The tables of the other networks this replica is on: as a client, it finds their names
+    /// too (weak: two networks' tables name each other).
+    pub also: Vec<std::sync::Weak<Table>>,
 }
 
 #[derive(Debug, Default)]
 struct Names {
     by_name: HashMap<String, Vec<Ipv4Addr>>,
     by_addr: HashMap<Ipv4Addr, (String, Vec<IpAddr>)>,
+    also: HashMap<Ipv4Addr, Vec<std::sync::Weak<Table>>>,
 }
 
 /// The names of one bridge, replaced as a whole when replicas come and go; read by its server.
@@ -331,6 +335,9 @@ impl Table {
                     addrs.push(e.addr);
                 }
             }
+            if !e.also.is_empty() {
+                n.also.entry(e.addr).or_insert_with(|| e.also.clone());
+            }
             if let Some(first) = e.names.first() {
                 n.by_addr
                     .entry(e.addr)
@@ -351,6 +358,24 @@ impl Table {
     pub fn upstreams_of(&self, addr: IpAddr) -> Vec<IpAddr> {
         let IpAddr::V4(a) = addr else { return Vec::new() };
         self.current().by_addr.get(&a).map(|(_, u)| u.clone()).unwrap_or_default()
+    }
+
+    /// What to answer to `q` from the client at `src`: this table's names, then those of the
+    /// other networks the client is on.
+    pub fn lookup_from(&self, q: &Query, src: IpAddr) -> Lookup {
+        let own = self.lookup(q);
+        if own != Lookup::Forward {
+            return own;
+        }
+        let IpAddr::V4(a) = src else { return own };
+        let also = self.current().also.get(&a).cloned().unwrap_or_default();
+        for t in also.iter().filter_map(std::sync::Weak::upgrade) {
+            let other = t.lookup(q);
+            if other != Lookup::Forward {
+                return other;
+            }
+        }
+        own
     }
 
     /// What to answer to `q`.
@@ -611,7 +636,7 @@ enum Step {
     Nothing,
 }
 
-fn step(shared: &Shared, p: &[u8], limit_of: impl Fn(&Query) -> usize) -> Step {
+fn step(shared: &Shared, p: &[u8], src: IpAddr, limit_of: impl Fn(&Query) -> usize) -> Step {
     let c = &shared.counters;
     match parse_query(p) {
         Err(Bad::Drop) => {
@@ -622,7 +647,7 @@ fn step(shared: &Shared, p: &[u8], limit_of: impl Fn(&Query) -> usize) -> Step {
             c.refused.fetch_add(1, Ordering::Relaxed);
             Step::Reply(error_reply(id, flags, rcode))
         }
-        Ok(q) => match shared.table.lookup(&q) {
+        Ok(q) => match shared.table.lookup_from(&q, src) {
             Lookup::Records(records) => {
                 c.answered.fetch_add(1, Ordering::Relaxed);
                 Step::Reply(reply(p, &q, 0, &records, limit_of(&q)))
@@ -653,7 +678,7 @@ async fn serve_udp(sock: Arc<tokio::net::UdpSocket>, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let q = match step(&shared, &buf[..n], udp_limit) {
+        let q = match step(&shared, &buf[..n], src.ip(), udp_limit) {
             Step::Reply(r) => {
                 let _ = sock.try_send_to(&r, src);
                 continue;
@@ -710,7 +735,7 @@ async fn serve_conn(mut conn: tokio::net::TcpStream, src: IpAddr, shared: &Share
             Some(msg)
         };
         let Ok(Some(msg)) = tokio::time::timeout(TCP_IDLE, read).await else { return };
-        let answer = match step(shared, &msg, |_| usize::from(u16::MAX)) {
+        let answer = match step(shared, &msg, src, |_| usize::from(u16::MAX)) {
             Step::Reply(r) => r,
             Step::Nothing => return,
             Step::Forward(q) => {

@@ -278,6 +278,32 @@ impl Ipam {
         Err(Exhausted { subnet: self.subnet }.into())
     }
 
+    /// Gives `owner` exactly `addr` (a service's `ipv4_address`): idempotent; another address
+    /// the owner had is released; an address held by someone else is an error naming them.
+    pub fn allocate_at(&self, owner: &str, addr: Ipv4Addr) -> Result<Ipv4Addr> {
+        check_owner(owner)?;
+        if !self.subnet.is_container_addr(addr) {
+            bail!("{addr} is not a container address of subnet {}", self.subnet);
+        }
+        let _lock = self.lock()?;
+        let current = self.scan()?;
+        match current.get(&addr) {
+            Some(Some(o)) if o == owner => return Ok(addr),
+            Some(Some(o)) => bail!("{addr} is taken by {o}"),
+            Some(None) => bail!("{addr} is taken (an allocation a crash left; it is freed at the next agent start)"),
+            None => {}
+        }
+        for (a, o) in &current {
+            if o.as_deref() == Some(owner) {
+                self.remove(*a)?;
+            }
+        }
+        if !self.claim(addr, owner)? {
+            bail!("{addr} is taken");
+        }
+        Ok(addr)
+    }
+
     /// Creates the address file exclusively; `false` when it exists already.
     fn claim(&self, addr: Ipv4Addr, owner: &str) -> Result<bool> {
         let path = self.dir.join(addr.to_string());

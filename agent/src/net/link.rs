@@ -141,8 +141,23 @@ pub async fn attach(
     prefix: u8,
     gateway: Ipv4Addr,
 ) -> Result<()> {
+    attach_as(netns_path, bridge, ifname_host, CONTAINER_IFNAME, addr, prefix, Some(gateway)).await
+}
+
+/// [`attach`] with the peer named `ifname` in the namespace (`eth1` for a replica's second
+/// network) and the default route via `gateway` only when given.
+pub async fn attach_as(
+    netns_path: &Path,
+    bridge: &str,
+    ifname_host: &str,
+    ifname: &str,
+    addr: Ipv4Addr,
+    prefix: u8,
+    gateway: Option<Ipv4Addr>,
+) -> Result<()> {
     check_ifname(bridge)?;
     check_ifname(ifname_host)?;
+    check_ifname(ifname)?;
     check_prefix(prefix)?;
     let ns = File::open(netns_path).with_context(|| format!("open network namespace {}", netns_path.display()))?;
     let host = Conn::here()?;
@@ -156,12 +171,14 @@ pub async fn attach(
     }
 
     // The peer: created directly in the container's namespace under its final name.
-    let peer =
-        LinkMessageBuilder::<LinkUnspec>::new().name(CONTAINER_IFNAME.to_string()).setns_by_fd(ns.as_raw_fd()).build();
-    let pair = LinkVeth::new(ifname_host, CONTAINER_IFNAME).set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).build();
-    h.link().add(pair).execute().await.map_err(|e| missing_driver(e, "veth", "CONFIG_VETH", "veth")).with_context(
-        || format!("create veth {ifname_host} with its peer {CONTAINER_IFNAME} in {}", netns_path.display()),
-    )?;
+    let peer = LinkMessageBuilder::<LinkUnspec>::new().name(ifname.to_string()).setns_by_fd(ns.as_raw_fd()).build();
+    let pair = LinkVeth::new(ifname_host, ifname).set_info_data(InfoData::Veth(InfoVeth::Peer(peer))).build();
+    h.link()
+        .add(pair)
+        .execute()
+        .await
+        .map_err(|e| missing_driver(e, "veth", "CONFIG_VETH", "veth"))
+        .with_context(|| format!("create veth {ifname_host} with its peer {ifname} in {}", netns_path.display()))?;
 
     let res = async {
         let host_index = find_link(h, ifname_host)
@@ -175,7 +192,7 @@ pub async fn attach(
             .execute()
             .await
             .with_context(|| format!("attach {ifname_host} to bridge {bridge} and set it up"))?;
-        configure_container_side(&ns, netns_path, addr, prefix, gateway).await
+        configure_container_side(&ns, netns_path, ifname, addr, prefix, gateway).await
     }
     .await;
     if res.is_err() {
@@ -190,6 +207,24 @@ pub async fn attach(
 /// Absent is fine.
 pub async fn detach(host_ifname: &str) -> Result<()> {
     delete_of_kind(host_ifname, InfoKind::Veth, "a veth", &format!("delete {host_ifname}")).await
+}
+
+/// Deletes every veth of this namespace (from inside a replica's: the kernel deletes the
+/// peers on the bridges with them).
+pub async fn detach_all() -> Result<()> {
+    let conn = Conn::here()?;
+    let h = &conn.handle;
+    let mut veths = Vec::new();
+    let mut links = h.link().get().execute();
+    while let Some(link) = links.try_next().await.context("list network interfaces")? {
+        if link_kind(&link) == Some(&InfoKind::Veth) {
+            veths.push(link.header.index);
+        }
+    }
+    for index in veths {
+        delete_index(h, index).await.with_context(|| format!("delete veth {index}"))?;
+    }
+    Ok(())
 }
 
 /// Deletes the link `name` of this namespace when it is of `kind` (`what`, for the error);
@@ -211,26 +246,28 @@ async fn delete_of_kind(name: &str, kind: InfoKind, what: &str, doing: &str) -> 
 async fn configure_container_side(
     ns: &File,
     netns_path: &Path,
+    ifname: &str,
     addr: Ipv4Addr,
     prefix: u8,
-    gateway: Ipv4Addr,
+    gateway: Option<Ipv4Addr>,
 ) -> Result<()> {
     let conn =
         Conn::in_netns(ns).await.with_context(|| format!("open a netlink socket in {}", netns_path.display()))?;
     let h = &conn.handle;
-    let eth0 = find_link(h, CONTAINER_IFNAME)
+    let eth0 = find_link(h, ifname)
         .await?
-        .ok_or_else(|| anyhow!("{CONTAINER_IFNAME} is missing in {}", netns_path.display()))?
+        .ok_or_else(|| anyhow!("{ifname} is missing in {}", netns_path.display()))?
         .header
         .index;
     match h.address().add(eth0, IpAddr::V4(addr), prefix).execute().await {
         Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-        r => r.with_context(|| format!("add address {addr}/{prefix} to {CONTAINER_IFNAME}"))?,
+        r => r.with_context(|| format!("add address {addr}/{prefix} to {ifname}"))?,
     }
-    set_up(h, eth0).await.with_context(|| format!("set {CONTAINER_IFNAME} up"))?;
+    set_up(h, eth0).await.with_context(|| format!("set {ifname} up"))?;
     if let Some(lo) = find_link(h, "lo").await? {
         set_up(h, lo.header.index).await.context("set lo up")?;
     }
+    let Some(gateway) = gateway else { return Ok(()) };
     let route = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(eth0).gateway(gateway).build();
     h.route().add(route).replace().execute().await.with_context(|| format!("add the default route via {gateway}"))
 }

@@ -73,6 +73,10 @@ pub const TABLE: &str = "skiff";
 pub struct Nat {
     bridge: String,
     subnet: Subnet,
+    /// [`TABLE`] for the default bridge, [`network_table`] for a user-defined network's.
+    table: String,
+    /// A user-defined network's rules (`None`: the default bridge's, as they always were).
+    network: Option<NetworkRules>,
     nft: PathBuf,
     netns: Option<PathBuf>,
 }
@@ -81,7 +85,30 @@ impl Nat {
     /// Rules for `bridge` (an interface name) and its `subnet`, applied with `nft` from PATH.
     pub fn new(bridge: &str, subnet: Subnet) -> Result<Nat> {
         check_ifname(bridge)?;
-        Ok(Nat { bridge: bridge.to_string(), subnet, nft: PathBuf::from("nft"), netns: None })
+        Ok(Nat {
+            bridge: bridge.to_string(),
+            subnet,
+            table: TABLE.to_string(),
+            network: None,
+            nft: PathBuf::from("nft"),
+            netns: None,
+        })
+    }
+
+    /// Rules for a user-defined network's `bridge`, in a table of its own
+    /// ([`network_table`]): what the default bridge's table holds (masquerade only when not
+    /// `internal`), and its isolation (see [`NetworkRules`]).
+    pub fn network(bridge: &str, subnet: Subnet, rules: NetworkRules) -> Result<Nat> {
+        check_ifname(&rules.default_bridge)?;
+        let mut nat = Nat::new(bridge, subnet)?;
+        nat.table = network_table(bridge);
+        nat.network = Some(rules);
+        Ok(nat)
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
     }
 
     /// Runs `nft` from this path instead of PATH's.
@@ -99,6 +126,9 @@ impl Nat {
     /// The whole transaction [`Nat::apply`] sends.
     pub fn ruleset(&self) -> String {
         let (b, s) = (&self.bridge, self.subnet);
+        if let Some(n) = &self.network {
+            return self.network_ruleset(n);
+        }
         format!(
             "table ip {TABLE}\n\
              delete table ip {TABLE}\n\
@@ -121,6 +151,51 @@ impl Nat {
         )
     }
 
+    /// A user-defined network's table. Nothing new enters the bridge from another interface
+    /// but a published port's connections (`ct status dnat`), and nothing new leaves it for
+    /// the default bridge (whose own table accepts all): two networks' members cannot reach
+    /// each other, each table dropping what enters its bridge. An internal network forwards
+    /// nothing in or out at all and has no masquerade.
+    fn network_ruleset(&self, n: &NetworkRules) -> String {
+        let (b, s, t, d) = (&self.bridge, self.subnet, &self.table, &n.default_bridge);
+        let (nat, forward) = if n.internal {
+            (
+                String::new(),
+                format!("\t\tiifname \"{b}\" oifname != \"{b}\" counter drop\n\t\toifname \"{b}\" iifname != \"{b}\" counter drop\n"),
+            )
+        } else {
+            (
+                format!("\t\tip saddr {s} oifname != \"{b}\" masquerade\n"),
+                format!(
+                    "\t\toifname \"{b}\" ct status dnat accept\n\
+                     \t\toifname \"{b}\" iifname != \"{b}\" ct state new counter drop\n\
+                     \t\tiifname \"{b}\" oifname \"{d}\" ct state new counter drop\n\
+                     \t\tiifname \"{b}\" accept\n\
+                     \t\toifname \"{b}\" ct state established,related accept\n"
+                ),
+            )
+        };
+        format!(
+            "table ip {t}\n\
+             delete table ip {t}\n\
+             table ip {t} {{\n\
+             \tchain prerouting {{\n\
+             \t\ttype filter hook prerouting priority raw; policy accept;\n\
+             \t\tiifname \"{b}\" ip daddr 127.0.0.0/8 counter drop\n\
+             \t}}\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             {nat}\
+             \t\tip saddr 127.0.0.0/8 oifname \"{b}\" masquerade\n\
+             \t}}\n\
+             \tchain forward {{\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             {forward}\
+             \t}}\n\
+             }}\n"
+        )
+    }
+
     /// Creates or replaces our table, atomically. Idempotent.
     pub fn apply(&self) -> Result<()> {
         self.nft(&["-f", "-"], Some(self.ruleset())).map(drop).context("setting up outbound NAT for the bridge")
@@ -129,7 +204,8 @@ impl Nat {
     /// Deletes our table; fine when it does not exist.
     pub fn remove(&self) -> Result<()> {
         // Declaring the table first makes the delete succeed when it is absent, in one transaction.
-        let script = format!("table ip {TABLE}\ndelete table ip {TABLE}\n");
+        let t = &self.table;
+        let script = format!("table ip {t}\ndelete table ip {t}\n");
         self.nft(&["-f", "-"], Some(script)).map(drop).context("removing the NAT rules of the bridge")
     }
 
@@ -137,7 +213,7 @@ impl Nat {
     /// cannot talk to the kernel at all).
     pub fn exists(&self) -> Result<bool> {
         let out = self.nft(&["list", "tables", "ip"], None)?;
-        let want = format!("table ip {TABLE}");
+        let want = format!("table ip {}", self.table);
         Ok(out.lines().any(|l| l.trim() == want))
     }
 
@@ -146,7 +222,7 @@ impl Nat {
         if !self.exists()? {
             return Ok(None);
         }
-        let out = self.nft(&["-j", "list", "table", "ip", TABLE], None)?;
+        let out = self.nft(&["-j", "list", "table", "ip", &self.table], None)?;
         Ok(Some(serde_json::from_str(&out).context("parsing nft -j output")?))
     }
 
@@ -199,6 +275,25 @@ fn explain_failure(cmd: &str, stderr: &str) -> String {
     } else {
         format!("{cmd} failed: {stderr}")
     }
+}
+
+/// The prefix of a user-defined network's table: `skiff_net_` + its bridge, `-` and `.` as `_`.
+pub const NETWORK_TABLE_PREFIX: &str = "skiff_net_";
+
+/// The table of a user-defined network's bridge.
+pub fn network_table(bridge: &str) -> String {
+    let b: String = bridge.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("{NETWORK_TABLE_PREFIX}{b}")
+}
+
+/// What sets a user-defined network's table apart from the default bridge's.
+#[derive(Clone, Debug)]
+pub struct NetworkRules {
+    /// `internal: true`: no masquerade, nothing forwarded in or out.
+    pub internal: bool,
+    /// The default bridge (its table accepts whatever leaves it; this one drops what comes
+    /// from it, and what would go to it).
+    pub default_bridge: String,
 }
 
 /// The table of the published ports' kernel fast path (family `ip`), apart from [`TABLE`]: it
@@ -312,7 +407,8 @@ fn blockers_in(ruleset: &serde_json::Value, bridge: &str) -> Vec<ForwardBlocker>
             table: str_of(chain, "table"),
             chain: str_of(chain, "name"),
         };
-        let ours = b.family == "ip" && (b.table == TABLE || b.table == PORTS_TABLE);
+        let ours = b.family == "ip"
+            && (b.table == TABLE || b.table == PORTS_TABLE || b.table.starts_with(NETWORK_TABLE_PREFIX));
         let ipv4 = matches!(b.family.as_str(), "ip" | "inet");
         if ours || !ipv4 || chain["hook"] != "forward" || chain["policy"] != "drop" {
             continue;

@@ -51,7 +51,7 @@ pub struct TableWatch {
 
 impl TableWatch {
     /// Subscribes (needs CAP_NET_ADMIN, and a tokio runtime) to changes of the `ip` tables
-    /// named `watched`.
+    /// named `watched` (`prefix*`: every table whose name starts with `prefix`).
     pub fn open(watched: &[&str]) -> io::Result<TableWatch> {
         TableWatch::on(subscribe()?, watched)
     }
@@ -92,7 +92,12 @@ impl TableWatch {
                 match kind & 0xff {
                     MSG_DELTABLE | MSG_NEWTABLE => {
                         let Some(name) = table_name(payload) else { continue };
-                        if !self.watched.contains(&name) {
+                        // `prefix*` watches every table whose name starts with `prefix`.
+                        let watched = self.watched.iter().any(|w| match w.strip_suffix('*') {
+                            Some(prefix) => name.starts_with(prefix),
+                            None => *w == name,
+                        });
+                        if !watched {
                             continue;
                         }
                         if kind & 0xff == MSG_DELTABLE {

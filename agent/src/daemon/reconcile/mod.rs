@@ -38,6 +38,7 @@ use super::{health, proc};
 
 mod checks;
 mod net;
+use net::connect;
 mod publish;
 mod pulls;
 mod rollouts;
@@ -236,6 +237,10 @@ pub struct Agent {
     snapshots: watch::Sender<Snapshot>,
     /// The bridge network, once a bridged replica needed it.
     net: Option<Arc<BridgeNet>>,
+    /// The user-defined networks opened so far, by key.
+    user_nets: BTreeMap<String, Arc<BridgeNet>>,
+    /// A user-defined network may be set up (recorded at start, or one was opened since).
+    networks_maybe_up: bool,
     /// `--no-bridge`: never set up the bridge network.
     bridge_disabled: bool,
     /// `--bridge`, `--subnet`: where the manifest's `x-skiff` says nothing.
@@ -277,7 +282,7 @@ impl Agent {
             log(&format!("{b}; its service starts a new revision history"));
         }
         Ok(Agent {
-            ports: Ports::new(&paths.run, network::record_path(&paths).exists()),
+            ports: Ports::new(&paths.run, network::any_recorded(&paths)),
             rt,
             store,
             client: None,
@@ -293,6 +298,8 @@ impl Agent {
             tx,
             snapshots,
             net: None,
+            user_nets: BTreeMap::new(),
+            networks_maybe_up: network::any_recorded(&paths),
             bridge_disabled: false,
             network_defaults: NetworkSettings::default(),
             setup_lock: SetupLock::default(),
@@ -477,13 +484,21 @@ impl Agent {
             Ok(n) => log(&format!("released {n} address(es) of replicas that no longer exist")),
             Err(e) => log(&format!("checking the address allocations: {e:#}")),
         }
-        // Adopted bridged replicas: their network, for the hosts files of the next ones, and
-        // its name server (the bridge is up: they run on it) with their names.
-        if self.replicas.values().any(|r| r.rec.address.is_some()) && !self.bridge_disabled {
+        // Adopted bridged replicas: their networks, for the hosts files of the next ones, and
+        // each network's name server (its bridge is up: they run on it) with their names.
+        if !self.bridge_disabled {
             if let Some(m) = self.manifest.clone() {
-                match self.bridge_net(&m) {
-                    Ok(net) => net.start_dns(),
-                    Err(e) => log(&format!("the bridge network: {e:#}")),
+                let specs: Vec<Service> = self
+                    .replicas
+                    .values()
+                    .filter(|r| r.rec.spec.network_mode == NetworkMode::Bridge && r.rec.address.is_some())
+                    .map(|r| r.rec.spec.clone())
+                    .collect();
+                for spec in specs {
+                    match self.networks_of(&m, &spec) {
+                        Ok(nets) => nets.iter().for_each(|(net, _)| net.start_dns()),
+                        Err(e) => log(&format!("the networks of {}: {e:#}", spec.name)),
+                    }
                 }
                 self.refresh_hosts();
             }
@@ -1006,9 +1021,9 @@ impl Agent {
                 return;
             }
         };
-        let net = match svc.network_mode {
-            NetworkMode::Bridge if !self.bridge_disabled => match self.bridge_net(m) {
-                Ok(n) => Some(n),
+        let nets = match svc.network_mode {
+            NetworkMode::Bridge if !self.bridge_disabled => match self.networks_of(m, svc) {
+                Ok(n) => n,
                 Err(e) => {
                     if let Some(r) = self.replicas.get_mut(id) {
                         r.phase = Phase::Failed;
@@ -1017,7 +1032,7 @@ impl Agent {
                     return;
                 }
             },
-            _ => None,
+            _ => Vec::new(),
         };
         let Some(r) = self.replicas.get_mut(id) else { return };
         r.gen += 1;
@@ -1055,11 +1070,8 @@ impl Agent {
                     }
                 }
                 // Bridged: address, veth and name files first (prepare mounts the files).
-                let address = match &net {
-                    Some(n) => Some(n.connect(&paths, &svc, &idc).await?),
-                    None => None,
-                };
-                let (p, s, i, sv, bridged) = (paths.clone(), store.clone(), idc.clone(), svc.clone(), net.is_some());
+                let address = connect(&paths, &svc, &idc, &nets).await?;
+                let (p, s, i, sv, bridged) = (paths.clone(), store.clone(), idc.clone(), svc.clone(), !nets.is_empty());
                 let mut prepared = tokio::task::spawn_blocking(move || match reuse {
                     Some(kept) => replica::remount(&p, &s, &image, &sv, &i).map(|_| kept),
                     None => replica::prepare(&p, &s, &image, &sv, &i, bridged),

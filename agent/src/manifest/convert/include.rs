@@ -1,4 +1,4 @@
-//! `include:` at the top level: other compose files whose services and volumes join the
+//! `include:` at the top level: other compose files whose services, volumes and networks join the
 //! manifest's, as compose does. Each included file is its own document: relative paths in
 //! it resolve against its directory (or `project_directory`), its variables come from the
 //! agent's environment and the `.env` of that directory, and what it includes is included
@@ -125,6 +125,17 @@ fn merge(cx: &mut Ctx, m: &mut Manifest, inc: Manifest, pos: Pos) {
             continue;
         }
         m.services.insert(name, s);
+    }
+    for (name, n) in inc.networks {
+        match m.networks.get(&name) {
+            Some(e) if *e != n => cx.err(
+                pos,
+                format!("include: network `{name}` is declared differently by two included files: declare it once"),
+            ),
+            _ => {
+                m.networks.insert(name, n);
+            }
+        }
     }
     for (name, v) in inc.volumes {
         match m.volumes.get(&name) {

@@ -29,6 +29,7 @@ fn table() -> Table {
         addr: ip(addr),
         names: names.iter().map(|s| s.to_string()).collect(),
         upstreams: up.iter().map(|s| s.parse().unwrap()).collect(),
+        also: Vec::new(),
     };
     t.set(&[
         e("10.88.0.2", &["web-1", "web"], &[]),
@@ -131,7 +132,12 @@ fn the_clients_dns_servers_are_known_by_its_address() {
 fn too_many_addresses_for_udp_set_tc_and_edns_raises_the_limit() {
     let t = Table::default();
     let entries: Vec<Entry> = (2..100)
-        .map(|i| Entry { addr: Ipv4Addr::new(10, 88, 0, i), names: vec!["big".into()], upstreams: Vec::new() })
+        .map(|i| Entry {
+            addr: Ipv4Addr::new(10, 88, 0, i),
+            names: vec!["big".into()],
+            upstreams: Vec::new(),
+            also: Vec::new(),
+        })
         .collect();
     t.set(&entries);
     let p = query(3, "big", TYPE_A, None);
@@ -288,4 +294,37 @@ async fn forwarded_queries_reach_an_upstream_and_come_back_with_the_clients_id()
     let n = client.recv(&mut buf).await.unwrap();
     let back = accept_reply(&buf[..n], &q, 0x9999, false, 512, &p).unwrap();
     assert_eq!(&back[..2], &[0x42, 0x42]);
+}
+
+/// A client on two networks finds the names of both through the server of either; a client
+/// on one network does not find the other's.
+#[test]
+fn a_client_on_two_networks_finds_the_names_of_both() {
+    let front = Arc::new(Table::default());
+    let back = Arc::new(Table::default());
+    back.set(&[Entry {
+        addr: ip("10.90.0.2"),
+        names: vec!["db-1".into(), "db".into()],
+        upstreams: Vec::new(),
+        also: Vec::new(),
+    }]);
+    front.set(&[
+        Entry {
+            addr: ip("10.89.0.2"),
+            names: vec!["api-1".into(), "api".into()],
+            upstreams: Vec::new(),
+            also: vec![Arc::downgrade(&back)],
+        },
+        Entry {
+            addr: ip("10.89.0.3"),
+            names: vec!["web-1".into(), "web".into()],
+            upstreams: Vec::new(),
+            also: Vec::new(),
+        },
+    ]);
+    let q = parse_query(&query(7, "db", TYPE_A, None)).unwrap();
+    assert!(matches!(front.lookup_from(&q, "10.89.0.2".parse().unwrap()), Lookup::Records(r) if r.len() == 1));
+    assert_eq!(front.lookup_from(&q, "10.89.0.3".parse().unwrap()), Lookup::Forward);
+    drop(back);
+    assert_eq!(front.lookup_from(&q, "10.89.0.2".parse().unwrap()), Lookup::Forward, "a network gone is not asked");
 }
