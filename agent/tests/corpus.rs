@@ -88,6 +88,9 @@ struct StandIn {
     paths: Vec<String>,
     /// Its volumes' targets.
     volumes: Vec<String>,
+    /// The service gives no `user:`: the stand-in runs as root, as the real images do (the
+    /// test image's own user is not root).
+    root: bool,
 }
 
 /// The URLs in a health check: (port, path).
@@ -105,7 +108,7 @@ fn urls(test: &str) -> Vec<(u16, String)> {
 fn stand_ins(m: &Manifest) -> BTreeMap<String, StandIn> {
     let mut out = BTreeMap::new();
     for (name, s) in &m.services {
-        let mut st = StandIn::default();
+        let mut st = StandIn { root: s.user.is_none(), ..StandIn::default() };
         for p in &s.ports {
             if p.protocol == Protocol::Tcp {
                 st.ports.extend(p.target.start..=p.target.end);
@@ -169,6 +172,9 @@ fn with_stand_ins(text: &str, m: &Manifest, image: &str) -> String {
             out.push_str(&format!("{indent}image: {image}\n"));
             if let Some(st) = stand_ins.get(svc) {
                 out.push_str(&format!("{indent}entrypoint: [\"/bin/sh\", \"-c\", {:?}, \"standin\"]\n", script(st)));
+                if st.root {
+                    out.push_str(&format!("{indent}user: \"0\"\n"));
+                }
             }
             continue;
         }
@@ -253,10 +259,17 @@ fn run_one(file: &Path, image: &str) -> Result<(), String> {
             for p in s.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
                 let Some(published) = p.published else { continue };
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, published.start));
-                let answer = ns.enter(move || http_get(addr));
-                match answer {
-                    Ok(body) if body.contains("standin") => {}
-                    other => return Err(format!("{name}: port {addr}: {other:?}\n{st:#}")),
+                // Its rules come in right after the replica runs; a few tries.
+                let mut answer = Err(String::new());
+                for _ in 0..50 {
+                    answer = ns.enter(move || http_get(addr));
+                    if answer.is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                if let Err(e) = answer {
+                    return Err(format!("{name}: port {addr}: {e}\n{st:#}"));
                 }
             }
         }
