@@ -640,7 +640,7 @@ fn remove_empty_cgroup_parent(cgroup: &str) {
 }
 
 fn tracing_warn(msg: &str) {
-    eprintln!("skiff agent: warning: {msg}");
+    super::reconcile::log(&format!("warning: {msg}"));
 }
 
 #[cfg(test)]

@@ -1111,9 +1111,34 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// One line on stderr (journald takes it as is): escaped and bounded, whatever it quotes.
+/// One line on stderr: escaped and bounded, whatever it quotes; with the time in front
+/// ([`stamp`]) unless journald takes it (it stamps each line itself).
 pub fn log(msg: &str) {
-    eprintln!("skiff agent: {}", text::one_line(msg, text::MESSAGE_MAX));
+    eprintln!("{}skiff agent: {}", stamp(), text::one_line(msg, text::MESSAGE_MAX));
+}
+
+/// `2026-01-02T03:04:05.678Z ` (RFC 3339, UTC, milliseconds), or nothing when stderr is the
+/// journal.
+pub fn stamp() -> String {
+    if under_journald() {
+        String::new()
+    } else {
+        format!("{} ", humantime::format_rfc3339_millis(std::time::SystemTime::now()))
+    }
+}
+
+/// Whether stderr is journald's stream: systemd sets `JOURNAL_STREAM=DEV:INODE` of the stream
+/// it connects; a variable inherited by a process whose stderr was redirected elsewhere does
+/// not match (systemd's own rule for it).
+fn under_journald() -> bool {
+    static UNDER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *UNDER.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        let Some(v) = std::env::var_os("JOURNAL_STREAM") else { return false };
+        let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else { return false };
+        let Ok(st) = std::fs::metadata("/proc/self/fd/2") else { return false };
+        dev.parse::<u64>().ok() == Some(st.dev()) && ino.parse::<u64>().ok() == Some(st.ino())
+    })
 }
 
 /// Whether the manifest wants a replica `id` (`SERVICE-N`, N in 1..=replicas).
