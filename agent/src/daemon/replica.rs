@@ -531,6 +531,17 @@ pub async fn start(paths: &Paths, rt: &Runtime, svc: &Service, id: &str) -> Resu
     Ok(Started { pid, shim: (shim_pid, started) })
 }
 
+/// Removes the log directory of container `id` (an earlier container's, before a new one
+/// with the same id starts); a missing one is fine.
+pub fn remove_logs(paths: &Paths, id: &str) -> Result<()> {
+    let dir = paths.logs(id);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing the earlier logs {}", dir.display())),
+    }
+}
+
 /// The container's exit as its shim recorded it (`<run>/shims/<id>/exit.json`).
 pub fn read_exit(paths: &Paths, id: &str) -> Option<ExitKind> {
     #[derive(Deserialize)]

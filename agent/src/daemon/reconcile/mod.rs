@@ -143,6 +143,11 @@ struct Replica {
     /// the start back), at this moment: its failed checks do not count until the shim says it
     /// started (`<run>/shims/<id>/started`), for at most [`START_UNCONFIRMED_MAX`].
     start_unconfirmed: Option<Instant>,
+    /// A new container (not adopted, not started yet): its first start begins a new log
+    /// directory, so `skiff logs` never shows an earlier, unrelated container that had the
+    /// same id (before `skiff down`, or before its service was replaced). Restarts of the same
+    /// container continue its logs.
+    fresh_logs: bool,
 }
 
 /// How long failed checks of a container adopted mid-start are not counted at most.
@@ -183,6 +188,7 @@ impl Replica {
             ready_at: None,
             since: Instant::now(),
             start_unconfirmed: None,
+            fresh_logs: true,
         }
     }
 
@@ -364,6 +370,7 @@ impl Agent {
                 .filter(|(p, t)| rec.shim.is_none_or(|s| s == (*p, *t)) && is_shim(*p, &id));
             let mut r = Replica::new(rec.id.clone(), &rec.spec, rec.index, rec.revision);
             r.rec = rec.clone();
+            r.fresh_logs = false;
             if let Some(shim) = shim {
                 // Running (or just exiting): adopt it.
                 let pid = proc::read_pid_file(&shim_dir.join("init.pid")).or(rec.pid);
@@ -875,9 +882,10 @@ impl Agent {
     /// Removes the log directories (`<root>/logs/<id>/`) of replicas gone for good: no replica
     /// of that id exists (a stopped, exited or failed one keeps its logs for `skiff logs`) and
     /// the manifest in force does not want one (its service was removed, or scaled below its
-    /// index). A replaced replica keeps its directory: the same id continues it. Checked when a
-    /// manifest comes into force and when a replica is removed (and at start), with the manifest
-    /// in force only: an agent without a valid manifest removes nothing.
+    /// index). A replaced replica keeps its directory until the next container of that id
+    /// starts, which begins it anew (`Replica::fresh_logs`). Checked when a manifest comes into
+    /// force and when a replica is removed (and at start), with the manifest in force only: an
+    /// agent without a valid manifest removes nothing.
     fn remove_stale_logs(&self, m: &Manifest) {
         let dir = self.paths.logs_dir();
         let Ok(rd) = std::fs::read_dir(&dir) else { return };
@@ -998,6 +1006,7 @@ impl Agent {
         let svc = svc.clone();
         let idc = id.to_string();
         let cleanup = r.cleanup.take();
+        let fresh_logs = std::mem::replace(&mut r.fresh_logs, false);
         let digest = image.digest.to_string();
         // A restart of the same definition and image reuses the bundle on disk.
         let reuse = (r.prepared_for.as_deref() == Some(digest.as_str())
@@ -1036,6 +1045,9 @@ impl Agent {
                 .map_err(|e| anyhow!("{e}"))??;
                 prepared.address = address;
                 replica::save_prepared(&paths, &idc, &prepared)?;
+                if fresh_logs {
+                    replica::remove_logs(&paths, &idc)?;
+                }
                 let started = replica::start(&paths, &rt, &svc, &idc).await?;
                 Ok::<_, anyhow::Error>((started, prepared, digest))
             }
