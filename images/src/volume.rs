@@ -13,8 +13,11 @@
 //!   to directory fds opened `O_NOFOLLOW` (the rootfs copier of [`crate::rootfs`]): a symlink
 //!   of the image is copied as a symlink, never followed; ownership, modes, xattrs, times and
 //!   hardlinks are kept; at most [`crate::rootfs::COPY_MAX_DEPTH`] directories deep.
-//! - the copy goes to a hidden temporary directory renamed into place at the end, so a failed
-//!   or interrupted copy never leaves a half-seeded volume that a restart would then mount.
+//! - the copy goes to a hidden temporary directory, synced and renamed into place at the end
+//!   (never over an existing one), so a failed or interrupted copy never leaves a half-seeded
+//!   volume that a restart would then mount; what a crash left is removed by the next seed.
+//! - named volumes of the manifest go through the same resolution and copy
+//!   ([`named_volume`]), once, when skiff makes the volume.
 //!
 //! Why a symlink on the way is refused rather than followed inside the rootfs (docker follows
 //! it in scope): a VOLUME is declared by the image's author at the path the image uses; an
@@ -233,10 +236,34 @@ fn resolve(root: &OwnedFd, image: &str, v: &str, path: &str) -> Result<Source, B
     Err(refuse("a volume cannot be the root directory".into()))
 }
 
+/// Removes the temporary directories an interrupted seed of `name` left in `dir`
+/// (`.NAME.seed-PID-N` whose process is gone: killed, or a power cut). Those of a live process
+/// (this one's other threads included) are theirs.
+fn remove_stale_seeds(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.seed-");
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = crate::fsutil::remove_tree(&e.path());
+    }
+}
+
 /// Makes `dest` (missing): a temporary directory in `dir`, filled from `source`, renamed to
 /// `dest`. On error the temporary directory is removed and nothing is left.
 fn seed(source: &Source, rootfs: &Path, path: &str, dir: &Path, dest: &Path) -> Result<(), String> {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    remove_stale_seeds(dir, &name);
     let tmp = dir.join(format!(".{name}.seed-{}-{}", std::process::id(), crate::fsutil::unique()));
     let res = (|| -> Result<(), String> {
         fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
@@ -254,6 +281,9 @@ fn seed(source: &Source, rootfs: &Path, path: &str, dir: &Path, dest: &Path) -> 
             let from = rootfs.join(path.trim_start_matches('/'));
             crate::rootfs::copy_dir(src, &from, &to, &tmp)
                 .map_err(|e| format!("seeding the volume from the image: {e}"))?;
+            // The copy is on disk before its name says it is complete: a power cut after the
+            // rename never leaves a volume of empty files taken as filled.
+            crate::fsutil::syncfs(&tmp).map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
         }
         // Never over a volume made meanwhile (two replicas starting at once): theirs stays.
         match fcntl::renameat2(None, &tmp, None, dest, fcntl::RenameFlags::RENAME_NOREPLACE) {

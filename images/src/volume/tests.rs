@@ -261,6 +261,10 @@ fn a_new_named_volume_is_filled_once_from_the_image() {
     }
     let vols = s.vols();
     fs::create_dir(&vols).unwrap();
+    // What a seed cut by a crash left (its process is gone: no pid is that high) goes.
+    let stale = vols.join(".db.seed-999999999-1");
+    fs::create_dir(&stale).unwrap();
+    fs::write(stale.join("half"), "half a copy").unwrap();
     assert_eq!(named_volume(&s.rootfs(), "/data/", &vols, "db", false).unwrap(), NamedVolume::Filled);
     let v = vols.join("db");
     assert_eq!(fs::read_to_string(v.join("sub/f")).unwrap(), "from the image\n");
