@@ -4,7 +4,7 @@
 //! issue 13: `skiff logs` showing an earlier, unrelated container of the same replica id, and
 //! the agent's log lines without timestamps when not under journald. Run as root.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -26,10 +26,11 @@ fn sleeper(name: &str, replicas: u32, extra: &str) -> String {
     )
 }
 
-/// `skiff --root ROOT exec ARGS` as `Command`, stdio to be set by the caller.
+/// `skiff --root ROOT exec ARGS` as `Command`, stdio to be set by the caller; without
+/// SKIFF_RUNTIME: the runtime is the one the replica's shim runs.
 fn exec_command(a: &Agent, args: &[&str]) -> Command {
     let mut c = Command::new(SKIFF);
-    c.env_remove("SKIFF_ROOT").env("SKIFF_RUNTIME", a.runtime()).arg("--root").arg(a.root()).arg("exec").args(args);
+    c.env_remove("SKIFF_ROOT").env_remove("SKIFF_RUNTIME").arg("--root").arg(a.root()).arg("exec").args(args);
     c
 }
 
@@ -143,17 +144,12 @@ fn nobody_cannot_exec() {
     a.down();
 }
 
-/// Reads from the pty master until `want` shows up (or the other side hangs up, or `WAIT`).
+/// Reads from the pty master until `want` shows up (panics after `WAIT`, never hangs).
 fn read_until(master: &OwnedFd, got: &mut String, want: &str) {
-    let mut f = std::fs::File::from(master.try_clone().expect("dup master"));
     let deadline = Instant::now() + WAIT;
-    let mut buf = [0u8; 1024];
     while !got.contains(want) {
         assert!(Instant::now() < deadline, "no {want:?} on the terminal: {got:?}");
-        match f.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
-        }
+        read_for(master, got, Duration::from_millis(200));
     }
 }
 
@@ -189,17 +185,54 @@ fn winsize(rows: u16, cols: u16) -> libc::winsize {
 /// terminal is back in its mode afterwards.
 #[test]
 fn exec_with_a_tty() {
-    use nix::sys::termios::{tcgetattr, LocalFlags};
     let mut a = Agent::new(SKIFF);
     a.write_manifest(&format!("services:\n{}", sleeper("web", 1, "")));
     a.start();
     a.wait_running("web", 1);
+    tty_session(&a);
+    a.down();
+}
 
+/// The same with the agent on crun and on runc (where installed and able to run here): skiff
+/// exec finds the runtime through the replica's shim (no SKIFF_RUNTIME) and works with any
+/// OCI runtime's `exec --process --console-socket`.
+#[test]
+fn exec_under_crun_and_runc() {
+    for name in ["crun", "runc"] {
+        let Some(bin) = skiff_tests::which(name) else {
+            skiff_tests::skip_part(&format!("{name} is not installed"));
+            continue;
+        };
+        if name == "runc" {
+            if let Some(m) = skiff_tests::agent::odd_v1_hierarchy() {
+                skiff_tests::skip_part(&format!(
+                    "runc cannot run containers while a v1 hierarchy is at {}",
+                    m.display()
+                ));
+                continue;
+            }
+        }
+        let mut a = Agent::with_runtime(SKIFF, &bin);
+        a.write_manifest(&format!("services:\n{}", sleeper("web", 1, "")));
+        a.start();
+        a.wait_running("web", 1);
+        let o =
+            exec_command(&a, &["-u", "65534", "web", "--", "sh", "-c", "id -u; exit 9"]).output().expect("skiff exec");
+        assert_eq!(o.status.code(), Some(9), "{name}: {o:?}");
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "65534\n", "{name}: {o:?}");
+        tty_session(&a);
+        a.down();
+    }
+}
+
+/// The terminal part of [`exec_with_a_tty`], on a running `web`.
+fn tty_session(a: &Agent) {
+    use nix::sys::termios::{tcgetattr, LocalFlags};
     let pty = nix::pty::openpty(Some(&winsize(33, 111)), None).expect("openpty");
     let before = tcgetattr(&pty.slave).expect("tcgetattr");
     let slave = std::fs::File::from(pty.slave.try_clone().expect("dup"));
     let mut c = exec_command(
-        &a,
+        a,
         &[
             "-it",
             "web",
@@ -245,7 +278,6 @@ fn exec_with_a_tty() {
     let after = tcgetattr(&pty.slave).expect("tcgetattr");
     assert_eq!(after.local_flags, before.local_flags, "the terminal's mode is restored");
     assert_eq!(after.input_flags, before.input_flags);
-    a.down();
 }
 
 /// `skiff logs SERVICE` shows the current containers only: after `skiff down` and an `up`

@@ -14,10 +14,16 @@
 //! `-t`: the process gets a pty (`process.terminal` and `--console-socket`, the way containerd
 //! and podman run `-t`): the runtime sends the pty master over the socket; this side puts its
 //! own terminal in raw mode (restored on every way out) and copies both ways, input only with
-//! `-i`; the window size goes with the process (`consoleSize`) and follows SIGWINCH. Signals
-//! sent to `skiff exec` (SIGTERM, SIGHUP, SIGINT by `kill`) are passed to the runtime, which
-//! passes them to the process; a ^C typed on a terminal reaches the process directly (through
-//! the pty with `-t`, through the shared process group without).
+//! `-i`; the window size goes with the process (`consoleSize`) and follows SIGWINCH. runc takes
+//! a console socket only with `--detach`, so `-t` runs the exec detached (`--pid-file`) with
+//! this side a child subreaper: the process is orphaned to it, and it waits for the process
+//! and takes its exit status itself (containerd's shim does the same). Without `-t` the
+//! runtime runs in the foreground and its exit status is the process's.
+//!
+//! Signals sent to `skiff exec` (SIGTERM, SIGHUP, SIGINT by `kill`) are passed on (to the
+//! runtime, which passes them to the process; with `-t` to the process); a ^C typed on a
+//! terminal reaches the process directly (through the pty with `-t`, through the shared
+//! process group without).
 //!
 //! Root only: the containers, their state and the runtime's are root's.
 
@@ -260,10 +266,16 @@ pub fn exec(root: &Path, a: ExecArgs) -> Result<i32> {
     let _pfile = Remove(pfile.clone());
     let console = if a.tty { Some(ConsoleSocket::new(&shim_dir, me)?) } else { None };
 
+    let pid_file = shim_dir.join(format!("exec-{me}.pid"));
+    let _pid_file = Remove(pid_file.clone());
     let mut cmd = Command::new(&runtime);
     cmd.arg("--root").arg(paths.runtime_root()).arg("exec").arg("--process").arg(&pfile);
     if let Some(c) = &console {
-        cmd.arg("--console-socket").arg(&c.path);
+        // runc takes a console socket only with --detach (in the foreground it relays the pty
+        // itself): detached, the process is orphaned to this side, a child subreaper, which
+        // waits for it and takes its exit status (as containerd's shim does).
+        cmd.arg("--detach").arg("--pid-file").arg(&pid_file).arg("--console-socket").arg(&c.path);
+        nix::sys::prctl::set_child_subreaper(true).context("prctl(PR_SET_CHILD_SUBREAPER)")?;
     }
     cmd.arg(&id);
     if a.tty || !a.interactive {
@@ -273,21 +285,29 @@ pub fn exec(root: &Path, a: ExecArgs) -> Result<i32> {
     // starts with an empty mask).
     let sigfd = signals()?;
     let mut child = cmd.spawn().with_context(|| format!("running {}", runtime.display()))?;
-    let status = match console {
+    let code = match console {
         Some(c) => {
             // Raw mode on this side's terminal from now on, restored on every way out.
             let _raw = if tty_in && a.interactive { RawMode::on(io::stdin().as_fd()) } else { None };
-            let res = c.accept(&mut child, &sigfd).and_then(|master| match master {
-                Some(m) => relay(&m, &mut child, &sigfd, a.interactive),
-                None => Ok(()),
-            });
+            let Some(master) = c.accept(&mut child, &sigfd)? else {
+                // The runtime failed before sending the pty (it said why on stderr).
+                return Ok(exit_code(wait_forwarding(&mut child, &sigfd)?));
+            };
             let st = wait_forwarding(&mut child, &sigfd)?;
-            res?;
-            st
+            if !st.success() {
+                return Ok(exit_code(st));
+            }
+            let pid = proc::read_pid_file(&pid_file)
+                .ok_or_else(|| anyhow!("{} wrote no pid to {}", runtime.display(), pid_file.display()))?;
+            relay(&master, pid, &sigfd, a.interactive)?
         }
-        None => wait_forwarding(&mut child, &sigfd)?,
+        None => exit_code(wait_forwarding(&mut child, &sigfd)?),
     };
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(code)
+}
+
+fn exit_code(st: std::process::ExitStatus) -> i32 {
+    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
 }
 
 /// Removes a file on drop.
@@ -312,7 +332,7 @@ fn signals() -> Result<nix::sys::signalfd::SignalFd> {
 
 /// Handles the signals pending on `sigfd`: SIGWINCH resizes `master`; the others go to the
 /// runtime, except those the kernel sent for a terminal's ^C/^\ (the process got them too).
-fn on_signals(sigfd: &nix::sys::signalfd::SignalFd, child: &Child, master: Option<&OwnedFd>) {
+fn on_signals(sigfd: &nix::sys::signalfd::SignalFd, target: i32, master: Option<&OwnedFd>) {
     while let Ok(Some(info)) = sigfd.read_signal() {
         let sig = info.ssi_signo as i32;
         if sig == libc::SIGWINCH {
@@ -328,8 +348,9 @@ fn on_signals(sigfd: &nix::sys::signalfd::SignalFd, child: &Child, master: Optio
         if info.ssi_pid == 0 && master.is_none() {
             continue;
         }
-        // SAFETY: kill(2) on our own child, not reaped yet (waited for only after this).
-        unsafe { libc::kill(child.id() as i32, sig) };
+        // SAFETY: kill(2) on our own child (the runtime) or the exec'd process orphaned to
+        // us, neither reaped yet (waited for only after this).
+        unsafe { libc::kill(target, sig) };
     }
 }
 
@@ -342,7 +363,7 @@ fn wait_forwarding(child: &mut Child, sigfd: &nix::sys::signalfd::SignalFd) -> R
         }
         let mut fds = [PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, PollTimeout::from(50u16));
-        on_signals(sigfd, child, None);
+        on_signals(sigfd, child.id() as i32, None);
     }
 }
 
@@ -434,7 +455,7 @@ impl ConsoleSocket {
             let mut fds =
                 [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN), PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
             let _ = poll(&mut fds, PollTimeout::from(100u16));
-            on_signals(sigfd, child, None);
+            on_signals(sigfd, child.id() as i32, None);
         }
     }
 }
@@ -472,23 +493,30 @@ fn receive_fd(conn: &std::os::unix::net::UnixStream) -> Result<OwnedFd> {
     got.ok_or_else(|| anyhow!("the runtime sent no pty on the console socket"))
 }
 
-/// Copies the pty both ways (stdin → master with `input`, master → stdout) until the process
-/// side hangs up and the runtime exits; signals handled meanwhile.
-fn relay(master: &OwnedFd, child: &mut Child, sigfd: &nix::sys::signalfd::SignalFd, input: bool) -> Result<()> {
+/// Copies the pty both ways (stdin → master with `input`, master → stdout) until the
+/// process `pid` (orphaned to this side) exits and the pty has nothing more; signals handled
+/// meanwhile. Returns the process's exit code (128 + N for signal N).
+fn relay(master: &OwnedFd, pid: i32, sigfd: &nix::sys::signalfd::SignalFd, input: bool) -> Result<i32> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let mut out = io::stdout().lock();
     let mut buf = [0u8; 8192];
     let mut stdin_open = input;
-    let mut exited_at: Option<Instant> = None;
+    let mut exited: Option<(i32, Instant)> = None;
     let stdin = io::stdin();
     loop {
-        if exited_at.is_none() && child.try_wait()?.is_some() {
-            exited_at = Some(Instant::now());
+        if exited.is_none() {
+            match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, c)) => exited = Some((c, Instant::now())),
+                Ok(WaitStatus::Signaled(_, s, _)) => exited = Some((128 + s as i32, Instant::now())),
+                Ok(_) => {}
+                Err(e) => return Err(e).with_context(|| format!("waiting for the process (pid {pid})")),
+            }
         }
-        // The runtime is gone: what the pty still holds is read until it is empty (a
+        // The process is gone: what the pty still holds is read until it is empty (a
         // background process of the container may keep it open: stop after a short while).
-        let timeout = match exited_at {
-            Some(t) if t.elapsed() > Duration::from_millis(500) => return Ok(()),
+        let timeout = match exited {
+            Some((code, t)) if t.elapsed() > Duration::from_millis(500) => return Ok(code),
             Some(_) => PollTimeout::from(50u16),
             None => PollTimeout::from(100u16),
         };
@@ -499,8 +527,8 @@ fn relay(master: &OwnedFd, child: &mut Child, sigfd: &nix::sys::signalfd::Signal
         }
         match poll(&mut fds, timeout) {
             Ok(0) => {
-                if exited_at.is_some() {
-                    return Ok(());
+                if let Some((code, _)) = exited {
+                    return Ok(code);
                 }
                 continue;
             }
@@ -513,8 +541,13 @@ fn relay(master: &OwnedFd, child: &mut Child, sigfd: &nix::sys::signalfd::Signal
         drop(fds);
         if m {
             match nix::unistd::read(master.as_raw_fd(), &mut buf) {
-                // EIO: every slave fd is closed (the process exited).
-                Ok(0) | Err(_) => return Ok(()),
+                // EIO: every slave fd is closed (the process exited): its status next.
+                Ok(0) | Err(_) => {
+                    if let Some((code, _)) = exited {
+                        return Ok(code);
+                    }
+                    return wait_exit(pid);
+                }
                 Ok(n) => {
                     out.write_all(&buf[..n]).context("writing to stdout")?;
                     out.flush().context("writing to stdout")?;
@@ -522,7 +555,7 @@ fn relay(master: &OwnedFd, child: &mut Child, sigfd: &nix::sys::signalfd::Signal
             }
         }
         if s {
-            on_signals(sigfd, child, Some(master));
+            on_signals(sigfd, pid, Some(master));
         }
         if i {
             match stdin.lock().read(&mut buf) {
@@ -533,6 +566,19 @@ fn relay(master: &OwnedFd, child: &mut Child, sigfd: &nix::sys::signalfd::Signal
                 }
                 Ok(n) => write_all_fd(master, &buf[..n])?,
             }
+        }
+    }
+}
+
+/// The exit code of `pid` (orphaned to this side), waiting for it.
+fn wait_exit(pid: i32) -> Result<i32> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, c)) => return Ok(c),
+            Ok(WaitStatus::Signaled(_, s, _)) => return Ok(128 + s as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).with_context(|| format!("waiting for the process (pid {pid})")),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The `skiff` command line: image commands (`pull`, `images`, `rmi`, `prune`, `load`) and
-//! `run`/`rm` (one container in the foreground, see [`run`]); the imperative commands to the
+//! `run`/`rm` (one container in the foreground, see [`run`]); `exec` (a command in a running
+//! replica, see [`exec`]); the imperative commands to the
 //! running agent (`scale`, `rollback`, `rollout resume`, `update`: see [`control`]).
 //!
 //! Every command takes `--root DIR` (env `SKIFF_ROOT`, default /var/lib/skiff). Errors are
