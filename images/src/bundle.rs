@@ -940,6 +940,15 @@ fn parse_id(s: &str) -> Option<Result<u32, String>> {
     })
 }
 
+/// `USER[:GROUP]` (names or ids) as a running container's rootfs defines them (its
+/// /etc/passwd and /etc/group, read inside it with runc's rules, as for the image's USER):
+/// uid, gid and supplementary gids. For `skiff exec -u`.
+pub fn user_in_rootfs(rootfs: &Path, spec: &str, image: &str) -> Result<(u32, u32, Vec<u32>), BundleError> {
+    let root = open_root(rootfs)?;
+    let u = resolve_user(&root, rootfs, spec, image)?;
+    Ok((u.uid, u.gid, u.additional_gids))
+}
+
 /// runc's `GetExecUser`: see the module documentation.
 fn resolve_user(root: &OwnedFd, rootfs: &Path, spec: &str, image: &str) -> Result<User, BundleError> {
     let (user_arg, group_arg) = match spec.split_once(':') {

@@ -13,8 +13,11 @@
 //!   to directory fds opened `O_NOFOLLOW` (the rootfs copier of [`crate::rootfs`]): a symlink
 //!   of the image is copied as a symlink, never followed; ownership, modes, xattrs, times and
 //!   hardlinks are kept; at most [`crate::rootfs::COPY_MAX_DEPTH`] directories deep.
-//! - the copy goes to a hidden temporary directory renamed into place at the end, so a failed
-//!   or interrupted copy never leaves a half-seeded volume that a restart would then mount.
+//! - the copy goes to a hidden temporary directory, synced and renamed into place at the end
+//!   (never over an existing one), so a failed or interrupted copy never leaves a half-seeded
+//!   volume that a restart would then mount; what a crash left is removed by the next seed.
+//! - named volumes of the manifest go through the same resolution and copy
+//!   ([`named_volume`]), once, when skiff makes the volume.
 //!
 //! Why a symlink on the way is refused rather than followed inside the rootfs (docker follows
 //! it in scope): a VOLUME is declared by the image's author at the path the image uses; an
@@ -106,6 +109,85 @@ pub fn image_volumes(
     Ok(mounts)
 }
 
+/// What [`named_volume`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NamedVolume {
+    /// The volume existed: used as it is (never filled again, even if empty).
+    Existing,
+    /// Made now, filled with what the image has at the mount's target (content, owners,
+    /// modes, xattrs, times; the directory's own owner and mode too).
+    Filled,
+    /// Made now, empty (0755 root): `nocopy`, or the image has nothing at the target.
+    Empty,
+    /// Made now, empty, because the image's path cannot be copied safely (the reason, one
+    /// line): a symlink or a non-directory on the way, or a target that is not a plain path.
+    Refused(String),
+}
+
+/// A named volume `<dir>/<name>` for a mount at `target`, made when missing (Docker's copy-up
+/// of a new volume): filled with what the container's rootfs has at `target` unless `nocopy`.
+/// An existing volume is left as it is, even an empty one: a volume is filled once, when it is
+/// made, so one the service emptied on purpose stays empty (Docker refills any empty volume at
+/// each container creation; skiff does not).
+///
+/// `target` comes from the manifest and the rootfs from the image: both are hostile. The path
+/// is checked lexically (absolute, no `..`) and resolved inside the rootfs as for VOLUMEs
+/// ([`resolve`]: `RESOLVE_IN_ROOT`, a symlink on the way refused); a path that does not pass
+/// is not copied (the volume is made empty and the reason returned, for a warning) rather than
+/// refusing a service that ran before. The copy goes to a temporary directory in `dir` renamed
+/// into place (never over an existing volume): a crash mid-copy leaves no half-filled volume.
+pub fn named_volume(
+    rootfs: &Path,
+    target: &str,
+    dir: &Path,
+    name: &str,
+    nocopy: bool,
+) -> Result<NamedVolume, BundleError> {
+    let dest = dir.join(name);
+    let io_err = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BundleError::Io { what, path, source }
+    };
+    match fs::symlink_metadata(&dest) {
+        Ok(m) if m.is_dir() => return Ok(NamedVolume::Existing),
+        Ok(_) => {
+            return Err(BundleError::Io {
+                what: "using the volume",
+                path: dest,
+                source: io::Error::other("not a directory"),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("reading", &dest)(e)),
+    }
+    let (source, path, outcome) = if nocopy {
+        (Source::Missing, String::new(), NamedVolume::Empty)
+    } else {
+        match bundle::volume_path("", target) {
+            Err(e) => (Source::Missing, String::new(), NamedVolume::Refused(refusal(&e))),
+            Ok(path) => match resolve(&open_root(rootfs)?, "", target, &path) {
+                Ok(Source::Missing) => (Source::Missing, path, NamedVolume::Empty),
+                Ok(dir) => (dir, path, NamedVolume::Filled),
+                Err(e) => (Source::Missing, path, NamedVolume::Refused(refusal(&e))),
+            },
+        }
+    };
+    seed(&source, rootfs, &path, dir, &dest).map_err(|detail| BundleError::Volume {
+        image: "(the container's root)".into(),
+        volume: quoted(target, 200),
+        detail,
+    })?;
+    Ok(outcome)
+}
+
+/// The detail of a refused path, without the image and volume the caller names itself.
+fn refusal(e: &BundleError) -> String {
+    match e {
+        BundleError::Volume { detail, .. } => detail.clone(),
+        e => e.to_string(),
+    }
+}
+
 /// Resolves the clean absolute `path` in the rootfs, component by component, each with
 /// `RESOLVE_IN_ROOT` and `O_NOFOLLOW`: a symlink or a non-directory on the way is an error
 /// naming the image, the VOLUME `v` as declared and the component.
@@ -154,10 +236,34 @@ fn resolve(root: &OwnedFd, image: &str, v: &str, path: &str) -> Result<Source, B
     Err(refuse("a volume cannot be the root directory".into()))
 }
 
+/// Removes the temporary directories an interrupted seed of `name` left in `dir`
+/// (`.NAME.seed-PID-N` whose process is gone: killed, or a power cut). Those of a live process
+/// (this one's other threads included) are theirs.
+fn remove_stale_seeds(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.seed-");
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = crate::fsutil::remove_tree(&e.path());
+    }
+}
+
 /// Makes `dest` (missing): a temporary directory in `dir`, filled from `source`, renamed to
 /// `dest`. On error the temporary directory is removed and nothing is left.
 fn seed(source: &Source, rootfs: &Path, path: &str, dir: &Path, dest: &Path) -> Result<(), String> {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    remove_stale_seeds(dir, &name);
     let tmp = dir.join(format!(".{name}.seed-{}-{}", std::process::id(), crate::fsutil::unique()));
     let res = (|| -> Result<(), String> {
         fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
@@ -175,8 +281,19 @@ fn seed(source: &Source, rootfs: &Path, path: &str, dir: &Path, dest: &Path) -> 
             let from = rootfs.join(path.trim_start_matches('/'));
             crate::rootfs::copy_dir(src, &from, &to, &tmp)
                 .map_err(|e| format!("seeding the volume from the image: {e}"))?;
+            // The copy is on disk before its name says it is complete: a power cut after the
+            // rename never leaves a volume of empty files taken as filled.
+            crate::fsutil::syncfs(&tmp).map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
         }
-        fs::rename(&tmp, dest).map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), dest.display()))?;
+        // Never over a volume made meanwhile (two replicas starting at once): theirs stays.
+        match fcntl::renameat2(None, &tmp, None, dest, fcntl::RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => {
+                let _ = crate::fsutil::remove_tree(&tmp);
+                return Ok(());
+            }
+            Err(e) => return Err(format!("renaming {} to {}: {e}", tmp.display(), dest.display())),
+        }
         crate::fsutil::fsync_dir(dir).map_err(|e| format!("syncing {}: {e}", dir.display()))
     })();
     if res.is_err() {

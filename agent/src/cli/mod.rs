@@ -1,5 +1,6 @@
 //! The `skiff` command line: image commands (`pull`, `images`, `rmi`, `prune`, `load`) and
-//! `run`/`rm` (one container in the foreground, see [`run`]); the imperative commands to the
+//! `run`/`rm` (one container in the foreground, see [`run`]); `exec` (a command in a running
+//! replica, see [`exec`]); the imperative commands to the
 //! running agent (`scale`, `rollback`, `rollout resume`, `update`: see [`control`]).
 //!
 //! Every command takes `--root DIR` (env `SKIFF_ROOT`, default /var/lib/skiff). Errors are
@@ -8,6 +9,7 @@
 pub mod agent;
 pub mod control;
 pub mod down;
+pub mod exec;
 pub mod history;
 pub mod logs;
 mod progress;
@@ -66,6 +68,8 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Stop the agent and every container it runs, gracefully
     Down(down::DownArgs),
+    /// Run a command in a running replica of a service (SERVICE, SERVICE/N or a replica id)
+    Exec(exec::ExecArgs),
     /// Show a service's revisions, newest first (what changed, which is in force, which failed)
     History(history::HistoryArgs),
     /// Set the replicas of services (SERVICE=N ...), over the manifest's, in the running agent
@@ -149,6 +153,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Status(a) => status::status(a),
         Command::Logs(a) => logs::logs(&cli.root, a),
         Command::Down(a) => down::down(&cli.root, a),
+        Command::Exec(a) => exec::exec(&cli.root, a),
         Command::History(a) => history::run(&cli.root, a),
         Command::Scale(a) => control::scale(&cli.root, a),
         Command::Rollback(a) => control::rollback(&cli.root, a),

@@ -253,7 +253,13 @@ pub fn render(status: &Status, now: SystemTime) -> String {
         }
     }
     for w in &m.warnings {
-        out.push_str(&format!("warning: {}\n", one_line(w)));
+        // The manifest's diagnostics carry their own label (`FILE:LINE:COL: warning: ...`).
+        let w = one_line(w);
+        if w.contains(": warning: ") || w.starts_with("warning: ") {
+            out.push_str(&format!("{w}\n"));
+        } else {
+            out.push_str(&format!("warning: {w}\n"));
+        }
     }
     for s in &status.services {
         for w in &s.warnings {
@@ -534,7 +540,7 @@ mod tests {
 manifest /etc/skiff/compose.yaml (revision 0123456789ab)
 manifest error (still running revision 0123456789ab):
   /etc/skiff/compose.yaml:4:7: error: unknown service key
-warning: /etc/skiff/compose.yaml:9:3: warning: unknown key x-foo
+/etc/skiff/compose.yaml:9:3: warning: unknown key x-foo
 warning: web: memory limit not applied: the kernel has no memory cgroup controller
 
 SERVICE  REPLICA  REV  STATE         HEALTH     PID   ADDRESS    RESTARTS  EXIT  UPTIME

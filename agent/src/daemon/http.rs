@@ -179,7 +179,7 @@ pub async fn serve_with(
                 Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of file descriptors and the like: do not spin, let it pass.
-                    eprintln!("skiff: warning: status endpoint: accept: {e}");
+                    super::reconcile::log(&format!("warning: status endpoint: accept: {e}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

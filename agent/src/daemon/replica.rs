@@ -350,7 +350,7 @@ pub fn prepare(
     let mut anon = 0usize;
     for m in &svc.mounts {
         let mount = match &m.kind {
-            MountKind::Volume { name, external } => {
+            MountKind::Volume { name, external, nocopy } => {
                 let p = paths.volume(name);
                 if *external {
                     if !p.is_dir() {
@@ -359,12 +359,11 @@ pub fn prepare(
                             p.display()
                         );
                     }
-                } else {
-                    // `volumes/` is root's alone; the volume itself keeps the usual 0755 (the
-                    // container's users see it through the bind mount only).
-                    let parent = p.parent().unwrap_or(&p);
-                    fsutil::create_private_dir(parent).with_context(|| format!("creating {}", parent.display()))?;
-                    fs::create_dir_all(&p).with_context(|| format!("creating volume {}", p.display()))?;
+                } else if let Some(w) = named_volume(&p, &rootfs_dir, &m.target, *nocopy)? {
+                    // Logged now (the volume is made once; a start that fails later would
+                    // not show it) and kept with the service's warnings.
+                    super::reconcile::log(&format!("{id}: warning: {w}"));
+                    warnings.push(w);
                 }
                 bundle::bind_mount(p, &m.target, m.read_only)
             }
@@ -401,6 +400,29 @@ pub fn prepare(
     let (spec, info) = bundle::build_spec(&config, &rootfs_dir, &o)?;
     bundle::write_bundle(&cdir, &spec)?;
     Ok(Prepared { stop_signal: info.stop_signal, warnings, healthcheck, address: None })
+}
+
+/// A named volume of the manifest at `p` (`<root>/volumes/NAME`), made when missing and then
+/// filled from the image at `target` unless `nocopy` (Docker's copy-up; see
+/// [`skiff_images::volume::named_volume`]: once, when made, resolved inside the rootfs). A
+/// path of the image that cannot be copied safely gives an empty volume and a warning (the
+/// returned line).
+fn named_volume(p: &Path, rootfs: &Path, target: &str, nocopy: bool) -> Result<Option<String>> {
+    use skiff_images::volume::NamedVolume;
+    // `volumes/` is root's alone; an empty volume keeps the usual 0755 (the container's users
+    // see it through the bind mount only), a filled one its image directory's owner and mode.
+    let (Some(parent), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+        bail!("bad volume path {}", p.display());
+    };
+    fsutil::create_private_dir(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let made = skiff_images::volume::named_volume(rootfs, target, parent, name, nocopy)
+        .with_context(|| format!("making volume {name}"))?;
+    Ok(match made {
+        NamedVolume::Refused(why) => {
+            Some(format!("volume {name} at {target} was made empty, not filled from the image: {why}"))
+        }
+        _ => None,
+    })
 }
 
 const PREPARED: &str = "prepared.json";
@@ -584,6 +606,17 @@ pub async fn start(paths: &Paths, rt: &Runtime, svc: &Service, id: &str) -> Resu
     Ok(Started { pid, shim: (shim_pid, started) })
 }
 
+/// Removes the log directory of container `id` (an earlier container's, before a new one
+/// with the same id starts); a missing one is fine.
+pub fn remove_logs(paths: &Paths, id: &str) -> Result<()> {
+    let dir = paths.logs(id);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing the earlier logs {}", dir.display())),
+    }
+}
+
 /// The container's exit as its shim recorded it (`<run>/shims/<id>/exit.json`).
 pub fn read_exit(paths: &Paths, id: &str) -> Option<ExitKind> {
     #[derive(Deserialize)]
@@ -693,7 +726,7 @@ fn remove_empty_cgroup_parent(cgroup: &str) {
 }
 
 fn tracing_warn(msg: &str) {
-    eprintln!("skiff agent: warning: {msg}");
+    super::reconcile::log(&format!("warning: {msg}"));
 }
 
 #[cfg(test)]

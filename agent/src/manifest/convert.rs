@@ -672,7 +672,7 @@ fn document(cx: &mut Ctx, root: &Node, main: bool) -> Option<Manifest> {
     // Named volumes by their real names, and whether they are external.
     for svc in m.services.values_mut() {
         for mount in &mut svc.mounts {
-            if let MountKind::Volume { name, external } = &mut mount.kind {
+            if let MountKind::Volume { name, external, .. } = &mut mount.kind {
                 if let Some(decl) = m.volumes.get(name.as_str()) {
                     *external = decl.external;
                     if let Some(real) = decl.name.as_ref().filter(|r| valid_volume_name(r)) {
@@ -1384,13 +1384,15 @@ fn mount(cx: &mut Ctx, n: &Node, what: &str, volume_sites: &mut Vec<(String, Pos
         return None;
     }
     let mut read_only = false;
+    let mut nocopy = false;
     if let Some(mode) = mode {
         for o in mode.split(',') {
             match o {
                 "ro" => read_only = true,
                 "rw" => read_only = false,
-                "z" | "Z" | "nocopy" | "shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate"
-                | "cached" | "delegated" | "consistent" => {
+                "nocopy" => nocopy = true,
+                "z" | "Z" | "shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate" | "cached"
+                | "delegated" | "consistent" => {
                     cx.warn(n.pos, format!("{what}: the option `{o}` is ignored"));
                 }
                 x => {
@@ -1400,12 +1402,25 @@ fn mount(cx: &mut Ctx, n: &Node, what: &str, volume_sites: &mut Vec<(String, Pos
             }
         }
     }
-    let kind = match source {
+    let mut kind = match source {
         None => MountKind::Anonymous,
         Some(s) => source_kind(cx, s, n.pos, what, volume_sites, true)?,
     };
+    set_nocopy(cx, &mut kind, nocopy, n.pos, what);
     bind_warning(cx, &kind, read_only, n.pos, what);
     Some(Mount { kind, target: target.to_string(), read_only })
+}
+
+/// `nocopy` on a named volume: it is not filled from the image. Elsewhere it means nothing
+/// (an anonymous volume of the manifest is never filled; a bind or tmpfs never is): a warning.
+fn set_nocopy(cx: &mut Ctx, kind: &mut MountKind, nocopy: bool, pos: Pos, what: &str) {
+    if !nocopy {
+        return;
+    }
+    match kind {
+        MountKind::Volume { nocopy: n, .. } => *n = true,
+        _ => cx.warn(pos, format!("{what}: nocopy applies to named volumes only; ignored")),
+    }
 }
 
 /// Warns (never refuses) about a bind that hands the host to the container.
@@ -1443,7 +1458,7 @@ fn source_kind(
         Some(MountKind::Bind { source: cx.path(s, pos)?, create_host_path })
     } else if valid_volume_name(s) {
         volume_sites.push((s.to_string(), pos));
-        Some(MountKind::Volume { name: s.to_string(), external: false })
+        Some(MountKind::Volume { name: s.to_string(), external: false, nocopy: false })
     } else {
         cx.err(pos, format!("{what}: `{s}` is neither a path (/..., ./...) nor a valid volume name"));
         None
@@ -1458,6 +1473,7 @@ fn mount_long(cx: &mut Ctx, n: &Node, what: &str, volume_sites: &mut Vec<(String
     let mut create_host_path = true;
     let mut size = None;
     let mut mode = None;
+    let mut nocopy = (false, n.pos);
     for (key, k, v) in cx.map(n, what)? {
         let f = format!("{what}.{key}");
         match key.as_str() {
@@ -1478,9 +1494,9 @@ fn mount_long(cx: &mut Ctx, n: &Node, what: &str, volume_sites: &mut Vec<(String
                 }
             }
             "volume" => {
-                for (key, k2, _) in cx.map(v, &f).unwrap_or_default() {
+                for (key, k2, v2) in cx.map(v, &f).unwrap_or_default() {
                     match key.as_str() {
-                        "nocopy" => cx.warn(k2.pos, format!("{f}.nocopy is ignored")),
+                        "nocopy" => nocopy = (cx.bool(v2, &format!("{f}.{key}")).unwrap_or(false), k2.pos),
                         "subpath" => {
                             cx.err(k2.pos, format!("{f}.subpath is not supported yet; mount the whole volume"))
                         }
@@ -1526,7 +1542,7 @@ fn mount_long(cx: &mut Ctx, n: &Node, what: &str, volume_sites: &mut Vec<(String
                     return None;
                 }
                 volume_sites.push((s.clone(), pos));
-                MountKind::Volume { name: s, external: false }
+                MountKind::Volume { name: s, external: false, nocopy: false }
             }
         },
         "bind" => match source {
@@ -1548,6 +1564,8 @@ fn mount_long(cx: &mut Ctx, n: &Node, what: &str, volume_sites: &mut Vec<(String
             return None;
         }
     };
+    let mut kind = kind;
+    set_nocopy(cx, &mut kind, nocopy.0, nocopy.1, what);
     bind_warning(cx, &kind, read_only, n.pos, what);
     Some(Mount { kind, target, read_only })
 }

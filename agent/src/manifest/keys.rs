@@ -106,7 +106,7 @@ pub const SERVICE_KEYS: &[(&str, Support)] = &[
     ("user", Yes),
     ("userns_mode", No("userns_mode is not supported; remove it")),
     ("uts", No("uts is not supported; remove it")),
-    ("volumes", Partly("bind, volume and tmpfs mounts; `~` is the home of the user skiff runs as; propagation and SELinux options are ignored (a warning); npipe, cluster and image mounts are refused")),
+    ("volumes", Partly("bind, volume and tmpfs mounts; `~` is the home of the user skiff runs as; a named volume is filled from the image once, when skiff creates it (Docker: whenever it is empty), unless `nocopy`; external volumes are never filled; propagation and SELinux options are ignored (a warning); npipe, cluster and image mounts are refused")),
     ("volumes_from", No("volumes_from is not supported; share a named volume instead")),
     ("working_dir", Yes),
     ("x-skiff", Partly("skiff's own: `progress_deadline`")),

@@ -271,6 +271,10 @@ pub enum MountKind {
         /// `external: true`: skiff never creates it; a missing one stops the replica.
         #[serde(default)]
         external: bool,
+        /// `volume: {nocopy: true}` (or the short syntax's `:nocopy`): a new volume starts
+        /// empty instead of being filled from the image (see `replica::named_volume`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        nocopy: bool,
     },
     /// A volume without a name (`- /data`): one per container, gone with it.
     Anonymous,

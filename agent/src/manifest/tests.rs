@@ -140,7 +140,7 @@ fn realistic_web_redis_worker_is_clean() {
     assert_eq!(
         web.mounts[0],
         Mount {
-            kind: MountKind::Volume { name: "static".into(), external: false },
+            kind: MountKind::Volume { name: "static".into(), external: false, nocopy: false },
             target: "/srv/static".into(),
             read_only: true
         }
@@ -841,9 +841,36 @@ fn named_volumes_resolve_to_their_real_names() {
     assert_eq!(
         kinds,
         [
-            MountKind::Volume { name: "web-data".into(), external: false },
-            MountKind::Volume { name: "ext".into(), external: true }
+            MountKind::Volume { name: "web-data".into(), external: false, nocopy: false },
+            MountKind::Volume { name: "ext".into(), external: true, nocopy: false }
         ]
+    );
+}
+
+/// `nocopy` (long syntax `volume: {nocopy: true}`, short `:nocopy`) keeps a new named volume
+/// empty; on a bind or an anonymous volume it means nothing and says so.
+#[test]
+fn volume_nocopy() {
+    let r = report(
+        "services:\n  web:\n    image: a\n    volumes:\n      - type: volume\n        source: data\n        target: /data\n        volume:\n          nocopy: true\n      - raw:/raw:ro,nocopy\n      - filled:/filled\n      - ./x:/x:nocopy\n      - type: volume\n        target: /anon\n        volume: {nocopy: true}\nvolumes: {data: {}, raw: {}, filled: {}}\n",
+    );
+    assert_eq!(
+        lines(&r),
+        [
+            "12:9: warning: web.volumes: nocopy applies to named volumes only; ignored",
+            "15:18: warning: web.volumes: nocopy applies to named volumes only; ignored"
+        ]
+    );
+    let m = r.manifest.expect("valid");
+    let kinds: Vec<_> = m.services["web"].mounts.iter().map(|m| m.kind.clone()).collect();
+    assert_eq!(kinds[0], MountKind::Volume { name: "data".into(), external: false, nocopy: true });
+    assert_eq!(kinds[1], MountKind::Volume { name: "raw".into(), external: false, nocopy: true });
+    assert_eq!(kinds[2], MountKind::Volume { name: "filled".into(), external: false, nocopy: false });
+    assert!(m.services["web"].mounts[1].read_only);
+    has(
+        "services:\n  web:\n    image: a\n    volumes:\n      - type: volume\n        source: data\n        target: /data\n        volume: {nocopy: maybe}\nvolumes: {data: {}}\n",
+        "8:",
+        "nocopy",
     );
 }
 

@@ -230,7 +230,13 @@ pub fn parse(src: &str, limits: &Limits) -> Result<Node, YamlError> {
         Ok(None) => Ok(Node { value: Value::Null, pos: Pos::at(1, 1) }),
         Err(e) => {
             let pos = e.location().map(|l| Pos::at(l.line() as u32, l.column() as u32)).unwrap_or_default();
-            Err(YamlError { pos, message: friendly(error_message(&e), limits) })
+            let message = friendly(error_message(&e), limits);
+            if message.contains("tab") {
+                if let Some(pos) = tab_near(src, pos) {
+                    return Err(YamlError { pos, message: format!("{message} (YAML indents with spaces only)") });
+                }
+            }
+            Err(YamlError { pos, message })
         }
     }
 }
@@ -267,5 +273,50 @@ fn friendly(m: String, limits: &Limits) -> String {
         "Nodes" | "Events" => format!("too many YAML nodes (more than {})", limits.max_nodes),
         "Documents" => "only one YAML document is allowed (remove the `---` separators)".to_string(),
         _ => format!("the manifest exceeds a parse limit ({what})"),
+    }
+}
+
+/// Where the tab a tab error is about really is: the parser reports the start of the scalar it
+/// was scanning (`web:` three lines up) or the column after the tab. The tab is the one just
+/// before the reported position, else the first one from there on.
+fn tab_near(src: &str, at: Pos) -> Option<Pos> {
+    let line_no = at.line.checked_sub(1)? as usize;
+    let mut offset = src.split_inclusive('\n').take(line_no).map(str::len).sum::<usize>();
+    let line = src[offset..].split_inclusive('\n').next()?;
+    // The reported column counts characters from 1.
+    let col = (at.column as usize).max(1) - 1;
+    let chars: Vec<char> = line.chars().collect();
+    if col >= 1 && chars.get(col - 1) == Some(&'\t') {
+        return Some(Pos::at(at.line, col as u32));
+    }
+    offset += chars.iter().take(col).map(|c| c.len_utf8()).sum::<usize>();
+    let tab = offset + src.get(offset..)?.find('\t')?;
+    let before = &src[..tab];
+    let line = before.matches('\n').count() as u32 + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
+    Some(Pos::at(line, column))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_at(src: &str) -> (Pos, String) {
+        let e = parse(src, &Limits::default()).expect_err("a tab error");
+        (e.pos, e.message)
+    }
+
+    #[test]
+    fn a_tab_is_reported_where_it_is() {
+        // The scanner reports the scalar before (`busybox`, 3:12); the tab is at 4:1.
+        let (pos, msg) = error_at("services:\n  web:\n    image: busybox\n\tports: []\n");
+        assert_eq!(pos, Pos::at(4, 1), "{msg}");
+        assert!(msg.contains("tab") && msg.contains("spaces"), "{msg}");
+        // Indentation by a tab: reported one column after it.
+        let (pos, _) = error_at("services:\n  web:\n\timage: busybox\n");
+        assert_eq!(pos, Pos::at(3, 1));
+        // In a list, after multi-byte text.
+        let (pos, _) = error_at("a:\n  - é\n  - x\n \t- y\n");
+        assert_eq!(pos, Pos::at(4, 2));
     }
 }

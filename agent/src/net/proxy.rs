@@ -267,7 +267,7 @@ fn bind_error(addr: SocketAddr, proto: &str, e: io::Error) -> anyhow::Error {
 }
 
 fn warn(msg: &str) {
-    eprintln!("skiff agent: warning: {msg}");
+    crate::daemon::reconcile::log(&format!("warning: {msg}"));
 }
 
 /// The round-robin choice: the backend after the previous choice, in `list`.

@@ -246,3 +246,72 @@ fn the_deepest_copy_fits_a_small_stack() {
     }
     assert_eq!(fs::read_to_string(q.join("f")).unwrap(), "bottom");
 }
+
+/// A named volume: filled once from the rootfs (owner and mode of the directory too), never
+/// again; `nocopy` and a missing path make it empty; nothing half-made is left.
+#[test]
+fn a_new_named_volume_is_filled_once_from_the_image() {
+    let s = Setup::new();
+    let data = s.rootfs().join("data");
+    fs::create_dir_all(data.join("sub")).unwrap();
+    fs::write(data.join("sub/f"), "from the image\n").unwrap();
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(&data, Some(65534), Some(65534)).unwrap();
+    }
+    let vols = s.vols();
+    fs::create_dir(&vols).unwrap();
+    // What a seed cut by a crash left (its process is gone: no pid is that high) goes.
+    let stale = vols.join(".db.seed-999999999-1");
+    fs::create_dir(&stale).unwrap();
+    fs::write(stale.join("half"), "half a copy").unwrap();
+    assert_eq!(named_volume(&s.rootfs(), "/data/", &vols, "db", false).unwrap(), NamedVolume::Filled);
+    let v = vols.join("db");
+    assert_eq!(fs::read_to_string(v.join("sub/f")).unwrap(), "from the image\n");
+    assert_eq!(fs::metadata(&v).unwrap().mode() & 0o7777, 0o700, "the directory's mode");
+    if is_root() {
+        assert_eq!(fs::metadata(&v).unwrap().uid(), 65534, "the directory's owner");
+    }
+    let names: Vec<String> =
+        fs::read_dir(&vols).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names, ["db"], "no temporary directory is left");
+
+    // Once: an emptied volume stays empty.
+    fs::remove_dir_all(v.join("sub")).unwrap();
+    assert_eq!(named_volume(&s.rootfs(), "/data", &vols, "db", false).unwrap(), NamedVolume::Existing);
+    assert_eq!(fs::read_dir(&v).unwrap().count(), 0);
+
+    // nocopy, and a path the image does not have: empty, 0755.
+    assert_eq!(named_volume(&s.rootfs(), "/data", &vols, "raw", true).unwrap(), NamedVolume::Empty);
+    assert_eq!(named_volume(&s.rootfs(), "/nothing/here", &vols, "none", false).unwrap(), NamedVolume::Empty);
+    for n in ["raw", "none"] {
+        assert_eq!(fs::read_dir(vols.join(n)).unwrap().count(), 0, "{n}");
+        assert_eq!(fs::metadata(vols.join(n)).unwrap().mode() & 0o7777, 0o755, "{n}");
+    }
+}
+
+/// The attack: a mount target that is a symlink of the image to a host directory (or climbs
+/// with `..`) never copies the host's files: the volume is made empty and the reason given.
+#[test]
+fn a_named_volume_never_copies_through_a_symlink_or_dotdot() {
+    let c = Canary::new();
+    let s = Setup::new();
+    std::os::unix::fs::symlink(&c.dir, s.rootfs().join("data")).unwrap();
+    std::os::unix::fs::symlink("/", s.rootfs().join("up")).unwrap();
+    let vols = s.vols();
+    fs::create_dir(&vols).unwrap();
+    let canary = c.dir.to_str().unwrap().to_string();
+    for (i, target) in
+        ["/data", &format!("/up{canary}"), &format!("/../..{canary}"), &format!("/x/../..{canary}")].iter().enumerate()
+    {
+        let name = format!("v{i}");
+        match named_volume(&s.rootfs(), target, &vols, &name, false).unwrap() {
+            NamedVolume::Refused(why) => {
+                assert!(why.contains("symbolic link") || why.contains(".."), "{target}: {why}")
+            }
+            other => panic!("{target}: {other:?}"),
+        }
+        assert_eq!(fs::read_dir(vols.join(&name)).unwrap().count(), 0, "{target}: empty");
+    }
+    assert!(canary_copies(&vols).is_empty(), "the host's secret was copied");
+}

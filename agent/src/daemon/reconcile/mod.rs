@@ -144,6 +144,11 @@ struct Replica {
     /// the start back), at this moment: its failed checks do not count until the shim says it
     /// started (`<run>/shims/<id>/started`), for at most [`START_UNCONFIRMED_MAX`].
     start_unconfirmed: Option<Instant>,
+    /// A new container (not adopted, not started yet): its first start begins a new log
+    /// directory, so `skiff logs` never shows an earlier, unrelated container that had the
+    /// same id (before `skiff down`, or before its service was replaced). Restarts of the same
+    /// container continue its logs.
+    fresh_logs: bool,
 }
 
 /// How long failed checks of a container adopted mid-start are not counted at most.
@@ -184,6 +189,7 @@ impl Replica {
             ready_at: None,
             since: Instant::now(),
             start_unconfirmed: None,
+            fresh_logs: true,
         }
     }
 
@@ -400,6 +406,7 @@ impl Agent {
                 .filter(|(p, t)| rec.shim.is_none_or(|s| s == (*p, *t)) && is_shim(*p, &id));
             let mut r = Replica::new(rec.id.clone(), &rec.spec, rec.index, rec.revision);
             r.rec = rec.clone();
+            r.fresh_logs = false;
             if let Some(shim) = shim {
                 // Running (or just exiting): adopt it.
                 let pid = proc::read_pid_file(&shim_dir.join("init.pid")).or(rec.pid);
@@ -922,9 +929,10 @@ impl Agent {
     /// Removes the log directories (`<root>/logs/<id>/`) of replicas gone for good: no replica
     /// of that id exists (a stopped, exited or failed one keeps its logs for `skiff logs`) and
     /// the manifest in force does not want one (its service was removed, or scaled below its
-    /// index). A replaced replica keeps its directory: the same id continues it. Checked when a
-    /// manifest comes into force and when a replica is removed (and at start), with the manifest
-    /// in force only: an agent without a valid manifest removes nothing.
+    /// index). A replaced replica keeps its directory until the next container of that id
+    /// starts, which begins it anew (`Replica::fresh_logs`). Checked when a manifest comes into
+    /// force and when a replica is removed (and at start), with the manifest in force only: an
+    /// agent without a valid manifest removes nothing.
     fn remove_stale_logs(&self, m: &Manifest) {
         let dir = self.paths.logs_dir();
         let Ok(rd) = std::fs::read_dir(&dir) else { return };
@@ -1045,6 +1053,7 @@ impl Agent {
         let svc = svc.clone();
         let idc = id.to_string();
         let cleanup = r.cleanup.take();
+        let fresh_logs = std::mem::replace(&mut r.fresh_logs, false);
         let digest = image.digest.to_string();
         // A restart of the same definition and image reuses the bundle on disk.
         let reuse = (r.prepared_for.as_deref() == Some(digest.as_str())
@@ -1080,6 +1089,9 @@ impl Agent {
                 .map_err(|e| anyhow!("{e}"))??;
                 prepared.address = address;
                 replica::save_prepared(&paths, &idc, &prepared)?;
+                if fresh_logs {
+                    replica::remove_logs(&paths, &idc)?;
+                }
                 let started = replica::start(&paths, &rt, &svc, &idc).await?;
                 Ok::<_, anyhow::Error>((started, prepared, digest))
             }
@@ -1155,9 +1167,34 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// One line on stderr (journald takes it as is): escaped and bounded, whatever it quotes.
+/// One line on stderr: escaped and bounded, whatever it quotes; with the time in front
+/// ([`stamp`]) unless journald takes it (it stamps each line itself).
 pub fn log(msg: &str) {
-    eprintln!("skiff agent: {}", text::one_line(msg, text::MESSAGE_MAX));
+    eprintln!("{}skiff agent: {}", stamp(), text::one_line(msg, text::MESSAGE_MAX));
+}
+
+/// `2026-01-02T03:04:05.678Z ` (RFC 3339, UTC, milliseconds), or nothing when stderr is the
+/// journal.
+pub fn stamp() -> String {
+    if under_journald() {
+        String::new()
+    } else {
+        format!("{} ", humantime::format_rfc3339_millis(std::time::SystemTime::now()))
+    }
+}
+
+/// Whether stderr is journald's stream: systemd sets `JOURNAL_STREAM=DEV:INODE` of the stream
+/// it connects; a variable inherited by a process whose stderr was redirected elsewhere does
+/// not match (systemd's own rule for it).
+fn under_journald() -> bool {
+    static UNDER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *UNDER.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        let Some(v) = std::env::var_os("JOURNAL_STREAM") else { return false };
+        let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else { return false };
+        let Ok(st) = std::fs::metadata("/proc/self/fd/2") else { return false };
+        dev.parse::<u64>().ok() == Some(st.dev()) && ino.parse::<u64>().ok() == Some(st.ino())
+    })
 }
 
 /// Whether the manifest wants a replica `id` (`SERVICE-N`, N in 1..=replicas).
