@@ -29,7 +29,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -114,6 +114,10 @@ pub fn image_volumes(
 pub enum NamedVolume {
     /// The volume existed: used as it is (never filled again, even if empty).
     Existing,
+    /// The volume existed and is empty, while the image has files at the mount's target (the
+    /// owner and mode of its directory there): used as it is, but worth a word — an older skiff
+    /// made volumes empty, and such a volume stays empty until it is removed.
+    ExistingEmpty { uid: u32, gid: u32, mode: u32 },
     /// Made now, filled with what the image has at the mount's target (content, owners,
     /// modes, xattrs, times; the directory's own owner and mode too).
     Filled,
@@ -149,7 +153,7 @@ pub fn named_volume(
         move |source| BundleError::Io { what, path, source }
     };
     match fs::symlink_metadata(&dest) {
-        Ok(m) if m.is_dir() => return Ok(NamedVolume::Existing),
+        Ok(m) if m.is_dir() => return Ok(existing(rootfs, target, &dest, nocopy)),
         Ok(_) => {
             return Err(BundleError::Io {
                 what: "using the volume",
@@ -178,6 +182,31 @@ pub fn named_volume(
         detail,
     })?;
     Ok(outcome)
+}
+
+/// An existing volume: [`NamedVolume::ExistingEmpty`] when it is empty and the image has a
+/// non-empty directory at `target` (resolved as for a copy), else [`NamedVolume::Existing`].
+fn existing(rootfs: &Path, target: &str, dest: &Path, nocopy: bool) -> NamedVolume {
+    let empty = fs::read_dir(dest).map(|mut d| d.next().is_none()).unwrap_or(false);
+    if nocopy || !empty {
+        return NamedVolume::Existing;
+    }
+    let Ok(path) = bundle::volume_path("", target) else { return NamedVolume::Existing };
+    let Ok(root) = open_root(rootfs) else { return NamedVolume::Existing };
+    match resolve(&root, "", target, &path) {
+        Ok(Source::Dir(fd)) => {
+            let Ok(st) = nix::sys::stat::fstat(fd.as_raw_fd()) else { return NamedVolume::Existing };
+            let has_files = nix::dir::Dir::from_fd(fd.into_raw_fd())
+                .map(|mut d| d.iter().flatten().any(|e| !matches!(e.file_name().to_bytes(), b"." | b"..")))
+                .unwrap_or(false);
+            if has_files {
+                NamedVolume::ExistingEmpty { uid: st.st_uid, gid: st.st_gid, mode: st.st_mode & 0o7777 }
+            } else {
+                NamedVolume::Existing
+            }
+        }
+        _ => NamedVolume::Existing,
+    }
 }
 
 /// The detail of a refused path, without the image and volume the caller names itself.

@@ -421,6 +421,12 @@ fn named_volume(p: &Path, rootfs: &Path, target: &str, nocopy: bool) -> Result<O
         NamedVolume::Refused(why) => {
             Some(format!("volume {name} at {target} was made empty, not filled from the image: {why}"))
         }
+        NamedVolume::ExistingEmpty { uid, gid, mode } => Some(format!(
+            "volume {name} is empty, while the image has files at {target} (its directory {uid}:{gid}, mode {mode:o}): \
+             skiff fills a volume only when it makes it, and earlier versions made volumes empty; if the service \
+             needs the image's files (or their owner), stop it and remove the volume ({}) to have it filled at the next start",
+            p.display()
+        )),
         _ => None,
     })
 }

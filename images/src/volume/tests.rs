@@ -276,10 +276,20 @@ fn a_new_named_volume_is_filled_once_from_the_image() {
         fs::read_dir(&vols).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(names, ["db"], "no temporary directory is left");
 
-    // Once: an emptied volume stays empty.
+    // Once: an emptied volume stays empty (with a word, since the image has files there: an
+    // older skiff made volumes empty), a volume with anything in it is just used.
     fs::remove_dir_all(v.join("sub")).unwrap();
-    assert_eq!(named_volume(&s.rootfs(), "/data", &vols, "db", false).unwrap(), NamedVolume::Existing);
+    let (uid, gid) =
+        if is_root() { (65534, 65534) } else { (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw()) };
+    assert_eq!(
+        named_volume(&s.rootfs(), "/data", &vols, "db", false).unwrap(),
+        NamedVolume::ExistingEmpty { uid, gid, mode: 0o700 }
+    );
     assert_eq!(fs::read_dir(&v).unwrap().count(), 0);
+    assert_eq!(named_volume(&s.rootfs(), "/data", &vols, "db", true).unwrap(), NamedVolume::Existing, "nocopy");
+    fs::write(v.join("mine"), "x").unwrap();
+    assert_eq!(named_volume(&s.rootfs(), "/data", &vols, "db", false).unwrap(), NamedVolume::Existing);
+    fs::remove_file(v.join("mine")).unwrap();
 
     // nocopy, and a path the image does not have: empty, 0755.
     assert_eq!(named_volume(&s.rootfs(), "/data", &vols, "raw", true).unwrap(), NamedVolume::Empty);
