@@ -899,10 +899,22 @@ const FIREWALL_CHECK_GAP: std::time::Duration = std::time::Duration::from_secs(5
 /// [`nft::ForwardBlocker`]), with the rules that let the bridge's traffic through; `None` when
 /// none does, or when the ruleset cannot be read (the bridge works or fails on its own then).
 fn firewall_warning(bridge: &str) -> Option<String> {
-    let blockers = nft::forward_blockers(bridge).ok()?;
-    let b = blockers.first()?;
+    let (forward, input) = nft::blockers(bridge).ok()?;
+    let input_warning = input.first().map(|b| {
+        let rule = |r: &str| format!("nft insert rule {} {} {} {r}", b.family, b.table, b.chain);
+        format!(
+            "what the host receives from the bridge is dropped by another firewall (table {} {}, chain {}: policy drop, \
+             no rule for {bridge}): replicas cannot ask the bridge's name server for service names; let it through with: {}; {}",
+            b.family,
+            b.table,
+            b.chain,
+            rule(&format!("iifname \"{bridge}\" udp dport 53 accept")),
+            rule(&format!("iifname \"{bridge}\" tcp dport 53 accept")),
+        )
+    });
+    let Some(b) = forward.first() else { return input_warning };
     let rule = |r: &str| format!("nft insert rule {} {} {} {r}", b.family, b.table, b.chain);
-    Some(format!(
+    let forward_warning = format!(
         "forwarded traffic is dropped by another firewall (table {} {}, chain {}: policy drop, no rule for {bridge}; \
          Docker sets this up): replicas cannot reach other networks, and other machines cannot reach them \
          through published ports; let the bridge through with: {}; {}; {}",
@@ -912,7 +924,11 @@ fn firewall_warning(bridge: &str) -> Option<String> {
         rule(&format!("iifname \"{bridge}\" accept")),
         rule(&format!("oifname \"{bridge}\" ct state established,related accept")),
         rule(&format!("oifname \"{bridge}\" ct status dnat accept")),
-    ))
+    );
+    Some(match input_warning {
+        Some(i) => format!("{forward_warning}; and {i}"),
+        None => forward_warning,
+    })
 }
 
 /// Releases the addresses whose owner `alive` does not know (a replica whose record is gone:

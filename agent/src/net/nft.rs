@@ -390,13 +390,20 @@ pub struct ForwardBlocker {
 
 /// The [`ForwardBlocker`]s of this namespace's ruleset for `bridge` (`nft -j list ruleset`).
 pub fn forward_blockers(bridge: &str) -> Result<Vec<ForwardBlocker>> {
+    Ok(blockers(bridge)?.0)
+}
+
+/// The chains that drop, for `bridge`: forwarded traffic ([`ForwardBlocker`]s) and, the same
+/// way at the `input` hook, what the host receives from it (the bridge's name server on the
+/// gateway), from one listing of the ruleset.
+pub fn blockers(bridge: &str) -> Result<(Vec<ForwardBlocker>, Vec<ForwardBlocker>)> {
     check_ifname(bridge)?;
     let out = run_nft(Path::new("nft"), &["-j".into(), "list".into(), "ruleset".into()], None)?;
     let v: serde_json::Value = serde_json::from_str(&out).context("parsing nft -j list ruleset")?;
-    Ok(blockers_in(&v, bridge))
+    Ok((blockers_in(&v, bridge, "forward"), blockers_in(&v, bridge, "input")))
 }
 
-fn blockers_in(ruleset: &serde_json::Value, bridge: &str) -> Vec<ForwardBlocker> {
+fn blockers_in(ruleset: &serde_json::Value, bridge: &str, hook: &str) -> Vec<ForwardBlocker> {
     let items = ruleset["nftables"].as_array().map(Vec::as_slice).unwrap_or_default();
     let str_of = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
     let named = format!("\"{bridge}\"");
@@ -410,7 +417,7 @@ fn blockers_in(ruleset: &serde_json::Value, bridge: &str) -> Vec<ForwardBlocker>
         let ours = b.family == "ip"
             && (b.table == TABLE || b.table == PORTS_TABLE || b.table.starts_with(NETWORK_TABLE_PREFIX));
         let ipv4 = matches!(b.family.as_str(), "ip" | "inet");
-        if ours || !ipv4 || chain["hook"] != "forward" || chain["policy"] != "drop" {
+        if ours || !ipv4 || chain["hook"] != hook || chain["policy"] != "drop" {
             continue;
         }
         let allowed = items.iter().filter_map(|i| i.get("rule")).any(|r| {
@@ -666,6 +673,12 @@ mod tests {
             in_netns(Some(Path::new(&ns.path())), || forward_blockers("docker0")).expect("netns").expect("list");
         assert_eq!(found.len(), 1, "for docker0 it is `inet fw` that blocks: {found:?}");
         assert_eq!(found[0].table, "fw");
+        // At the input hook (the name server on the gateway): a host firewall that drops what
+        // it receives and says nothing of the bridge.
+        let script = "table inet host {\n\tchain input {\n\t\ttype filter hook input priority 0; policy drop;\n\t\tiifname \"lo\" accept\n\t}\n}\n";
+        run_script(Some(Path::new(&ns.path())), script.into()).expect("a host firewall");
+        let (_, input) = in_netns(Some(Path::new(&ns.path())), || blockers("skiff0")).expect("netns").expect("list");
+        assert_eq!(input, [ForwardBlocker { family: "inet".into(), table: "host".into(), chain: "input".into() }]);
     }
 
     #[test]

@@ -209,8 +209,10 @@ struct PullState {
 
 /// The manifest's revision: a digest of its bytes, of the `.env` next to it and of the other
 /// files it reads (each file's path and content, or why it could not be read).
+/// A manifest alone (no `.env`, no other file) has the digest of its bytes.
 fn manifest_revision(data: &[u8], dotenv: Option<&Path>, files: &[PathBuf]) -> String {
     let mut all = data.to_vec();
+    let dotenv = dotenv.filter(|p| std::fs::symlink_metadata(p).is_ok());
     for f in dotenv.into_iter().chain(files.iter().map(PathBuf::as_path)) {
         all.extend_from_slice(b"\0");
         all.extend_from_slice(f.as_os_str().as_encoded_bytes());
