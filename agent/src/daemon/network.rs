@@ -168,11 +168,25 @@ impl BridgeNet {
         let subnet: Subnet =
             settings.subnet.parse().with_context(|| format!("the bridge subnet {:?}", settings.subnet))?;
         let ipam = Ipam::open(&paths.root, subnet)?;
-        Ok(BridgeNet {
-            key: crate::manifest::DEFAULT_NETWORK.to_string(),
-            bridge: settings.bridge.clone(),
+        let key = crate::manifest::DEFAULT_NETWORK.to_string();
+        Ok(BridgeNet::new(key, settings.bridge.clone(), subnet, None, ipam, setup, record_path(paths)))
+    }
+
+    /// A network not set up yet (nothing touched on the host).
+    fn new(
+        key: String,
+        bridge: String,
+        subnet: Subnet,
+        rules: Option<nft::NetworkRules>,
+        ipam: Ipam,
+        setup: SetupLock,
+        record: PathBuf,
+    ) -> BridgeNet {
+        BridgeNet {
+            key,
+            bridge,
             subnet,
-            rules: None,
+            rules,
             aliases: Mutex::default(),
             dns: Mutex::new(None),
             names: Arc::default(),
@@ -185,8 +199,8 @@ impl BridgeNet {
             firewall_check: tokio::sync::Mutex::new(None),
             firewall_again: std::sync::atomic::AtomicBool::new(false),
             setup,
-            record: record_path(paths),
-        })
+            record,
+        }
     }
 
     /// The user-defined network `key` (`decl`), next to the default bridge `default`: its
@@ -232,25 +246,7 @@ impl BridgeNet {
         };
         let ipam = Ipam::open(&paths.root, subnet)?;
         let rules = nft::NetworkRules { internal: decl.internal, default_bridge: default.bridge.clone() };
-        let net = BridgeNet {
-            key: key.to_string(),
-            bridge,
-            subnet,
-            rules: Some(rules),
-            aliases: Mutex::default(),
-            dns: Mutex::new(None),
-            names: Arc::default(),
-            dns_counters: Arc::default(),
-            name_info: Mutex::default(),
-            ipam,
-            ready: tokio::sync::OnceCell::new(),
-            retired: std::sync::atomic::AtomicBool::new(false),
-            firewall: Mutex::new(None),
-            firewall_check: tokio::sync::Mutex::new(None),
-            firewall_again: std::sync::atomic::AtomicBool::new(false),
-            setup,
-            record,
-        };
+        let net = BridgeNet::new(key.to_string(), bridge, subnet, Some(rules), ipam, setup, record);
         if from_record != Some(subnet) {
             net.write_record()?;
         }

@@ -129,25 +129,11 @@ impl Nat {
         if let Some(n) = &self.network {
             return self.network_ruleset(n);
         }
-        format!(
-            "table ip {TABLE}\n\
-             delete table ip {TABLE}\n\
-             table ip {TABLE} {{\n\
-             \tchain prerouting {{\n\
-             \t\ttype filter hook prerouting priority raw; policy accept;\n\
-             \t\tiifname \"{b}\" ip daddr 127.0.0.0/8 counter drop\n\
-             \t}}\n\
-             \tchain postrouting {{\n\
-             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-             \t\tip saddr {s} oifname != \"{b}\" masquerade\n\
-             \t\tip saddr 127.0.0.0/8 oifname \"{b}\" masquerade\n\
-             \t}}\n\
-             \tchain forward {{\n\
-             \t\ttype filter hook forward priority filter; policy accept;\n\
-             \t\tiifname \"{b}\" accept\n\
-             \t\toifname \"{b}\" ct state established,related accept\n\
-             \t}}\n\
-             }}\n"
+        table_script(
+            TABLE,
+            b,
+            &format!("\t\tip saddr {s} oifname != \"{b}\" masquerade\n"),
+            &format!("\t\tiifname \"{b}\" accept\n\t\toifname \"{b}\" ct state established,related accept\n"),
         )
     }
 
@@ -175,25 +161,7 @@ impl Nat {
                 ),
             )
         };
-        format!(
-            "table ip {t}\n\
-             delete table ip {t}\n\
-             table ip {t} {{\n\
-             \tchain prerouting {{\n\
-             \t\ttype filter hook prerouting priority raw; policy accept;\n\
-             \t\tiifname \"{b}\" ip daddr 127.0.0.0/8 counter drop\n\
-             \t}}\n\
-             \tchain postrouting {{\n\
-             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-             {nat}\
-             \t\tip saddr 127.0.0.0/8 oifname \"{b}\" masquerade\n\
-             \t}}\n\
-             \tchain forward {{\n\
-             \t\ttype filter hook forward priority filter; policy accept;\n\
-             {forward}\
-             \t}}\n\
-             }}\n"
-        )
+        table_script(t, b, &nat, &forward)
     }
 
     /// Creates or replaces our table, atomically. Idempotent.
@@ -376,6 +344,32 @@ pub(crate) fn run_script(netns: Option<&Path>, script: String) -> Result<String>
     let nft = PathBuf::from("nft");
     let args = vec!["-f".to_string(), "-".to_string()];
     in_netns(netns, move || run_nft(&nft, &args, Some(script)))?
+}
+
+/// The transaction that makes table `t` for bridge `b` anew (create, delete, create: it is
+/// idempotent and drops whatever an older agent left): the loopback guard at raw prerouting (a
+/// packet from the bridge to 127.0.0.0/8, which `route_localnet` would let in, is dropped),
+/// `nat` and the loopback masquerade at postrouting, `forward` at forward.
+fn table_script(t: &str, b: &str, nat: &str, forward: &str) -> String {
+    format!(
+        "table ip {t}\n\
+         delete table ip {t}\n\
+         table ip {t} {{\n\
+         \tchain prerouting {{\n\
+         \t\ttype filter hook prerouting priority raw; policy accept;\n\
+         \t\tiifname \"{b}\" ip daddr 127.0.0.0/8 counter drop\n\
+         \t}}\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         {nat}\
+         \t\tip saddr 127.0.0.0/8 oifname \"{b}\" masquerade\n\
+         \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         {forward}\
+         \t}}\n\
+         }}\n"
+    )
 }
 
 /// A base chain of another table that drops forwarded traffic by policy and has no rule that
@@ -654,6 +648,17 @@ mod tests {
         apply_ports(&[], Some(Path::new(&ns.path()))).expect("remove");
         apply_ports(&[], Some(Path::new(&ns.path()))).expect("remove again");
         assert!(!exec(&ns, &["nft", "list", "table", "ip", PORTS_TABLE]).status.success());
+    }
+
+    /// The default bridge's table, as agents before user-defined networks applied it (a table
+    /// an older agent left is replaced by the same text).
+    #[test]
+    fn the_default_table_is_five_rules_in_three_chains() {
+        let s = subnet();
+        let want = format!(
+            "table ip skiff\ndelete table ip skiff\ntable ip skiff {{\n\tchain prerouting {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tiifname \"skiff0\" ip daddr 127.0.0.0/8 counter drop\n\t}}\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr {s} oifname != \"skiff0\" masquerade\n\t\tip saddr 127.0.0.0/8 oifname \"skiff0\" masquerade\n\t}}\n\tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname \"skiff0\" accept\n\t\toifname \"skiff0\" ct state established,related accept\n\t}}\n}}\n"
+        );
+        assert_eq!(Nat::new("skiff0", s).expect("nat").ruleset(), want);
     }
 
     #[test]
