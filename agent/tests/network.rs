@@ -1165,6 +1165,58 @@ fn a_firewall_that_drops_forwarding_is_a_warning_that_says_what_to_run() {
     down_leaves_no_network(&ns, &mut a, "sktest11");
 }
 
+/// A host firewall that drops what the host receives (an input chain with policy drop, as a
+/// hardened box has) drops the replicas' queries to the bridge's name server: a warning names
+/// the chain and the two rules to run; it is true (nslookup fails), and once the rules are in
+/// names resolve and the warning goes.
+#[test]
+fn a_host_firewall_that_drops_input_is_a_warning_for_the_name_server() {
+    let Some((ns, mut a)) = setup() else { return };
+    let hardened = "table inet host {\n\tchain input {\n\t\ttype filter hook input priority 0; policy drop;\n\t\tiifname \"lo\" accept\n\t\tct state established,related accept\n\t}\n}\n";
+    let mut nft = std::process::Command::new("nsenter")
+        .arg(ns.nsenter_arg())
+        .args(["nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    std::io::Write::write_all(&mut nft.stdin.take().expect("stdin"), hardened.as_bytes()).expect("write");
+    assert!(nft.wait().expect("nft").success());
+    a.write_manifest(&format!(
+        "x-skiff:\n  bridge: sktest12\n  subnet: 10.123.13.0/24\nservices:\n  client:\n    image: {}\n    command: [\"sleep\", \"1000\"]\n    stop_grace_period: 1s\n",
+        image()
+    ));
+    a.spawn();
+    let warned = |st: &Value| {
+        service(st, "client")["warnings"]
+            .as_array()
+            .and_then(|w| w.iter().filter_map(|w| w.as_str()).find(|w| w.contains("name server")))
+            .map(str::to_string)
+    };
+    let st = wait_status(&ns, &a, "client running with a name-server warning", |st| {
+        all_running(st, "client", 1) && warned(st).is_some()
+    });
+    let w = warned(&st).unwrap_or_default();
+    let rules = [
+        "nft insert rule inet host input iifname \"sktest12\" udp dport 53 accept",
+        "nft insert rule inet host input iifname \"sktest12\" tcp dport 53 accept",
+    ];
+    assert!(w.contains("table inet host, chain input") && rules.iter().all(|r| w.contains(r)), "{w}");
+    let client = address(&st, "client-1");
+    let out = nslookup(&a, "client");
+    assert!(!out.contains(&format!("Address: {client}")), "the query got through a dropping input chain:\n{out}");
+    for r in rules {
+        assert!(ns.run(&shell_words(r)).0, "{r}");
+    }
+    let mut out = String::new();
+    skiff_tests::wait_until("nslookup client to answer with the rules in", WAIT, || {
+        out = nslookup(&a, "client");
+        out.contains(&format!("Address: {client}"))
+    });
+    // The ruleset changed: the agent looks again (notifications) and the warning goes.
+    wait_status(&ns, &a, "the name-server warning gone", |st| warned(st).is_none());
+    down_leaves_no_network(&ns, &mut a, "sktest12");
+}
+
 /// `s` split at spaces, with `"quoted"` words kept whole and unquoted (enough for the rules
 /// the warning gives).
 fn shell_words(s: &str) -> Vec<&str> {

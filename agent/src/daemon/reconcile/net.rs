@@ -108,16 +108,29 @@ impl Agent {
         }
     }
 
-    /// Asks the bridge network (in the background) whether another firewall drops forwarded
-    /// traffic; status shows the answer once it changes.
+    /// Asks each bridge network (in the background) whether another firewall drops forwarded
+    /// traffic or what the host receives from it; status shows the answer once it changes.
     pub(super) fn check_firewall(&self) {
-        let Some(net) = self.net.clone() else { return };
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            if net.check_firewall().await {
-                let _ = tx.send(Event::FirewallChecked);
-            }
-        });
+        for net in self.net.iter().chain(self.user_nets.values()) {
+            let (net, tx) = (net.clone(), self.tx.clone());
+            tokio::spawn(async move {
+                if net.check_firewall().await {
+                    let _ = tx.send(Event::FirewallChecked);
+                }
+            });
+        }
+    }
+
+    /// The firewall warnings of the networks bridged `svc` is on.
+    pub(super) fn firewall_warnings(&self, svc: &Service) -> Vec<String> {
+        if svc.network_mode != NetworkMode::Bridge {
+            return Vec::new();
+        }
+        service_networks(svc)
+            .iter()
+            .filter_map(|n| if n.name == DEFAULT_NETWORK { self.net.as_ref() } else { self.user_nets.get(&n.name) })
+            .filter_map(|net| net.firewall_warning())
+            .collect()
     }
 
     /// The bridge and its NAT rules go when no bridged service is left: no replica on the

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::{rollouts, Agent, Phase, Replica};
 use crate::daemon::status::{Health, ManifestStatus, ReplicaState, ReplicaStatus, ServiceStatus, Snapshot, Status};
-use crate::manifest::{Manifest, NetworkMode};
+use crate::manifest::Manifest;
 
 impl Agent {
     /// Builds the status and publishes it.
@@ -46,10 +46,7 @@ impl Agent {
                     .count() as u32,
                 warnings: {
                     let mut w = self.service_warnings.get(name).cloned().unwrap_or_default();
-                    let bridged = svc.is_some_and(|s| s.network_mode == NetworkMode::Bridge);
-                    if let Some(fw) = self.net.as_ref().filter(|_| bridged).and_then(|n| n.firewall_warning()) {
-                        w.push(fw);
-                    }
+                    w.extend(svc.map(|s| self.firewall_warnings(s)).unwrap_or_default());
                     w
                 },
                 replicas: statuses,
