@@ -129,38 +129,42 @@ fn normalize(os: &str, arch: &str, variant: &str) -> Platform {
     Platform { os, architecture: arch, variant }
 }
 
-/// The arm variant of this CPU, like containerd's `cpuVariant`: "CPU architecture" in
-/// /proc/cpuinfo (v6 when a Raspberry Pi 1/Zero reports 7 with an ARMv6 model name; v7 when a
-/// 32-bit userland runs on a v8 CPU), else uname's machine (armv6l, armv7l).
+/// The arm variant of this CPU ([`arm_variant_of`] of /proc/cpuinfo and uname's machine).
 fn arm_variant() -> String {
-    if let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") {
-        let field = |name: &str| {
-            info.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().to_string())
-            })
-        };
-        if let Some(arch) = field("CPU architecture") {
-            let model = field("model name").unwrap_or_default();
-            return match arch.as_str() {
-                "7" if model.starts_with("ARMv6") => "v6",
-                "5TE" | "5TEJ" | "5" => "v5",
-                "6TEJ" | "6" => "v6",
-                "7" => "v7",
-                // A 32-bit build on a 64-bit CPU runs 32-bit (v7) code.
-                "8" | "AArch64" => "v7",
-                _ => "v7",
-            }
-            .to_string();
-        }
-    }
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok();
     let machine = nix::sys::utsname::uname().map(|u| u.machine().to_string_lossy().into_owned()).unwrap_or_default();
-    match machine.as_str() {
+    arm_variant_of(info.as_deref(), &machine).to_string()
+}
+
+/// The arm variant of a CPU, like containerd's `cpuVariant`, from the text of its
+/// /proc/cpuinfo (when there is one) and uname's machine:
+/// - "CPU architecture" 7 with an ARMv6 model name is v6: a Raspberry Pi 1 or Zero ("ARMv6-
+///   compatible processor") under a kernel that reports its ARM1176 as 7;
+/// - 5, 5T, 5TE, 5TEJ are v5 (Marvell Kirkwood and older boards); 6, 6TEJ are v6;
+/// - everything else is v7: 7 itself (Pi 2), 8 or AArch64 (a 32-bit userland on a 64-bit CPU,
+///   Pi 3/4/5 on a 32-bit OS, runs v7 code), and an architecture not known here;
+/// - without a "CPU architecture" line, uname's machine: armv5* v5, armv6* v6, else v7.
+fn arm_variant_of(cpuinfo: Option<&str>, machine: &str) -> &'static str {
+    let field = |name: &str| {
+        cpuinfo?.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().to_string())
+        })
+    };
+    if let Some(arch) = field("CPU architecture") {
+        let model = field("model name").unwrap_or_default();
+        return match arch.as_str() {
+            "7" if model.starts_with("ARMv6") => "v6",
+            "5" | "5T" | "5TE" | "5TEJ" => "v5",
+            "6" | "6TEJ" => "v6",
+            _ => "v7",
+        };
+    }
+    match machine {
         m if m.starts_with("armv5") => "v5",
         m if m.starts_with("armv6") => "v6",
         _ => "v7",
     }
-    .to_string()
 }
 
 /// An index entry's platform as the index states it.
@@ -189,6 +193,40 @@ pub fn select<'a>(want: &Platform, entries: impl IntoIterator<Item = Option<Cand
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// /proc/cpuinfo as real boards print it (the lines that matter, in their order).
+    const PI_ZERO: &str = "processor\t: 0\nmodel name\t: ARMv6-compatible processor rev 7 (v6l)\nBogoMIPS\t: 697.95\nFeatures\t: half thumb fastmult vfp edsp java tls \nCPU implementer\t: 0x41\nCPU architecture: 7\nCPU variant\t: 0x0\nCPU part\t: 0xb76\nCPU revision\t: 7\n\nHardware\t: BCM2835\nModel\t\t: Raspberry Pi Zero W Rev 1.1\n";
+    const PI_1_OLD_KERNEL: &str = "Processor\t: ARMv6-compatible processor rev 7 (v6l)\nBogoMIPS\t: 697.95\nFeatures\t: swp half thumb fastmult vfp edsp java tls \nCPU implementer\t: 0x41\nCPU architecture: 6TEJ\nCPU variant\t: 0x0\nCPU part\t: 0xb76\n";
+    const PI_2: &str = "processor\t: 0\nmodel name\t: ARMv7 Processor rev 5 (v7l)\nBogoMIPS\t: 38.40\nFeatures\t: half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vfpd32 lpae evtstrm \nCPU implementer\t: 0x41\nCPU architecture: 7\nCPU variant\t: 0x0\nCPU part\t: 0xc07\n";
+    const PI_4_32BIT_OS_64BIT_KERNEL: &str = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n";
+    const PI_3_32BIT_KERNEL: &str = "processor\t: 0\nmodel name\t: ARMv7 Processor rev 4 (v7l)\nBogoMIPS\t: 38.40\nCPU implementer\t: 0x41\nCPU architecture: 7\nCPU part\t: 0xd03\n";
+    const KIRKWOOD: &str = "Processor\t: Feroceon 88FR131 rev 1 (v5l)\nBogoMIPS\t: 1192.75\nFeatures\t: swp half thumb fastmult edsp \nCPU implementer\t: 0x56\nCPU architecture: 5TE\nCPU variant\t: 0x2\nCPU part\t: 0x131\n";
+
+    #[test]
+    fn the_arm_variant_of_real_boards() {
+        let cases = [
+            (Some(PI_ZERO), "armv6l", "v6"),
+            (Some(PI_1_OLD_KERNEL), "armv6l", "v6"),
+            (Some(PI_2), "armv7l", "v7"),
+            (Some(PI_3_32BIT_KERNEL), "armv7l", "v7"),
+            (Some(PI_4_32BIT_OS_64BIT_KERNEL), "armv8l", "v7"),
+            (Some("CPU architecture: AArch64\n"), "armv8l", "v7"),
+            (Some(KIRKWOOD), "armv5tel", "v5"),
+            (Some("CPU architecture: 5\n"), "", "v5"),
+            (Some("CPU architecture: 6\n"), "", "v6"),
+            // An architecture not known here is v7, whatever the machine says.
+            (Some("CPU architecture: 9\n"), "armv6l", "v7"),
+            // No "CPU architecture" line (or no /proc/cpuinfo): uname's machine.
+            (Some("processor\t: 0\n"), "armv6l", "v6"),
+            (None, "armv6l", "v6"),
+            (None, "armv5tejl", "v5"),
+            (None, "armv7l", "v7"),
+            (None, "", "v7"),
+        ];
+        for (info, machine, want) in cases {
+            assert_eq!(arm_variant_of(info, machine), want, "{machine}: {info:?}");
+        }
+    }
 
     fn c<'a>(os: &'a str, a: &'a str, v: &'a str) -> Option<Candidate<'a>> {
         Some(Candidate { os, architecture: a, variant: v })
