@@ -1117,14 +1117,7 @@ fn tables_deleted_by_a_firewall_reload_come_back() {
 fn a_firewall_that_drops_forwarding_is_a_warning_that_says_what_to_run() {
     let Some((ns, mut a)) = setup() else { return };
     let docker_like = "table ip filter {\n\tchain FORWARD {\n\t\ttype filter hook forward priority 0; policy drop;\n\t\toifname \"docker0\" accept\n\t}\n}\n";
-    let mut nft = std::process::Command::new("nsenter")
-        .arg(ns.nsenter_arg())
-        .args(["nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft");
-    std::io::Write::write_all(&mut nft.stdin.take().expect("stdin"), docker_like.as_bytes()).expect("write");
-    assert!(nft.wait().expect("nft").success());
+    nft_in(&ns, docker_like);
     a.write_manifest(&format!(
         "x-skiff:\n  bridge: sktest11\n  subnet: 10.123.12.0/24\nservices:\n  client:\n    image: {}\n    command: [\"sleep\", \"1000\"]\n    stop_grace_period: 1s\n",
         image()
@@ -1173,14 +1166,7 @@ fn a_firewall_that_drops_forwarding_is_a_warning_that_says_what_to_run() {
 fn a_host_firewall_that_drops_input_is_a_warning_for_the_name_server() {
     let Some((ns, mut a)) = setup() else { return };
     let hardened = "table inet host {\n\tchain input {\n\t\ttype filter hook input priority 0; policy drop;\n\t\tiifname \"lo\" accept\n\t\tct state established,related accept\n\t}\n}\n";
-    let mut nft = std::process::Command::new("nsenter")
-        .arg(ns.nsenter_arg())
-        .args(["nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft");
-    std::io::Write::write_all(&mut nft.stdin.take().expect("stdin"), hardened.as_bytes()).expect("write");
-    assert!(nft.wait().expect("nft").success());
+    nft_in(&ns, hardened);
     a.write_manifest(&format!(
         "x-skiff:\n  bridge: sktest12\n  subnet: 10.123.13.0/24\nservices:\n  client:\n    image: {}\n    command: [\"sleep\", \"1000\"]\n    stop_grace_period: 1s\n",
         image()
@@ -1215,6 +1201,18 @@ fn a_host_firewall_that_drops_input_is_a_warning_for_the_name_server() {
     // The ruleset changed: the agent looks again (notifications) and the warning goes.
     wait_status(&ns, &a, "the name-server warning gone", |st| warned(st).is_none());
     down_leaves_no_network(&ns, &mut a, "sktest12");
+}
+
+/// Applies the nftables `script` in `ns` (another firewall's tables, for the warning tests).
+fn nft_in(ns: &TestNetns, script: &str) {
+    let mut nft = std::process::Command::new("nsenter")
+        .arg(ns.nsenter_arg())
+        .args(["nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    std::io::Write::write_all(&mut nft.stdin.take().expect("stdin"), script.as_bytes()).expect("write");
+    assert!(nft.wait().expect("nft").success(), "nft -f: {script}");
 }
 
 /// `s` split at spaces, with `"quoted"` words kept whole and unquoted (enough for the rules

@@ -3,17 +3,17 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
-fn report(src: &str) -> Report {
+pub(super) fn report(src: &str) -> Report {
     parse_str(src, Path::new("/etc/skiff"))
 }
 
-fn lines(r: &Report) -> Vec<String> {
+pub(super) fn lines(r: &Report) -> Vec<String> {
     r.diagnostics.iter().map(|d| d.to_string()).collect()
 }
 
 /// Asserts that there is a diagnostic starting with `prefix` (`"3:5: error: "`) and containing `text`.
 #[track_caller]
-fn has(src: &str, prefix: &str, text: &str) -> Report {
+pub(super) fn has(src: &str, prefix: &str, text: &str) -> Report {
     let r = report(src);
     let l = lines(&r);
     assert!(l.iter().any(|d| d.starts_with(prefix) && d.contains(text)), "no `{prefix}...{text}` in {l:#?}");

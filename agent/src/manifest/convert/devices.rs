@@ -187,24 +187,9 @@ pub(super) fn privileged(cx: &mut Ctx, n: &Node, what: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::manifest::{parse_str, Report};
 
-    fn report(src: &str) -> Report {
-        parse_str(src, Path::new("/etc/skiff"))
-    }
-    fn lines(r: &Report) -> Vec<String> {
-        r.diagnostics.iter().map(|d| d.to_string()).collect()
-    }
-    #[track_caller]
-    fn has(src: &str, prefix: &str, text: &str) -> Report {
-        let r = report(src);
-        let l = lines(&r);
-        assert!(l.iter().any(|d| d.starts_with(prefix) && d.contains(text)), "no `{prefix}...{text}` in {l:#?}");
-        r
-    }
+    use crate::manifest::tests::{has, lines, report};
     fn svc(extra: &str) -> String {
         format!("services:\n  a:\n    image: a\n{extra}")
     }

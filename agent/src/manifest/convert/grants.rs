@@ -328,23 +328,9 @@ pub(super) fn resolve(cx: &mut Ctx, m: &mut Manifest) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use crate::manifest::{GrantKind, GrantSource};
 
-    use crate::manifest::{parse_str, GrantKind, GrantSource, Report};
-
-    fn report(src: &str) -> Report {
-        parse_str(src, Path::new("/etc/skiff"))
-    }
-    fn lines(r: &Report) -> Vec<String> {
-        r.diagnostics.iter().map(|d| d.to_string()).collect()
-    }
-    #[track_caller]
-    fn has(src: &str, prefix: &str, text: &str) -> Report {
-        let r = report(src);
-        let l = lines(&r);
-        assert!(l.iter().any(|d| d.starts_with(prefix) && d.contains(text)), "no `{prefix}...{text}` in {l:#?}");
-        r
-    }
+    use crate::manifest::tests::{has, lines, report};
 
     #[test]
     fn secrets_and_configs_resolve_with_compose_defaults() {
