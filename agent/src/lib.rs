@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod hostcheck;
 pub mod logs;
 pub mod manifest;
 pub mod net;

@@ -7,6 +7,7 @@
 //! one line on stderr (`skiff: error: ...`) and exit status 1; usage errors exit 2.
 
 pub mod agent;
+pub mod check;
 pub mod control;
 pub mod down;
 pub mod exec;
@@ -60,6 +61,8 @@ pub enum Command {
     Rm(run::RmArgs),
     /// Check a manifest (compose file): prints its errors and warnings, exits 1 on errors
     Validate(validate::ValidateArgs),
+    /// Tell whether skiff will work on this host, and what to do (exit 1 when it cannot)
+    Check(check::CheckArgs),
     /// Run the agent: keep the services of the manifest running (foreground)
     Agent(agent::AgentArgs),
     /// Show what the agent runs (from its status endpoint)
@@ -149,6 +152,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run(a) => run::run(&cli.root, *a),
         Command::Rm(a) => run::rm(&cli.root, a),
         Command::Validate(a) => validate::validate(a),
+        Command::Check(a) => check::check(&cli.root, a),
         Command::Agent(a) => agent::agent(&cli.root, a),
         Command::Status(a) => status::status(a),
         Command::Logs(a) => logs::logs(&cli.root, a),
@@ -186,6 +190,16 @@ fn pull(root: &std::path::Path, a: PullArgs) -> Result<i32> {
             .collect(),
         ..Default::default()
     })?);
+    let clock = crate::hostcheck::clock::registry_must_wait(
+        crate::hostcheck::clock::now_epoch(),
+        crate::hostcheck::clock::BUILD_EPOCH,
+        client.allows_http(reference.api_host()),
+    );
+    if let Some(b) = clock {
+        // One pull in the foreground: tried anyway (a registry may take it), with the reason
+        // it will likely fail said first.
+        eprintln!("skiff: warning: {}; {}", b.message(), crate::hostcheck::clock::FIX);
+    }
     let opts = PullOptions { platform, jobs: a.jobs as usize, ..Default::default() };
     let tty = std::io::stderr().is_terminal();
     let reporter = Arc::new(progress::Reporter::new(tty, a.quiet));
