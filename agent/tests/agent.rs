@@ -1203,6 +1203,100 @@ fn a_kernel_without_the_memory_controller_runs_the_service_without_the_limit_and
     }
 }
 
+/// Issue 14: the memory controller present in the kernel (/proc/cgroups says enabled) but no
+/// hierarchy of it mounted, so no runtime can apply a memory limit. The agent runs in a mount
+/// namespace of its own (`unshare -m`) where /sys/fs/cgroup/memory is unmounted: a real kernel
+/// state, seen alike by the agent, its shims and the runtime, and nowhere else. The service
+/// with `mem_limit` must run without the limit (the agent must not hand the runtime a limit it
+/// cannot apply: the runtime refuses it, and the replica never started), with the warning on
+/// the service, the host's finding (`skiff check`'s) in status, and both in the log.
+#[test]
+fn an_unmounted_memory_hierarchy_runs_the_service_without_the_limit_and_warns() {
+    if skiff_tests::which("unshare").is_none() {
+        skip("unshare (util-linux) is not installed");
+        return;
+    }
+    if !Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+        skip("no v1 memory hierarchy at /sys/fs/cgroup/memory to hide");
+        return;
+    }
+    const MIB32: &str = "33554432";
+    let mut a = agent();
+    a.wrap([
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        r#"umount /sys/fs/cgroup/memory && exec "$@""#,
+        "sh",
+    ]);
+    a.write_manifest(&format!("services:\n{}", sleeper("capped", 1, "    mem_limit: 32m\n")));
+    a.start();
+    // The agent's namespace lacks the mount; this one still has it.
+    let agent_mounts = read(format!("/proc/{}/mountinfo", a.pid()));
+    assert!(!agent_mounts.contains(" /sys/fs/cgroup/memory "), "the agent still sees the memory hierarchy");
+    assert!(read("/proc/self/mountinfo").contains(" /sys/fs/cgroup/memory "), "the host lost its memory hierarchy");
+
+    // Running, or given up on (the old agent: the runtime refused the limit).
+    let st = a.wait_status("capped running or failing", |st| {
+        let r = &st["services"].as_array().and_then(|s| s.iter().find(|s| s["name"] == "capped")).cloned();
+        r.as_ref().is_some_and(|s| {
+            s["running_replicas"] == 1
+                || s["replicas"].as_array().is_some_and(|rs| {
+                    rs.iter().any(|r| {
+                        r["restarts"].as_u64().unwrap_or(0) > 0 || r["state"] == "backoff" || r["state"] == "failed"
+                    })
+                })
+        })
+    });
+    assert!(
+        all_running(&st, "capped", 1),
+        "the replica does not run without the memory hierarchy:\n{st:#}\n{}",
+        a.log()
+    );
+    let pid = pid_of(&st, "capped-1") as i32;
+    wait_comm(pid as i64, "sleep");
+    let limit = memory_limit(pid).unwrap_or_else(|| panic!("no memory cgroup for {pid}"));
+    assert_ne!(limit, MIB32, "a 32 MiB limit was applied where no memory hierarchy is mounted");
+
+    let named = |w: &str| w.contains("memory limit not applied") && w.contains("no memory cgroup controller");
+    let warnings = service(&st, "capped")["warnings"].clone();
+    assert!(
+        warnings.as_array().is_some_and(|w| w.len() == 1 && w[0].as_str().is_some_and(named)),
+        "status names the missing controller on the service: {warnings}"
+    );
+    let host = st["host"]["findings"].as_array().cloned().unwrap_or_default();
+    let finding = host
+        .iter()
+        .find(|f| {
+            f["topic"] == "cgroups" && f["message"].as_str().is_some_and(|m| m.starts_with("no memory controller"))
+        })
+        .unwrap_or_else(|| panic!("no host finding for the memory controller: {:#}", st["host"]));
+    assert_eq!(finding["level"], "warning", "{finding}");
+    assert!(finding["message"].as_str().unwrap().contains("no v1 hierarchy of it is mounted"), "{finding}");
+    assert!(
+        finding["fix"].as_str().unwrap().contains("mount -t cgroup -o memory cgroup /sys/fs/cgroup/memory"),
+        "{finding}"
+    );
+    let log = a.log();
+    assert!(
+        log.lines().any(|l| l.contains("capped-1: warning:") && named(l)),
+        "the log names it for the replica:\n{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("host warning: cgroups: no memory controller")),
+        "the log has the host's finding:\n{log}"
+    );
+    // `skiff status` shows it too.
+    let out = Command::new(SKIFF).args(["status", "--listen", &a.listen()]).output().expect("skiff status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("warning: host: cgroups: no memory controller"), "{text}");
+    a.down();
+    assert!(read("/proc/self/mountinfo").contains(" /sys/fs/cgroup/memory "), "the host lost its memory hierarchy");
+}
+
 #[test]
 fn an_updated_dependency_restarts_dependents_that_ask_for_it() {
     let mut a = agent();

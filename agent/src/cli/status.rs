@@ -261,6 +261,11 @@ pub fn render(status: &Status, now: SystemTime) -> String {
             out.push_str(&format!("warning: {w}\n"));
         }
     }
+    for f in &status.host.findings {
+        // `skiff check`'s findings (the fix is `skiff check`'s to show).
+        let level = if f.level == crate::hostcheck::Level::Error { "error" } else { "warning" };
+        out.push_str(&format!("{level}: host: {}: {}\n", f.topic, one_line(&f.message)));
+    }
     for s in &status.services {
         for w in &s.warnings {
             out.push_str(&format!("warning: {}: {}\n", s.name, one_line(w)));
@@ -465,6 +470,15 @@ mod tests {
                 error: Some("/etc/skiff/compose.yaml:4:7: error: unknown service key".into()),
                 warnings: vec!["/etc/skiff/compose.yaml:9:3: warning: unknown key x-foo".into()],
             },
+            host: crate::daemon::status::HostStatus {
+                findings: vec![crate::hostcheck::Finding {
+                    level: crate::hostcheck::Level::Warning,
+                    topic: "cgroups".into(),
+                    message: "no memory controller (not offered by this kernel): services run without their mem_limit"
+                        .into(),
+                    fix: Some("append ` cgroup_enable=memory` ...".into()),
+                }],
+            },
             services: vec![
                 ServiceStatus {
                     name: "web".into(),
@@ -541,6 +555,7 @@ manifest /etc/skiff/compose.yaml (revision 0123456789ab)
 manifest error (still running revision 0123456789ab):
   /etc/skiff/compose.yaml:4:7: error: unknown service key
 /etc/skiff/compose.yaml:9:3: warning: unknown key x-foo
+warning: host: cgroups: no memory controller (not offered by this kernel): services run without their mem_limit
 warning: web: memory limit not applied: the kernel has no memory cgroup controller
 
 SERVICE  REPLICA  REV  STATE         HEALTH     PID   ADDRESS    RESTARTS  EXIT  UPTIME

@@ -635,6 +635,7 @@ mod tests {
                 error: None,
                 warnings: vec![],
             },
+            host: Default::default(),
             services: vec![
                 ServiceStatus {
                     name: "web".into(),

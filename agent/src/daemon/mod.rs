@@ -243,6 +243,22 @@ async fn main_loop(o: Options, paths: Paths, (nofile_was, nofile): (u64, u64)) -
         o.runtime.display(),
         o.listen
     ));
+    // `skiff check`'s warnings and errors, one line each (and in status).
+    let (root, rt_path) = (paths.root.clone(), o.runtime.clone());
+    let host = tokio::task::spawn_blocking(move || {
+        crate::hostcheck::assess(&crate::hostcheck::read(&root, Some(&rt_path)))
+            .into_iter()
+            .filter(|f| f.level > crate::hostcheck::Level::Ok)
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    for f in &host {
+        let level = if f.level == crate::hostcheck::Level::Error { "error" } else { "warning" };
+        let fix = f.fix.as_deref().map(|x| format!(" (fix: {x})")).unwrap_or_default();
+        log(&format!("host {level}: {}: {}{fix}", f.topic, f.message));
+    }
+    agent.set_host_findings(host);
     let budget = fds::proxy_budget(nofile);
     log(&format!(
         "open files: limit {nofile}{}; published ports may hold {budget} of them ({} proxied TCP connections), {} are kept for the agent's own work",

@@ -186,6 +186,14 @@ impl ReplicaRecord {
 
 /// What the kernel lacks that a service asks for: (controller, what is dropped).
 pub fn missing_controllers(svc: &Service) -> Vec<(&'static str, &'static str)> {
+    missing_controllers_in(svc, &crate::hostcheck::CgroupFacts::read())
+}
+
+/// [`missing_controllers`] with these cgroup facts: a controller counts when limits of it can
+/// be applied here, the rule of [`crate::hostcheck::CgroupFacts::usable`] (v2: the root's
+/// `cgroup.controllers`, which lists memory on 6.12+ kernels whose /proc/cgroups does not;
+/// v1 and hybrid: a mounted v1 hierarchy of it; either way not disabled in /proc/cgroups).
+pub fn missing_controllers_in(svc: &Service, cg: &crate::hostcheck::CgroupFacts) -> Vec<(&'static str, &'static str)> {
     let mut out = Vec::new();
     let r = &svc.resources;
     let wanted = [
@@ -194,30 +202,11 @@ pub fn missing_controllers(svc: &Service) -> Vec<(&'static str, &'static str)> {
         ("pids", r.pids.is_some_and(|p| p > 0), "pids limit"),
     ];
     for (ctrl, asked, what) in wanted {
-        if asked && !controller_available(ctrl) {
+        if asked && !cg.usable(ctrl) {
             out.push((ctrl, what));
         }
     }
     out
-}
-
-/// Whether the kernel has this cgroup controller enabled: `/proc/cgroups` (its `enabled`
-/// column is 0 for `cgroup_disable=memory`, as Raspberry Pi kernels ship), and on a pure
-/// cgroup2 host the root's `cgroup.controllers`.
-pub fn controller_available(name: &str) -> bool {
-    let listed = fs::read_to_string("/proc/cgroups").ok().is_some_and(|t| {
-        t.lines().any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() >= 4 && f[0] == name && f[3] == "1"
-        })
-    });
-    if !listed {
-        return false;
-    }
-    match fs::read_to_string("/sys/fs/cgroup/cgroup.controllers") {
-        Ok(t) => t.split_whitespace().any(|c| c == name),
-        Err(_) => true, // v1 or hybrid: /proc/cgroups is the answer
-    }
 }
 
 /// Reads env files (`KEY=VALUE` lines, `#` comments, optional `export `, quotes stripped),
@@ -272,8 +261,8 @@ pub fn prepare(
     let missing = missing_controllers(svc);
     for (ctrl, what) in &missing {
         warnings.push(format!(
-            "{what} not applied: the kernel has no {ctrl} cgroup controller (on a Raspberry Pi add \
-             cgroup_enable={ctrl} cgroup_memory=1 to /boot/firmware/cmdline.txt and reboot)"
+            "{what} not applied: the kernel has no {ctrl} cgroup controller usable here \
+             (`skiff check` says why and how to enable it)"
         ));
     }
     let lacks = |c: &str| missing.iter().any(|(m, _)| *m == c);

@@ -15,6 +15,16 @@ use skiff_images::text;
 pub struct Status {
     pub manifest: ManifestStatus,
     pub services: Vec<ServiceStatus>,
+    /// What the agent found wrong with the host at start (`skiff check`'s warnings and errors).
+    #[serde(default)]
+    pub host: HostStatus,
+}
+
+/// The host's problems: [`crate::hostcheck`]'s findings of level warning or error, read at the
+/// agent's start (the clock's is dropped once the clock is right).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HostStatus {
+    pub findings: Vec<crate::hostcheck::Finding>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

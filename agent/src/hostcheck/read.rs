@@ -55,6 +55,7 @@ pub fn read(root: &Path, runtime: Option<&Path>) -> HostFacts {
         systemd,
         ntp_synchronized: if systemd { ntp_synchronized() } else { None },
         runtime: match crate::cli::run::find_runtime(runtime) {
+            Ok(p) if !p.is_file() => Err(format!("the OCI runtime {} does not exist", p.display())),
             Ok(p) => {
                 let v = first_line(Command::new(&p).arg("--version"));
                 Ok((p, v))

@@ -128,6 +128,19 @@ impl Agent {
         c.in_flight = true;
         c.next = None;
         c.started = Some(Instant::now());
+        let clock = crate::hostcheck::clock::registry_must_wait(
+            crate::hostcheck::clock::now_epoch(),
+            crate::hostcheck::clock::BUILD_EPOCH,
+            client.allows_http(reference.api_host()),
+        );
+        if let Some(b) = clock {
+            // Answered as a failed check: retried on the error schedule.
+            let _ = self.tx.send(Event::ImageChecked {
+                service: svc.name.clone(),
+                result: CheckResult::Error { message: b.waiting(), rate_limited: false, retry_after: None },
+            });
+            return;
+        }
         let (tx, service) = (self.tx.clone(), svc.name.clone());
         tokio::spawn(async move {
             let tag = reference.manifest_ref();

@@ -274,6 +274,8 @@ pub struct Agent {
     /// resolved again at the next pass (a new manifest, a pull, a check, a command).
     resolved_at: HashMap<String, Instant>,
     resolve_all: bool,
+    /// The host's problems found at start (`skiff check`'s warnings and errors), for status.
+    host_findings: Vec<crate::hostcheck::Finding>,
 }
 
 impl Agent {
@@ -319,6 +321,7 @@ impl Agent {
             checks: HashMap::new(),
             resolved_at: HashMap::new(),
             resolve_all: true,
+            host_findings: Vec::new(),
             paths,
         })
     }
@@ -329,6 +332,11 @@ impl Agent {
     }
 
     /// `--no-bridge`: bridge-mode services get loopback only (the host's networking is untouched).
+    /// The host's warnings and errors found at start (shown in status).
+    pub fn set_host_findings(&mut self, findings: Vec<crate::hostcheck::Finding>) {
+        self.host_findings = findings;
+    }
+
     pub fn disable_bridge(&mut self) {
         self.bridge_disabled = true;
     }

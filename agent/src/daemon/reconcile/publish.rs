@@ -4,7 +4,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{rollouts, Agent, Phase, Replica};
-use crate::daemon::status::{Health, ManifestStatus, ReplicaState, ReplicaStatus, ServiceStatus, Snapshot, Status};
+use crate::daemon::status::{
+    Health, HostStatus, ManifestStatus, ReplicaState, ReplicaStatus, ServiceStatus, Snapshot, Status,
+};
+use crate::hostcheck::{clock, Level};
 use crate::manifest::Manifest;
 
 impl Agent {
@@ -63,6 +66,14 @@ impl Agent {
                 warnings: self.manifest_warnings.clone(),
             },
             services,
+            host: HostStatus {
+                findings: self
+                    .host_findings
+                    .iter()
+                    .filter(|f| f.topic != "clock" || f.level != Level::Error || clock::check_now().is_some())
+                    .cloned()
+                    .collect(),
+            },
         };
         status.bound_texts();
         self.snapshots.send_replace(Snapshot {

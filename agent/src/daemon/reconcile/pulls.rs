@@ -62,6 +62,17 @@ impl Agent {
                 return;
             }
         };
+        // Before the build date TLS fails with "certificate not yet valid": wait for the
+        // clock (retried with the back-off; the one reason is logged once).
+        let clock = crate::hostcheck::clock::registry_must_wait(
+            crate::hostcheck::clock::now_epoch(),
+            crate::hostcheck::clock::BUILD_EPOCH,
+            client.allows_http(reference.api_host()),
+        );
+        if let Some(b) = clock {
+            let _ = self.tx.send(Event::Pulled { reference: key, result: Err(b.waiting()) });
+            return;
+        }
         if first {
             // Retries are told by the failure lines (deduplicated), not one line each.
             log(&format!("pulling {key}"));
