@@ -427,7 +427,8 @@ impl Layout {
     fn unavailable(&self, ctrl: &str, what: &str, in_spec: bool) -> CgroupError {
         let kernel_name = if ctrl == "io" { "blkio" } else { ctrl };
         let enable = if ctrl == "memory" {
-            "on Raspberry Pi OS add `cgroup_enable=memory cgroup_memory=1` to /boot/firmware/cmdline.txt and reboot"
+            "on Raspberry Pi OS append ` cgroup_enable=memory` to the single line of /boot/firmware/cmdline.txt and \
+             reboot (some Pi kernels from 6.12 keep it off regardless: raspberrypi/linux#6980)"
                 .to_string()
         } else {
             format!(
@@ -1586,7 +1587,11 @@ pids\t8\t1\t1
         let r = res(r#"{"memory":{"limit":67108864}}"#);
         let err = effective(&l, Path::new("/t"), Some(&r)).err().expect("must fail").to_string();
         assert!(err.starts_with("the memory cgroup controller is not available on this kernel"), "{err}");
-        assert!(err.contains("cgroup_enable=memory cgroup_memory=1"), "{err}");
+        assert!(
+            err.contains("append ` cgroup_enable=memory` to the single line of /boot/firmware/cmdline.txt"),
+            "{err}"
+        );
+        assert!(err.contains("raspberrypi/linux#6980") && !err.contains("cgroup_memory=1"), "{err}");
         assert!(!err.contains('\n'));
         // Without a memory limit it runs.
         let r = res(r#"{"pids":{"limit":10},"devices":[{"allow":false,"access":"rwm"}]}"#);
