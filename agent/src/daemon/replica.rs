@@ -729,6 +729,45 @@ mod tests {
     use super::*;
     use crate::manifest::EnvFile;
 
+    /// The limits handed to the runtime follow what the host offers: a Pi 5 on a 6.12 kernel
+    /// with the memory controller on lists it in cgroup.controllers but not in /proc/cgroups
+    /// (no CONFIG_MEMCG_V1): its limit applies; booted with cgroup_disable=memory it does not.
+    /// (The rule before read /proc/cgroups alone and dropped the limit in the first case.)
+    #[test]
+    fn limits_dropped_are_those_whose_controller_is_not_usable() {
+        use crate::hostcheck::CgroupFacts;
+        let svc = Service {
+            resources: crate::manifest::Resources { memory: Some(32 << 20), cpus: Some(0.5), pids: Some(50) },
+            ..Default::default()
+        };
+        let pi = |controllers: &str| CgroupFacts {
+            mountinfo: "27 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n".into(),
+            proc_cgroups: Some("#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t0\t70\t1\npids\t0\t70\t1\n".into()),
+            root_controllers: Some(controllers.into()),
+            unified_controllers: None,
+        };
+        assert!(missing_controllers_in(&svc, &pi("cpuset cpu io memory pids")).is_empty());
+        assert_eq!(missing_controllers_in(&svc, &pi("cpuset cpu io pids")), [("memory", "memory limit")]);
+        assert_eq!(
+            missing_controllers_in(&svc, &pi("io")),
+            [("memory", "memory limit"), ("cpu", "cpus limit"), ("pids", "pids limit")]
+        );
+        // Nothing asked, nothing missing.
+        assert!(missing_controllers_in(&Service::default(), &pi("")).is_empty());
+        // v1 with the memory hierarchy unmounted (the e2e test's state).
+        let v1 = CgroupFacts {
+            mountinfo: "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
+                        39 31 0:36 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n"
+                .into(),
+            proc_cgroups: Some(
+                "#subsys_name\thierarchy\tnum_cgroups\tenabled\nmemory\t4\t86\t1\ncpu\t1\t1\t1\npids\t8\t1\t1\n".into(),
+            ),
+            root_controllers: None,
+            unified_controllers: None,
+        };
+        assert_eq!(missing_controllers_in(&svc, &v1), [("memory", "memory limit")]);
+    }
+
     #[test]
     fn env_files_as_compose_reads_them() {
         let dir = tempfile::tempdir().unwrap();
