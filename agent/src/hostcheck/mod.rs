@@ -416,7 +416,11 @@ pub fn assess(h: &HostFacts) -> Vec<Finding> {
                 push(Ok, "cgroups", format!("{name} controller"), None);
                 continue;
             }
+            let off = format!("cgroup_disable={name}");
             let why = match state {
+                Controller::Disabled | Controller::Missing if h.cmdline_has(&off) => {
+                    format!("turned off on the kernel command line: {off}")
+                }
                 Controller::Disabled => "turned off on the kernel command line".to_string(),
                 Controller::Missing => "not offered by this kernel".to_string(),
                 Controller::NotMounted => "enabled, but no v1 hierarchy of it is mounted".to_string(),

@@ -136,7 +136,13 @@ fn raspberry_pi_os_on_a_pi_5_works_without_memory_limits_and_says_how_to_get_the
     assert!(h.cgroups.usable("cpu") && h.cgroups.usable("pids"));
     let f = assess(&h);
     assert_eq!(verdict(&f), Verdict::Warnings, "{f:#?}");
-    let mem = find(&f, Level::Warning, "cgroups", "no memory controller").expect("the memory warning");
+    let mem = find(
+        &f,
+        Level::Warning,
+        "cgroups",
+        "no memory controller (turned off on the kernel command line: cgroup_disable=memory)",
+    )
+    .expect("the memory warning");
     assert!(mem.message.contains("services run without their mem_limit"), "{mem:?}");
     let fix = mem.fix.as_deref().unwrap();
     assert!(
@@ -242,8 +248,13 @@ fn memory_disabled_at_boot_on_a_v1_box_that_is_no_pi() {
     h.cmdline.push_str(" cgroup_disable=memory");
     assert_eq!(h.cgroups.controller("memory"), Controller::Disabled);
     let f = assess(&h);
-    let w =
-        find(&f, Level::Warning, "cgroups", "no memory controller (turned off on the kernel command line)").unwrap();
+    let w = find(
+        &f,
+        Level::Warning,
+        "cgroups",
+        "no memory controller (turned off on the kernel command line: cgroup_disable=memory)",
+    )
+    .unwrap();
     assert!(
         w.fix.as_deref().unwrap().starts_with("remove cgroup_disable=memory from the kernel command line"),
         "{w:?}"
