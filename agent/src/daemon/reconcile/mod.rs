@@ -37,6 +37,7 @@ use super::status::{Health, Snapshot};
 use super::{health, proc};
 
 mod checks;
+mod imagegc;
 mod net;
 use net::connect;
 mod publish;
@@ -86,6 +87,10 @@ pub enum Event {
     ImageChecked {
         service: String,
         result: checks::CheckResult,
+    },
+    /// A look at the store's filesystem (and maybe an image GC) is done ([`imagegc`]).
+    ImageGc {
+        result: Result<imagegc::Outcome, String>,
     },
     /// A command from the control socket; the answer goes back on `reply`.
     Control {
@@ -274,6 +279,8 @@ pub struct Agent {
     /// resolved again at the next pass (a new manifest, a pull, a check, a command).
     resolved_at: HashMap<String, Instant>,
     resolve_all: bool,
+    /// The image GC on disk pressure ([`imagegc`]).
+    image_gc: imagegc::State,
 }
 
 impl Agent {
@@ -319,6 +326,7 @@ impl Agent {
             checks: HashMap::new(),
             resolved_at: HashMap::new(),
             resolve_all: true,
+            image_gc: imagegc::State::default(),
             paths,
         })
     }
@@ -520,7 +528,11 @@ impl Agent {
             self.resolve_all = true;
         }
         match ev {
-            Event::Reload => self.load_manifest(),
+            Event::Reload => {
+                self.load_manifest();
+                // The marks may have changed.
+                self.image_gc.soon();
+            }
             Event::Pulled { reference, result } => {
                 let p = self.pulls.entry(reference.clone()).or_insert(PullState {
                     in_flight: false,
@@ -532,6 +544,7 @@ impl Agent {
                 match result {
                     Ok(rec) => {
                         log(&format!("pulled {} ({})", rec.reference, rec.digest));
+                        self.image_gc.soon();
                         p.failures = 0;
                         p.error = None;
                     }
@@ -569,6 +582,7 @@ impl Agent {
             }
             Event::FirewallChecked => {}
             Event::ImageChecked { service, result } => self.on_checked(&service, result),
+            Event::ImageGc { result } => self.on_image_gc(result),
             Event::Control { req, reply } => {
                 let _ = reply.send(self.on_control(req));
             }
@@ -856,6 +870,7 @@ impl Agent {
     /// Desired against actual; starts, stops and replaces; then publishes the status.
     pub fn reconcile(&mut self) {
         let now = Instant::now();
+        self.maybe_collect_images(now);
         let Some(m) = self.manifest.clone() else {
             self.publish();
             return;
@@ -1131,6 +1146,9 @@ impl Agent {
             if let Some(n) = c.next {
                 t = t.min(n);
             }
+        }
+        if let Some(n) = self.image_gc.next_wake() {
+            t = t.min(n);
         }
         t.max(now + Duration::from_millis(10))
     }

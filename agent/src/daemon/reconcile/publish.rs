@@ -63,6 +63,7 @@ impl Agent {
                 warnings: self.manifest_warnings.clone(),
             },
             services,
+            store: self.store_status(),
         };
         status.bound_texts();
         self.snapshots.send_replace(Snapshot {
