@@ -38,6 +38,7 @@ pub mod client;
 pub mod digest;
 pub mod error;
 pub mod fsutil;
+pub mod gc;
 pub mod manifest;
 pub mod platform;
 pub mod pull;

@@ -158,6 +158,36 @@ impl Store {
         FileLock::lock(&path, kind).map_err(err)
     }
 
+    /// Takes the store lock exclusively if no one holds it (`None`: a pull, a load or another
+    /// prune is on; try later).
+    pub fn try_lock_exclusive(&self) -> Result<Option<FileLock>> {
+        let path = self.root.join("lock");
+        FileLock::try_lock(&path, LockKind::Exclusive)
+            .map_err(|e| Error::io(format!("locking the store {}", path.display()), &self.root, e))
+    }
+
+    /// The size and free space of the store's filesystem.
+    // statvfs's fields are 32-bit on some targets (armv7 glibc), 64-bit here.
+    #[allow(clippy::useless_conversion)]
+    pub fn usage(&self) -> Result<crate::gc::Usage> {
+        let st = nix::sys::statvfs::statvfs(&self.root).map_err(|e| {
+            Error::io(format!("reading the free space of {}", self.root.display()), &self.root, io::Error::from(e))
+        })?;
+        let unit = u64::from(st.fragment_size());
+        Ok(crate::gc::Usage {
+            size: u64::from(st.blocks()).saturating_mul(unit),
+            avail: u64::from(st.blocks_available()).saturating_mul(unit),
+        })
+    }
+
+    /// The bytes a piece of content takes here (apparent sizes; 0 when absent).
+    pub fn content_size(&self, c: &crate::gc::Content) -> u64 {
+        match c {
+            crate::gc::Content::Blob(d) => fs::symlink_metadata(self.blob_path(d)).map(|m| m.len()).unwrap_or(0),
+            crate::gc::Content::Layer(d) => fsutil::tree_size(&self.layer_path(d)),
+        }
+    }
+
     /// Takes the per-blob lock that serializes concurrent pulls of one blob (async-friendly:
     /// polls without blocking a runtime thread).
     pub async fn lock_blob(&self, d: &Digest) -> Result<FileLock> {

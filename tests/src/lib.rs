@@ -36,6 +36,7 @@ pub mod agent;
 pub mod engines;
 pub mod memcap;
 pub mod netns;
+pub mod oci;
 pub mod registry;
 
 /// Upper bound for any single runtime command. Only there to turn a hang into a failure;

@@ -234,6 +234,36 @@ fn update_line(s: &crate::daemon::status::ServiceStatus) -> Option<String> {
     (!parts.is_empty()).then(|| format!("{}: {}", s.name, parts.join("; ")))
 }
 
+/// The store's filesystem, once it is past the image GC's high mark or a collection ran.
+fn store_line(st: &crate::daemon::status::StoreStatus) -> Option<String> {
+    let gc = &st.image_gc;
+    let pct = (u128::from(st.used_bytes) * 100).checked_div(u128::from(st.size_bytes)).unwrap_or(0);
+    let past = gc.enabled && pct > u128::from(gc.high_percent);
+    if !past && gc.runs == 0 {
+        return None;
+    }
+    let mut line = format!("store: its filesystem is {pct}% full of {}", crate::cli::human_size(st.size_bytes));
+    if gc.enabled {
+        line.push_str(&format!(
+            "; image GC (above {}%, down to {}%): {} run{}, {} image{} removed, {} freed",
+            gc.high_percent,
+            gc.low_percent,
+            gc.runs,
+            if gc.runs == 1 { "" } else { "s" },
+            gc.images_removed,
+            if gc.images_removed == 1 { "" } else { "s" },
+            crate::cli::human_size(gc.bytes_freed)
+        ));
+    } else {
+        line.push_str("; image GC is off (x-skiff: {image_gc: false})");
+    }
+    line.push('\n');
+    if let Some(last) = gc.last.as_deref().filter(|l| l.contains("more is used") || l.starts_with("image GC: ")) {
+        line.push_str(&format!("warning: {}\n", one_line(last)));
+    }
+    Some(line)
+}
+
 pub fn render(status: &Status, now: SystemTime) -> String {
     let mut out = String::new();
     let m = &status.manifest;
@@ -270,6 +300,9 @@ pub fn render(status: &Status, now: SystemTime) -> String {
         for w in &s.warnings {
             out.push_str(&format!("warning: {}: {}\n", s.name, one_line(w)));
         }
+    }
+    if let Some(line) = status.store.as_ref().and_then(store_line) {
+        out.push_str(&line);
     }
     if status.services.is_empty() {
         out.push_str("no services\n");
@@ -543,6 +576,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            store: None,
         }
     }
 
@@ -685,5 +719,33 @@ web-2: exited with 137; (killed)
         assert_eq!(code, 200);
         let status: Status = serde_json::from_slice(&body).unwrap();
         assert_eq!(status, sample());
+    }
+
+    #[test]
+    fn the_store_line_once_the_disk_is_past_the_high_mark_or_a_gc_ran() {
+        use crate::daemon::status::{ImageGcStatus, StoreStatus};
+        let gc = ImageGcStatus { enabled: true, high_percent: 85, low_percent: 80, ..Default::default() };
+        let st = |used, gc: ImageGcStatus| StoreStatus { size_bytes: 1000, used_bytes: used, image_gc: gc };
+        assert_eq!(store_line(&st(850, gc.clone())), None, "at the mark, nothing ran: nothing to say");
+        let past = store_line(&st(900, gc.clone())).unwrap();
+        assert!(
+            past.starts_with("store: its filesystem is 90% full of 1.0 kB; image GC (above 85%, down to 80%): 0 runs"),
+            "{past}"
+        );
+        let ran = ImageGcStatus {
+            runs: 1,
+            images_removed: 3,
+            bytes_freed: 2_000_000,
+            last: Some("disk pressure: ...; 5 MB more is used by images in use or other files, above the low mark of 80%: free space or add disk".into()),
+            ..gc.clone()
+        };
+        let text = store_line(&st(820, ran)).unwrap();
+        assert!(
+            text.contains("1 run, 3 images removed, 2.0 MB freed\nwarning: disk pressure: ...; 5 MB more is used"),
+            "{text}"
+        );
+        let off = ImageGcStatus { enabled: false, runs: 0, ..gc };
+        assert_eq!(store_line(&st(990, off)), None, "off: not past any mark");
+        assert_eq!(store_line(&StoreStatus { size_bytes: 0, used_bytes: 0, image_gc: Default::default() }), None);
     }
 }

@@ -447,6 +447,44 @@ pub fn metrics(status: &Status, mut stats: impl FnMut(i32) -> Option<cgstats::St
             sample(&mut out, "skiff_port_backends", &labels, n);
         }
     }
+    if let Some(st) = &status.store {
+        let store: [(&str, &str, &str, u64); 5] = [
+            (
+                "skiff_store_filesystem_size_bytes",
+                "gauge",
+                "Size of the filesystem the image store is on.",
+                st.size_bytes,
+            ),
+            (
+                "skiff_store_filesystem_used_bytes",
+                "gauge",
+                "Bytes used on the filesystem the image store is on.",
+                st.used_bytes,
+            ),
+            (
+                "skiff_image_gc_runs_total",
+                "counter",
+                "Image collections on disk pressure (past the high mark).",
+                st.image_gc.runs,
+            ),
+            (
+                "skiff_image_gc_images_removed_total",
+                "counter",
+                "Unused images removed on disk pressure.",
+                st.image_gc.images_removed,
+            ),
+            (
+                "skiff_image_gc_freed_bytes_total",
+                "counter",
+                "Bytes freed by image collections on disk pressure.",
+                st.image_gc.bytes_freed,
+            ),
+        ];
+        for (name, kind, help, v) in store {
+            family(&mut out, name, kind, help);
+            sample(&mut out, name, &[], v as f64);
+        }
+    }
     family(&mut out, "skiff_container_restarts_total", "counter", "Restarts of the replica.");
     for s in services {
         for r in &s.replicas {
@@ -669,6 +707,19 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            store: Some(crate::daemon::status::StoreStatus {
+                size_bytes: 1 << 30,
+                used_bytes: 900 << 20,
+                image_gc: crate::daemon::status::ImageGcStatus {
+                    enabled: true,
+                    high_percent: 85,
+                    low_percent: 80,
+                    runs: 2,
+                    images_removed: 3,
+                    bytes_freed: 123 << 20,
+                    last: Some("disk pressure: ...".into()),
+                },
+            }),
         }
     }
 
@@ -862,7 +913,14 @@ mod tests {
         assert_eq!(value("skiff_container_memory_bytes", &w), None);
         assert_eq!(value("skiff_container_cpu_seconds_total", &w), Some(0.5));
         assert_eq!(value("skiff_container_restarts_total", &w), Some(1.0));
+        assert_eq!(value("skiff_store_filesystem_size_bytes", &[]), Some(1073741824.0));
+        assert_eq!(value("skiff_store_filesystem_used_bytes", &[]), Some(943718400.0));
+        assert_eq!(value("skiff_image_gc_runs_total", &[]), Some(2.0));
+        assert_eq!(value("skiff_image_gc_images_removed_total", &[]), Some(3.0));
+        assert_eq!(value("skiff_image_gc_freed_bytes_total", &[]), Some(128974848.0));
         for family in [
+            "skiff_image_gc_runs_total counter",
+            "skiff_image_gc_freed_bytes_total counter",
             "skiff_service_replicas_desired gauge",
             "skiff_service_replicas_running gauge",
             "skiff_service_replicas_healthy gauge",

@@ -18,6 +18,9 @@ pub struct Status {
     /// What the agent found wrong with the host at start (`skiff check`'s warnings and errors).
     #[serde(default)]
     pub host: HostStatus,
+    /// The image store's filesystem and its garbage collection (`None` until first measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreStatus>,
 }
 
 /// The host's problems: [`crate::hostcheck`]'s findings of level warning or error, read at the
@@ -25,6 +28,31 @@ pub struct Status {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct HostStatus {
     pub findings: Vec<crate::hostcheck::Finding>,
+}
+
+/// The image store's filesystem and the image GC on disk pressure.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StoreStatus {
+    /// Size of the filesystem the store is on, and the bytes used on it (as `df` counts).
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    pub image_gc: ImageGcStatus,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ImageGcStatus {
+    /// Off by `x-skiff: {image_gc: false}`.
+    pub enabled: bool,
+    /// The marks in percent: collect above `high_percent`, down to `low_percent`.
+    pub high_percent: u8,
+    pub low_percent: u8,
+    /// Collections since the agent started, the images they removed and the bytes freed.
+    pub runs: u64,
+    pub images_removed: u64,
+    pub bytes_freed: u64,
+    /// What the last collection did (or why it could not reach the low mark).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -222,6 +250,9 @@ impl Status {
             v.iter_mut().for_each(bound);
         };
         self.manifest.error.iter_mut().for_each(bound);
+        if let Some(st) = &mut self.store {
+            st.image_gc.last.iter_mut().for_each(bound);
+        }
         list(&mut self.manifest.warnings);
         for s in &mut self.services {
             list(&mut s.warnings);

@@ -133,7 +133,7 @@ fn document(cx: &mut Ctx, root: &Node, main: bool) -> Option<Manifest> {
             }
             "version" => {}
             "secrets" | "configs" => grants::declarations(cx, key, v),
-            "x-skiff" if main => (m.network, m.revision_history, m.profiles) = skiff_extension(cx, v),
+            "x-skiff" if main => skiff_extension(cx, v, &mut m),
             "x-skiff" => cx.warn(k.pos, "x-skiff in an included file is ignored: set it in the manifest itself"),
             "name" => {
                 if let Some(s) = cx.string(v, "name") {
@@ -298,8 +298,8 @@ struct Sites<'a> {
     networks: &'a mut Vec<networks::NetSite>,
 }
 
-/// `x-skiff:` — `bridge`, `subnet`, `revision_history`; other keys warn.
-fn skiff_extension(cx: &mut Ctx, n: &Node) -> (NetworkOverrides, Option<u32>, Vec<String>) {
+/// `x-skiff:` — `bridge`, `subnet`, `revision_history`, `profiles`, `image_gc`; other keys warn.
+fn skiff_extension(cx: &mut Ctx, n: &Node, m: &mut Manifest) {
     let mut net = NetworkOverrides::default();
     let mut history = None;
     let mut active = Vec::new();
@@ -335,9 +335,58 @@ fn skiff_extension(cx: &mut Ctx, n: &Node) -> (NetworkOverrides, Option<u32>, Ve
                     }
                 }
             }
+            "image_gc" => {
+                if let Some(gc) = image_gc(cx, v, &f) {
+                    m.image_gc = gc;
+                }
+            }
             x if x.starts_with("x-") => {}
             x => cx.unknown(x, k, "x-skiff"),
         }
     }
-    (net, history, active)
+    (m.network, m.revision_history, m.profiles) = (net, history, active);
+}
+
+/// `x-skiff: {image_gc: false}` or `{image_gc: {high: 85%, low: 80%}}` (either may be left
+/// out: the default's; a bare number is percent too).
+fn image_gc(cx: &mut Ctx, n: &Node, f: &str) -> Option<crate::manifest::ImageGc> {
+    let mut gc = crate::manifest::ImageGc::default();
+    if matches!(n.value, Value::Bool(_)) || matches!(&n.value, Value::Str(s) if s == "true" || s == "false") {
+        gc.enabled = cx.bool(n, f)?;
+        return Some(gc);
+    }
+    let mut ok = true;
+    for (key, k, v) in cx.map(n, f)? {
+        let what = format!("{f}.{key}");
+        let slot = match key.as_str() {
+            "high" => &mut gc.high,
+            "low" => &mut gc.low,
+            x if x.starts_with("x-") => continue,
+            x => {
+                cx.unknown(x, k, f);
+                continue;
+            }
+        };
+        match percent(v) {
+            Some(p) if (1..=99).contains(&p) => *slot = p as u8,
+            _ => {
+                cx.err(v.pos, format!("{what} must be a percentage of the disk between 1% and 99% (like 85%)"));
+                ok = false;
+            }
+        }
+    }
+    if ok && gc.low >= gc.high {
+        cx.err(n.pos, format!("{f}: low ({}%) must be below high ({}%)", gc.low, gc.high));
+        ok = false;
+    }
+    ok.then_some(gc)
+}
+
+/// `85`, `"85"` or `"85%"`.
+fn percent(n: &Node) -> Option<i64> {
+    match &n.value {
+        Value::Int(i) => Some(*i),
+        Value::Str(s) => s.trim().strip_suffix('%').unwrap_or(s.trim()).trim().parse().ok(),
+        _ => None,
+    }
 }

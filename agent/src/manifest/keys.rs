@@ -123,7 +123,7 @@ pub const TOP_KEYS: &[(&str, Support)] = &[
     ("services", Yes),
     ("version", Partly("ignored, as compose does")),
     ("volumes", Partly("named volumes with `name` and `external`; drivers other than local refused")),
-    ("x-skiff", Partly("skiff's own: `bridge`, `subnet`, `revision_history`, `profiles`")),
+    ("x-skiff", Partly("skiff's own: `bridge`, `subnet`, `revision_history`, `profiles`, `image_gc`")),
 ];
 
 /// What to do instead of `key`, when skiff refuses it (`top`: a top-level key).

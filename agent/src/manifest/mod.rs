@@ -72,6 +72,9 @@ pub struct Manifest {
     /// Services not run because none of their `profiles:` is active, with those profiles.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inactive: BTreeMap<String, Vec<String>>,
+    /// `x-skiff: {image_gc}`: when unused images are removed for disk space.
+    #[serde(default)]
+    pub image_gc: ImageGc,
     /// Top-level `networks:` other than `default` (whose settings go to `network`), by key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub networks: BTreeMap<String, NetworkDecl>,
@@ -81,6 +84,30 @@ impl Manifest {
     /// Revisions kept per service.
     pub fn revision_history(&self) -> u32 {
         self.revision_history.unwrap_or(10)
+    }
+}
+
+/// `x-skiff: {image_gc: {high: 85%, low: 80%}}` (the kubelet's marks, the default) or
+/// `image_gc: false`: when the store's filesystem is fuller than `high` percent, the agent
+/// removes unused images, oldest pull first, until it is below `low` ([`skiff_images::gc`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageGc {
+    pub enabled: bool,
+    pub high: u8,
+    pub low: u8,
+}
+
+impl Default for ImageGc {
+    fn default() -> ImageGc {
+        let m = skiff_images::gc::Marks::default();
+        ImageGc { enabled: true, high: m.high, low: m.low }
+    }
+}
+
+impl ImageGc {
+    /// The marks, when collection is on.
+    pub fn marks(&self) -> Option<skiff_images::gc::Marks> {
+        self.enabled.then_some(skiff_images::gc::Marks { high: self.high, low: self.low })
     }
 }
 

@@ -952,3 +952,28 @@ fn the_manifest_is_read_bounded() {
     assert_eq!(read_manifest(&big, true).unwrap().len(), (1 << 20) + 1, "never more than the limit and a byte");
     assert!(lines(&load(&big).unwrap())[0].contains("larger than 1 MiB"));
 }
+
+#[test]
+fn image_gc_marks() {
+    use crate::manifest::ImageGc;
+    let on = |high, low| ImageGc { enabled: true, high, low };
+    assert_eq!(clean("services:\n  a:\n    image: a\n").image_gc, on(85, 80), "the kubelet's marks by default");
+    let m = clean("x-skiff: {image_gc: {high: 70%, low: \"50 %\"}}\nservices:\n  a:\n    image: a\n");
+    assert_eq!(m.image_gc, on(70, 50));
+    assert_eq!(m.image_gc.marks(), Some(skiff_images::gc::Marks { high: 70, low: 50 }));
+    let m = clean("x-skiff: {image_gc: {high: 95}}\nservices:\n  a:\n    image: a\n");
+    assert_eq!(m.image_gc, on(95, 80), "one mark given, the other the default's");
+    let m = clean("x-skiff: {image_gc: false}\nservices:\n  a:\n    image: a\n");
+    assert_eq!((m.image_gc.enabled, m.image_gc.marks()), (false, None));
+    has("x-skiff: {image_gc: {high: 100%}}\nservices:\n  a:\n    image: a\n", "1:28: error: ", "between 1% and 99%");
+    has("x-skiff: {image_gc: {low: -5}}\nservices:\n  a:\n    image: a\n", "1:27: error: ", "between 1% and 99%");
+    has("x-skiff: {image_gc: {low: lots}}\nservices:\n  a:\n    image: a\n", "1:27: error: ", "like 85%");
+    has(
+        "x-skiff: {image_gc: {high: 60, low: 60}}\nservices:\n  a:\n    image: a\n",
+        "1:21: error: ",
+        "low (60%) must be below high (60%)",
+    );
+    has("x-skiff: {image_gc: {low: 90}}\nservices:\n  a:\n    image: a\n", "1:21: error: ", "must be below high (85%)");
+    has("x-skiff: {image_gc: {hgih: 90}}\nservices:\n  a:\n    image: a\n", "1:22: warning: ", "unknown key `hgih`");
+    has("x-skiff: {image_gc: 80}\nservices:\n  a:\n    image: a\n", "1:21: error: ", "must be a mapping");
+}

@@ -37,6 +37,7 @@ use super::status::{Health, Snapshot};
 use super::{health, proc};
 
 mod checks;
+mod imagegc;
 mod net;
 use net::connect;
 mod publish;
@@ -86,6 +87,10 @@ pub enum Event {
     ImageChecked {
         service: String,
         result: checks::CheckResult,
+    },
+    /// A look at the store's filesystem (and maybe an image GC) is done ([`imagegc`]).
+    ImageGc {
+        result: Result<imagegc::Outcome, String>,
     },
     /// A command from the control socket; the answer goes back on `reply`.
     Control {
@@ -276,6 +281,8 @@ pub struct Agent {
     resolve_all: bool,
     /// The host's problems found at start (`skiff check`'s warnings and errors), for status.
     host_findings: Vec<crate::hostcheck::Finding>,
+    /// The image GC on disk pressure ([`imagegc`]).
+    image_gc: imagegc::State,
 }
 
 impl Agent {
@@ -322,6 +329,7 @@ impl Agent {
             resolved_at: HashMap::new(),
             resolve_all: true,
             host_findings: Vec::new(),
+            image_gc: imagegc::State::default(),
             paths,
         })
     }
@@ -528,7 +536,11 @@ impl Agent {
             self.resolve_all = true;
         }
         match ev {
-            Event::Reload => self.load_manifest(),
+            Event::Reload => {
+                self.load_manifest();
+                // The marks may have changed.
+                self.image_gc.soon();
+            }
             Event::Pulled { reference, result } => {
                 let p = self.pulls.entry(reference.clone()).or_insert(PullState {
                     in_flight: false,
@@ -540,6 +552,7 @@ impl Agent {
                 match result {
                     Ok(rec) => {
                         log(&format!("pulled {} ({})", rec.reference, rec.digest));
+                        self.image_gc.soon();
                         p.failures = 0;
                         p.error = None;
                     }
@@ -577,6 +590,7 @@ impl Agent {
             }
             Event::FirewallChecked => {}
             Event::ImageChecked { service, result } => self.on_checked(&service, result),
+            Event::ImageGc { result } => self.on_image_gc(result),
             Event::Control { req, reply } => {
                 let _ = reply.send(self.on_control(req));
             }
@@ -864,6 +878,7 @@ impl Agent {
     /// Desired against actual; starts, stops and replaces; then publishes the status.
     pub fn reconcile(&mut self) {
         let now = Instant::now();
+        self.maybe_collect_images(now);
         let Some(m) = self.manifest.clone() else {
             self.publish();
             return;
@@ -1139,6 +1154,9 @@ impl Agent {
             if let Some(n) = c.next {
                 t = t.min(n);
             }
+        }
+        if let Some(n) = self.image_gc.next_wake() {
+            t = t.min(n);
         }
         t.max(now + Duration::from_millis(10))
     }

@@ -74,6 +74,7 @@ impl Agent {
                     .cloned()
                     .collect(),
             },
+            store: self.store_status(),
         };
         status.bound_texts();
         self.snapshots.send_replace(Snapshot {
