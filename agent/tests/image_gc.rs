@@ -1,7 +1,8 @@
 //! Image GC on disk pressure, end to end: an agent whose root is a small tmpfs, a store with
-//! unused images, an image a kept revision needs and the one in use; the marks are set so
-//! that reaching the low mark takes exactly two unused images (measured, not guessed). The
-//! agent removes the two oldest, keeps the rest, says so in its log, status and /metrics.
+//! unused pulled images, an unused loaded one (pinned), an image a kept revision needs and the
+//! one in use; the marks are set so that reaching the low mark takes exactly two unused
+//! images (measured, not guessed). The agent removes the two oldest pulled ones, keeps the
+//! rest, says so in its log, status and /metrics.
 
 use std::fs;
 use std::path::Path;
@@ -10,6 +11,7 @@ use serde_json::Value;
 use skiff_tests::agent::{metric, parse_metrics, service, Agent};
 use skiff_tests::host;
 use skiff_tests::oci::{busybox_entries, layer, noise, write_layout, Entry};
+use skiff_tests::registry::Registry;
 
 /// Bytes of each unused image's one layer.
 const FILLER: usize = 6 << 20;
@@ -46,24 +48,38 @@ fn disk_pressure_removes_the_oldest_unused_images_down_to_the_low_mark() {
     let mounted = host(&["mount", "-t", "tmpfs", "-o", "size=64m,mode=0711", "skiff-gc-test", root.to_str().unwrap()]);
     assert!(mounted.success(), "{mounted:?}");
 
-    // The images: old (a kept revision once the service moves on), new (in use), and three
-    // unused ones of FILLER bytes each, loaded in the order a, b, c.
+    // The images: old (pulled; a kept revision once the service moves on), new (loaded, in
+    // use), spare (loaded, unused: pinned), and three unused pulled ones of FILLER bytes
+    // each, pulled in the order a, b, c.
+    let registry = Registry::empty();
     let busybox = fs::read("/bin/busybox").unwrap();
     let work = a.dir().join("images");
     let load = |name: &str, layers: Vec<Vec<u8>>| {
-        let l = write_layout(&work, name, &layers, &["sleep", "1000000"]);
+        let l = write_layout(&work, &format!("localhost/gc/{name}:1"), &layers, &["sleep", "1000000"]);
         let out = a.skiff(&["load", l.to_str().unwrap()]);
         assert!(out.success(), "{out:?}");
+    };
+    let pull = |name: &str, layers: Vec<Vec<u8>>| -> String {
+        let l = write_layout(&work, &format!("localhost/gc/{name}:1"), &layers, &["sleep", "1000000"]);
+        let out = registry.push(&format!("oci:{}:1", l.display()), &format!("gc/{name}:1"), &["--preserve-digests"]);
+        assert!(out.success(), "{out:?}");
+        let image = registry.image(&format!("gc/{name}:1"));
+        let out = a.skiff(&["pull", &image]);
+        assert!(out.success(), "{out:?}");
+        image
     };
     let mut old = busybox_entries(&busybox);
     let old_filler = noise(FILLER / 2, 7);
     old.push(("old-filler", Entry::File { data: &old_filler, mode: 0o644 }));
-    load("localhost/gc/old:1", vec![layer(&old)]);
-    load("localhost/gc/new:1", vec![layer(&busybox_entries(&busybox))]);
+    let old = pull("old", vec![layer(&old)]);
+    load("new", vec![layer(&busybox_entries(&busybox))]);
+    let spare = noise(FILLER, 99);
+    load("spare", vec![layer(&[("filler", Entry::File { data: &spare, mode: 0o644 })])]);
     let (_, before) = usage(&root);
+    let mut unused = Vec::new();
     for (i, n) in ["a", "b", "c"].iter().enumerate() {
         let data = noise(FILLER, 100 + i as u64);
-        load(&format!("localhost/gc/{n}:1"), vec![layer(&[("filler", Entry::File { data: &data, mode: 0o644 })])]);
+        unused.push(pull(n, vec![layer(&[("filler", Entry::File { data: &data, mode: 0o644 })])]));
     }
 
     // What one unused image takes on disk (its blob; unpacked at first use only).
@@ -72,7 +88,7 @@ fn disk_pressure_removes_the_oldest_unused_images_down_to_the_low_mark() {
 
     // The service runs old, then new: old stays as a kept revision (rollbacks need no network).
     let never = (99, 98);
-    a.write_manifest(&manifest("localhost/gc/old:1", never));
+    a.write_manifest(&manifest(&old, never));
     a.start();
     let st = a.wait_running("web", 1);
     let old_digest = service(&st, "web")["image_digest"].clone();
@@ -99,17 +115,18 @@ fn disk_pressure_removes_the_oldest_unused_images_down_to_the_low_mark() {
     assert!(gc["bytes_freed"].as_u64() >= Some(2 * FILLER as u64), "{st:#}");
 
     let list = images(&a);
-    for gone in ["localhost/gc/a", "localhost/gc/b"] {
-        assert!(!list.contains(gone), "{gone} should be removed (the oldest unused):\n{list}");
+    let repo = |image: &str| image.rsplit_once(':').unwrap().0.to_string();
+    for gone in &unused[..2] {
+        assert!(!list.contains(&repo(gone)), "{gone} should be removed (the oldest unused):\n{list}");
     }
-    for kept in ["localhost/gc/c", "localhost/gc/new", "localhost/gc/old"] {
-        assert!(list.contains(kept), "{kept} should stay:\n{list}");
+    for kept in [repo(&unused[2]), repo(&old), "localhost/gc/new".into(), "localhost/gc/spare".into()] {
+        assert!(list.contains(&kept), "{kept} should stay:\n{list}");
     }
     let (_, after) = usage(&root);
     assert!(pct(after) <= low, "{}% used after, low mark {low}%", pct(after));
     let log = a.log();
     let line = log.lines().find(|l| l.contains("disk pressure")).unwrap_or_else(|| panic!("no log line:\n{log}"));
-    assert!(line.contains("removed 2 unused images (localhost/gc/a:1, localhost/gc/b:1)"), "{line}");
+    assert!(line.contains(&format!("removed 2 unused images ({}, {})", unused[0], unused[1])), "{line}");
 
     // The service never noticed; a rollback to the old revision needs no registry.
     assert_eq!(service(&st, "web")["running_replicas"], 1);

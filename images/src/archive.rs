@@ -1324,6 +1324,7 @@ fn commit(ctx: &Ctx, plans: Vec<Plan>, layers: Vec<(Digest, PathBuf)>) -> Result
             size,
             created: p.created,
             pulled: now.clone(),
+            pinned: true,
         };
         store.put_image(&rec)?;
         out.push(rec);

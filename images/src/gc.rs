@@ -4,8 +4,10 @@
 //! the filesystem's figures, the image records and what must stay; the caller removes the
 //! records and prunes the content ([`crate::Store::prune`]) under the exclusive store lock.
 //!
-//! An image stays when anything may need it: a reference in `protected` (the images the
-//! manifest's services name: removing one would only make the agent pull it again), and content
+//! An image stays when anything may need it: a pinned record (`skiff load`, preload: it may
+//! not be pullable again, as k3s pins its airgap images), a reference in `protected` (the
+//! images the manifest's services name: removing one would only make the agent pull it
+//! again), and content
 //! in `keep` (what containers run from, and the images of kept revisions, which rollbacks need
 //! without a network). A record whose content is all kept frees nothing and stays listed.
 
@@ -111,7 +113,7 @@ pub fn plan(
     }
     let mut candidates: Vec<&ImageRecord> = records
         .iter()
-        .filter(|r| !protected.contains(&r.reference))
+        .filter(|r| !r.pinned && !protected.contains(&r.reference))
         .filter(|r| content(r).any(|c| !kept(&c)))
         .collect();
     candidates.sort_by(|a, b| (&a.pulled, &a.reference).cmp(&(&b.pulled, &b.reference)));
@@ -163,6 +165,7 @@ mod tests {
             size: 0,
             created: None,
             pulled: format!("2026-01-01T00:00:{at:02}Z"),
+            pinned: false,
         }
     }
 
@@ -239,6 +242,15 @@ mod tests {
         assert_eq!(p.remove, ["example.com/half-kept:1", "example.com/free:1"]);
         assert_eq!(p.freed, 40_000_000);
         assert_eq!(p.short, 190_000_000 - 40_000_000, "what is left above the low mark is said");
+    }
+
+    #[test]
+    fn loaded_images_are_pinned() {
+        let mut loaded = image("loaded", 1, 'a', &['1']);
+        loaded.pinned = true;
+        let recs = [loaded, image("pulled", 2, 'b', &['2'])];
+        let p = plan(usage(99), Marks::default(), &recs, &HashSet::new(), &References::default(), size);
+        assert_eq!(p.remove, ["example.com/pulled:1"]);
     }
 
     #[test]

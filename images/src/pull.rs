@@ -311,6 +311,7 @@ pub async fn pull(
         size: mbytes.len() as u64 + config_desc.size + layers.iter().map(|l| l.size).sum::<u64>(),
         created: config.created,
         pulled: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        pinned: false,
     };
     store.put_image(&record)?;
     Ok(Pulled { record, downloaded, layers_fetched: fetched, layers_present: present })

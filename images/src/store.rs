@@ -50,6 +50,10 @@ pub struct ImageRecord {
     pub created: Option<String>,
     /// When it was pulled (RFC 3339, UTC).
     pub pulled: String,
+    /// Loaded by `skiff load` or from `<root>/preload/` (an airgapped box may have no way to
+    /// get it again): never removed by the image GC on disk pressure, only by `skiff rmi`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 impl ImageRecord {
@@ -438,6 +442,7 @@ mod tests {
             size: 5,
             created: None,
             pulled: "2000-01-01T00:00:00Z".into(),
+            pinned: false,
         };
         s.put_image(&rec).unwrap();
         assert_eq!(s.image("example.com/a:1").unwrap(), Some(rec.clone()));

@@ -8,6 +8,7 @@
 //! status and `/metrics`; the same "cannot get below the low mark" is said once, not every 30 s.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -43,6 +44,9 @@ pub enum Outcome {
 /// The loop's side: when to look, and the counts for status.
 #[derive(Debug)]
 pub struct State {
+    /// The references the manifest in force names, kept current by the loop while a
+    /// collection runs (a manifest that now names an image it planned to remove saves it).
+    protected: Arc<Mutex<HashSet<String>>>,
     next: Instant,
     running: bool,
     usage: Option<Usage>,
@@ -54,7 +58,16 @@ pub struct State {
 
 impl Default for State {
     fn default() -> State {
-        State { next: Instant::now(), running: false, usage: None, runs: 0, removed: 0, freed: 0, last: None }
+        State {
+            protected: Arc::default(),
+            next: Instant::now(),
+            running: false,
+            usage: None,
+            runs: 0,
+            removed: 0,
+            freed: 0,
+            last: None,
+        }
     }
 }
 
@@ -71,8 +84,14 @@ impl State {
 }
 
 /// Looks at the store's filesystem and, past the high mark, collects (blocking: file system
-/// walks and removals). `protected`: the references the manifest's services name.
-pub fn collect(paths: &Paths, store: &Store, marks: Option<Marks>, protected: &HashSet<String>) -> Result<Outcome> {
+/// walks and removals). `protected`: the references the manifest's services name, looked at
+/// again before each removal.
+pub fn collect(
+    paths: &Paths,
+    store: &Store,
+    marks: Option<Marks>,
+    protected: &Mutex<HashSet<String>>,
+) -> Result<Outcome> {
     let before = store.usage()?;
     let Some(marks) = marks.filter(|m| before.above(*m)) else {
         return Ok(Outcome::Below(before));
@@ -87,33 +106,53 @@ pub fn collect(paths: &Paths, store: &Store, marks: Option<Marks>, protected: &H
     if let Some(b) = bad.first() {
         bail!("cannot read the image record {b}: fix or remove it");
     }
-    let plan = gc::plan(before, marks, &records, protected, &keep, |c| store.content_size(c));
-    for r in &plan.remove {
-        store.remove_image(r)?;
+    let now_protected = || protected.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut plan = gc::plan(before, marks, &records, &now_protected(), &keep, |c| store.content_size(c));
+    let mut removed = Vec::new();
+    for r in plan.remove.drain(..) {
+        if now_protected().contains(&r) {
+            continue;
+        }
+        store.remove_image(&r)?;
+        removed.push(r);
     }
     // Also what interrupted pulls left and content no record names any more.
     let pruned = store.prune(&keep)?;
     let after = store.usage()?;
-    Ok(Outcome::Collected { before, after, marks, removed: plan.remove, freed: pruned.bytes, short: plan.short })
+    Ok(Outcome::Collected { before, after, marks, removed, freed: pruned.bytes, short: plan.short })
 }
 
 impl Agent {
-    /// Starts a look at the filesystem when one is due.
+    /// Starts a look at the filesystem when one is due (and a manifest is in force: before
+    /// one, nothing tells which images are wanted).
     pub(super) fn maybe_collect_images(&mut self, now: Instant) {
+        self.protect_manifest_images();
+        let Some(m) = self.manifest.as_ref() else { return };
         if self.image_gc.running || now < self.image_gc.next {
             return;
         }
         self.image_gc.running = true;
         self.image_gc.next = now + EVERY;
-        let m = self.manifest.as_ref();
-        let marks = m.map_or(crate::manifest::ImageGc::default(), |m| m.image_gc).marks();
-        let protected: HashSet<String> =
-            m.map(|m| m.services.values().map(|s| canonical(&s.image)).collect()).unwrap_or_default();
+        let marks = m.image_gc.marks();
+        let protected = self.image_gc.protected.clone();
         let (paths, store, tx) = (self.paths.clone(), self.store.clone(), self.tx.clone());
         tokio::task::spawn_blocking(move || {
             let result = collect(&paths, &store, marks, &protected).map_err(|e| format!("{e:#}"));
             let _ = tx.send(Event::ImageGc { result });
         });
+    }
+
+    /// Keeps the shared set of the manifest's images current (each pass and each reload).
+    pub(super) fn protect_manifest_images(&self) {
+        let names: HashSet<String> = self
+            .manifest
+            .as_ref()
+            .map(|m| m.services.values().map(|s| canonical(&s.image)).collect())
+            .unwrap_or_default();
+        let mut p = self.image_gc.protected.lock().unwrap_or_else(|e| e.into_inner());
+        if *p != names {
+            *p = names;
+        }
     }
 
     pub(super) fn on_image_gc(&mut self, result: Result<Outcome, String>) {

@@ -538,7 +538,8 @@ impl Agent {
         match ev {
             Event::Reload => {
                 self.load_manifest();
-                // The marks may have changed.
+                // What a running collection must keep, and the marks, may have changed.
+                self.protect_manifest_images();
                 self.image_gc.soon();
             }
             Event::Pulled { reference, result } => {
