@@ -3,6 +3,14 @@
 #   ok<TAB>NAME<TAB>DETAIL   or   FAIL<TAB>NAME<TAB>DETAIL
 # which hack/vm-test prints on the host. NAMEs should be unique within a scenario.
 
+# The binaries run from a copy in /run: executing them from the 9p share pages them in a few KiB
+# at a time (tens of seconds per command under emulation).
+if [[ -d "$VM_SHARE/bin" ]]; then
+  mkdir -p /run/skiff-vm/bin
+  cp "$VM_SHARE/bin/"* /run/skiff-vm/bin/
+  VM_BIN=/run/skiff-vm/bin
+fi
+
 # ok NAME [DETAIL] / fail NAME DETAIL: record a check's result.
 ok() { printf 'ok\t%s\t%s\n' "$1" "$(_oneline "${2:-}")" >>"$VM_OUT/checks"; }
 fail() { printf 'FAIL\t%s\t%s\n' "$1" "$(_oneline "${2:-}")" >>"$VM_OUT/checks"; }
