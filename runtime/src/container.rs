@@ -462,11 +462,15 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     // The init mounts its filesystems meanwhile; it waits for this before it creates
     // devices (the device cgroup must already hold its rules) or runs anything else.
     if let Some(cg) = &undo.cgroup {
-        if let Some(scope) = &undo.scope {
-            cg.set_systemd_properties(scope, resources)?;
+        let limited = undo
+            .scope
+            .as_ref()
+            .map_or(Ok(()), |scope| cg.set_systemd_properties(scope, resources))
+            .and_then(|()| cg.apply_devices(resources))
+            .and_then(|()| cg.apply_limits(resources));
+        if let Err(e) = limited {
+            return Err(died_with(&chan, init_pid).map(Error::Msg).unwrap_or(e.into()));
         }
-        cg.apply_devices(resources)?;
-        cg.apply_limits(resources)?;
     }
     send_or_child_error(&chan, &Msg::Go)?;
 
@@ -561,6 +565,22 @@ fn refuse_busy_cgroup(cg: &Cgroup) -> Result<()> {
 
 /// Sends `m`; when the init has already gone, its own last word (an `Err` it sent before
 /// exiting) is the better error.
+/// The init's own error when it has died during setup: a failure of ours that only followed
+/// from its death (systemd drops the scope of a dead init, so setting the scope's properties
+/// fails with "unit not found") is reported as the init's error, which says what went wrong.
+/// Never blocks on a live init.
+fn died_with(chan: &Chan, pid: i32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let dead = stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('Z'));
+    if !dead {
+        return None;
+    }
+    match chan.recv() {
+        Ok(Some(Msg::Err(e))) => Some(e),
+        _ => None,
+    }
+}
+
 fn send_or_child_error(chan: &Chan, m: &Msg) -> Result<()> {
     match chan.send(m) {
         Ok(()) => Ok(()),

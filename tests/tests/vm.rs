@@ -57,3 +57,8 @@ fn vm_pure_cgroup_v2_under_systemd() {
 fn vm_memory_controller_off() {
     scenario("memory-off");
 }
+
+#[test]
+fn vm_systemd_cgroup_driver() {
+    scenario("systemd-cgroup");
+}
