@@ -994,6 +994,26 @@ impl Cgroup {
         self.dirs().map(|(h, dir)| Placement { hier: h.clone(), created: first_missing(&h.mount, &dir), dir }).collect()
     }
 
+    /// `--systemd-cgroup`: the limits of `resources` that systemd knows, as properties of
+    /// the container's scope (the same effective resources [`Cgroup::apply_limits`] writes).
+    pub fn set_systemd_properties(
+        &self,
+        scope: &crate::systemd::Scope,
+        resources: Option<&LinuxResources>,
+    ) -> Result<(), CgroupError> {
+        let eff = effective(self.layout, &self.path, resources)?;
+        if asks_nothing(&eff.resources) && !eff.disable_oom_killer {
+            return Ok(());
+        }
+        scope.set_properties(&eff.resources, eff.disable_oom_killer).map_err(|e| CgroupError::Other(e.to_string()))
+    }
+
+    /// This cgroup's directory in the cgroup2 hierarchy (pure v2, or `unified` on hybrid),
+    /// whether it exists or not.
+    pub fn unified_dir(&self) -> Option<PathBuf> {
+        self.dirs().find(|(h, _)| h.kind == HierKind::Unified).map(|(_, d)| d)
+    }
+
     /// Installs the device rules of `resources` (the spec's, then the defaults; see the
     /// module docs) in the cgroup [`Cgroup::prepare`] created. Once per container, at
     /// create, before [`Cgroup::apply_limits`] (on v1 it starts the devices cgroup from

@@ -30,6 +30,8 @@ pub struct CreateOpts {
     pub no_pivot: bool,
     pub no_new_keyring: bool,
     pub preserve_fds: i32,
+    /// `--systemd-cgroup`: the cgroup is a systemd scope (see [`crate::systemd`]).
+    pub systemd_cgroup: bool,
 }
 
 #[derive(PartialEq, Eq, Clone, Copy)]
@@ -51,6 +53,8 @@ pub struct Created {
 struct Undo {
     dir: Option<PathBuf>,
     cgroup: Option<Cgroup>,
+    /// The systemd scope started for the container (`--systemd-cgroup`), stopped on undo.
+    scope: Option<crate::systemd::Scope>,
     pids: Vec<i32>,
     /// The container has its own pid namespace: killing its init took every process of
     /// it, so the cgroup is removed only when empty (whatever else is in it is not ours).
@@ -67,6 +71,13 @@ impl Drop for Undo {
         }
         for &p in &self.pids {
             let _ = waitpid(Pid::from_raw(p), None);
+        }
+        if let (Some(scope), Some(cg)) = (self.scope.take(), &self.cgroup) {
+            if cg.pids().is_ok_and(|p| p.is_empty()) {
+                if let Err(e) = cg.unified_dir().map_or(Ok(()), |d| scope.stop(&d)) {
+                    crate::debug!("{e}");
+                }
+            }
         }
         if let Some(cg) = self.cgroup.take() {
             if self.own_pidns {
@@ -88,6 +99,7 @@ impl Undo {
     fn disarm(mut self) {
         self.dir = None;
         self.cgroup = None;
+        self.scope = None;
         self.pids.clear();
         self.host_mounts = None;
     }
@@ -287,17 +299,33 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     let own_mntns =
         linux.namespaces().as_deref().unwrap_or_default().iter().any(|n| n.typ() == LinuxNamespaceType::Mount);
     let host_mounts = (!own_mntns).then(|| rootfs.clone());
-    let mut undo =
-        Undo { dir: Some(dir.clone()), cgroup: None, pids: Vec::new(), own_pidns: own_pid_ns(&spec), host_mounts };
+    let mut undo = Undo {
+        dir: Some(dir.clone()),
+        cgroup: None,
+        scope: None,
+        pids: Vec::new(),
+        own_pidns: own_pid_ns(&spec),
+        host_mounts,
+    };
 
-    let cg_path = cgroup_path(&spec, &o.id);
+    let unit_path = if o.systemd_cgroup { Some(systemd_unit_path(&spec, &o.id, &bundle)?) } else { None };
+    let mut cg_path = match &unit_path {
+        Some(u) => u.cgroup(),
+        None => cgroup_path(&spec, &o.id),
+    };
     let cgroup = Cgroup::new(&cg_path)?;
     refuse_busy_cgroup(&cgroup)?;
     let resources = linux.resources().as_ref();
     cgroup.check(resources)?;
-    let cg_entry = cgroup.prepare(resources)?;
+    // With systemd the scope (and its cgroup) is made once the init exists: the init
+    // waits for it before it enters any namespace.
+    let cg_entry = if unit_path.is_some() { Default::default() } else { cgroup.prepare(resources)? };
     undo.cgroup = Some(cgroup);
     let cg_fd = open_cgroup_dir(&cg_entry);
+    let scope = match &unit_path {
+        Some(u) => Some(crate::systemd::Scope::connect(u, &o.id).map_err(|e| Error::msg(e.to_string()))?),
+        None => None,
+    };
 
     // Namespaces: new ones are created, ones with a path are joined.
     let min_fd = 3 + o.preserve_fds;
@@ -345,7 +373,8 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         start_time: 0,
         bundle: bundle.clone(),
         created,
-        cgroup_path: cg_path,
+        cgroup_path: cg_path.clone(),
+        systemd_cgroup: unit_path.as_ref().map(|u| u.spec_form()),
         started: false,
         annotations,
         config: spec.clone(),
@@ -358,6 +387,7 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
         drop(console_local.take());
         let ctx = InitCtx {
             cgroup: entry_for_child(cg_entry, placed_v2),
+            wait_for_cgroup: scope.is_some(),
             spec: &spec,
             rootfs,
             bundle: bundle.clone(),
@@ -384,6 +414,24 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     undo.pids.push(child);
     drop(cg_fd);
     let chan = parent_chan;
+    if let Some(scope) = scope {
+        // systemd moves the child (and so everything it forks) into the new scope.
+        let started = scope.start(child);
+        undo.scope = Some(scope);
+        started.map_err(|e| Error::msg(e.to_string()))?;
+        // Where systemd really put it (its root cgroup is not `/` inside a container).
+        let real = fs::read_to_string(format!("/proc/{child}/cgroup"))
+            .ok()
+            .and_then(|s| crate::systemd::unified_cgroup_of(&s))
+            .ok_or_else(|| Error::msg(format!("read the cgroup of the container's init (pid {child})")))?;
+        if real != cg_path {
+            crate::debug!("systemd put {} at {}, not {}", saved.id, real.display(), cg_path.display());
+            cg_path = real;
+            saved.cgroup_path = cg_path.clone();
+            undo.cgroup = Some(Cgroup::new(&cg_path)?);
+        }
+        send_or_child_error(&chan, &Msg::Go)?;
+    }
     if new_flags.contains(CloneFlags::CLONE_NEWUSER) && !two_stage {
         write_maps(child, &spec)?;
         send_or_child_error(&chan, &Msg::Go)?;
@@ -414,8 +462,15 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     // The init mounts its filesystems meanwhile; it waits for this before it creates
     // devices (the device cgroup must already hold its rules) or runs anything else.
     if let Some(cg) = &undo.cgroup {
-        cg.apply_devices(resources)?;
-        cg.apply_limits(resources)?;
+        let limited = undo
+            .scope
+            .as_ref()
+            .map_or(Ok(()), |scope| cg.set_systemd_properties(scope, resources))
+            .and_then(|()| cg.apply_devices(resources))
+            .and_then(|()| cg.apply_limits(resources));
+        if let Err(e) = limited {
+            return Err(died_with(&chan, init_pid).map(Error::Msg).unwrap_or(e.into()));
+        }
     }
     send_or_child_error(&chan, &Msg::Go)?;
 
@@ -451,6 +506,35 @@ pub fn create(root: &Path, o: &CreateOpts, mode: Mode) -> Result<Created> {
     Ok(Created { saved, chan, console_master })
 }
 
+/// The checked `slice:prefix:name` of a `--systemd-cgroup` create (`system.slice:skiff:ID`
+/// when the spec has no cgroupsPath). A refused path names config.json and the line.
+fn systemd_unit_path(spec: &Spec, id: &str, bundle: &Path) -> Result<crate::systemd::UnitPath> {
+    let configured =
+        spec.linux().as_ref().and_then(|l| l.cgroups_path().as_ref()).filter(|p| !p.as_os_str().is_empty());
+    let text = match configured {
+        Some(p) => p.to_string_lossy().into_owned(),
+        None => crate::systemd::UnitPath::default_for(id),
+    };
+    let path = crate::systemd::UnitPath::parse(&text).map_err(|e| {
+        let file = bundle.join("config.json");
+        let line = fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.lines().position(|l| l.contains("\"cgroupsPath\"")))
+            .map(|i| format!(":{}", i + 1))
+            .unwrap_or_default();
+        Error::msg(format!("{}{line}: {e}", file.display()))
+    })?;
+    crate::systemd::host_support().map_err(Error::Msg)?;
+    Ok(path)
+}
+
+/// The container's systemd scope, when it was created with `--systemd-cgroup`.
+fn scope_of(saved: &Saved) -> Result<Option<crate::systemd::Scope>> {
+    let Some(p) = &saved.systemd_cgroup else { return Ok(None) };
+    let path = crate::systemd::UnitPath::parse(p).map_err(|e| Error::msg(format!("state of {}: {e}", saved.id)))?;
+    crate::systemd::Scope::connect(&path, &saved.id).map(Some).map_err(|e| Error::msg(e.to_string()))
+}
+
 /// True when the container gets a pid namespace of its own (a `pid` entry without a path),
 /// as runc's `IsPrivate(NEWPID)`: killing its init then kills every process of it.
 fn own_pid_ns(spec: &Spec) -> bool {
@@ -481,6 +565,22 @@ fn refuse_busy_cgroup(cg: &Cgroup) -> Result<()> {
 
 /// Sends `m`; when the init has already gone, its own last word (an `Err` it sent before
 /// exiting) is the better error.
+/// The init's own error when it has died during setup: a failure of ours that only followed
+/// from its death (systemd drops the scope of a dead init, so setting the scope's properties
+/// fails with "unit not found") is reported as the init's error, which says what went wrong.
+/// Never blocks on a live init.
+fn died_with(chan: &Chan, pid: i32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let dead = stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('Z'));
+    if !dead {
+        return None;
+    }
+    match chan.recv() {
+        Ok(Some(Msg::Err(e))) => Some(e),
+        _ => None,
+    }
+}
+
 fn send_or_child_error(chan: &Chan, m: &Msg) -> Result<()> {
     match chan.send(m) {
         Ok(()) => Ok(()),
@@ -708,6 +808,11 @@ pub fn update(root: &Path, id: &str, changes: &oci_spec::runtime::LinuxResources
     }
     let cg = Cgroup::new(&saved.cgroup_path)?;
     cg.check(Some(&apply))?;
+    if let Some(scope) = scope_of(&saved)? {
+        // Also as unit properties, or systemd would put its own values back on a reload.
+        cg.set_systemd_properties(&scope, Some(&apply))
+            .map_err(|e| Error::msg(format!("update container {id}: {e}")))?;
+    }
     cg.apply_limits(Some(&apply)).map_err(|e| Error::msg(format!("update container {id}: {e}")))?;
     linux.set_resources(Some(merged));
     saved.config.set_linux(Some(linux));
@@ -768,6 +873,15 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
             if !wait_pidfd(&fd, Duration::from_secs(10)) {
                 return Err(Error::msg(format!("container {id}: the init did not die after SIGKILL")));
             }
+        }
+    }
+    // The scope goes once nothing is left in it (systemd removes its cgroup); one that
+    // still holds processes of others stays, like a shared cgroup without systemd.
+    if saved.systemd_cgroup.is_some() && cg.pids().unwrap_or_default().is_empty() {
+        match (scope_of(&saved), cg.unified_dir()) {
+            (Ok(Some(scope)), Some(d)) => scope.stop(&d).map_err(|e| Error::msg(e.to_string()))?,
+            (Err(e), _) => crate::warn!("{e}; removing the cgroup without systemd"),
+            _ => {}
         }
     }
     if own_pidns {

@@ -24,5 +24,6 @@ pub mod spec;
 pub mod state;
 pub mod sync;
 pub mod sysctl;
+pub mod systemd;
 
 pub use error::{Error, Result};

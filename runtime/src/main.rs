@@ -23,7 +23,7 @@ struct Cli {
     /// Log debug messages
     #[arg(long, global = true)]
     debug: bool,
-    /// Use systemd to manage cgroups (not supported yet)
+    /// Make each container's cgroup a systemd scope (cgroupsPath slice:prefix:name; cgroup v2)
     #[arg(long = "systemd-cgroup", global = true)]
     systemd_cgroup: bool,
     /// Accepted for runc compatibility; ignored
@@ -291,7 +291,7 @@ struct CreateArgs {
 }
 
 impl CreateArgs {
-    fn opts(self) -> CreateOpts {
+    fn opts(self, systemd_cgroup: bool) -> CreateOpts {
         CreateOpts {
             id: self.id,
             bundle: self.bundle,
@@ -300,6 +300,7 @@ impl CreateArgs {
             no_pivot: self.no_pivot,
             no_new_keyring: self.no_new_keyring,
             preserve_fds: self.preserve_fds,
+            systemd_cgroup,
         }
     }
 }
@@ -364,11 +365,6 @@ fn log_early_error(msg: &str) {
 }
 
 fn dispatch(cli: Cli) -> Result<u8, Error> {
-    if cli.systemd_cgroup {
-        return Err(Error::msg(
-            "--systemd-cgroup is not supported yet: drop the flag (skiff-runtime manages cgroupfs directly)",
-        ));
-    }
     // Commands that put a process of ours inside a container run from a sealed copy.
     if matches!(cli.cmd, Some(Cmd::Create { .. } | Cmd::Run { .. } | Cmd::Exec { .. })) {
         skiff_runtime::cloned::reexec_protected()?;
@@ -385,9 +381,11 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
     };
     match cmd {
         Cmd::Spec { bundle, rootless } => commands::spec(&bundle, rootless).map(|_| 0),
-        Cmd::Create { c } => container::create(&root, &c.opts(), container::Mode::Create).map(|_| 0),
+        Cmd::Create { c } => container::create(&root, &c.opts(cli.systemd_cgroup), container::Mode::Create).map(|_| 0),
         Cmd::Start { id } => container::start(&root, &id).map(|_| 0),
-        Cmd::Run { c, detach, keep: _ } => container::run(&root, &c.opts(), detach).map(|c| c.clamp(0, 255) as u8),
+        Cmd::Run { c, detach, keep: _ } => {
+            container::run(&root, &c.opts(cli.systemd_cgroup), detach).map(|c| c.clamp(0, 255) as u8)
+        }
         Cmd::State { id } => commands::state(&root, &id).map(|_| 0),
         Cmd::Kill { all, id, signal } => {
             let sig = skiff_runtime::signal::parse(&signal).map_err(Error::Msg)?;

@@ -49,6 +49,9 @@ pub struct Saved {
     pub bundle: PathBuf,
     pub created: String,
     pub cgroup_path: PathBuf,
+    /// `--systemd-cgroup`: the scope's `slice:prefix:name` (`delete` stops the unit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_cgroup: Option<String>,
     /// Set by `start` once the user process was exec'ed.
     #[serde(default)]
     pub started: bool,
@@ -315,6 +318,7 @@ mod tests {
             bundle: "/b".into(),
             created: String::new(),
             cgroup_path: "/c".into(),
+            systemd_cgroup: None,
             started: false,
             annotations: annotations.clone(),
             config: Spec::default(),

@@ -695,3 +695,69 @@ fn features_describes_the_runtime() {
     assert!(has("/linux/seccomp/actions", "SCMP_ACT_ERRNO") && has("/linux/seccomp/archs", "SCMP_ARCH_X86_64"), "{f}");
     assert!(f.pointer("/linux/cgroup/v1").is_some() && f.pointer("/linux/cgroup/v2").is_some(), "{f}");
 }
+
+/// `--systemd-cgroup` (the flag containerd's runc shim passes with `SystemdCgroup = true`):
+/// a cgroupsPath that is not `slice:prefix:name` is refused with the file, line and reason;
+/// on a host without systemd as PID 1 or without pure cgroup v2 (this one) the create fails
+/// saying so; either way nothing is left (no state, no cgroup) and `features` says
+/// `systemd: false`. The driver itself is tested in the VM (hack/vm/scenarios/systemd-cgroup).
+#[test]
+fn systemd_cgroup_refuses_bad_paths_and_hosts_without_systemd() {
+    if skip_unless_skiff("--systemd-cgroup checks") {
+        return;
+    }
+    let rt = Runtime::new();
+    let systemd_here = Path::new("/run/systemd/system").is_dir()
+        && fs::read_to_string("/proc/self/mountinfo")
+            .is_ok_and(|m| m.lines().any(|l| l.contains(" /sys/fs/cgroup ") && l.contains(" - cgroup2 ")));
+    let cgroup_dirs = |id: &str| -> Vec<String> {
+        let scope = format!("skiff-test-{id}.scope");
+        let mut found = Vec::new();
+        for d in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            for p in [d.path().join("system.slice").join(&scope), d.path().join(&scope)] {
+                if p.exists() {
+                    found.push(p.display().to_string());
+                }
+            }
+        }
+        found
+    };
+    for (bad, reason) in [
+        ("/skiff-test/abc", "not 3"),
+        ("system.slice:skiff-test:../x", "'/'"),
+        ("system.slice:skiff-test:..", "\"..\""),
+        ("system.slice:a:b:c", "not 3"),
+        ("nota:skiff-test:x", "not a slice name"),
+    ] {
+        let mut b = Bundle::new();
+        b.args(SLEEP).set("/linux/cgroupsPath", json!(bad));
+        b.save();
+        let line = read(b.file("config.json")).lines().position(|l| l.contains("\"cgroupsPath\"")).unwrap() + 1;
+        let id = rt.id("sysd-bad");
+        let out = rt.cmd(&["--systemd-cgroup", "create", "--bundle", b.path().to_str().unwrap(), &id]);
+        out.error_mentions(&[&format!("config.json:{line}:"), "cgroupsPath", reason, "slice:prefix:name"]);
+        assert!(!rt.state_entries().contains(&id), "state left after a refused create:\n{out}");
+    }
+    let f: Value = serde_json::from_str(&rt.cmd(&["features"]).ok().stdout).expect("features prints JSON");
+    assert_eq!(f.pointer("/linux/cgroup/systemd"), Some(&json!(systemd_here)), "{f}");
+    if systemd_here {
+        skip_part("a systemd host: the refusal without systemd is not tested here");
+        return;
+    }
+    let mut b = Bundle::new();
+    let id = rt.id("sysd");
+    b.args(SLEEP).set("/linux/cgroupsPath", json!(format!("system.slice:skiff-test:{id}")));
+    b.set("/linux/resources", json!({"pids": {"limit": 20}}));
+    b.save();
+    let out = rt.cmd(&["--systemd-cgroup", "create", "--bundle", b.path().to_str().unwrap(), &id]);
+    out.error_mentions(&["--systemd-cgroup cannot be used", "systemd"]);
+    assert!(!rt.state_entries().contains(&id), "state left after a refused create:\n{out}");
+    assert_eq!(cgroup_dirs(&id), Vec::<String>::new(), "cgroup left after a refused create");
+    // `run` takes the flag too.
+    let out = rt.cmd(&["--systemd-cgroup", "run", "--bundle", b.path().to_str().unwrap(), &id]);
+    out.error_mentions(&["--systemd-cgroup cannot be used"]);
+    assert!(!rt.state_entries().contains(&id));
+    // Without the flag the same bundle runs (the path maps to its cgroupfs place).
+    rt.create(&b, &id).ok();
+    rt.delete_force(&id).ok();
+}

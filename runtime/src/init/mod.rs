@@ -59,6 +59,8 @@ pub struct InitCtx<'a> {
     pub spec: &'a Spec,
     /// How to enter the container's cgroup (prepared and limited by the parent).
     pub cgroup: crate::cgroups::Entry,
+    /// `--systemd-cgroup`: wait for `Go` (systemd has moved us into the scope) first.
+    pub wait_for_cgroup: bool,
     pub rootfs: PathBuf,
     pub bundle: PathBuf,
     pub chan: Chan,
@@ -120,6 +122,9 @@ fn setup(ctx: &mut InitCtx) -> Result<Never> {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     umask(Mode::empty());
+    if ctx.wait_for_cgroup {
+        ctx.chan.expect(&Msg::Go)?;
+    }
     // 1. Enter the cgroup ourselves (cheap, see cgroups::Cgroup::prepare); with a new
     // user namespace, wait until the parent has mapped our ids.
     ctx.cgroup.enter_self().ctx(|| "enter the container's cgroup")?;
