@@ -3,6 +3,10 @@
 #   ok<TAB>NAME<TAB>DETAIL   or   FAIL<TAB>NAME<TAB>DETAIL
 # which hack/vm-test prints on the host. NAMEs should be unique within a scenario.
 
+# A boot is under way: the marker of an earlier vm_reboot is stale now (the runner may have been
+# stopped by the shutdown before it could remove it; then the scenario's end would look like a reboot).
+rm -f "$VM_OUT/.rebooting"
+
 # The binaries run from a copy in /run: executing them from the 9p share pages them in a few KiB
 # at a time (tens of seconds per command under emulation).
 if [[ -d "$VM_SHARE/bin" ]]; then
