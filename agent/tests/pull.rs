@@ -19,12 +19,14 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 struct Skiff {
     dir: Scratch,
     root: Option<PathBuf>,
+    /// Another skiff to run instead of this build's: the command and its first arguments.
+    exe: Vec<String>,
 }
 
 impl Skiff {
     fn new() -> Skiff {
         skiff_tests::require_root();
-        Skiff { dir: Scratch::new("skiff-pull"), root: None }
+        Skiff { dir: Scratch::new("skiff-pull"), root: None, exe: Vec::new() }
     }
 
     fn root(&self) -> PathBuf {
@@ -36,7 +38,14 @@ impl Skiff {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        let mut c = match self.exe.split_first() {
+            Some((exe, first)) => {
+                let mut c = Command::new(exe);
+                c.args(first);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_skiff")),
+        };
         c.arg("--root")
             .arg(self.root())
             .args(args)
@@ -195,6 +204,30 @@ fn pull_layers_with_whiteouts() {
     assert_eq!(n, 1, "opaque xattr on {}", opaque.display());
     assert_eq!(buf[0], b'y');
     assert_eq!(fs::read_to_string(layers[4].join("fixtures/delete-me.txt")).unwrap(), "resurrected\n");
+}
+
+/// The armv7 static build (hack/test-cross builds it and names it in SKIFF_TEST_ARMV7_SKIFF),
+/// run under qemu-arm-static with no --platform, picks the arm/v7 image of a multi-arch index
+/// that also has arm64 and amd64: the host platform of a 32-bit arm binary (Platform::host,
+/// with arm_variant's /proc/cpuinfo or uname fallback) as a Pi 2/3 on a 32-bit OS has it.
+#[test]
+fn armv7_build_under_qemu_picks_arm_v7() {
+    let Some(bin) = std::env::var_os("SKIFF_TEST_ARMV7_SKIFF").filter(|v| !v.is_empty()) else {
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+        assert!(!ci, "SKIFF_TEST_ARMV7_SKIFF is not set: hack/test sets it (hack/test-cross builds it)");
+        skiff_tests::skip("SKIFF_TEST_ARMV7_SKIFF is not set (hack/test-cross builds the armv7 skiff and sets it)");
+        return;
+    };
+    let reg = Registry::shared();
+    let mut s = Skiff::new();
+    s.exe = vec!["qemu-arm-static".to_string(), bin.to_string_lossy().into_owned()];
+    let out = s.ok(&["pull", &reg.image(MULTIARCH)]);
+    let img = &s.images()[0];
+    assert_eq!(img["platform"], "linux/arm/v7", "{img}");
+    assert_eq!(img["index_digest"], manifest_digest(reg, MULTIARCH));
+    assert_ne!(out.trim(), manifest_digest(reg, BUSYBOX_OCI), "the amd64 manifest was pulled");
+    let layers = s.image_layers(&reg.image(MULTIARCH));
+    assert_eq!(fs::read_to_string(layers[0].join("arch")).unwrap(), "arm/v7\n");
 }
 
 #[test]

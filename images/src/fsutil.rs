@@ -96,6 +96,32 @@ pub fn syncfs(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// rename(2) of `from` to `to` that fails with EEXIST when `to` exists (renameat2 with
+/// RENAME_NOREPLACE). By its syscall number: nix offers renameat2 only on glibc, and musl
+/// before 1.2.5 (Debian's, which the armv7 builds link) has no wrapper for it.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: renameat2 reads two NUL-terminated paths, both alive across the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Writes `data` to `dest` atomically and durably: a temp file in `tmp_dir` (same file system),
 /// fsync, rename over `dest`, fsync of `dest`'s directory. After a crash `dest` is either the
 /// old content or the new one, never a torn mix. The file is 0600 ([`PRIVATE_FILE`]).
@@ -273,6 +299,20 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rename_noreplace_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+        std::fs::write(&a, "a").unwrap();
+        std::fs::write(&b, "b").unwrap();
+        let e = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{e}");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "b");
+        rename_noreplace(&a, &c).unwrap();
+        assert!(!a.exists());
+        assert_eq!(std::fs::read_to_string(&c).unwrap(), "a");
+    }
 
     #[test]
     fn stale_atomic_writes_of_dead_processes_are_removed() {

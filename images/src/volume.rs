@@ -315,9 +315,9 @@ fn seed(source: &Source, rootfs: &Path, path: &str, dir: &Path, dest: &Path) -> 
             crate::fsutil::syncfs(&tmp).map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
         }
         // Never over a volume made meanwhile (two replicas starting at once): theirs stays.
-        match fcntl::renameat2(None, &tmp, None, dest, fcntl::RenameFlags::RENAME_NOREPLACE) {
+        match crate::fsutil::rename_noreplace(&tmp, dest) {
             Ok(()) => {}
-            Err(Errno::EEXIST) => {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 let _ = crate::fsutil::remove_tree(&tmp);
                 return Ok(());
             }

@@ -81,14 +81,15 @@ fn loopback_up() -> io::Result<()> {
     for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
         *d = *s as libc::c_char;
     }
+    // (The request is a c_ulong in glibc's prototype and a c_int in musl's: libc::Ioctl.)
     // SAFETY: SIOCGIFFLAGS reads the flags of the interface named in req into req.
-    if unsafe { libc::ioctl(raw, libc::SIOCGIFFLAGS, &mut req) } < 0 {
+    if unsafe { libc::ioctl(raw, libc::SIOCGIFFLAGS as libc::Ioctl, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the flags member of the union was just filled in by SIOCGIFFLAGS.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     // SAFETY: SIOCSIFFLAGS sets the flags of the interface named in req.
-    if unsafe { libc::ioctl(raw, libc::SIOCSIFFLAGS, &req) } < 0 {
+    if unsafe { libc::ioctl(raw, libc::SIOCSIFFLAGS as libc::Ioctl, &req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -216,8 +216,8 @@ impl<'o> Extractor<'o> {
             mode,
             uid,
             gid,
-            atime: TimeSpec::new(secs, 0),
-            mtime: TimeSpec::new(secs, 0),
+            atime: timespec(secs, 0),
+            mtime: timespec(secs, 0),
             xattrs: Vec::new(),
             pax_sparse: false,
         };
@@ -723,7 +723,21 @@ fn pax_time(v: &[u8]) -> Option<TimeSpec> {
             nanos = 1_000_000_000 - nanos;
         }
     }
-    Some(TimeSpec::new(secs, nanos))
+    Some(timespec(secs, nanos))
+}
+
+/// A time for futimens/utimensat. `time_t` is 32 bits on 32-bit musl targets (armv7: the
+/// libc crate still uses musl's old time ABI), so a date past 2038-01-19 (or before 1901-12-13)
+/// is clamped to the last (first) second it can hold, never wrapped into the past (future).
+/// `nanos` is in 0..1e9 (pax_time makes it so); a clamped time has none. (The libc crate marks
+/// the 32-bit musl `time_t` deprecated, announcing the change to 64 bits: this stays right then.)
+#[allow(deprecated)]
+fn timespec(secs: i64, nanos: i64) -> TimeSpec {
+    match libc::time_t::try_from(secs) {
+        Ok(s) => TimeSpec::new(s, nanos as _),
+        Err(_) if secs < 0 => TimeSpec::new(libc::time_t::MIN, 0),
+        Err(_) => TimeSpec::new(libc::time_t::MAX, 0),
+    }
 }
 
 /// A resolution failure as the entry's error.
@@ -744,7 +758,7 @@ fn resolve_err(raw: &[u8], e: ResolveError, what: &str) -> UnpackError {
 
 #[cfg(test)]
 mod tests {
-    use super::pax_time;
+    use super::{pax_time, timespec};
 
     #[test]
     fn pax_times() {
@@ -754,5 +768,35 @@ mod tests {
         assert_eq!(t("1.123456789123"), Some((1, 123_456_789)));
         assert_eq!(t("-1.5"), Some((-2, 500_000_000)));
         assert_eq!(t("x"), None);
+    }
+
+    /// Dates past what `time_t` holds are clamped, never wrapped: on armv7 (32-bit time_t)
+    /// 2100 is 2038-01-19T03:14:07Z, not a date in 1964.
+    #[test]
+    #[allow(deprecated, clippy::useless_conversion)] // time_t and tv_sec are i32 on armv7
+    fn times_past_time_t_are_clamped() {
+        let max = i64::from(libc::time_t::MAX);
+        let min = i64::from(libc::time_t::MIN);
+        let t = |s: i64, n: i64| {
+            let t = timespec(s, n);
+            (i64::from(t.tv_sec()), i64::from(t.tv_nsec()))
+        };
+        // 2100-01-01, a ustar field's largest value (8^11 - 1 s, year 2242), i64::MAX.
+        for secs in [4_102_444_800, 8_589_934_591, i64::MAX] {
+            let want = if secs > max { (max, 0) } else { (secs, 7) };
+            assert_eq!(t(secs, 7), want, "{secs}");
+        }
+        // 1900 and i64::MIN: clamped to the earliest second.
+        for secs in [-2_208_988_800, i64::MIN] {
+            let want = if secs < min { (min, 0) } else { (secs, 7) };
+            assert_eq!(t(secs, 7), want, "{secs}");
+        }
+        // The edges themselves are kept.
+        assert_eq!(t(2_147_483_647, 1), (2_147_483_647, 1));
+        assert_eq!(t(-2_147_483_648, 1), (-2_147_483_648, 1));
+        // Through a PAX record, as a layer would carry it.
+        let p = pax_time(b"4102444800.25").map(|t| (i64::from(t.tv_sec()), i64::from(t.tv_nsec())));
+        let want = if max < 4_102_444_800 { (max, 0) } else { (4_102_444_800, 250_000_000) };
+        assert_eq!(p, Some(want));
     }
 }

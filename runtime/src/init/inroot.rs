@@ -173,8 +173,19 @@ pub(super) fn mnt_id(fd: &impl AsRawFd) -> Result<u64> {
     const STATX_MNT_ID: u32 = 0x1000;
     // SAFETY: statx writes into a zeroed struct we own; the path is an empty C string.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // By its syscall number: musl before 1.2.5 (Debian's, which the armv7 build links) has no
+    // statx wrapper.
     // SAFETY: as above; AT_EMPTY_PATH makes statx look at the fd itself.
-    let r = unsafe { libc::statx(fd.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, STATX_MNT_ID, &mut stx) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_statx,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            STATX_MNT_ID,
+            &mut stx as *mut libc::statx,
+        )
+    };
     if r == 0 && stx.stx_mask & STATX_MNT_ID != 0 {
         return Ok(stx.stx_mnt_id);
     }
@@ -391,20 +402,38 @@ fn unescape_mountinfo(s: &str) -> PathBuf {
 /// Flags of the mount at `p` that a bind remount must keep (the kernel refuses to
 /// clear locked flags inside a user namespace).
 pub(super) fn locked_flags(p: &Path) -> MsFlags {
-    let Ok(st) = nix::sys::statvfs::statvfs(p) else { return MsFlags::empty() };
-    use nix::sys::statvfs::FsFlags as F;
-    let f = st.flags();
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(p.as_os_str().as_bytes()) else { return MsFlags::empty() };
+    // Not nix's statvfs: its FsFlags has no ST_RELATIME on musl and drops that bit.
+    // SAFETY: struct statvfs is plain data; all zeroes is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs writes one struct statvfs into `st`; `path` is NUL-terminated.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return MsFlags::empty();
+    }
+    ms_flags_of_statvfs(st.f_flag)
+}
+
+/// The MS_* flags a remount keeps from statvfs's f_flag. The ST_* values are the kernel's
+/// (include/linux/statfs.h), which every libc passes through (musl's headers lack ST_RELATIME).
+fn ms_flags_of_statvfs(f_flag: libc::c_ulong) -> MsFlags {
+    const ST_NOSUID: libc::c_ulong = 0x2;
+    const ST_NODEV: libc::c_ulong = 0x4;
+    const ST_NOEXEC: libc::c_ulong = 0x8;
+    const ST_NOATIME: libc::c_ulong = 0x400;
+    const ST_NODIRATIME: libc::c_ulong = 0x800;
+    const ST_RELATIME: libc::c_ulong = 0x1000;
     let mut m = MsFlags::empty();
-    for (a, b) in [
-        (F::ST_NOSUID, MsFlags::MS_NOSUID),
-        (F::ST_NODEV, MsFlags::MS_NODEV),
-        (F::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (F::ST_NOATIME, MsFlags::MS_NOATIME),
-        (F::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (F::ST_RELATIME, MsFlags::MS_RELATIME),
+    for (st, ms) in [
+        (ST_NOSUID, MsFlags::MS_NOSUID),
+        (ST_NODEV, MsFlags::MS_NODEV),
+        (ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (ST_NOATIME, MsFlags::MS_NOATIME),
+        (ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (ST_RELATIME, MsFlags::MS_RELATIME),
     ] {
-        if f.contains(a) {
-            m |= b;
+        if f_flag & st != 0 {
+            m |= ms;
         }
     }
     m
@@ -423,6 +452,43 @@ mod tests {
             a.as_remount_flags(MsFlags::MS_RDONLY | MsFlags::MS_RELATIME | MsFlags::MS_NODEV),
             MsFlags::MS_NOATIME | MsFlags::MS_NODEV
         );
+    }
+
+    #[test]
+    fn locked_flags_from_statvfs() {
+        // What statvfs reports for a `ro,nosuid,nodev,relatime` mount (ST_RDONLY is not kept:
+        // a remount sets or clears it itself), and for `noexec,noatime,nodiratime`.
+        assert_eq!(
+            ms_flags_of_statvfs(0x1 | 0x2 | 0x4 | 0x1000),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RELATIME
+        );
+        assert_eq!(
+            ms_flags_of_statvfs(0x8 | 0x400 | 0x800),
+            MsFlags::MS_NOEXEC | MsFlags::MS_NOATIME | MsFlags::MS_NODIRATIME
+        );
+        assert_eq!(ms_flags_of_statvfs(0), MsFlags::empty());
+    }
+
+    /// The real call agrees with /proc/self/mountinfo (/proc is relatime by the kernel's
+    /// default), on musl too (where nix's FsFlags dropped the relatime bit).
+    #[test]
+    fn locked_flags_keep_relatime() {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let proc_opts = info.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&"/proc")).then(|| f[5].to_string())
+        });
+        let Some(opts) = proc_opts else { return };
+        let f = locked_flags(Path::new("/proc"));
+        for (opt, flag) in [
+            ("relatime", MsFlags::MS_RELATIME),
+            ("nosuid", MsFlags::MS_NOSUID),
+            ("nodev", MsFlags::MS_NODEV),
+            ("noexec", MsFlags::MS_NOEXEC),
+            ("noatime", MsFlags::MS_NOATIME),
+        ] {
+            assert_eq!(f.contains(flag), opts.split(',').any(|o| o == opt), "{opt}: {opts}: {f:?}");
+        }
     }
 
     #[test]
