@@ -156,13 +156,10 @@ pub fn support(systemd_booted: bool, unified: bool) -> Result<(), &'static str> 
     }
 }
 
-/// Why this build cannot drive systemd at all (`None`: it can).
-#[cfg(target_pointer_width = "64")]
-const UNAVAILABLE: Option<&str> = None;
+/// Why a 32-bit build cannot drive systemd at all.
 #[cfg(not(target_pointer_width = "64"))]
-const UNAVAILABLE: Option<&str> = Some(
-    "not in 32-bit builds of skiff-runtime yet (libcgroups 0.7's D-Bus client does not build where time_t is 32-bit)",
-);
+const UNAVAILABLE: &str =
+    "not in 32-bit builds of skiff-runtime yet (libcgroups 0.7's D-Bus client does not build where time_t is 32-bit)";
 
 /// [`support`] for this host.
 #[cfg(target_pointer_width = "64")]
@@ -175,7 +172,7 @@ pub fn host_support() -> Result<(), String> {
 /// [`support`] for this host: never in a 32-bit build ([`UNAVAILABLE`]).
 #[cfg(not(target_pointer_width = "64"))]
 pub fn host_support() -> Result<(), String> {
-    Err(format!("--systemd-cgroup cannot be used: {}", UNAVAILABLE.unwrap_or_default()))
+    Err(format!("--systemd-cgroup cannot be used: {}", UNAVAILABLE))
 }
 
 /// Failures talking to systemd, one line each.
@@ -223,7 +220,7 @@ impl Scope {
     /// Refuses: 32-bit builds have no D-Bus client ([`UNAVAILABLE`]).
     #[cfg(not(target_pointer_width = "64"))]
     pub fn connect(path: &UnitPath, _id: &str) -> Result<Scope, SystemdError> {
-        Err(err(path, "connecting to systemd over D-Bus", UNAVAILABLE.unwrap_or_default()))
+        Err(err(path, "connecting to systemd over D-Bus", UNAVAILABLE))
     }
 
     /// Connects to systemd (system bus, else its private socket) for the unit of `path`.
