@@ -8,6 +8,12 @@ use crate::cgroups::Cgroup;
 use crate::error::{Context, Error, Result};
 use crate::state::{self, RuncState, Saved, Status};
 
+/// Prints `text` and a newline on stdout. A reader that went away (`skiff-runtime list | head
+/// -n1`: EPIPE) is not an error: it had what it wanted; println! would panic there.
+pub fn say(text: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
 fn owner(root: &Path, id: &str) -> String {
     let uid = std::fs::metadata(state::dir(root, id)).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0);
     if uid == 0 {
@@ -44,7 +50,7 @@ pub fn state(root: &Path, id: &str) -> Result<()> {
     let status = s.status(root);
     let own = owner(root, id);
     let out = serde_json::to_string_pretty(&runc_state(root, &s, status, &own)).unwrap_or_default();
-    println!("{out}");
+    say(out);
     Ok(())
 }
 
@@ -93,7 +99,7 @@ pub fn ps(root: &Path, id: &str, json: bool, ps_args: &[String]) -> Result<()> {
     let mut pids = cg.pids()?;
     pids.sort_unstable();
     if json {
-        println!("{}", serde_json::to_string(&pids).unwrap_or_default());
+        say(serde_json::to_string(&pids).unwrap_or_default());
         return Ok(());
     }
     let args: Vec<String> = if ps_args.is_empty() { vec!["-ef".into()] } else { ps_args.to_vec() };
@@ -106,11 +112,11 @@ pub fn ps(root: &Path, id: &str, json: bool, ps_args: &[String]) -> Result<()> {
     let header = lines.next().unwrap_or("");
     let col =
         header.split_whitespace().position(|h| h == "PID").ok_or_else(|| Error::msg("ps output has no PID column"))?;
-    println!("{header}");
+    say(header);
     for l in lines {
         if let Some(p) = l.split_whitespace().nth(col).and_then(|p| p.parse::<i32>().ok()) {
             if pids.contains(&p) {
-                println!("{l}");
+                say(l);
             }
         }
     }
@@ -167,6 +173,6 @@ pub fn features() -> Result<()> {
             "run.skiff.runtime.version": env!("CARGO_PKG_VERSION")
         }
     });
-    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    say(serde_json::to_string_pretty(&v).unwrap_or_default());
     Ok(())
 }

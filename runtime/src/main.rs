@@ -372,9 +372,12 @@ fn dispatch(cli: Cli) -> Result<u8, Error> {
     let root = cli.root;
     let Some(cmd) = cli.cmd else {
         if cli.version {
-            println!("skiff-runtime version {}", env!("CARGO_PKG_VERSION"));
-            println!("spec: {}", skiff_runtime::state::OCI_VERSION);
-            println!("libseccomp: {}", skiff_runtime::seccomp::library_version());
+            commands::say(format_args!(
+                "skiff-runtime version {}\nspec: {}\nlibseccomp: {}",
+                env!("CARGO_PKG_VERSION"),
+                skiff_runtime::state::OCI_VERSION,
+                skiff_runtime::seccomp::library_version()
+            ));
             return Ok(0);
         }
         return Err(Error::msg("no command given: see skiff-runtime --help"));

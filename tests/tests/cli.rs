@@ -761,3 +761,23 @@ fn systemd_cgroup_refuses_bad_paths_and_hosts_without_systemd() {
     rt.create(&b, &id).ok();
     rt.delete_force(&id).ok();
 }
+
+/// `skiff-runtime --version | head -n1`, `list | head`: a reader that went away is no panic
+/// (println! panics on EPIPE). The pipe's read end is closed before the runtime starts, so
+/// every write gets EPIPE, deterministically.
+#[test]
+fn output_to_a_closed_pipe_is_no_panic() {
+    for args in [&["--version"][..], &["list"][..], &["spec", "--help"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(runtime_bin())
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.code().is_some(), "{args:?}: killed by a signal: {:?}", out.status);
+    }
+}
