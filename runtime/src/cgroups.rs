@@ -152,35 +152,14 @@ fn systemd_style_path(p: &Path) -> Option<PathBuf> {
         return None;
     }
     let slice = if slice.is_empty() { "system.slice" } else { slice };
-    let mut path = expand_slice(slice)?;
+    let mut path = crate::systemd::expand_slice(slice)?;
     if name.ends_with(".slice") {
-        return expand_slice(name);
+        return crate::systemd::expand_slice(name);
     }
     if prefix.is_empty() {
         path.push(format!("{name}.scope"));
     } else {
         path.push(format!("{prefix}-{name}.scope"));
-    }
-    Some(path)
-}
-
-/// `a-b.slice` -> `/a.slice/a-b.slice` (systemd's slice nesting); `-.slice` -> `/`.
-fn expand_slice(slice: &str) -> Option<PathBuf> {
-    let stem = slice.strip_suffix(".slice")?;
-    let mut path = PathBuf::from("/");
-    if stem == "-" {
-        return Some(path);
-    }
-    if stem.is_empty() || stem.starts_with('-') || stem.ends_with('-') || stem.contains("--") {
-        return None;
-    }
-    let mut prefix = String::new();
-    for part in stem.split('-') {
-        if !prefix.is_empty() {
-            prefix.push('-');
-        }
-        prefix.push_str(part);
-        path.push(format!("{prefix}.slice"));
     }
     Some(path)
 }
