@@ -126,7 +126,6 @@ impl Agent {
     /// Starts a look at the filesystem when one is due (and a manifest is in force: before
     /// one, nothing tells which images are wanted).
     pub(super) fn maybe_collect_images(&mut self, now: Instant) {
-        self.protect_manifest_images();
         let Some(m) = self.manifest.as_ref() else { return };
         if self.image_gc.running || now < self.image_gc.next {
             return;
@@ -142,17 +141,14 @@ impl Agent {
         });
     }
 
-    /// Keeps the shared set of the manifest's images current (each pass and each reload).
+    /// Keeps the shared set of the manifest's images current (each manifest put in force).
     pub(super) fn protect_manifest_images(&self) {
         let names: HashSet<String> = self
             .manifest
             .as_ref()
             .map(|m| m.services.values().map(|s| canonical(&s.image)).collect())
             .unwrap_or_default();
-        let mut p = self.image_gc.protected.lock().unwrap_or_else(|e| e.into_inner());
-        if *p != names {
-            *p = names;
-        }
+        *self.image_gc.protected.lock().unwrap_or_else(|e| e.into_inner()) = names;
     }
 
     pub(super) fn on_image_gc(&mut self, result: Result<Outcome, String>) {

@@ -387,6 +387,9 @@ impl Agent {
             Some(m) => {
                 self.manifest_warnings = report.diagnostics.iter().map(|d| d.render(&shown)).collect();
                 self.manifest = Some(m);
+                // What a running image collection must keep, and its marks, may have changed.
+                self.protect_manifest_images();
+                self.image_gc.soon();
                 self.logs_gc_due = true;
                 self.revision = Some(revision.clone());
                 self.manifest_error = None;
@@ -536,12 +539,7 @@ impl Agent {
             self.resolve_all = true;
         }
         match ev {
-            Event::Reload => {
-                self.load_manifest();
-                // What a running collection must keep, and the marks, may have changed.
-                self.protect_manifest_images();
-                self.image_gc.soon();
-            }
+            Event::Reload => self.load_manifest(),
             Event::Pulled { reference, result } => {
                 let p = self.pulls.entry(reference.clone()).or_insert(PullState {
                     in_flight: false,
