@@ -54,6 +54,9 @@ pub struct State {
     removed: u64,
     freed: u64,
     last: Option<String>,
+    /// The last collection removed nothing: whether it fell short of the low mark (so the
+    /// same fruitless one is said once).
+    fruitless: Option<bool>,
 }
 
 impl Default for State {
@@ -67,6 +70,7 @@ impl Default for State {
             removed: 0,
             freed: 0,
             last: None,
+            fruitless: None,
         }
     }
 }
@@ -154,6 +158,7 @@ impl Agent {
     pub(super) fn on_image_gc(&mut self, result: Result<Outcome, String>) {
         let s = &mut self.image_gc;
         s.running = false;
+        let mut fruitless = None;
         let said = match result {
             Ok(Outcome::Below(u)) | Ok(Outcome::Busy(u)) => {
                 s.usage = Some(u);
@@ -164,6 +169,7 @@ impl Agent {
                 s.runs += 1;
                 s.removed += removed.len() as u64;
                 s.freed += freed;
+                fruitless = removed.is_empty().then_some(short > 0);
                 let mut line = format!(
                     "disk pressure: the store's filesystem was {}% full (high mark {}%): removed {} unused image{}{}, freed {}; now {}% full",
                     before.percent(),
@@ -186,11 +192,10 @@ impl Agent {
             Err(e) => format!("image GC: {e}"),
         };
         // Every collection that removed something is logged; a fruitless one once.
-        let fruitless =
-            said.contains(": removed 0 unused images") && s.last.as_deref().is_some_and(same_fruitless(&said));
-        if !fruitless {
+        if fruitless.is_none() || fruitless != s.fruitless {
             log(&text::one_line(&said, text::MESSAGE_MAX));
         }
+        s.fruitless = fruitless;
         s.last = Some(said);
     }
 
@@ -212,13 +217,6 @@ impl Agent {
                 last: s.last.clone(),
             },
         })
-    }
-}
-
-/// Whether an earlier line said the same fruitless collection (the figures aside).
-fn same_fruitless(now: &str) -> impl Fn(&str) -> bool + '_ {
-    move |before: &str| {
-        before.contains(": removed 0 unused images") && before.contains("more is used") == now.contains("more is used")
     }
 }
 
